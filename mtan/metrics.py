@@ -1,0 +1,184 @@
+"""Metrics accumulated over a whole split, on the device where the predictions live.
+
+``update`` only adds to tensors on that device (no ``.item()``, no host synchronisation per
+batch); ``compute`` moves the few accumulated numbers to the host once at the end.
+
+- Segmentation: one confusion matrix; mIoU over the classes that occur in prediction or
+  target (nan-safe), pixel accuracy = trace / total.
+- Depth: absolute and relative error averaged over every valid pixel of the split.
+- Normals: angle error in degrees over valid pixels: mean, median, and the fractions within
+  11.25, 22.5 and 30 degrees. The median comes from a 0.01-degree histogram.
+- ``delta_m``: the multi-task summary against single-task baselines.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtan.losses import depth_valid_mask, normal_valid_mask
+
+
+class Metric:
+    """Accumulates over batches; ``compute()`` returns a dict of floats."""
+
+    #: metric name -> True when lower is better (used by delta_m and model cards)
+    lower_is_better: dict[str, bool] = {}
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state(self) -> list[torch.Tensor]:
+        """The accumulator tensors (summed across processes in distributed evaluation)."""
+        raise NotImplementedError
+
+
+class SegmentationMetric(Metric):
+    lower_is_better = {"miou": False, "pixel_acc": False}
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self):
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
+
+    def update(self, pred, target):
+        """pred: N x K x H x W logits (or N x H x W class ids); target: N x H x W, -1 ignored."""
+        if pred.dim() == 4:
+            pred = pred.argmax(dim=1)
+        pred = pred.reshape(-1).long()
+        target = target.reshape(-1).long().to(pred.device)
+        valid = (target >= 0) & (target < self.num_classes)
+        # Invalid pixels go to an extra bin that is dropped, so no boolean indexing (no sync).
+        k = self.num_classes
+        index = torch.where(valid, target * k + pred, torch.full_like(target, k * k))
+        counts = torch.bincount(index, minlength=k * k + 1)[: k * k]
+        self.confusion += counts.reshape(k, k).to(self.confusion.device)
+
+    def compute(self):
+        cm = self.confusion.double().cpu()
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        iou = tp / union  # nan where a class is in neither prediction nor target
+        present = union > 0
+        total = cm.sum()
+        return {
+            "miou": float(iou[present].mean()) if present.any() else float("nan"),
+            "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        }
+
+    def per_class_iou(self) -> list[float]:
+        cm = self.confusion.double().cpu()
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        return [float(v) for v in tp / union]
+
+    def state(self):
+        return [self.confusion]
+
+
+class DepthMetric(Metric):
+    lower_is_better = {"abs_err": True, "rel_err": True}
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self):
+        # float64 sums: millions of pixels per split must not lose precision.
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # abs, rel, count
+
+    def update(self, pred, target):
+        """pred, target: N x 1 x H x W; target 0 = invalid."""
+        target = target.to(pred.device).double()
+        pred = pred.double()
+        mask = depth_valid_mask(target)
+        err = (pred - target).abs() * mask
+        rel = torch.where(mask, err / torch.where(mask, target, torch.ones_like(target)).abs(), torch.zeros_like(err))
+        self.sums += torch.stack([err.sum(), rel.sum(), mask.sum().double()]).to(self.sums.device)
+
+    def compute(self):
+        abs_sum, rel_sum, count = (float(v) for v in self.sums.cpu())
+        if count == 0:
+            return {"abs_err": float("nan"), "rel_err": float("nan")}
+        return {"abs_err": abs_sum / count, "rel_err": rel_sum / count}
+
+    def state(self):
+        return [self.sums]
+
+
+class NormalMetric(Metric):
+    lower_is_better = {"mean_deg": True, "median_deg": True, "within_11.25": False,
+                       "within_22.5": False, "within_30": False}
+    BINS_PER_DEGREE = 100
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self):
+        nbins = 180 * self.BINS_PER_DEGREE
+        self.histogram = torch.zeros(nbins, dtype=torch.int64, device=self.device)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # angle sum, count
+        self.within = torch.zeros(3, dtype=torch.int64, device=self.device)
+
+    def update(self, pred, target):
+        """pred: unit normals N x 3 x H x W; target: N x 3 x H x W, all-zero = invalid."""
+        target = target.to(pred.device).float()
+        mask = normal_valid_mask(target)[:, 0]
+        cos = (pred.float() * torch.nn.functional.normalize(target, dim=1)).sum(1).clamp(-1, 1)
+        angle = torch.rad2deg(torch.acos(cos)).double()
+        angle = torch.where(mask, angle, torch.zeros_like(angle))
+        nbins = self.histogram.numel()
+        index = torch.where(mask, (angle * self.BINS_PER_DEGREE).long().clamp(0, nbins - 1),
+                            torch.full_like(angle, nbins, dtype=torch.long))
+        self.histogram += torch.bincount(index.reshape(-1), minlength=nbins + 1)[:nbins]
+        self.sums += torch.stack([angle.sum(), mask.sum().double()])
+        self.within += torch.stack([((angle < t) & mask).sum() for t in (11.25, 22.5, 30.0)])
+
+    def compute(self):
+        total_angle, count = (float(v) for v in self.sums.cpu())
+        if count == 0:
+            return {k: float("nan") for k in self.lower_is_better}
+        cumulative = self.histogram.cpu().cumsum(0)
+        median_bin = int(torch.searchsorted(cumulative, torch.tensor(math.ceil(count / 2))))
+        within = self.within.cpu().double() / count
+        return {
+            "mean_deg": total_angle / count,
+            "median_deg": (median_bin + 0.5) / self.BINS_PER_DEGREE,
+            "within_11.25": float(within[0]),
+            "within_22.5": float(within[1]),
+            "within_30": float(within[2]),
+        }
+
+    def state(self):
+        return [self.histogram, self.sums, self.within]
+
+
+def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]) -> float:
+    """Multi-task performance change in percent (positive = better than the baselines).
+
+    Delta_m = mean over metrics of (-1)^{l_i} (M_i - B_i) / B_i * 100, with l_i = 1 when lower
+    is better. Every metric in ``baselines`` must be in ``results`` and ``lower_is_better``.
+    """
+    if not baselines:
+        raise ValueError("delta_m needs at least one baseline metric")
+    terms = []
+    for key, base in baselines.items():
+        if key not in results:
+            raise KeyError(f"delta_m: metric {key!r} has a baseline but no result")
+        if key not in lower_is_better:
+            raise KeyError(f"delta_m: say whether lower is better for {key!r}")
+        if base == 0:
+            raise ValueError(f"delta_m: baseline of {key!r} is 0, the relative change is undefined")
+        sign = -1.0 if lower_is_better[key] else 1.0
+        terms.append(sign * (results[key] - base) / base * 100.0)
+    return sum(terms) / len(terms)

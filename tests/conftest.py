@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: tiny task sets and models, paths to the shared reference material."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtan import MTAN, preset_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = Path(os.environ.get("MTAN_SHARED", REPO.parent / "shared"))
+CAMVID = Path(os.environ.get("MTAN_CAMVID", SHARED / "data" / "camvid"))
+
+# Tests run on 2 CPU cores: keep torch from oversubscribing them.
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def cityscapes_tasks():
+    return preset_tasks("cityscapes-7")
+
+
+@pytest.fixture
+def nyuv2_tasks():
+    return preset_tasks("nyuv2")
+
+
+@pytest.fixture
+def tiny_model(nyuv2_tasks):
+    """A 3-task MTAN at 1/16 width: same structure as the paper's, a few thousand parameters."""
+    torch.manual_seed(0)
+    return MTAN(nyuv2_tasks, arch="mtan", width=1 / 16)
+
+
+@pytest.fixture
+def camvid_root():
+    if not (CAMVID / "train" / "images").is_dir():
+        pytest.skip(f"CamVid not found at {CAMVID} (set MTAN_CAMVID)")
+    return CAMVID

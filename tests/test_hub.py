@@ -1,0 +1,106 @@
+"""save_pretrained / from_pretrained: identical models, safetensors only, clear errors."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from mtan import MTAN, ModelConfigError
+from mtan.hub import HubUnavailableError
+
+
+def trained_a_little(model):
+    """Move the BatchNorm statistics away from their defaults so a round trip has something to lose."""
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 32, 64))
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch, width", [("mtan", 1 / 16), ("mtan", 0.1), ("split", 1 / 8), ("single", 1 / 16)])
+def test_round_trip_is_bit_identical(tmp_path, cityscapes_tasks, arch, width):
+    torch.manual_seed(1)
+    tasks = cityscapes_tasks[:1] if arch == "single" else cityscapes_tasks
+    model = trained_a_little(MTAN(tasks, arch=arch, width=width))
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in tmp_path.iterdir()}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["arch"] == arch and config["width"] == width and config["tasks"] == [
+        {k: v for k, v in t.items()} | ({"scale": 1.85} if t["kind"] == "depth" else {}) for t in tasks]
+    loaded = MTAN.from_pretrained(tmp_path)
+    assert not loaded.training
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_model_card_has_hub_metadata(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path, model_card_kwargs={
+        "training_command": "python train.py --preset smoke", "dataset_name": "CityScapes",
+        "results": {"semantic.miou": 0.5, "depth.abs_err": 0.02}, "repo_id": "someone/mtan-test"})
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: mtan" in card and "model-index" in card
+    assert "python train.py --preset smoke" in card and "mean_iou" in card
+    assert "MTAN.from_pretrained(\"someone/mtan-test\")" in card
+
+
+def test_pickle_weights_are_refused(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelConfigError, match=r"pytorch_model\.bin.*never loaded"):
+        MTAN.from_pretrained(tmp_path)
+
+
+def test_truncated_weights_are_refused(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ModelConfigError, match="truncated or damaged"):
+        MTAN.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: "{not json", "not valid JSON"),
+    (lambda c: json.dumps({**c, "arch": "pspnet"}), "'arch'"),
+    (lambda c: json.dumps({**c, "tasks": [{"name": "flow", "kind": "flow"}]}), "unknown kind 'flow'"),
+    (lambda c: json.dumps({**c, "colour": "red"}), "unknown config field"),
+    (lambda c: json.dumps([c]), "JSON object"),
+    (lambda c: json.dumps({**c, "width": 0.125}), "does not match its config.json"),
+    (lambda c: json.dumps({**c, "tasks": c["tasks"][:2]}), "unexpected tensors: attention.normal"),
+])
+def test_bad_configs_are_named(tmp_path, tiny_model, edit, message):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(edit(config))
+    with pytest.raises(ModelConfigError, match=message):
+        MTAN.from_pretrained(tmp_path)
+
+
+def hub_cache(tmp_path, model, repo_id="someone/mtan-tiny"):
+    """Lay out a Hugging Face cache holding ``repo_id`` at one commit, as hf_hub_download leaves it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / f"models--{repo_id.replace('/', '--')}"
+    model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return tmp_path / "cache"
+
+
+def test_load_by_repo_id_from_the_hub_cache(tmp_path, tiny_model):
+    cache = hub_cache(tmp_path, trained_a_little(tiny_model))
+    loaded = MTAN.from_pretrained("someone/mtan-tiny", cache_dir=cache, local_files_only=True)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["depth"], tiny_model(x)["depth"])
+
+
+def test_unreachable_hub_gives_a_clear_error(tmp_path, tiny_model):
+    with pytest.raises(HubUnavailableError, match="unreachable"):
+        MTAN.from_pretrained("someone/not-cached", cache_dir=tmp_path, local_files_only=True)
+    with pytest.raises(ModelConfigError, match="no such model folder"):
+        MTAN.from_pretrained(str(tmp_path / "missing" / "folder"))

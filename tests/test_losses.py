@@ -1,0 +1,53 @@
+"""Losses ignore invalid pixels and give zero, not NaN, when a batch has none."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mtan.losses import depth_loss, normal_loss, semantic_loss
+
+
+def test_semantic_loss_ignores_void_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, requires_grad=True)
+    target = torch.randint(0, 4, (2, 3, 5))
+    target[0, 0] = -1
+    valid = target != -1
+    manual = -F.log_softmax(logits, 1).gather(1, target.clamp_min(0)[:, None])[:, 0][valid].mean()
+    torch.testing.assert_close(semantic_loss(logits, target), manual)
+    # changing the prediction at void pixels changes nothing
+    other = logits.detach().clone()
+    other[0, :, 0] = 100.0
+    torch.testing.assert_close(semantic_loss(other, target), manual.detach())
+
+
+def test_depth_loss_is_mae_over_valid_pixels():
+    pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    target = torch.tensor([[[[1.5, 0.0], [2.0, 0.0]]]])  # two valid pixels: errors 0.5 and 1.0
+    assert depth_loss(pred, target).item() == 0.75
+
+
+def test_normal_loss_is_one_minus_mean_cosine():
+    pred = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).T.reshape(1, 3, 1, 3), dim=1)
+    target = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 3)
+    # valid pixels: cos 1 and cos 0 -> mean 0.5; the third target is all zero (invalid)
+    assert math.isclose(normal_loss(pred, target).item(), 0.5, abs_tol=1e-6)
+
+
+def test_batches_without_valid_pixels_give_zero_loss_and_finite_gradients():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    depth = torch.randn(1, 1, 4, 4, requires_grad=True)
+    normal = F.normalize(torch.randn(1, 3, 4, 4), dim=1).requires_grad_()
+    losses = [semantic_loss(logits, torch.full((1, 4, 4), -1)),
+              depth_loss(depth, torch.zeros(1, 1, 4, 4)),
+              normal_loss(normal, torch.zeros(1, 3, 4, 4))]
+    for loss in losses:
+        assert loss.item() == 0.0
+    sum(losses).backward()
+    for t in (logits, depth, normal):
+        assert torch.isfinite(t.grad).all()
+
+
+def test_losses_run_under_bf16_autocast():
+    logits = torch.randn(1, 3, 4, 4).bfloat16()
+    assert semantic_loss(logits, torch.zeros(1, 4, 4, dtype=torch.long)).dtype == torch.float32
