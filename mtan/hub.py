@@ -161,3 +161,73 @@ def model_card(model, *, training_command: str | None = None, data: str | None =
         lines += ["## Notes", "", notes, ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)
+
+
+# --------------------------------------------------------------------------------------
+# Pushing a run folder
+# --------------------------------------------------------------------------------------
+
+PUSH_PATTERNS = ["config.json", "model.safetensors", "README.md", "curves.png", "metrics.jsonl",
+                 "train_config.json"]
+
+
+def files_to_push(run_dir: str | os.PathLike) -> list[Path]:
+    """The files of a run folder that go to the Hub (never checkpoints or anything else)."""
+    run_dir = Path(run_dir)
+    missing = [n for n in ("config.json", "model.safetensors") if not (run_dir / n).is_file()]
+    if missing:
+        raise ModelConfigError(f"{run_dir}: {', '.join(missing)} missing; push a finished run folder or a "
+                               f"save_pretrained folder")
+    return [run_dir / n for n in PUSH_PATTERNS if (run_dir / n).is_file()]
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+             log=print) -> str | None:
+    """Upload a run's exported model (weights, config, card, curves, metrics) to ``repo_id``.
+
+    The token comes from ``token``, ``HF_TOKEN`` or the login cache and is never printed. On any
+    failure the files stay on disk and the message says how to retry. Returns the commit URL.
+    """
+    from huggingface_hub import HfApi
+
+    run_dir = Path(run_dir)
+    files = files_to_push(run_dir)
+    retry = f"python -m mtan.hub push {run_dir} {repo_id}" + (" --private" if private else "")
+    try:
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), repo_type="model",
+                                   folder_path=str(run_dir), allow_patterns=[f.name for f in files],
+                                   commit_message="Upload MTAN model (mtan)")
+    except Exception as e:  # offline, no token, no permission, ...
+        reason = _redact(f"{type(e).__name__}: {e}").splitlines()[0][:300]
+        log(f"push to the Hub failed ({reason}). The run's files are safe in {run_dir}; "
+            f"retry with: {retry}  (log in first with `hf auth login` or set HF_TOKEN)")
+        return None
+    url = getattr(commit, "commit_url", None) or str(commit)
+    log(f"pushed {len(files)} files to https://huggingface.co/{repo_id} ({url})")
+    return url
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mtan.hub", description="Hub helpers for mtan models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="upload a run folder's model (config, weights, card, curves, metrics)")
+    push.add_argument("run_dir", help="a training run folder or a save_pretrained folder")
+    push.add_argument("repo_id", help="USER/REPO on the Hugging Face Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    args = p.parse_args(argv)
+    try:
+        url = push_run(args.run_dir, args.repo_id, private=args.private)
+    except ModelConfigError as e:
+        print(f"error: {e}")
+        return 2
+    return 0 if url else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

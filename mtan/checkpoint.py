@@ -1,0 +1,171 @@
+"""Training checkpoints: one safetensors file per epoch, written atomically, read without pickle.
+
+A checkpoint holds every tensor needed to continue a run (model, optimiser moments, loss
+weighting parameters, RNG state) plus a JSON header (epoch, optimiser hyper-parameters,
+scheduler, DWA history, best score). Writing goes to a temporary file in the same folder, is
+flushed with fsync and then renamed over the target, so a crash or a full disk never leaves a
+half-written checkpoint under a real name, and the previous checkpoint is untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_RE = re.compile(r"epoch_(\d{4,})\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file."""
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync the file, rename it to ``path`` and fsync the folder.
+
+    On any failure (including a full disk) the temporary file is removed and ``path`` keeps
+    whatever it held before.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------
+# Packing training state into tensors + JSON
+# --------------------------------------------------------------------------------------
+
+
+def pack_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, per_param = {}, {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                per_param.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "non_tensor_state": per_param}
+
+
+def unpack_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta.get("non_tensor_state", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, weighting: torch.nn.Module, meta: dict) -> None:
+    """Write the full training state of one epoch to ``path`` (atomically)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = pack_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors.update({f"weighting.{k}": v for k, v in weighting.state_dict().items() if isinstance(v, torch.Tensor)})
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda_{i}"] = s
+    header = {
+        **meta,
+        "optimizer": opt_meta,
+        "scheduler": scheduler.state_dict(),
+        "weighting": weighting.get_extra_state(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"mtan_checkpoint": json.dumps(header)}))
+    except (OSError, SafetensorError) as e:  # a full disk surfaces as either
+        reason = getattr(e, "strerror", None) or str(e)
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}; the previous checkpoint "
+                              f"is intact (free disk space, then resume with --resume)") from None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint: its tensors and its JSON header. Damaged files raise CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = json.loads(meta["mtan_checkpoint"])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {str(e)[:120]})") from None
+    return tensors, header
+
+
+def restore(tensors: dict, header: dict, *, model, optimizer, scheduler, weighting) -> None:
+    """Put a loaded checkpoint back into live objects."""
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    optimizer.load_state_dict(unpack_optimizer(tensors, header["optimizer"]))
+    scheduler.load_state_dict(header["scheduler"])
+    w_state = {k[len("weighting."):]: v for k, v in tensors.items() if k.startswith("weighting.")}
+    w_state["_extra_state"] = header["weighting"]
+    weighting.load_state_dict(w_state, strict=True)
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda_")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the checkpoints in ``folder``, newest first."""
+    if not Path(folder).is_dir():
+        return []
+    found = [(int(m[1]), p) for p in Path(folder).iterdir() if (m := CHECKPOINT_RE.search(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_good_checkpoint(folder: Path, log=print) -> tuple[int, dict, dict] | None:
+    """The newest checkpoint that loads; damaged ones are reported and skipped."""
+    for epoch, path in list_checkpoints(folder):
+        try:
+            tensors, header = load_checkpoint(path)
+        except CheckpointError as e:
+            log(f"warning: {e}; falling back to the previous checkpoint")
+            continue
+        return epoch, tensors, header
+    return None
+
+
+def prune_checkpoints(folder: Path, keep: int = 2) -> None:
+    for _, path in list_checkpoints(folder)[keep:]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,655 @@
+"""The training engine: one config object, one ``train(config)`` that runs a whole experiment.
+
+Per epoch: train on the (optionally augmented) training split, evaluate on every validation
+set, log one line to ``metrics.jsonl``, redraw ``curves.png``, write an atomic checkpoint and
+export the model (``config.json`` + ``model.safetensors`` + model card) with ``save_pretrained``.
+
+Fast by default where it helps: data held in memory on the training device (uint8 images,
+compact targets), augmentation on whole batches on that device, bf16 autocast, channels-last
+and fused Adam on CUDA, optional ``torch.compile``; losses and metrics are accumulated on the
+device and read once per epoch (plus a throttled read for the progress bar).
+
+Multi-GPU / multi-node: run the same script under ``torchrun``; each process trains on its
+shard of every epoch's permutation with DistributedDataParallel, metrics are summed across
+processes, and only rank 0 writes files and logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mtan.checkpoint import (CheckpointError, atomic_write_text, latest_good_checkpoint, prune_checkpoints,
+                             restore, save_checkpoint)
+from mtan.model import MTAN, count_parameters
+from mtan.tasks import Task, tasks_from_config
+from mtan.weighting import build_weighting
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``train_config.json`` in the run folder)."""
+
+    # data
+    data: str = "cityscapes"              # registry name, e.g. cityscapes, nyuv2, camvid, synthetic, synthetic+camvid
+    data_root: str | None = None          # folder(s); for mixtures "ROOT_A+ROOT_B"
+    size: str | None = None               # "HxW"; None = the dataset's native size
+    labels: str = "label_7"               # CityScapes release labels: label_7, label_19, label_2
+    train_frames: int | None = None       # synthetic only: frames to generate per split
+    val_frames: int | None = None
+    data_options: dict = field(default_factory=dict)  # extra builder options, e.g. {"camvid": {"classes": 7}}
+    # model
+    arch: str = "mtan"                    # mtan | split | single
+    task: str | None = None               # the task of a single-task run
+    width: float = 1.0
+    # optimisation (defaults = the paper)
+    weighting: str = "dwa"                # equal | dwa | uncertainty
+    temperature: float = 2.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    step_size: int = 100
+    gamma: float = 0.5
+    epochs: int = 200
+    batch_size: int = 8
+    augment: bool = False
+    # engine
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"                     # auto (bf16 on CUDA) | bf16 | off
+    channels_last: str = "auto"           # auto (on CUDA) | on | off
+    compile: bool = False
+    eval_every: int = 1
+    eval_batch_size: int | None = None
+    out: str = "runs/mtan"
+    keep_checkpoints: int = 2
+    progress: bool = True
+    push_to_hub: str | None = None
+    private: bool = False
+    preset: str | None = None
+    command: str | None = None            # the command line that started the run (for the model card)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's protocol (Liu et al. 2019): 7 classes + inverse depth at 128x256, DWA (T=2),
+    # Adam 1e-4 halved every 100 epochs, 200 epochs, batch 8, no augmentation.
+    "paper-cityscapes": dict(data="cityscapes", labels="label_7", size="128x256", arch="mtan", weighting="dwa",
+                             temperature=2.0, lr=1e-4, step_size=100, gamma=0.5, epochs=200, batch_size=8,
+                             augment=False),
+    # NYUv2: 13 classes + metric depth + normals at 288x384, batch 2.
+    "paper-nyuv2": dict(data="nyuv2", size="288x384", arch="mtan", weighting="dwa", temperature=2.0, lr=1e-4,
+                        step_size=100, gamma=0.5, epochs=200, batch_size=2, augment=False),
+    # The modern benchmark protocol (CAGrad, Nash-MTL, FAMO): same, with scale-crop + flip augmentation.
+    "benchmark-cityscapes": dict(data="cityscapes", labels="label_7", size="128x256", arch="mtan", weighting="dwa",
+                                 temperature=2.0, lr=1e-4, step_size=100, gamma=0.5, epochs=200, batch_size=8,
+                                 augment=True),
+    # One minute on a CPU: a narrow MTAN on generated street scenes.
+    "smoke": dict(data="synthetic", size="64x128", train_frames=96, val_frames=32, arch="mtan", width=0.125,
+                  weighting="dwa", lr=2e-3, step_size=100, gamma=0.5, epochs=4, batch_size=8, augment=True,
+                  out="runs/smoke"),
+}
+
+
+def apply_preset(name: str | None, overrides: dict) -> TrainConfig:
+    """Defaults, then the preset, then explicit ``overrides`` (keys with value None are ignored)."""
+    values: dict = {}
+    if name:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        values.update(PRESETS[name])
+        values["preset"] = name
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)
+
+
+# --------------------------------------------------------------------------------------
+# Distributed helpers
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if config.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world=world, local_rank=local_rank)
+
+
+def all_reduce_(tensors: list[torch.Tensor], runtime: Runtime) -> None:
+    if runtime.distributed:
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def _builder_options(config: TrainConfig, part: str, split: str) -> dict:
+    options = {}
+    if part in ("cityscapes", "cityscapes-raw"):
+        options["labels"] = config.labels
+    if part == "synthetic":
+        frames = config.train_frames if split == "train" else config.val_frames
+        if frames is not None:
+            options["num_frames"] = frames
+        options["seed"] = config.seed if split == "train" else 0
+    options.update(config.data_options.get(part, {}))
+    return options
+
+
+def build_split(config: TrainConfig, split: str, name: str | None = None, root=None):
+    from mtan.data import build_dataset
+
+    name = name or config.data
+    root = config.data_root if root is None else root
+    parts = name.split("+")
+    if len(parts) == 1:
+        options = _builder_options(config, name, split)
+    else:  # per-part options, e.g. synthetic={"num_frames": 96}
+        options = {p: _builder_options(config, p, split) for p in parts}
+    return build_dataset(name, root=root, split=split, size=config.size, **options)
+
+
+def validation_sets(config: TrainConfig) -> dict[str, object]:
+    """One validation set per part of the training data (``synthetic+camvid`` -> both, reported apart)."""
+    parts = config.data.split("+")
+    if len(parts) == 1:
+        return {config.data: build_split(config, "val")}
+    roots = (config.data_root or "").split("+") if isinstance(config.data_root, str) else [None] * len(parts)
+    roots = roots if len(roots) == len(parts) else [None] * len(parts)
+    return {p: build_split(config, "val", name=p, root=r or None) for p, r in zip(parts, roots)}
+
+
+def load_into_memory(dataset, device: torch.device, progress: bool):
+    from mtan.data import to_memory
+
+    return to_memory(dataset, device=device, progress=progress)
+
+
+def shard_order(n: int, batch_size: int, runtime: Runtime, generator: torch.Generator | None, device,
+                drop_last: bool) -> torch.Tensor:
+    """This process's sample order for one pass (the same permutation on every process, sliced)."""
+    if generator is not None:
+        order = torch.randperm(n, generator=generator).to(device)
+    else:
+        order = torch.arange(n, device=device)
+    if runtime.distributed:
+        per_rank = n // runtime.world if drop_last else math.ceil(n / runtime.world)
+        order = order[runtime.rank::runtime.world][:per_rank]
+    return order
+
+
+# --------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Holds the model, optimiser, data and settings of one run; ``fit()`` trains it."""
+
+    def __init__(self, config: TrainConfig, log=print):
+        self.config = config
+        self.runtime = setup_runtime(config)
+        self.log = log if self.runtime.is_main else (lambda *a, **k: None)
+        self.out = Path(config.out)
+        # progress bars on an interactive terminal only (logs and CI get the per-epoch lines)
+        self.show_progress = config.progress and self.runtime.is_main and sys.stderr.isatty()
+        torch.manual_seed(config.seed)
+        device = self.runtime.device
+        cuda = device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+
+        # data: validated before the first step, held in memory on the device
+        from mtan.data import validate
+
+        train_set = build_split(config, "train")
+        self.val_raw = validation_sets(config)
+        for ds in [train_set, *self.val_raw.values()]:
+            validate(ds, full=True, progress=self.show_progress)
+        self.train_data = load_into_memory(train_set, device, self.show_progress)
+        self.val_data = {k: load_into_memory(v, device, False) for k, v in self.val_raw.items()}
+        self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
+
+        # model
+        task_cfgs = [t.to_config() for t in self.data_tasks]
+        if config.arch == "single":
+            if config.task is None:
+                raise ValueError(f"arch 'single' needs --task (one of {[t.name for t in self.data_tasks]})")
+            task_cfgs = [t for t in task_cfgs if t["name"] == config.task]
+            if not task_cfgs:
+                raise ValueError(f"--task {config.task!r} is not a task of {config.data} "
+                                 f"({[t.name for t in self.data_tasks]})")
+        self.model = MTAN(task_cfgs, arch=config.arch, width=config.width).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.tasks = self.model.tasks
+        self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature).to(device)
+        params = list(self.model.parameters()) + list(self.weighting.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                                          **({"fused": True} if cuda else {}))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.step_size, gamma=config.gamma)
+
+        # the module that runs the steps: compiled and/or wrapped for DDP
+        self.forward_module = self.model
+        if config.compile:
+            self.forward_module = compile_or_eager(self.model, self.log)
+        if self.runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.forward_module = DDP(self.forward_module, device_ids=[device.index] if cuda else None)
+        self.start_epoch = 0
+        self.best_score = -math.inf
+        self.history: list[dict] = []
+
+    # ---- one pass ---------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.runtime.device.type, enabled=False)
+        return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, batch: dict) -> dict:
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _batches(self, data, batch_size: int, epoch: int | None, augment: bool):
+        """Batches of ``data`` for this process. ``epoch`` seeds the shuffle and augmentation
+        (so a resumed run sees exactly the same batches); ``None`` = evaluation order."""
+        from mtan.data.augment import BatchAugment
+
+        cfg = self.config
+        generator = augmenter = None
+        if epoch is not None:
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = shard_order(len(data), batch_size, self.runtime, generator, data.device, drop_last=epoch is not None)
+        if augment:
+            aug_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 7_919)
+            augmenter = BatchAugment(data.tasks, generator=aug_gen)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            if epoch is not None and len(index) < batch_size and len(order) >= batch_size:
+                break  # drop the last, smaller training batch (BatchNorm dislikes tiny batches)
+            batch = data.batch(index)
+            if augmenter is not None:
+                batch = augmenter(batch)
+            yield self._prepare(batch)
+
+    def _task_losses(self, outputs: dict, batch: dict) -> tuple[dict, torch.Tensor]:
+        losses, has_valid = {}, []
+        for t in self.tasks:
+            target = batch[t.name]
+            losses[t.name] = t.loss(outputs[t.name], target)
+            has_valid.append(valid_any(t, target))
+        return losses, torch.stack(has_valid)
+
+    def train_epoch(self, epoch: int) -> dict:
+        from tqdm import tqdm
+
+        cfg, model = self.config, self.forward_module
+        self.model.train()
+        n_tasks = len(self.tasks)
+        device = self.runtime.device
+        loss_sums = torch.zeros(n_tasks, dtype=torch.float64, device=device)
+        loss_batches = torch.zeros(n_tasks, dtype=torch.float64, device=device)
+        nonfinite = torch.zeros(n_tasks, dtype=torch.bool, device=device)
+        images = 0
+        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.batch_size)
+        bar = tqdm(self._batches(self.train_data, cfg.batch_size, epoch, cfg.augment), total=n_batches,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
+                   disable=not self.show_progress)
+        t0, last_shown = time.perf_counter(), 0.0
+        for step, batch in enumerate(bar):
+            with self._autocast():
+                outputs = model(batch["image"])
+            losses, has_valid = self._task_losses(outputs, batch)
+            total = self.weighting.combine(losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
+                for p in self.weighting.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.runtime.world
+            self.optimizer.step()
+            stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
+            nonfinite |= ~torch.isfinite(stacked)
+            loss_sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
+            loss_batches += has_valid.double()
+            images += batch["image"].shape[0]
+            now = time.perf_counter()
+            if bar.disable is False and now - last_shown > 1.0:  # a host read at most once a second
+                means = (loss_sums / loss_batches.clamp_min(1)).tolist()
+                bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, means)})
+                last_shown = now
+        bar.close()
+        all_reduce_([loss_sums, loss_batches], self.runtime)
+        if self.runtime.distributed:
+            flags = nonfinite.int()
+            dist.all_reduce(flags)
+            nonfinite = flags > 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        bad = [t.name for t, b in zip(self.tasks, nonfinite.tolist()) if b]
+        means = (loss_sums / loss_batches.clamp_min(1)).tolist()
+        result = {"loss": {t.name: m for t, m in zip(self.tasks, means)}, "seconds": seconds,
+                  "images": images * self.runtime.world, "nonfinite": bad}
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, data) -> dict:
+        """Losses and metrics of the current model on a validation set (on the device)."""
+        return evaluate_model(self.model, data, self.config.eval_batch_size or self.config.batch_size,
+                              runtime=self.runtime, autocast=self._autocast, prepare=self._prepare,
+                              batches=lambda d, bs: self._batches(d, bs, None, False))
+
+    # ---- the run ------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        found = latest_good_checkpoint(self.out / "checkpoints", log=self.log)
+        if found is None:
+            raise CheckpointError(f"{self.out}: no readable checkpoint to resume from (checkpoints/epoch_*.safetensors)")
+        epoch, tensors, header = found
+        restore(tensors, header, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                weighting=self.weighting)
+        self.start_epoch = epoch + 1
+        self.best_score = header.get("best_score", -math.inf)
+        self.history = read_metrics(self.out / "metrics.jsonl")[: epoch + 1]
+        if self.runtime.is_main:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.log(f"resumed {self.out} after epoch {epoch + 1} (checkpoint epoch_{epoch:04d})")
+
+    def fit(self) -> list[dict]:
+        cfg = self.config
+        if self.runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "train_config.json", cfg.to_json() + "\n")
+        self.log(f"training {cfg.arch} x{cfg.width:g} ({count_parameters(self.model):,} parameters) on "
+                 f"{cfg.data}: {len(self.train_data)} train frames, val "
+                 f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
+                 f"{f' x {self.runtime.world} processes' if self.runtime.distributed else ''}, "
+                 f"amp {self.amp_dtype or 'off'}, out {self.out}")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
+            weights = self.weighting.weights() if cfg.weighting != "uncertainty" else None
+            train = self.train_epoch(epoch)
+            if train["nonfinite"]:
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}: the {', '.join(train['nonfinite'])} loss became NaN or infinite; training "
+                    f"stopped. The last good checkpoint (epoch {epoch}) is kept in {self.out / 'checkpoints'}; "
+                    f"try a lower --lr, or check the data for bad values, then --resume {self.out}")
+            if weights is None:  # uncertainty: the weights the epoch ended with
+                weights = self.weighting.weights()
+            self.weighting.end_epoch(train["loss"])
+            self.scheduler.step()
+            record = {"epoch": epoch + 1, "lr": lr, "weights": weights,
+                      "train": {f"loss.{k}": v for k, v in train["loss"].items()},
+                      "epoch_seconds": round(train["seconds"], 3),
+                      "images_per_second": round(train["images"] / max(train["seconds"], 1e-9), 2)}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                t_eval = time.perf_counter()
+                record["val"] = {name: self.evaluate(data) for name, data in self.val_data.items()}
+                record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
+            self.history.append(record)
+            if self.runtime.is_main:
+                self._write_epoch(epoch, record)
+            self.log(summary_line(record, cfg.epochs))
+        if self.runtime.distributed:
+            dist.barrier()
+        return self.history
+
+    def _write_epoch(self, epoch: int, record: dict) -> None:
+        from mtan.plots import plot_curves
+
+        cfg = self.config
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        plot_curves(self.history, self.out / "curves.png")
+        score = monitor_score(record)
+        improved = score is not None and score > self.best_score
+        if improved:
+            self.best_score = score
+        save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
+                        optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
+                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg)})
+        prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+        card = self.card_kwargs(record)
+        if "val" in record or epoch + 1 == cfg.epochs:
+            export(self.model, self.out, card)  # the last model, at the top of the run folder
+        if improved:
+            export(self.model, self.out / "best", {**card, "notes": f"Best validation score at epoch {epoch + 1}."})
+
+    def card_kwargs(self, record: dict) -> dict:
+        cfg = self.config
+        val = record.get("val") or (self.history and self._last_val()) or {}
+        first = next(iter(val.values()), {}) if val else {}
+        dataset_name = {"cityscapes": "CityScapes", "nyuv2": "NYUv2", "camvid": "CamVid",
+                        "synthetic": "mtan procedural street scenes"}.get(cfg.data.split("+")[0], cfg.data)
+        table = {f"{name}/{k}" if len(val) > 1 else k: v for name, m in val.items() for k, v in m.items()
+                 if not k.startswith("loss.")}
+        return {
+            "training_command": cfg.command,
+            "data": f"`{cfg.data}` ({cfg.size or 'native size'}), {len(self.train_data)} training frames; "
+                    f"validation on {', '.join(val) or '-'}; {cfg.epochs} epochs, batch {cfg.batch_size}, "
+                    f"{cfg.weighting} weighting, augmentation {'on' if cfg.augment else 'off'}",
+            "dataset_name": dataset_name, "dataset_type": cfg.data.split("+")[0],
+            "results": {k: v for k, v in first.items() if not k.startswith("loss.") and v is not None},
+            "extra_results": table,
+            "repo_id": cfg.push_to_hub,
+        }
+
+    def _last_val(self):
+        for r in reversed(self.history):
+            if "val" in r:
+                return r["val"]
+        return {}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A task's training loss became NaN or infinite."""
+
+
+def valid_any(task: Task, target: torch.Tensor) -> torch.Tensor:
+    """Whether a batch has at least one valid pixel for ``task`` (a device tensor, no sync)."""
+    if task.kind == "semantic":
+        return (target >= 0).any()
+    if task.kind == "depth":
+        return (target != 0).any()
+    return (target != 0).any()
+
+
+def compile_or_eager(model, log):
+    try:
+        return torch.compile(model)
+    except Exception as e:  # e.g. no compiler toolchain on this platform
+        log(f"warning: torch.compile is unavailable ({type(e).__name__}: {e}); running eagerly")
+        return model
+
+
+def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None = None, autocast=None,
+                   prepare=None, batches=None) -> dict:
+    """Validation losses and metrics of ``model`` on an in-memory dataset, as a flat dict
+    (``semantic.miou``, ``depth.abs_err``, ``loss.semantic``, ...). Only the tasks the dataset
+    provides are scored."""
+    runtime = runtime or Runtime(device=data.device)
+    data_tasks = {t.name for t in data.tasks}
+    tasks = [t for t in model.tasks if t.name in data_tasks]
+    device = data.device
+    metrics = {t.name: t.new_metric(device) for t in tasks}
+    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    loss_counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    autocast = autocast or (lambda: torch.autocast(device.type, enabled=False))
+    if batches is None:
+        def batches(d, bs):
+            order = shard_order(len(d), bs, runtime, None, d.device, drop_last=False)
+            for s in range(0, len(order), bs):
+                yield d.batch(order[s:s + bs])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in batches(data, batch_size):
+            batch = prepare(batch) if prepare else batch
+            with autocast():
+                outputs = model(batch["image"])
+            for k, t in enumerate(tasks):
+                pred = outputs[t.name].float()
+                metrics[t.name].update(pred, batch[t.name])
+                has = valid_any(t, batch[t.name])
+                loss_sums[k] += torch.where(has, t.loss(pred, batch[t.name]).double(), torch.zeros((), dtype=torch.float64, device=device))
+                loss_counts[k] += has.double()
+    model.train(was_training)
+    for m in metrics.values():
+        all_reduce_(m.state(), runtime)
+    all_reduce_([loss_sums, loss_counts], runtime)
+    result = {}
+    for k, t in enumerate(tasks):
+        for name, value in metrics[t.name].compute().items():
+            result[f"{t.name}.{name}"] = None if value != value else value
+        result[f"loss.{t.name}"] = float(loss_sums[k] / loss_counts[k]) if loss_counts[k] > 0 else None
+    return result
+
+
+def monitor_score(record: dict) -> float | None:
+    """Higher is better: the first validation set's mIoU minus its depth relative error (when present)."""
+    val = record.get("val")
+    if not val:
+        return None
+    first = next(iter(val.values()))
+    score, parts = 0.0, 0
+    if first.get("semantic.miou") is not None:
+        score += first["semantic.miou"]
+        parts += 1
+    if first.get("depth.rel_err") is not None:
+        score -= min(first["depth.rel_err"], 10.0)
+        parts += 1
+    return score if parts else None
+
+
+def summary_line(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.2e}",
+             "train " + " ".join(f"{k[5:]} {v:.4f}" for k, v in record["train"].items()),
+             "w " + " ".join(f"{v:.3f}" for v in record["weights"].values()),
+             f"{record['images_per_second']:.1f} img/s"]
+    for name, metrics in (record.get("val") or {}).items():
+        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if v is not None and not k.startswith("loss.")
+                 and k.split(".")[-1] in ("miou", "pixel_acc", "abs_err", "rel_err", "mean_deg")]
+        parts.append(f"val[{name}] " + " ".join(shown))
+    return " | ".join(parts)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: everything before it is good
+    return rows
+
+
+def export(model: MTAN, folder: Path, card: dict) -> None:
+    """save_pretrained into ``folder`` (config, weights, model card with the latest results).
+
+    The files are written into a temporary folder and renamed into place one by one, so a run
+    killed mid-export never leaves a truncated ``model.safetensors``.
+    """
+    import shutil
+
+    from mtan.checkpoint import fsync_dir
+
+    folder = Path(folder)
+    staging = folder / ".export-tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    card = dict(card)
+    extra = card.pop("extra_results", None)
+    if extra and len(extra) > len(card.get("results") or {}):
+        card["notes"] = ((card.get("notes") or "") + "\n\nAll validation sets:\n\n| metric | value |\n|---|---|\n"
+                         + "\n".join(f"| {k} | {v:.4f} |" for k, v in extra.items() if v is not None)).strip()
+    model.save_pretrained(staging, model_card_kwargs=card)
+    for name in ("model.safetensors", "config.json", "README.md"):  # weights first, card last
+        with open(staging / name, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(staging / name, folder / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(folder)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
+    """Run (or resume) a training run; returns the per-epoch records."""
+    engine = Engine(config, log=log)
+    if resume:
+        engine.resume()
+    try:
+        history = engine.fit()
+    finally:
+        if engine.runtime.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    if config.push_to_hub and engine.runtime.is_main:
+        from mtan.hub import push_run
+
+        push_run(engine.out, config.push_to_hub, private=config.private, log=log)
+    return history

@@ -1,0 +1,210 @@
+"""train.py end to end on the CPU: outputs, DWA, resume after SIGKILL, torchrun, evaluation, Hub push."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtan import MTAN
+from mtan.engine import TrainConfig, apply_preset, read_metrics, train
+from mtan.evaluate import evaluate
+from mtan.weighting import dwa_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A run small enough for CI: 32x64 generated street scenes, a 1/16-width MTAN.
+TINY = ["--data", "synthetic", "--size", "32x64", "--train-frames", "16", "--val-frames", "8",
+        "--width", "0.0625", "--batch-size", "4", "--lr", "1e-3", "--no-progress"]
+
+
+def run_train(args, timeout=600, env=None, **kwargs):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dwa_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "dwa"
+    result = run_train([*TINY, "--epochs", "4", "--weighting", "dwa", "--temperature", "2", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_run_folder_has_every_output(dwa_run):
+    names = {p.name for p in dwa_run.iterdir()}
+    assert {"metrics.jsonl", "curves.png", "config.json", "model.safetensors", "README.md", "train_config.json",
+            "checkpoints", "best"} <= names
+    assert sorted(p.name for p in (dwa_run / "checkpoints").iterdir()) == ["epoch_0002.safetensors",
+                                                                          "epoch_0003.safetensors"]
+    records = read_metrics(dwa_run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert set(r["train"]) == {"loss.semantic", "loss.depth"}
+        assert r["images_per_second"] > 0 and r["epoch_seconds"] > 0 and r["lr"] == 1e-3
+        val = r["val"]["synthetic"]
+        assert {"semantic.miou", "semantic.pixel_acc", "depth.abs_err", "depth.rel_err", "loss.semantic",
+                "loss.depth"} <= set(val)
+    card = (dwa_run / "README.md").read_text()
+    assert "model-index" in card and "train.py" in card and "semantic.miou" in card
+    MTAN.from_pretrained(dwa_run)
+    MTAN.from_pretrained(dwa_run / "best")
+
+
+def test_dwa_weights_follow_the_logged_losses(dwa_run):
+    records = read_metrics(dwa_run / "metrics.jsonl")
+    losses = [[r["train"]["loss.semantic"], r["train"]["loss.depth"]] for r in records]
+    for e, r in enumerate(records):
+        logged = [r["weights"]["semantic"], r["weights"]["depth"]]
+        if e < 2:
+            assert logged == [1.0, 1.0]
+        else:
+            ratio = [losses[e - 1][k] / losses[e - 2][k] for k in range(2)]
+            expected = [2 * math.exp(w / 2) / sum(math.exp(v / 2) for v in ratio) for w in ratio]
+            assert logged == pytest.approx(expected, rel=1e-9)
+            assert logged == pytest.approx(dwa_weights(losses[:e], 2.0), rel=1e-12)
+    assert records[2]["weights"] != records[3]["weights"]
+
+
+def test_equal_weighting_logs_ones(tmp_path):
+    cfg = apply_preset(None, dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625,
+                                  batch_size=4, epochs=2, weighting="equal", out=str(tmp_path / "eq"), progress=False))
+    history = train(cfg, log=lambda *a: None)
+    assert [r["weights"] for r in history] == [{"semantic": 1.0, "depth": 1.0}] * 2
+
+
+def test_evaluate_reproduces_the_last_validation(dwa_run):
+    last = read_metrics(dwa_run / "metrics.jsonl")[-1]["val"]["synthetic"]
+    # the same command-line tool a user runs
+    out = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(dwa_run), "--data", "synthetic",
+                          "--size", "32x64", "--frames", "8", "--split", "val", "--batch-size", "4",
+                          "--out", str(dwa_run / "eval.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed == json.loads((dwa_run / "eval.json").read_text())
+    for key, value in last.items():
+        assert printed[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    args = [*TINY, "--epochs", "4", "--weighting", "dwa", "--augment"]
+    straight = run_train([*args, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoints" / "epoch_0001.safetensors"  # written at the end of epoch 2
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "the run never finished epoch 2"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(killed / "metrics.jsonl")) < 4  # it really was cut short
+
+    resumed = run_train(["--resume", str(killed), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed" in resumed.stdout
+    a, b = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(killed / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a[2:], b[2:]):
+        assert ra["train"] == rb["train"] and ra["weights"] == rb["weights"] and ra["val"] == rb["val"]
+
+
+def test_resume_refuses_changed_settings(dwa_run):
+    r = run_train(["--resume", str(dwa_run), "--lr", "0.5"])
+    assert r.returncode == 2 and "would change" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "train.py", *TINY, "--epochs", "2", "--out", str(out), "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]  # one set of outputs, written once
+    assert result.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    assert "x 2 processes" in result.stdout
+    MTAN.from_pretrained(out)
+    # every validation frame was scored exactly once across the two processes
+    assert records[-1]["val"]["synthetic"]["semantic.pixel_acc"] is not None
+
+
+def test_push_to_hub_uploads_the_run_folder(dwa_run, monkeypatch):
+    """Everything up to the network: the repo is created and the run's model files are uploaded."""
+    import huggingface_hub
+
+    from mtan.hub import push_run
+
+    calls = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None, **kw):
+        calls["create"] = dict(repo_id=repo_id, private=private, token=self.token)
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, allow_patterns=None, **kw):
+        calls["upload"] = dict(repo_id=repo_id, files=sorted(p for p in os.listdir(folder_path)
+                                                           if p in allow_patterns))
+        return "https://huggingface.co/user/mtan-test/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = push_run(dwa_run, "user/mtan-test", private=True, token="hf_secret_token_for_test", log=lambda *a: None)
+    assert url.endswith("/commit/abc")
+    assert calls["create"] == {"repo_id": "user/mtan-test", "private": True, "token": "hf_secret_token_for_test"}
+    assert calls["upload"]["files"] == ["README.md", "config.json", "curves.png", "metrics.jsonl",
+                                        "model.safetensors", "train_config.json"]
+
+
+def test_failed_push_keeps_files_and_says_how_to_retry(dwa_run, monkeypatch):
+    import huggingface_hub
+
+    from mtan.hub import push_run
+
+    def offline(self, *a, **k):
+        raise OSError("[Errno -2] Name or service not known (token hf_secret_token_for_test)")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_for_test")
+    messages = []
+    assert push_run(dwa_run, "user/mtan-test", log=messages.append) is None
+    assert f"python -m mtan.hub push {dwa_run} user/mtan-test" in messages[0]
+    assert "hf_secret_token_for_test" not in messages[0]
+    assert (dwa_run / "model.safetensors").exists()
+
+
+def test_bad_data_is_reported_before_training(tmp_path):
+    r = run_train(["--data", "cityscapes", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "nowhere" in r.stderr
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_help_documents_every_flag():
+    text = run_train(["--help"]).stdout
+    for flag in ("--preset", "--data", "--data-root", "--arch", "--task", "--width", "--weighting", "--temperature",
+                 "--lr", "--step-size", "--gamma", "--epochs", "--batch-size", "--augment", "--seed", "--out",
+                 "--resume", "--compile", "--amp", "--push-to-hub", "--private", "--eval-every"):
+        assert flag in text
+    for preset in ("paper-cityscapes", "paper-nyuv2", "benchmark-cityscapes", "smoke"):
+        assert preset in text
+
+
+def test_presets_match_the_paper():
+    paper = apply_preset("paper-cityscapes", {})
+    assert (paper.lr, paper.step_size, paper.gamma, paper.epochs, paper.batch_size, paper.augment, paper.weighting,
+            paper.temperature, paper.size) == (1e-4, 100, 0.5, 200, 8, False, "dwa", 2.0, "128x256")
+    assert apply_preset("paper-nyuv2", {}).batch_size == 2
+    assert apply_preset("benchmark-cityscapes", {}).augment is True
+    assert apply_preset("paper-cityscapes", {"epochs": 3}).epochs == 3  # explicit flags win
+    assert TrainConfig().lr == 1e-4
