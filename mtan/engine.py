@@ -189,11 +189,12 @@ def _builder_options(config: TrainConfig, part: str, split: str) -> dict:
     return options
 
 
-def build_split(config: TrainConfig, split: str, name: str | None = None, root=None):
+def build_split(config: TrainConfig, split: str, name: str | None = None, root="config"):
+    """``split`` of the run's data (or of one part ``name`` of a mixture, with its own ``root``)."""
     from mtan.data import build_dataset
 
     name = name or config.data
-    root = config.data_root if root is None else root
+    root = config.data_root if root == "config" else root
     parts = name.split("+")
     if len(parts) == 1:
         options = _builder_options(config, name, split)
@@ -526,7 +527,7 @@ def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None =
                    prepare=None, batches=None) -> dict:
     """Validation losses and metrics of ``model`` on an in-memory dataset, as a flat dict
     (``semantic.miou``, ``depth.abs_err``, ``loss.semantic``, ...). Only the tasks the dataset
-    provides are scored."""
+    provides with at least one valid pixel are scored."""
     runtime = runtime or Runtime(device=data.device)
     data_tasks = {t.name for t in data.tasks}
     tasks = [t for t in model.tasks if t.name in data_tasks]
@@ -559,9 +560,11 @@ def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None =
     all_reduce_([loss_sums, loss_counts], runtime)
     result = {}
     for k, t in enumerate(tasks):
+        if loss_counts[k] == 0:  # the set has no valid pixel for this task (e.g. CamVid depth): not scored
+            continue
         for name, value in metrics[t.name].compute().items():
             result[f"{t.name}.{name}"] = None if value != value else value
-        result[f"loss.{t.name}"] = float(loss_sums[k] / loss_counts[k]) if loss_counts[k] > 0 else None
+        result[f"loss.{t.name}"] = float(loss_sums[k] / loss_counts[k])
     return result
 
 

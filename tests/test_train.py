@@ -208,3 +208,32 @@ def test_presets_match_the_paper():
     assert apply_preset("benchmark-cityscapes", {}).augment is True
     assert apply_preset("paper-cityscapes", {"epochs": 3}).epochs == 3  # explicit flags win
     assert TrainConfig().lr == 1e-4
+
+
+def test_mixed_datasets_mask_the_missing_task(tmp_path, camvid_root):
+    """synthetic+camvid: CamVid frames have no depth; their depth loss is masked per sample."""
+    from mtan.data import build_dataset
+    from mtan.losses import depth_loss
+
+    mix = build_dataset("synthetic+camvid", root={"camvid": str(camvid_root)}, split="val", size="32x64",
+                        synthetic={"num_frames": 4})
+    synthetic, camvid = mix[0], mix[len(mix) - 1]
+    assert torch.count_nonzero(camvid["depth"]) == 0 and torch.count_nonzero(synthetic["depth"]) > 0
+    pred = torch.rand(2, 1, 32, 64)
+    both = depth_loss(pred, torch.stack([synthetic["depth"], camvid["depth"]]))
+    alone = depth_loss(pred[:1], synthetic["depth"][None])
+    assert both.item() == pytest.approx(alone.item())  # the CamVid sample adds nothing
+
+    out = tmp_path / "mix"
+    r = run_train(["--data", "synthetic+camvid", "--data-root", f"+{camvid_root}", "--size", "32x64",
+                   "--train-frames", "16", "--val-frames", "8", "--width", "0.0625", "--batch-size", "8",
+                   "--epochs", "3", "--no-progress", "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = read_metrics(out / "metrics.jsonl")
+    val = records[-1]["val"]
+    assert set(val) == {"synthetic", "camvid"}
+    assert "depth.abs_err" in val["synthetic"] and "depth.abs_err" not in val["camvid"]
+    # DWA sees the depth loss of the frames that have depth, not diluted by the CamVid majority
+    depth_losses = [rec["train"]["loss.depth"] for rec in records]
+    assert all(0.01 < v < 1.0 for v in depth_losses)
+    assert records[2]["weights"]["depth"] != 1.0

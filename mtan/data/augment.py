@@ -1,0 +1,227 @@
+"""Augmentation used by modern multi-task benchmarks: random zoom-crop and horizontal flip.
+
+For each sample: pick a scale ``s`` in {1.0, 1.2, 1.5}, cut a window of (H/s, W/s) at a random
+position, resize it back to H x W, and flip it left-right with probability 0.5. Geometry is
+shared by the image and all targets, so they stay aligned:
+
+* image: bilinear; labels, depth and normals: nearest (a label is never blended);
+* depth: zooming in by ``s`` brings the scene ``s`` times closer, so inverse depth
+  (CityScapes) is multiplied by ``s`` and metric depth (NYUv2) divided by ``s``; invalid (0)
+  pixels stay 0;
+* normals: a flip mirrors the scene, so the x component changes sign; invalid (0, 0, 0) stays 0.
+
+Two implementations:
+
+* :class:`BatchAugment` / :func:`augment_batch` work on whole batches on any device (the
+  trainer runs it on the GPU): one ``affine_grid`` plus one ``grid_sample`` per target type,
+  per-sample parameters drawn on the device from a ``torch.Generator``, no host sync.
+  The window is placed at a continuous position and the zoom is exactly ``s``.
+* :class:`SampleAugment` works on one sample with torchvision transforms v2 (for DataLoader
+  workers); its window is rounded to whole pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mtan.tasks import Task, tasks_from_config
+
+DEFAULT_SCALES = (1.0, 1.2, 1.5)
+
+
+def _as_tasks(tasks) -> list[Task]:
+    return [t if isinstance(t, Task) else tasks_from_config([t])[0] for t in tasks]
+
+
+def _depth_factor(task: Task, scale: torch.Tensor) -> torch.Tensor:
+    """What a depth map is multiplied by when the view is zoomed in by ``scale``."""
+    return scale if task.depth_kind == "inverse" else 1.0 / scale
+
+
+# --------------------------------------------------------------------------------------
+# Batched, device-side augmentation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters, each a length-B tensor on the batch's device.
+
+    ``scale``: zoom factor s >= 1; ``top``/``left``: window position as a fraction of the free
+    room (0 = top/left edge, 1 = bottom/right edge); ``flip``: True to mirror left-right.
+    """
+
+    scale: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    flip: torch.Tensor
+
+    @classmethod
+    def draw(cls, batch_size: int, device, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
+             generator: torch.Generator | None = None) -> "AugmentParams":
+        """Random parameters, drawn on ``generator``'s device (else ``device``) and moved to ``device``.
+
+        A generator on the batch's device keeps everything there (no host round trip)."""
+        gen_device = generator.device if generator is not None else torch.device(device)
+        pick = torch.randint(len(scales), (batch_size,), generator=generator, device=gen_device)
+        scale = torch.ones(batch_size, device=gen_device)
+        for k, s in enumerate(scales):  # python scalars only: no host-to-device copy, no sync
+            scale = torch.where(pick == k, float(s), scale)
+        pos = torch.rand(2, batch_size, generator=generator, device=gen_device)
+        flip = torch.rand(batch_size, generator=generator, device=gen_device) < flip_p
+        move = dict(device=device, non_blocking=True)
+        return cls(scale.to(**move), pos[0].to(**move), pos[1].to(**move), flip.to(**move))
+
+    @classmethod
+    def identity(cls, batch_size: int, device="cpu") -> "AugmentParams":
+        ones = torch.ones(batch_size, device=device)
+        return cls(ones, ones * 0, ones * 0, torch.zeros(batch_size, dtype=torch.bool, device=device))
+
+    def theta(self) -> torch.Tensor:
+        """B x 2 x 3 affine matrices mapping output to input coordinates (normalised, [-1, 1]).
+
+        A window of relative size 1/s whose free room is split by ``left`` has its centre at
+        ``(2 * left - 1) * (1 - 1/s)``; mirroring negates the x factor.
+        """
+        inv = 1.0 / self.scale
+        theta = torch.zeros(self.scale.shape[0], 2, 3, device=self.scale.device, dtype=torch.float32)
+        theta[:, 0, 0] = torch.where(self.flip, -inv, inv)
+        theta[:, 0, 2] = (2 * self.left - 1) * (1 - inv)
+        theta[:, 1, 1] = inv
+        theta[:, 1, 2] = (2 * self.top - 1) * (1 - inv)
+        return theta
+
+
+def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
+
+
+def apply_augment(batch: dict, tasks, params: AugmentParams) -> dict:
+    """Apply given parameters to a batch (``image`` B x 3 x H x W and task targets)."""
+    tasks = _as_tasks(tasks)
+    image = batch["image"]
+    b, _, h, w = image.shape
+    grid = F.affine_grid(params.theta().to(image.device), [b, 1, h, w], align_corners=False)
+    out = dict(batch)
+    out["image"] = _sample(image if image.is_floating_point() else image.float(), grid, "bilinear")
+    per_sample = (b, 1, 1, 1)
+    for task in tasks:
+        target = batch.get(task.name)
+        if target is None:
+            continue
+        if task.kind == "semantic":  # B x H x W integers; exact in float32 for any class index
+            out[task.name] = _sample(target[:, None].float(), grid, "nearest")[:, 0].to(target.dtype)
+        elif task.kind == "depth":
+            factor = _depth_factor(task, params.scale).to(target.dtype).view(per_sample)
+            out[task.name] = _sample(target, grid, "nearest") * factor
+        elif task.kind == "normal":
+            sign = torch.ones(b, 3, 1, 1, dtype=target.dtype, device=target.device)
+            sign[:, 0, 0, 0] = torch.where(params.flip, -1.0, 1.0).to(target.dtype)
+            out[task.name] = _sample(target, grid, "nearest") * sign
+    return out
+
+
+def augment_batch(batch: dict, tasks, generator: torch.Generator | None = None,
+                  scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5) -> dict:
+    """Randomly zoom-crop and flip every sample of a batch (see the module docstring).
+
+    ``tasks``: the batch's tasks (Task objects or config dicts), which say how each target is
+    treated. ``generator``: a ``torch.Generator`` for reproducible draws; one on the batch's
+    device avoids any host round trip. Keys that are not tasks pass through unchanged.
+    """
+    image = batch["image"]
+    params = AugmentParams.draw(image.shape[0], image.device, scales, flip_p, generator)
+    return apply_augment(batch, tasks, params)
+
+
+class BatchAugment:
+    """Callable form of :func:`augment_batch` holding the tasks, scales, flip probability and generator."""
+
+    def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
+                 generator: torch.Generator | None = None):
+        if not scales or min(scales) < 1:
+            raise ValueError(f"scales must be zoom factors >= 1, got {scales!r}")
+        self.tasks = _as_tasks(tasks)
+        self.scales, self.flip_p, self.generator = tuple(float(s) for s in scales), float(flip_p), generator
+
+    def __call__(self, batch: dict) -> dict:
+        return augment_batch(batch, self.tasks, self.generator, self.scales, self.flip_p)
+
+    def __repr__(self) -> str:
+        return f"BatchAugment(scales={self.scales}, flip_p={self.flip_p})"
+
+
+# --------------------------------------------------------------------------------------
+# Per-sample augmentation with torchvision transforms v2 (for DataLoader workers)
+# --------------------------------------------------------------------------------------
+
+
+class SampleAugment:
+    """Zoom-crop + flip one sample (the same recipe as :class:`BatchAugment`) with transforms v2.
+
+    Use it as a dataset transform inside DataLoader workers, e.g.
+    ``TransformedDataset(dataset, SampleAugment(dataset.tasks))``. The window is
+    ``round(H/s) x round(W/s)`` pixels at a whole-pixel position; depth is scaled by the
+    nominal ``s``. In DataLoader workers leave ``generator=None``: torch seeds every worker's
+    global generator differently, whereas a generator object would be copied into all workers
+    with the same state (and they would all draw the same parameters).
+    """
+
+    def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
+                 generator: torch.Generator | None = None):
+        self.tasks = _as_tasks(tasks)
+        self.scales, self.flip_p, self.generator = tuple(float(s) for s in scales), float(flip_p), generator
+
+    def __call__(self, sample: dict) -> dict:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        g = self.generator
+        h, w = sample["image"].shape[-2:]
+        s = self.scales[int(torch.randint(len(self.scales), (1,), generator=g))]
+        ch, cw = max(1, round(h / s)), max(1, round(w / s))
+        top = int(torch.randint(h - ch + 1, (1,), generator=g))
+        left = int(torch.randint(w - cw + 1, (1,), generator=g))
+        flip = bool(torch.rand(1, generator=g) < self.flip_p)
+
+        def geometry(x, interpolation):
+            x = TF.resized_crop(x, top, left, ch, cw, [h, w], interpolation=interpolation, antialias=False)
+            return TF.horizontal_flip(x) if flip else x
+
+        # Targets go through as plain tensors with NEAREST_EXACT (the source pixel under each output
+        # pixel's centre): tv_tensors.Mask would force NEAREST, which sits half a pixel off the image.
+        out = dict(sample)
+        out["image"] = geometry(sample["image"], InterpolationMode.BILINEAR)
+        for task in self.tasks:
+            if task.name not in sample:
+                continue
+            target = sample[task.name]
+            moved = geometry(target[None] if task.kind == "semantic" else target, InterpolationMode.NEAREST_EXACT)
+            if task.kind == "semantic":
+                moved = moved[0]
+            elif task.kind == "depth":
+                moved = moved * (s if task.depth_kind == "inverse" else 1.0 / s)
+            elif task.kind == "normal" and flip:
+                moved = moved.clone()
+                moved[0] = -moved[0]
+            out[task.name] = moved
+        return out
+
+
+class TransformedDataset(torch.utils.data.Dataset):
+    """A dataset whose items pass through ``transform``; keeps ``task_configs``, ``name``, ``size``."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+        for attr in ("task_configs", "tasks", "name", "size"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.transform(self.dataset[index])

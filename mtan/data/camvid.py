@@ -1,0 +1,173 @@
+"""CamVid (SegNet's 11-class version): real street scenes, segmentation only.
+
+Layout (see ``data/camvid/README.md``)::
+
+    ROOT/{train,val}/images/NAME.jpg   RGB, 480 x 360
+    ROOT/{train,val}/labels/NAME.png   8-bit class index per pixel, 11 = unlabelled
+
+Labels are kept as the 11 CamVid classes (``classes=11``) or mapped to the 7 CityScapes
+categories (``classes=7``, the README's table), so that CamVid can be mixed with CityScapes
+or the synthetic scenes. CamVid has no depth: the ``depth`` target is all zeros (invalid), so
+the depth loss ignores CamVid samples.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mtan.data.common import (DatasetError, center_crop_box, check_labels_in_range, check_sample_values,
+                              crop_sample, parse_size, resize_sample)
+from mtan.tasks import tasks_from_config
+
+UNLABELLED = 11
+
+# CamVid index -> CityScapes category (flat 0, construction 1, object 2, nature 3, sky 4, human 5,
+# vehicle 6); the README's table.
+TO_CITYSCAPES_7 = {0: 4, 1: 1, 2: 2, 3: 0, 4: 0, 5: 3, 6: 2, 7: 1, 8: 6, 9: 5, 10: 5, UNLABELLED: -1}
+
+FITS = ("crop", "stretch")
+
+
+def default_root() -> Path | None:
+    """``$MTAN_CAMVID``, else ``shared/data/camvid`` beside the project checkout, if present."""
+    env = os.environ.get("MTAN_CAMVID")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "shared" / "data" / "camvid", here.parents[2] / "data" / "camvid"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def label_lookup(classes: int) -> np.ndarray:
+    """CamVid index (0..255) -> target class; unknown indices map to 255 (caught as out of range)."""
+    table = np.full(256, 255, dtype=np.int16)
+    for idx, cat in TO_CITYSCAPES_7.items():
+        table[idx] = cat if classes == 7 else (idx if idx != UNLABELLED else -1)
+    return table
+
+
+class CamVidDataset(torch.utils.data.Dataset):
+    """A split of CamVid: image + ``semantic`` (+ an all-invalid ``depth`` unless ``depth=False``).
+
+    ``classes``: 7 (CityScapes categories) or 11 (CamVid classes). ``size=(H, W)`` resizes
+    (image bilinear with antialiasing, labels nearest); ``fit="crop"`` (default) first cuts the
+    largest centred window of the target aspect ratio so nothing is stretched, ``"stretch"``
+    resizes the whole frame. ``size=None`` keeps 360 x 480 (not a multiple of 32: the network
+    needs e.g. 352x480 or 256x320).
+    """
+
+    how_to_get = ("CamVid lives in data/camvid beside the project (shared/data/camvid); pass root=... or "
+                  "set MTAN_CAMVID to its folder.")
+
+    def __init__(self, root=None, split: str = "train", classes: int = 7, size=None, fit: str = "crop",
+                 depth: bool = True, name: str = "camvid"):
+        if classes not in (7, 11):
+            raise ValueError(f"camvid classes must be 7 (CityScapes categories) or 11, got {classes!r}")
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+        root = root if root is not None else default_root()
+        if root is None:
+            raise DatasetError(f"camvid: no root folder given and none found. {self.how_to_get}")
+        self.root = Path(root).expanduser()
+        self.split, self.classes, self.fit, self.name = split, classes, fit, name
+        class_set = "cityscapes-7" if classes == 7 else "camvid-11"
+        self.task_configs = [{"name": "semantic", "kind": "semantic", "class_set": class_set}]
+        if depth:
+            self.task_configs.append({"name": "depth", "kind": "depth", "depth_kind": "inverse"})
+        self.tasks = tasks_from_config(self.task_configs)
+        self.table = torch.from_numpy(label_lookup(classes)).long()
+        self.names = self._check_structure()
+        self.native_size = self._first_frame_size()
+        self.size = parse_size(size) or self.native_size
+
+    # -- structure --------------------------------------------------------------------------
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.split / "images" / f"{self.names[index]}.jpg"
+
+    def label_path(self, index: int) -> Path:
+        return self.root / self.split / "labels" / f"{self.names[index]}.png"
+
+    def _check_structure(self) -> list[str]:
+        images, labels = self.root / self.split / "images", self.root / self.split / "labels"
+        for folder in (images, labels):
+            if not folder.is_dir():
+                raise DatasetError(f"camvid: folder {folder} is missing; expected ROOT/{{train,val}}/images/*.jpg "
+                                   f"and ROOT/{{train,val}}/labels/*.png. {self.how_to_get}")
+        image_names = {p.stem for p in images.glob("*.jpg")}
+        label_names = {p.stem for p in labels.glob("*.png")}
+        if not image_names:
+            raise DatasetError(f"camvid: {images} holds no .jpg files. {self.how_to_get}")
+        if image_names != label_names:
+            missing = sorted(image_names - label_names)
+            extra = sorted(label_names - image_names)
+            detail = (f"no label for {images / (missing[0] + '.jpg')} (expected {labels / (missing[0] + '.png')})"
+                      if missing else f"no image for {labels / (extra[0] + '.png')}")
+            raise DatasetError(f"camvid: {images} has {len(image_names)} images but {labels} has "
+                               f"{len(label_names)} labels: {detail}. Every image needs a label PNG of the same name.")
+        return sorted(image_names)
+
+    def _first_frame_size(self) -> tuple[int, int]:
+        img, lab = self._open(self.image_path(0)), self._open(self.label_path(0))
+        if img.size != lab.size:
+            raise DatasetError(f"{self.label_path(0)} is {lab.size[1]}x{lab.size[0]} but its image "
+                               f"{self.image_path(0)} is {img.size[1]}x{img.size[0]}.")
+        return img.size[1], img.size[0]
+
+    @staticmethod
+    def _open(path: Path) -> Image.Image:
+        try:
+            img = Image.open(path)
+            img.load()
+            return img
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(f"{path}: cannot read this image ({type(e).__name__}: {e}); "
+                               "the file is damaged: restore it from the CamVid download.") from e
+
+    # -- items ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> dict:
+        """The sample at the stored size (labels mapped, range-checked)."""
+        img, lab = self._open(self.image_path(index)), self._open(self.label_path(index))
+        if img.size != lab.size:
+            raise DatasetError(f"{self.label_path(index)} is {lab.size[1]}x{lab.size[0]} but its image is "
+                               f"{img.size[1]}x{img.size[0]}.")
+        if lab.mode not in ("L", "P"):
+            raise DatasetError(f"{self.label_path(index)}: expected an 8-bit class-index PNG, got mode {lab.mode}.")
+        image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float().div_(255)
+        raw = torch.from_numpy(np.array(lab)).long()
+        labels = self.table[raw]
+        if (labels == 255).any():
+            bad = sorted(set(raw[labels == 255].tolist()))[:10]
+            raise DatasetError(f"{self.label_path(index)}: label value(s) {bad} are not CamVid classes "
+                               f"(0..10, 11 = unlabelled).")
+        check_labels_in_range(labels, self.tasks[0].num_classes, str(self.label_path(index)))
+        sample = {"image": image, "semantic": labels}
+        h, w = labels.shape
+        for task in self.tasks[1:]:
+            sample[task.name] = task.missing_target(h, w)
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        h, w = sample["image"].shape[-2:]
+        if self.fit == "crop" and (h, w) != self.size:
+            sample = crop_sample(sample, self.tasks, *center_crop_box(h, w, self.size[1] / self.size[0]))
+        return resize_sample(sample, self.tasks, self.size)
+
+    def check_item(self, index: int) -> None:
+        check_sample_values(self.load(index), self.tasks,
+                            lambda key: str(self.image_path(index) if key == "image" else self.label_path(index)))
+
+    def __repr__(self) -> str:
+        return (f"CamVidDataset(root={str(self.root)!r}, split={self.split!r}, classes={self.classes}, "
+                f"frames={len(self)}, size={self.size})")

@@ -1,0 +1,123 @@
+"""Augmentation keeps the image and every target aligned, and treats depth and normals right.
+
+The test batch encodes each pixel's source position in all fields at once: the image holds
+(x + 0.5) / W and (y + 0.5) / H (a linear ramp, which bilinear sampling reproduces exactly),
+the label holds the column x, and the depth holds a code of (y, x). After augmentation, every
+field must point back to the same source pixel.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtan.data.augment import AugmentParams, BatchAugment, SampleAugment, apply_augment, augment_batch
+
+H, W = 16, 32
+INVERSE = {"name": "depth", "kind": "depth", "depth_kind": "inverse"}
+METRIC = {"name": "depth", "kind": "depth", "depth_kind": "metric"}
+SEMANTIC = {"name": "semantic", "kind": "semantic", "num_classes": W}
+NORMAL = {"name": "normal", "kind": "normal"}
+
+
+def coded_batch(b: int = 6) -> dict:
+    y, x = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    image = torch.stack([(x + 0.5) / W, (y + 0.5) / H, torch.zeros(H, W)])
+    depth = (y * W + x + 1).float()[None]  # never 0: every pixel valid
+    depth[:, 0, 0] = 0  # ... except one invalid pixel
+    normal = torch.zeros(3, H, W)
+    normal[0] = 0.6
+    normal[2] = 0.8
+    normal[:, H - 1, :] = 0  # an invalid row
+    return {"image": image.expand(b, -1, -1, -1).clone(), "semantic": x.expand(b, -1, -1).clone(),
+            "depth": depth.expand(b, -1, -1, -1).clone(), "normal": normal.expand(b, -1, -1, -1).clone(),
+            "name": ["kept"] * b}
+
+
+def check_aligned(out: dict, scale: torch.Tensor, depth_kind: str = "inverse"):
+    """Every field of every sample refers to the same source pixel."""
+    b = out["image"].shape[0]
+    factor = (scale if depth_kind == "inverse" else 1 / scale).view(b, 1, 1)
+    code = out["depth"][:, 0] / factor  # y * W + x + 1, or 0 where the source was invalid
+    valid = code > 0.5
+    src = code.round().long() - 1
+    src_y, src_x = src // W, src % W
+    assert torch.allclose(code[valid], code[valid].round(), atol=1e-3)  # nearest: never blended
+    assert torch.equal(out["semantic"][valid], src_x[valid])
+    img_x = out["image"][:, 0] * W - 0.5
+    img_y = out["image"][:, 1] * H - 0.5
+    assert (img_x[valid] - src_x[valid]).abs().max() <= 0.5 + 1e-4
+    assert (img_y[valid] - src_y[valid]).abs().max() <= 0.5 + 1e-4
+
+
+def test_identity_parameters_change_nothing():
+    batch = coded_batch(2)
+    out = apply_augment(batch, [SEMANTIC, INVERSE, NORMAL], AugmentParams.identity(2))
+    for key in ("image", "semantic", "depth", "normal"):
+        assert torch.allclose(out[key].float(), batch[key].float(), atol=1e-6), key
+    assert out["semantic"].dtype == torch.int64 and out["name"] == ["kept"] * 2
+
+
+@pytest.mark.parametrize("depth", [INVERSE, METRIC])
+def test_zoom_and_flip_keep_fields_aligned(depth):
+    scale = torch.tensor([1.0, 1.2, 1.5, 1.5, 1.2, 1.0])
+    flip = torch.tensor([False, False, True, False, True, True])
+    params = AugmentParams(scale, torch.tensor([0.0, 1.0, 0.3, 0.9, 0.5, 0.2]),
+                           torch.tensor([0.0, 0.7, 1.0, 0.1, 0.5, 0.6]), flip)
+    out = apply_augment(coded_batch(), [SEMANTIC, depth, NORMAL], params)
+    check_aligned(out, scale, depth["depth_kind"])
+    # Flipped samples read columns right to left, the others left to right.
+    step = out["semantic"][:, 5, -1] - out["semantic"][:, 5, 0]
+    assert ((step < 0) == flip).all()
+    # The window spans W / s source columns.
+    assert torch.allclose((step.abs() + 1).float(), W / scale, atol=1.01)
+
+
+def test_depth_scales_with_zoom():
+    params = AugmentParams(torch.tensor([1.5, 1.5]), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.bool))
+    batch = coded_batch(2)
+    batch["depth"] = torch.full((2, 1, H, W), 2.0)
+    batch["depth"][:, :, :4] = 0  # invalid rows stay invalid
+    inverse = apply_augment(batch, [INVERSE], params)["depth"]
+    metric = apply_augment(batch, [METRIC], params)["depth"]
+    assert set(inverse.unique().tolist()) == {0.0, 3.0}  # inverse depth x s: the scene is closer
+    assert torch.equal(metric.unique(), torch.tensor([0.0, 2.0 / 1.5]))  # metres / s (float32)
+    assert (inverse == 0).sum() == (metric == 0).sum() > 0
+
+
+def test_normals_flip_x_and_invalid_stay_zero():
+    params = AugmentParams(torch.ones(2), torch.zeros(2), torch.zeros(2), torch.tensor([True, False]))
+    out = apply_augment(coded_batch(2), [NORMAL], params)["normal"]
+    assert torch.equal(out[0, 0, :-1], torch.full((H - 1, W), -0.6))
+    assert torch.equal(out[1, 0, :-1], torch.full((H - 1, W), 0.6))
+    assert torch.equal(out[:, 2, :-1], torch.full((2, H - 1, W), 0.8))
+    assert (out[:, :, -1] == 0).all()
+
+
+def test_random_batches_are_aligned_and_reproducible():
+    tasks = [SEMANTIC, INVERSE, NORMAL]
+    batch = coded_batch(16)
+    a = augment_batch(batch, tasks, generator=torch.Generator().manual_seed(0))
+    b = BatchAugment(tasks, generator=torch.Generator().manual_seed(0))(batch)
+    assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["image"], b["image"])
+    params = AugmentParams.draw(16, "cpu", generator=torch.Generator().manual_seed(0))
+    assert torch.isin(params.scale, torch.tensor([1.0, 1.2, 1.5])).all()
+    check_aligned(a, params.scale)
+    assert params.flip.any() and not params.flip.all()
+
+
+def test_sample_augment_with_transforms_v2_is_aligned():
+    tasks = [SEMANTIC, INVERSE, NORMAL]
+    batch = coded_batch(1)
+    sample = {k: v[0] for k, v in batch.items() if k != "name"}
+    augment = SampleAugment(tasks, generator=torch.Generator().manual_seed(3))
+    flips = 0
+    for _ in range(8):
+        out = augment(sample)
+        # The scale drawn is the one that turns the depth back into whole source codes.
+        scales = [s for s in (1.0, 1.2, 1.5) if torch.allclose(out["depth"] / s, (out["depth"] / s).round(), atol=1e-3)]
+        assert len(scales) == 1
+        check_aligned({k: v[None] for k, v in out.items()}, torch.tensor(scales))
+        flipped = bool(out["normal"][0, 0, 0] < 0)
+        flips += flipped
+        assert (out["semantic"][0, -1] < out["semantic"][0, 0]) == flipped
+    assert 0 < flips < 8
