@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         dataset = build_dataset(args.name, root=args.root, split=args.split, size=args.size, **_options(args.option))
         n = validate(dataset, full=True)
-    except DatasetError as e:
+    except (DatasetError, ValueError, TypeError) as e:  # bad names or options too: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{dataset!r}: {n} frames OK ({time.perf_counter() - t0:.1f} s)")
