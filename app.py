@@ -1,0 +1,352 @@
+"""MTAN demo: semantic segmentation + depth (+ surface normals) from one street photo, and the
+per-task attention masks that decide which shared features each task uses.
+
+    python app.py                                   # the model in weights/, http://127.0.0.1:7860
+    python app.py --model user/name --share         # a Hub model (or a folder), public link
+    MTAN_MODELS=weights,user/a,user/b python app.py # several models in a dropdown
+
+Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTAN_DEFAULT_MODEL
+(the local fallback, default weights/), MTAN_EXAMPLES (default examples/), --host /
+GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
+MTAN_MAX_FILE_SIZE, --concurrency / MTAN_CONCURRENCY, --queue-size / MTAN_QUEUE_SIZE, --device /
+MTAN_DEVICE, --threads / MTAN_THREADS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from mtan import serving
+from mtan import visualize as viz
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description="MTAN demo app (Gradio).")
+    p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
+    p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME"), help="e.g. 0.0.0.0 to listen on all interfaces")
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT") or 0) or None)
+    p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
+    p.add_argument("--device", default=env("MTAN_DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--max-pixels", type=int, default=int(env("MTAN_MAX_PIXELS") or serving.DEFAULT_MAX_PIXELS),
+                   help="larger photos are downscaled to this many pixels")
+    p.add_argument("--max-file-size", default=env("MTAN_MAX_FILE_SIZE") or "25mb", help="upload limit")
+    p.add_argument("--concurrency", type=int, default=int(env("MTAN_CONCURRENCY") or 0) or None,
+                   help="predictions run at once (default: 1 on CPU, 2 on GPU)")
+    p.add_argument("--queue-size", type=int, default=int(env("MTAN_QUEUE_SIZE") or 32))
+    p.add_argument("--threads", type=int, default=int(env("MTAN_THREADS") or 0) or None,
+                   help="CPU threads for torch (default: torch's choice, one per core)")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+
+# ---- models: the default one loads now (the only heavy work at import), others on first use ----
+serving.configure_pil()
+if ARGS.threads:
+    torch.set_num_threads(ARGS.threads)
+REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device)
+try:
+    DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
+except serving.ModelUnavailableError as e:
+    DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
+CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
+EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serving.EXAMPLES_DIR)
+EXAMPLES = serving.example_files(EXAMPLES_DIR)
+EXAMPLE_CACHE = serving.ExampleCache(EXAMPLES)
+OUT_ROOT = Path(tempfile.gettempdir()) / "mtan-app"
+
+
+def get_model(key: str | None) -> serving.LoadedModel:
+    try:
+        return REGISTRY.get(key or REGISTRY.default_key)
+    except serving.ModelUnavailableError as e:
+        raise gr.Error(str(e)) from None
+
+
+def notices_of(loaded: serving.LoadedModel | None) -> str:
+    lines = ([STARTUP_ERROR] if STARTUP_ERROR and loaded is None else []) + (loaded.notices if loaded else [])
+    return "\n\n".join(f"⚠️ {line}" for line in lines)
+
+
+def card_of(loaded: serving.LoadedModel | None) -> str:
+    if loaded is None:
+        return "*No model loaded.*"
+    card = re.sub(r"^(#+) ", r"\1## ", loaded.card, flags=re.M) if loaded.card else "*This model has no card.*"
+    return f"**Loaded from** `{loaded.source}` on {REGISTRY.device}.\n\n{card}"
+
+
+def compare_choices(loaded: serving.LoadedModel | None) -> list[str]:
+    kinds = {t.kind for t in loaded.model.tasks} if loaded else {"semantic", "depth"}
+    return [name for kind, name in (("semantic", "segmentation"), ("depth", "depth"), ("normal", "normals"))
+            if kind in kinds]
+
+
+def task_choices(loaded: serving.LoadedModel | None) -> list[str]:
+    return loaded.model.task_names if loaded else ["semantic", "depth"]
+
+
+def new_out_dir(max_age_s: float = 3600) -> Path:
+    """A fresh folder for one prediction's downloads; folders older than an hour are removed."""
+    OUT_ROOT.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUT_ROOT.iterdir():
+        try:
+            if now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    out = OUT_ROOT / uuid.uuid4().hex
+    out.mkdir()
+    return out
+
+
+# ---- rendering from a cached prediction (no network run) -------------------------------------
+
+
+def show_main(pred: serving.Prediction, opacity: float, colormap: str, compare: str):
+    """Segmentation overlay, coloured depth, colour bar and the before/after pair."""
+    size = pred.size
+    sem, dep, nor = pred.first("semantic"), pred.first("depth"), pred.first("normal")
+    seg = viz.overlay(pred.photo, viz.colorize_labels(pred.labels[sem.name], sem.class_set.palette),
+                      opacity) if sem else None
+    colormap = colormap if colormap in viz.COLORMAPS else viz.DEFAULT_COLORMAP
+    depth, bar = None, ""
+    if dep:
+        limits = viz.depth_limits(pred.depth[dep.name])
+        depth = viz.colorize_depth(pred.depth[dep.name], size, colormap, limits)
+        bar = viz.colorbar_html(dep, limits, colormap)
+    normals = viz.normals_to_rgb(pred.normals[nor.name], size) if nor else None
+    after = {"segmentation": seg, "depth": depth, "normals": normals}.get(compare) or seg or depth or normals
+    return seg, depth, bar, (pred.photo, after), normals
+
+
+def show_attention(pred: serving.Prediction, task: str, part: str, stage: float, channel: float):
+    """The chosen mask as a heat map, where the tasks' masks differ, and a caption."""
+    if not pred.masks:
+        return None, None, "This model has no attention masks (it is a `split` or `single` network)."
+    task = task if task in pred.masks else next(iter(pred.masks))
+    part = part if part in viz.PARTS else "encoder"
+    stage = int(min(4, max(0, stage or 0)))
+    values, what = viz.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
+    view, (lo, hi) = viz.heatmap(values, pred.photo)
+    caption = f"**{task}**, {viz.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
+    diff = viz.task_difference(pred.masks, part, stage)
+    if diff is None:
+        return view, None, caption
+    diff_view, (dlo, dhi) = viz.heatmap(diff, pred.photo, cmap=viz.DIFFERENCE_COLORMAP)
+    caption += (f" Right: mean |difference| between the tasks' masks at this stage, {dlo:.3f} to {dhi:.3f}: "
+                f"bright where the tasks select different features.")
+    return view, diff_view, caption
+
+
+# ---- the prediction ----------------------------------------------------------------------------
+
+
+def predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
+            attention_stage, attention_channel):
+    """Segment a street photo, estimate its depth and show one task's attention mask.
+
+    Returns the segmentation overlay, the depth view and the attention view (all at the photo's
+    size), then the downloads, the legend, the colour bar, the normals, the before/after pair,
+    the task-difference view, the attention caption, notes on the downloads and a summary.
+    """
+    if image is None:
+        raise gr.Error("Upload a photo first (or pick an example).")
+    path = image.get("path") if isinstance(image, dict) else str(image)
+    name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
+    loaded = get_model(model)
+    resolution = resolution or serving.DEFAULT_RESOLUTION
+    if resolution not in serving.RESOLUTIONS:
+        raise gr.Error(f"Resolution {resolution!r} is not offered; choose {', '.join(serving.RESOLUTIONS)}.")
+    box = serving.parse_resolution(resolution)
+    cache_key = EXAMPLE_CACHE.key(path, loaded.key, resolution)
+    pred = EXAMPLE_CACHE.get(cache_key)
+    if pred is None:
+        try:
+            photo, notes = serving.load_image(path, ARGS.max_pixels)
+        except serving.ImageLoadError as e:
+            raise gr.Error(str(e)) from None
+        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name))
+        pred.notes = notes
+        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
+        EXAMPLE_CACHE.put(cache_key, pred)
+    seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
+    att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
+    sem = pred.first("semantic")
+    legend = viz.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
+    h, w = pred.processing_size
+    summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
+               f"{w}x{h} (fitted inside {resolution}) · {pred.seconds:.2f} s on {REGISTRY.device}")
+    notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
+    summary = "\n\n".join([summary] + notes)
+    return (seg, depth, att, pred.files, legend, bar, normals, pair, diff, caption,
+            "\n\n".join(n.replace("~", "≈") for n in pred.file_notes), summary, pred)
+
+
+def show_all_masks(pred):
+    """Every mask as a small heat map, and the per-stage table (after the main outputs, UI only)."""
+    if pred is None or not pred.masks:
+        return [], ""
+    return viz.attention_gallery(pred.masks, pred.photo), viz.attention_table(pred.masks)
+
+
+def predict_if_image(image, *args):
+    """For automatic re-runs (model or resolution changed): nothing to do without a photo."""
+    if image is None:
+        return tuple(gr.skip() for _ in OUTPUTS)
+    return predict(image, *args)
+
+
+def rerender_main(pred, opacity, colormap, compare):
+    if pred is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return show_main(pred, opacity, colormap, compare)[:4]
+
+
+def rerender_attention(pred, task, part, stage, channel):
+    if pred is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return show_attention(pred, task, part, stage, channel)
+
+
+def on_model_change(model):
+    """Load (once) the chosen model; show its notices and card, and its tasks in the controls."""
+    loaded = get_model(model)
+    tasks, compare = task_choices(loaded), compare_choices(loaded)
+    notices = notices_of(loaded)
+    return (gr.update(value=notices, visible=bool(notices)), card_of(loaded),
+            gr.update(choices=tasks, value=tasks[0] if tasks else None),
+            gr.update(choices=compare, value=compare[0] if compare else None),
+            gr.update(visible="normals" in compare))
+
+
+# ---- the page ----------------------------------------------------------------------------------
+
+ABOUT = """**MTAN** (Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR 2019) shares one
+SegNet-style network between all tasks and gives each task a chain of small soft-attention masks, one per encoder
+and decoder stage, that select from the shared features what that task needs. The masks are cheap 1x1 convolutions,
+so a new task adds few parameters, and comparing them (the *Attention* section) shows which features each task
+relies on. **Dynamic Weight Average (DWA)** balances the tasks during training by weighting each task's loss by how
+slowly it fell over the last two epochs (a softmax with temperature 2), so that no task dominates.
+[Paper](https://arxiv.org/abs/1803.10704)"""
+
+CSS = """
+.mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
+             border-radius: 6px}
+.mtan-legend ul {list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 4px 14px}
+.mtan-legend-item {display: flex; align-items: center; gap: 6px; font-size: 13px}
+.mtan-legend-title, .mtan-colorbar-title {font-size: 13px; font-weight: 600}
+.mtan-swatch {width: 14px; height: 14px; border-radius: 3px; display: inline-block; border: 1px solid #0004}
+.mtan-legend-share {opacity: .7}
+.mtan-colorbar-bar {height: 14px; border-radius: 3px; margin: 4px 0}
+.mtan-colorbar-ticks {display: flex; justify-content: space-between; font-size: 12px; text-align: center}
+.mtan-colorbar-note {font-size: 12px; opacity: .75; margin-top: 4px}
+"""
+
+first_tasks, first_compare = task_choices(DEFAULT_MODEL), compare_choices(DEFAULT_MODEL)
+with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False) as demo:
+    gr.Markdown("# MTAN: segmentation and depth from one street photo\nOne network, one pass: semantic "
+                "segmentation, depth (and surface normals on indoor models), plus each task's attention masks.")
+    notice = gr.Markdown(notices_of(DEFAULT_MODEL), visible=bool(notices_of(DEFAULT_MODEL)),
+                         elem_classes="mtan-notice", elem_id="notice")
+    state = gr.State(None, time_to_live=1800)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                             label="Street photo", elem_id="input-image", height=300)
+            model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
+                                interactive=len(REGISTRY.sources) > 1, elem_id="model")
+            resolution = gr.Radio(list(serving.RESOLUTIONS), value=serving.DEFAULT_RESOLUTION,
+                                  label="Processing resolution (the photo is fitted inside, aspect kept)")
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            summary = gr.Markdown(label="summary", show_label=False, elem_id="summary")
+            if EXAMPLES:
+                examples = gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
+                                       examples_per_page=12, elem_id="examples")
+            else:
+                gr.Markdown("*No example photos in `examples/` yet.*")
+        with gr.Column(scale=2):
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    seg_view = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation")
+                    opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity")
+                    legend = gr.HTML(label="legend", elem_id="legend")
+                with gr.Column():
+                    depth_view = gr.Image(label="Depth", format="jpeg", elem_id="depth")
+                    colormap = gr.Dropdown(list(viz.COLORMAPS), value=viz.DEFAULT_COLORMAP, label="Colormap")
+                    colorbar = gr.HTML(label="colour bar", elem_id="colorbar")
+            normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
+                                    visible=bool(DEFAULT_MODEL and "normals" in first_compare))
+            compare = gr.Radio(first_compare, value=first_compare[0] if first_compare else None,
+                               label="Before / after: the photo against")
+            slider = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare")
+    with gr.Accordion("Attention masks", open=True):
+        gr.Markdown("Each task's soft masks (0..1) gate the shared features at every encoder and decoder stage. "
+                    "Decoder stage 0 is the deepest (1/16 scale), decoder stage 4 the finest.")
+        with gr.Row():
+            attention_task = gr.Dropdown(first_tasks, value=first_tasks[0] if first_tasks else None, label="Task")
+            attention_part = gr.Radio(list(viz.PARTS), value="encoder", label="Part")
+            attention_stage = gr.Slider(0, 4, value=0, step=1, label="Stage")
+            attention_channel = gr.Slider(-1, 511, value=-1, step=1, label="Channel (-1 = mean over channels)")
+        with gr.Row():
+            attention_view = gr.Image(label="Mask over the photo", format="jpeg", elem_id="attention")
+            difference_view = gr.Image(label="Where the tasks' masks differ", format="jpeg", elem_id="difference")
+        attention_caption = gr.Markdown(label="attention caption", show_label=False)
+        with gr.Accordion("Every mask, and which channels are most task-specific", open=False, elem_id="all-masks"):
+            attention_gallery = gr.Gallery(label="Every mask (mean over channels)", columns=5, height="auto",
+                                           format="jpeg", elem_id="mask-gallery")
+            attention_stats = gr.Markdown(label="attention per stage", show_label=False)
+    with gr.Accordion("Downloads", open=False):
+        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy, masks .npz",
+                            file_count="multiple", elem_id="downloads")
+        download_notes = gr.Markdown(label="download notes", show_label=False)
+    with gr.Accordion("About the model and MTAN", open=False):
+        gr.Markdown(ABOUT)
+        card = gr.Markdown(card_of(DEFAULT_MODEL))
+
+    INPUTS = [image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
+              attention_stage, attention_channel]
+    OUTPUTS = [seg_view, depth_view, attention_view, downloads, legend, colorbar, normals_view, slider,
+               difference_view, attention_caption, download_notes, summary, state]
+    run_event = dict(fn=predict, inputs=INPUTS, outputs=OUTPUTS, concurrency_limit=CONCURRENCY,
+                     concurrency_id="inference", preprocess=False)
+    auto_run = run_event | dict(fn=predict_if_image, api_visibility="private")
+    all_masks = dict(fn=show_all_masks, inputs=[state], outputs=[attention_gallery, attention_stats],
+                     api_visibility="private", show_progress="hidden")
+    gr.on([run.click, image.upload], api_name="predict", **run_event).then(**all_masks)
+    model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view],
+                api_visibility="private").then(**auto_run).then(**all_masks)
+    resolution.input(**auto_run).then(**all_masks)
+    if EXAMPLES:
+        examples.load_input_event.then(**auto_run | dict(preprocess=True)).then(**all_masks)
+    gr.on([opacity.change, colormap.input, compare.input], rerender_main, [state, opacity, colormap, compare],
+          [seg_view, depth_view, colorbar, slider], api_visibility="private", trigger_mode="always_last",
+          show_progress="hidden")
+    gr.on([attention_task.input, attention_part.input, attention_stage.change, attention_channel.change],
+          rerender_attention, [state, attention_task, attention_part, attention_stage, attention_channel],
+          [attention_view, difference_view, attention_caption], api_visibility="private",
+          trigger_mode="always_last", show_progress="hidden")
+
+demo.queue(default_concurrency_limit=4, max_size=ARGS.queue_size)
+
+if __name__ == "__main__":
+    share = ARGS.share
+    if share and not serving.host_reachable("api.gradio.app", 443, timeout=3.0):
+        print("--share: no internet connection (api.gradio.app is unreachable), so no public link; "
+              "the app runs locally only.", flush=True)
+        share = False
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
+                allowed_paths=[str(EXAMPLES_DIR)], show_error=True, css=CSS,
+                theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=64)

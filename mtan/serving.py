@@ -1,0 +1,525 @@
+"""Serving helpers for the Gradio app: a model registry (load once, cache, fall back when the
+Hub is unreachable), safe image loading, and running a model on one photo.
+
+Nothing here imports gradio: the app turns :class:`ImageLoadError` and
+:class:`ModelUnavailableError` into ``gr.Error`` messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mtan.model import MTAN, ModelConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "weights"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+# Processing resolutions offered in the app (height x width); photos are fitted inside them.
+RESOLUTIONS = ("128x256", "256x512", "512x1024")
+DEFAULT_RESOLUTION = "256x512"
+
+
+class ImageLoadError(ValueError):
+    """An uploaded file could not be used as a photo; the message says why, for the user."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """No model could be loaded (neither the requested one nor the local default)."""
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------
+# Devices and the Hub
+# --------------------------------------------------------------------------------------
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``MTAN_DEVICE`` (or ``name``) if given, else CUDA when present, else CPU."""
+    name = name or os.environ.get("MTAN_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether one TCP connection to ``host:port`` opens within ``timeout`` seconds (DNS included)."""
+    result = {"ok": False}
+
+    def attempt():  # DNS lookups can hang: run in a thread and stop waiting after `timeout`
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result["ok"]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the Hub endpoint (``HF_ENDPOINT``), never longer than ``timeout``.
+
+    ``huggingface_hub`` retries an unreachable host for about 20 s; asking once first keeps the
+    app's start fast and its fallback immediate. ``HF_HUB_OFFLINE=1`` means unreachable.
+    """
+    if env_flag("HF_HUB_OFFLINE"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return False
+    return host_reachable(url.hostname, url.port or (80 if url.scheme == "http" else 443), timeout)
+
+
+def resolve_local(source: str) -> Path | None:
+    """An existing local path for ``source``: as given, or relative to the repository (``weights``)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not path.is_absolute() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return None
+
+
+def is_hub_id(source: str) -> bool:
+    """``user/name`` that is not an existing local path."""
+    return (resolve_local(source) is None and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+            and not source.startswith("."))
+
+
+# --------------------------------------------------------------------------------------
+# Model registry
+# --------------------------------------------------------------------------------------
+
+
+def strip_front_matter(text: str) -> str:
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end != -1:
+            return text[end + 4:].lstrip("\n")
+    return text
+
+
+@dataclass
+class LoadedModel:
+    key: str                  # what was asked for (a dropdown value)
+    source: str               # what was actually loaded (differs after a fallback)
+    model: MTAN
+    card: str = ""            # the model card, YAML front matter removed
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def placeholder(self) -> bool:
+        return "placeholder" in self.card.lower()
+
+    @property
+    def has_attention(self) -> bool:
+        return self.model.arch == "mtan"
+
+
+def model_label(source: str) -> str:
+    """A short dropdown label: the Hub id, or the folder name marked as local."""
+    if is_hub_id(source):
+        return source
+    path = resolve_local(source) or Path(source)
+    if path.resolve() == DEFAULT_MODEL_DIR.resolve():
+        return "weights/ (local default)"
+    return f"{path.name or source} (local)"
+
+
+class ModelRegistry:
+    """Models by key (a local folder or a Hub repo id), each loaded once and cached.
+
+    A model that cannot be loaded (Hub unreachable, missing or broken folder) is replaced by the
+    local default model, with a notice that says why; only when that fails too does ``get``
+    raise :class:`ModelUnavailableError`.
+    """
+
+    def __init__(self, sources: list[str], default_local: str | Path = "weights",
+                 device: torch.device | str | None = None, hub_timeout: float = 3.0):
+        if not sources:
+            sources = [str(default_local)]
+        self.sources = list(dict.fromkeys(str(s).strip() for s in sources if str(s).strip()))
+        self.default_local = str(default_local)
+        self.device = pick_device(str(device) if device else None)
+        self.hub_timeout = hub_timeout
+        self._models: dict[str, LoadedModel] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._hub_ok: bool | None = None
+
+    @classmethod
+    def from_env(cls, model: str | None = None, models: str | None = None, default_local: str | None = None,
+                 device: str | None = None) -> "ModelRegistry":
+        """``model`` / ``MTAN_MODEL``: the default choice; ``models`` / ``MTAN_MODELS``: comma-separated
+        dropdown choices; ``default_local`` / ``MTAN_DEFAULT_MODEL``: the offline fallback (``weights/``)."""
+        default_local = default_local or os.environ.get("MTAN_DEFAULT_MODEL") or "weights"
+        model = model or os.environ.get("MTAN_MODEL") or None
+        listed = [s.strip() for s in (models or os.environ.get("MTAN_MODELS") or "").split(",") if s.strip()]
+        sources = ([model] if model else []) + listed
+        if not sources:
+            sources = [default_local]
+        return cls(sources, default_local=default_local, device=device)
+
+    @property
+    def default_key(self) -> str:
+        return self.sources[0]
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(model_label(s), s) for s in self.sources]
+
+    def hub_ok(self) -> bool:
+        if self._hub_ok is None:
+            self._hub_ok = hub_reachable(self.hub_timeout)
+        return self._hub_ok
+
+    def get(self, key: str | None = None) -> LoadedModel:
+        key = key or self.default_key
+        if key not in self.sources:
+            raise ModelUnavailableError(f"unknown model {key!r}; this app offers: {', '.join(self.sources)}")
+        cached = self._models.get(key)  # fast path: no waiting behind another model's download
+        if cached is not None:
+            return cached
+        with self._lock:  # one load at a time; later calls get the cached model
+            if key in self._models:
+                return self._models[key]
+            if key in self._errors:
+                raise ModelUnavailableError(self._errors[key])
+            try:
+                loaded = self._load(key)
+            except ModelUnavailableError as e:
+                self._errors[key] = str(e)
+                raise
+            self._models[key] = loaded
+            return loaded
+
+    def _is_default(self, source: str) -> bool:
+        here, default = resolve_local(source), resolve_local(self.default_local)
+        return here is not None and default is not None and here.resolve() == default.resolve()
+
+    def _load(self, key: str) -> LoadedModel:
+        try:
+            return self._load_source(key)
+        except Exception as e:  # whatever the reason (offline, broken folder), fall back: never crash
+            reason = str(e) or type(e).__name__
+        if self._is_default(key):
+            raise ModelUnavailableError(f"the local default model could not be loaded: {reason}")
+        base = next((m for m in self._models.values() if m.key == m.source and self._is_default(m.source)), None)
+        if base is None:
+            try:
+                base = self._load_source(self.default_local)
+            except Exception as e:
+                raise ModelUnavailableError(f"{key} could not be loaded ({reason}), nor the local default "
+                                            f"{self.default_local} ({e})") from None
+            if any(self._is_default(s) for s in self.sources):  # share it with the default's own entry
+                self._models.setdefault(next(s for s in self.sources if self._is_default(s)), base)
+        notice = (f"Could not load **{key}**: {reason}. Showing the local default model "
+                  f"(`{self.default_local}`) instead.")
+        return LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
+                           notices=[notice] + base.notices)
+
+    def _load_source(self, source: str) -> LoadedModel:
+        from mtan.hub import HubUnavailableError
+
+        card = ""
+        if is_hub_id(source):
+            if not self.hub_ok():
+                try:  # offline: a model already in the local Hub cache still works
+                    model = MTAN.from_pretrained(source, map_location=self.device, local_files_only=True)
+                except ModelConfigError:
+                    raise HubUnavailableError(
+                        f"the Hugging Face Hub is unreachable and {source} is not in the local cache") from None
+            else:
+                model = MTAN.from_pretrained(source, map_location=self.device)
+            card = _hub_card(source)
+        else:
+            folder = resolve_local(source) or Path(source)
+            model = MTAN.from_pretrained(folder, map_location=self.device)
+            readme = folder / "README.md"
+            if readme.is_file():
+                card = readme.read_text(encoding="utf-8", errors="replace")
+        loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card))
+        if loaded.placeholder:
+            loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
+                                  f"its predictions are not meaningful yet.")
+        return loaded
+
+
+def _hub_card(repo_id: str) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "README.md", local_files_only=not hub_reachable(1.0))).read_text(
+            encoding="utf-8", errors="replace")
+    except Exception:  # a card is nice to have, never required
+        return ""
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+
+DEFAULT_MAX_PIXELS = 8_000_000         # larger photos are downscaled to this (configurable)
+DECOMPRESSION_LIMIT = 100_000_000      # larger files are refused outright (PIL's bomb check)
+
+
+def configure_pil(limit: int = DECOMPRESSION_LIMIT) -> None:
+    """PIL refuses images over 2x this many pixels and warns over 1x: refuse over ``limit``."""
+    Image.MAX_IMAGE_PIXELS = limit // 2
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: alpha composited on white, 16/32-bit greys scaled to 8 bits."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 1.0
+        if im.mode == "F":  # floats: stretch their range
+            scale = 255.0 / (hi - lo) if hi > lo else 1.0
+        else:  # integers: the bit depth their maximum needs (8, 10, 12, 16 ... bits) maps to 0..255
+            bits = max(8, math.ceil(math.log2(hi - lo + 1))) if hi > lo else 8
+            scale = 255.0 / (2 ** bits - 1)
+        g = np.clip(np.nan_to_num((a - lo) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(g, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
+    """Open an uploaded photo as RGB, EXIF orientation applied, at most ``max_pixels`` pixels.
+
+    Returns the image and notes for the user (e.g. that it was downscaled). JPEGs are decoded at
+    a reduced scale directly (``Image.draft``) so a huge photo is never held at full size.
+    Raises :class:`ImageLoadError` with a readable message for anything unusable.
+    """
+    notes: list[str] = []
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"The image is too large: over {Image.MAX_IMAGE_PIXELS * 2:,} pixels.") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("This file is not an image that can be read: upload a JPEG, PNG, WebP, BMP or "
+                             "TIFF photo.") from None
+    except OSError as e:
+        raise ImageLoadError(f"The image could not be opened ({e}).") from None
+    try:
+        with im:
+            w, h = im.size
+            if w < 1 or h < 1:
+                raise ImageLoadError("The image is empty (0 pixels).")
+            if w * h > max_pixels and im.format == "JPEG":
+                s = math.sqrt(max_pixels / (w * h))
+                im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))  # decode at 1/2, 1/4 or 1/8 scale
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            im = to_rgb(im)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"The image is too large: over {Image.MAX_IMAGE_PIXELS * 2:,} pixels.") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        raise ImageLoadError(f"The image file is damaged or truncated and could not be decoded ({e}).") from None
+    if im.width * im.height > max_pixels:
+        s = math.sqrt(max_pixels / (im.width * im.height))
+        im = im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.Resampling.LANCZOS)
+    if w * h > max_pixels:
+        notes.append(f"The photo ({w}x{h} pixels) was larger than this app's limit of {max_pixels:,} pixels; "
+                     f"it was downscaled to {im.width}x{im.height}.")
+    return im, notes
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"256x512"`` -> (256, 512), height x width."""
+    m = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", str(text))
+    if not m or not 0 < int(m.group(1)) <= 4096 or not 0 < int(m.group(2)) <= 4096:
+        raise ValueError(f"a processing resolution is HEIGHTxWIDTH, e.g. 256x512; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def fit_size(height: int, width: int, box: tuple[int, int]) -> tuple[int, int]:
+    """The largest (h, w) with the photo's aspect that fits inside ``box`` (height, width)."""
+    s = min(box[0] / height, box[1] / width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def example_files(folder: str | os.PathLike = EXAMPLES_DIR) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# --------------------------------------------------------------------------------------
+# Running a model on one photo
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """One photo's results, kept (in a gr.State) so views re-render without re-running the network.
+
+    Label maps are at the photo's size; depth, normals and masks at the processing size.
+    """
+
+    model_key: str
+    photo: Image.Image                            # RGB, the (possibly downscaled) upload
+    stem: str                                     # the upload's file name, for downloads
+    processing_size: tuple[int, int]              # (h, w) the network saw
+    tasks: list                                   # the model's Task objects
+    labels: dict[str, np.ndarray] = field(default_factory=dict)    # semantic: H x W class ids
+    depth: dict[str, np.ndarray] = field(default_factory=dict)     # depth: h x w float32
+    normals: dict[str, np.ndarray] = field(default_factory=dict)   # normal: 3 x h x w float32
+    masks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)  # float16 C x h x w
+    mask_downsampled: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)         # downloads, written once
+    file_notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.photo.height, self.photo.width
+
+    def first(self, kind: str):
+        return next((t for t in self.tasks if t.kind == kind), None)
+
+
+def labels_at(logits: torch.Tensor, size: tuple[int, int], max_pixels: int = 1_000_000) -> np.ndarray:
+    """Class ids at ``size`` from K x h x w logits: bilinear logits up to at most ``max_pixels``,
+    argmax, then nearest-neighbour to the full size (bounded memory for huge photos)."""
+    H, W = size
+    s = min(1.0, math.sqrt(max_pixels / (H * W)))
+    mid = (max(1, round(H * s)), max(1, round(W * s)))
+    up = F.interpolate(logits[None].float(), size=mid, mode="bilinear", align_corners=False)[0]
+    ids = up.argmax(0).to(torch.int32).cpu().numpy()
+    dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
+    ids = ids.astype(dtype)
+    if mid != (H, W):
+        ids = np.asarray(Image.fromarray(ids).resize((W, H), Image.Resampling.NEAREST))
+    return ids
+
+
+def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
+    """Masks as float16 numpy; if they hold more than ``budget_values`` numbers, area-average the
+    large ones (never below 32 pixels a side) until they fit."""
+    total = sum(m.numel() for v in masks.values() for ms in v.values() for m in ms)
+    factor = max(1.0, math.sqrt(total / budget_values)) if budget_values > 0 else 1.0
+    out = {}
+    for task, parts in masks.items():
+        out[task] = {}
+        for part, ms in parts.items():
+            arrs = []
+            for m in ms:
+                m = m[0]
+                if factor > 1:
+                    h, w = m.shape[-2:]
+                    nh, nw = max(min(h, 32), math.ceil(h / factor)), max(min(w, 32), math.ceil(w / factor))
+                    if (nh, nw) != (h, w):
+                        m = F.adaptive_avg_pool2d(m.float(), (nh, nw))
+                arrs.append(m.to(torch.float16).cpu().numpy())
+            out[task][part] = arrs
+    return out, factor > 1
+
+
+def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int, int], stem: str = "photo",
+                  mask_budget_values: int = 16_000_000) -> Prediction:
+    """Fit the photo inside ``resolution`` (aspect kept; ``MTAN.predict`` pads to multiples of 32),
+    run the model once with attention, and bring the outputs back to the photo's size."""
+    model = loaded.model
+    h, w = fit_size(photo.height, photo.width, resolution)
+    small = photo if (h, w) == (photo.height, photo.width) else photo.resize(
+        (w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    x = torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        outputs, masks = model.predict(x, return_attention=True)
+        pred = Prediction(model_key=loaded.key, photo=photo, stem=stem, processing_size=(h, w),
+                          tasks=list(model.tasks))
+        for t in model.tasks:
+            out = outputs[t.name][0]
+            if t.kind == "semantic":
+                pred.labels[t.name] = labels_at(out, pred.size)
+            elif t.kind == "depth":
+                pred.depth[t.name] = out[0].float().cpu().numpy()
+            elif t.kind == "normal":
+                pred.normals[t.name] = out.float().cpu().numpy()
+        pred.masks, pred.mask_downsampled = shrink_masks(masks, mask_budget_values)
+    pred.seconds = time.perf_counter() - start
+    return pred
+
+
+class ExampleCache:
+    """Predictions for the files in ``examples/`` (by content hash, model and resolution), so a
+    click on an example shows its results at once after the first time. Uploads are never cached."""
+
+    def __init__(self, files: list[Path], capacity: int = 16):
+        self.digests = set()
+        for p in files:
+            try:
+                self.digests.add(file_digest(p))
+            except OSError:
+                pass
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, path: str, model_key: str, resolution: str):
+        if not self.digests:
+            return None
+        try:
+            digest = file_digest(path)
+        except OSError:
+            return None
+        return (digest, model_key, resolution) if digest in self.digests else None
+
+    def get(self, key):
+        if key is None:
+            return None
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)

@@ -1,0 +1,342 @@
+"""Pictures of MTAN's outputs: segmentation overlays and legends, coloured depth with a colour
+bar, surface normals, attention-mask heat maps, and the files the app offers for download.
+
+Everything works on numpy arrays and PIL images (no gradio), at the photo's size; rendering is
+cheap enough to redo whenever a display option changes.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+COLORMAPS = ("inferno", "magma", "viridis", "plasma", "turbo", "Spectral_r", "gray")
+DEFAULT_COLORMAP = "inferno"
+ATTENTION_COLORMAP = "inferno"
+DIFFERENCE_COLORMAP = "viridis"
+
+
+@lru_cache(maxsize=32)
+def colormap_lut(name: str) -> np.ndarray:
+    """A matplotlib colormap as a 256 x 3 uint8 lookup table."""
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+    return (rgba[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def apply_lut(index: np.ndarray, name: str) -> np.ndarray:
+    return colormap_lut(name)[index]
+
+
+def _to_index(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    v = np.nan_to_num((values.astype(np.float32) - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(v + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resized_index(values: np.ndarray, lo: float, hi: float, size: tuple[int, int]) -> np.ndarray:
+    """Values -> 0..255 at their own resolution, then bilinear to ``size`` (H, W)."""
+    idx = Image.fromarray(_to_index(values, lo, hi), "L")
+    if idx.size != (size[1], size[0]):
+        idx = idx.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(idx)
+
+
+# --------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------
+
+
+def colorize_labels(labels: np.ndarray, palette) -> np.ndarray:
+    """H x W class ids -> H x W x 3 uint8 in the class set's standard palette (unknown ids black)."""
+    table = np.zeros((max(256, len(palette)), 3), np.uint8)
+    table[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+    return table[labels]
+
+
+def overlay(photo: Image.Image, colour: np.ndarray, opacity: float) -> Image.Image:
+    """``colour`` blended over the photo; opacity 0 = the photo, 1 = the colours only."""
+    opacity = float(min(1.0, max(0.0, opacity)))
+    return Image.blend(photo.convert("RGB"), Image.fromarray(colour, "RGB"), opacity)
+
+
+def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    return counts / max(1, labels.size)
+
+
+def _percent(share: float) -> str:
+    return "<0.1%" if share < 0.001 else f"{100 * share:.1f}%"
+
+
+def legend_html(labels: np.ndarray, class_set, title: str = "") -> str:
+    """The classes present (colour swatch, name, share of pixels), largest first."""
+    shares = class_shares(labels, class_set.num_classes)
+    rows = []
+    for k in np.argsort(-shares, kind="stable"):
+        if shares[k] <= 0:
+            continue
+        r, g, b = class_set.palette[k]
+        rows.append(
+            f'<li class="mtan-legend-item" data-class="{html.escape(class_set.classes[k])}">'
+            f'<span class="mtan-swatch" style="background:rgb({r},{g},{b})"></span>'
+            f'<span class="mtan-legend-name">{html.escape(class_set.classes[k])}</span>'
+            f'<span class="mtan-legend-share">{_percent(shares[k])}</span></li>')
+    head = f'<div class="mtan-legend-title">{html.escape(title)}</div>' if title else ""
+    return (f'<div class="mtan-legend" data-class-set="{html.escape(class_set.name)}">{head}'
+            f'<ul>{"".join(rows)}</ul></div>')
+
+
+# --------------------------------------------------------------------------------------
+# Depth and normals
+# --------------------------------------------------------------------------------------
+
+
+def depth_limits(depth: np.ndarray) -> tuple[float, float]:
+    """A robust display range: the 2nd and 98th percentiles of the finite values."""
+    finite = depth[np.isfinite(depth)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
+    if not hi > lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if not hi > lo:
+        hi = lo + 1e-6
+    return lo, hi
+
+
+def colorize_depth(depth: np.ndarray, size: tuple[int, int], cmap: str = DEFAULT_COLORMAP,
+                   limits: tuple[float, float] | None = None) -> Image.Image:
+    """h x w depth -> an RGB image of ``size`` (H, W) in a matplotlib colormap (larger value = later colour)."""
+    lo, hi = limits or depth_limits(depth)
+    return Image.fromarray(apply_lut(_resized_index(depth, lo, hi, size), cmap), "RGB")
+
+
+def _metres(task, values) -> list[float]:
+    import torch
+
+    return [float(v) for v in task.to_metres(torch.tensor(values, dtype=torch.float64))]
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMAP, ticks: int = 5) -> str:
+    """A horizontal colour bar in the model's depth units, with approximate metres where the
+    depth kind allows (inverse depth: metres ~ scale / value)."""
+    lo, hi = limits
+    lut = colormap_lut(cmap)
+    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
+    values = [lo + (hi - lo) * i / (ticks - 1) for i in range(ticks)]
+    metres = _metres(task, values)
+    labels = []
+    for v, m in zip(values, metres):
+        extra = ""
+        if task.depth_kind == "inverse":
+            if not math.isfinite(m) or m <= 0:
+                extra = "<br>–"
+            else:
+                extra = f"<br><span class='mtan-metres'>{'> 1 km' if m > 1000 else f'≈ {_fmt(m)} m'}</span>"
+        labels.append(f"<span>{_fmt(v)}{extra}</span>")
+    if task.depth_kind == "inverse":
+        note = (f"Inverse depth in the CityScapes convention: larger values are nearer; "
+                f"distance ≈ {task.scale:g} / value metres (approximate).")
+    else:
+        note = "Depth in metres: larger values are farther."
+    return (f'<div class="mtan-colorbar" data-units="{html.escape(task.units)}">'
+            f'<div class="mtan-colorbar-title">{html.escape(task.name)}: {html.escape(task.units)}</div>'
+            f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'
+            f'<div class="mtan-colorbar-ticks">{"".join(labels)}</div>'
+            f'<div class="mtan-colorbar-note">{note} Colours span the 2nd–98th percentile.</div></div>')
+
+
+def normals_to_rgb(normals: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """3 x h x w unit normals -> RGB = (n + 1) / 2, optionally resized to ``size`` (H, W)."""
+    rgb = np.clip((np.nan_to_num(normals.transpose(1, 2, 0)) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    im = Image.fromarray(rgb, "RGB")
+    if size and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return im
+
+
+# --------------------------------------------------------------------------------------
+# Attention masks
+# --------------------------------------------------------------------------------------
+
+PARTS = ("encoder", "decoder")
+
+
+def stage_scale(part: str, stage: int) -> int:
+    """How many times smaller than the input a mask is: encoder stage j = 2**j; decoder stage i
+    works at encoder level 4 - i (decoder 0 is the deepest)."""
+    return 2 ** (stage if part == "encoder" else 4 - stage)
+
+
+def stage_label(part: str, stage: int) -> str:
+    return f"{part} {stage} (1/{stage_scale(part, stage)} scale)"
+
+
+def attention_map(masks: dict, task: str, part: str, stage: int, channel: int | None = None
+                  ) -> tuple[np.ndarray, str]:
+    """One mask as a 2-D map: the mean over channels, or one channel (clamped to the mask's range)."""
+    m = masks[task][part][stage]
+    if channel is None or channel < 0:
+        return m.astype(np.float32).mean(0), f"mean over {m.shape[0]} channels"
+    c = int(min(channel, m.shape[0] - 1))
+    return m[c].astype(np.float32), f"channel {c} of {m.shape[0]}"
+
+
+def task_difference(masks: dict, part: str, stage: int) -> np.ndarray | None:
+    """Where the tasks' masks differ: the per-pixel mean absolute difference between tasks' masks
+    (averaged over channels and over pairs of tasks). ``None`` with fewer than two tasks."""
+    names = list(masks)
+    if len(names) < 2:
+        return None
+    total, pairs = None, 0
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            a = masks[names[i]][part][stage].astype(np.float32)
+            b = masks[names[j]][part][stage].astype(np.float32)
+            d = np.abs(a - b).mean(0)
+            total = d if total is None else total + d
+            pairs += 1
+    return total / pairs
+
+
+def heatmap(values: np.ndarray, photo: Image.Image, cmap: str = ATTENTION_COLORMAP, alpha: float = 0.7,
+            limits: tuple[float, float] | None = None) -> tuple[Image.Image, tuple[float, float]]:
+    """A 2-D map as a heat map over a grey copy of the photo (at the photo's size). The colours
+    span ``limits`` (default: the map's own min..max); returns the image and the limits used."""
+    finite = values[np.isfinite(values)]
+    if limits is None:
+        limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    size = (photo.height, photo.width)
+    colours = Image.fromarray(apply_lut(_resized_index(values, *limits, size), cmap), "RGB")
+    grey = photo.convert("L").convert("RGB")
+    return Image.blend(grey, colours, alpha), limits
+
+
+def attention_gallery(masks: dict, photo: Image.Image, max_side: int = 320) -> list[tuple[Image.Image, str]]:
+    """Every task's every stage (mean over channels) as small heat maps with captions."""
+    thumb = photo.copy()
+    thumb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    items = []
+    for task, parts in masks.items():
+        for part in PARTS:
+            for stage in range(len(parts[part])):
+                values, _ = attention_map(masks, task, part, stage)
+                im, (lo, hi) = heatmap(values, thumb)
+                items.append((im, f"{task} · {stage_label(part, stage)} · {lo:.2f}–{hi:.2f}"))
+    return items
+
+
+def attention_table(masks: dict, top: int = 3) -> str:
+    """Markdown: per stage, each task's mean mask value, the mean |difference| between tasks, and
+    the channels whose masks differ most between tasks (what makes the masks task-specific)."""
+    names = list(masks)
+    if not names:
+        return ""
+    head = "| stage | channels | " + " | ".join(f"mean mask: {n}" for n in names)
+    sep = "|---|---|" + "---|" * len(names)
+    if len(names) > 1:
+        head += " | mean \\|difference\\| | most task-specific channels"
+        sep += "---|---|"
+    rows = [head + " |", sep]
+    for part in PARTS:
+        for stage in range(len(masks[names[0]][part])):
+            ms = [masks[n][part][stage].astype(np.float32) for n in names]
+            cells = [stage_label(part, stage), str(ms[0].shape[0])] + [f"{m.mean():.3f}" for m in ms]
+            if len(names) > 1:
+                per_channel = np.mean([np.abs(ms[i] - ms[j]).mean(axis=(1, 2))
+                                       for i in range(len(ms)) for j in range(i + 1, len(ms))], axis=0)
+                best = np.argsort(-per_channel)[:top]
+                cells += [f"{per_channel.mean():.3f}", ", ".join(f"{c} ({per_channel[c]:.2f})" for c in best)]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------
+
+
+def safe_stem(name: str | None, default: str = "photo") -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name or "").stem).strip("._")
+    return stem[:60] or default
+
+
+def depth_to_png16(depth: np.ndarray, task) -> tuple[np.ndarray, float, str]:
+    """Depth -> uint16 with ``value = png / 65535 * max`` (values <= 0 or not finite -> 0, which
+    the datasets use for 'invalid'). Returns the array, ``max`` and that sentence."""
+    d = np.where(np.isfinite(depth), depth, 0).astype(np.float64)
+    d = np.clip(d, 0, None)
+    top = float(d.max()) if d.size and d.max() > 0 else 1.0
+    png = np.round(d / top * 65535).astype(np.uint16)
+    text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 0 = invalid"
+    if task.depth_kind == "inverse":
+        text += f"; metres ~ {task.scale:g} / {task.name}"
+    return png, top, text
+
+
+def save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None, mode: str | None = None) -> Path:
+    info = PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    im.save(path, pnginfo=info, compress_level=1)
+    return path
+
+
+def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "") -> tuple[list[str], list[str]]:
+    """The downloads for one prediction, at the photo's size. Returns the file paths and lines
+    describing them (the depth PNG's scale among them)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem, size = pred.stem, pred.size
+    files, notes = [], []
+    meta = {"Software": "mtan app", "Model": model_name}
+    for task in pred.tasks:
+        if task.kind == "semantic" and task.name in pred.labels:
+            labels = pred.labels[task.name]
+            classes = ", ".join(f"{i}={c}" for i, c in enumerate(task.class_set.classes))
+            files.append(str(save_png(out / f"{stem}_{task.name}_class_ids.png", labels,
+                                      meta | {"Classes": classes, "ClassSet": task.class_set.name})))
+            files.append(str(save_png(out / f"{stem}_{task.name}_colour.png",
+                                      colorize_labels(labels, task.class_set.palette), meta | {"Classes": classes})))
+        elif task.kind == "depth" and task.name in pred.depth:
+            small = Image.fromarray(pred.depth[task.name].astype(np.float32), "F")
+            full = np.asarray(small.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+            png, top, text = depth_to_png16(full, task)
+            files.append(str(save_png(out / f"{stem}_{task.name}_16bit.png", png,
+                                      meta | {"DepthScale": text, "DepthMax": f"{top:.9g}",
+                                              "DepthKind": task.depth_kind, "Units": task.units})))
+            np.save(out / f"{stem}_{task.name}.npy", full)
+            files.append(str(out / f"{stem}_{task.name}.npy"))
+            notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}.npy`: float32 {task.units}.")
+        elif task.kind == "normal" and task.name in pred.normals:
+            files.append(str(save_png(out / f"{stem}_{task.name}.png",
+                                      np.asarray(normals_to_rgb(pred.normals[task.name], size)),
+                                      meta | {"Encoding": "RGB = (n + 1) / 2 * 255"})))
+    if pred.masks:
+        arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
+                  for i, m in enumerate(ms)}
+        info = {"tasks": list(pred.masks), "image_size": list(size), "processing_size": list(pred.processing_size),
+                "layout": "key '<task>.<encoder|decoder>.<stage>' -> float16 C x h x w; decoder stage 0 is the deepest",
+                "downsampled": bool(pred.mask_downsampled)}
+        np.savez(out / f"{stem}_attention.npz", meta=np.array(json.dumps(info)), **arrays)
+        files.append(str(out / f"{stem}_attention.npz"))
+    return files, notes
