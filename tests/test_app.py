@@ -6,110 +6,26 @@ starts a second one.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from apphelpers import make_models, page_config, running_app, size_of, street_image  # noqa: F401 (test_browser)
+from apphelpers import predict as run
 from PIL import Image
 
 from mtan import MTAN, preset_tasks
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 300_000  # the app under test downscales larger photos to this
-
-
-# --------------------------------------------------------------------------------------
-# Helpers (also used by test_browser.py)
-# --------------------------------------------------------------------------------------
-
-
-def make_models(folder: Path) -> dict[str, str]:
-    """A 2-task CityScapes model and a 3-task NYUv2 model (with normals), 1/16 width."""
-    torch.manual_seed(0)
-    city, nyu = folder / "city", folder / "nyu"
-    MTAN(preset_tasks("cityscapes-7"), width=1 / 16).save_pretrained(
-        city, model_card_kwargs={"notes": "A tiny test model.", "training_command": "python train.py --test"})
-    MTAN(preset_tasks("nyuv2"), width=1 / 16).save_pretrained(nyu)
-    return {"city": str(city), "nyu": str(nyu)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(env: dict[str, str], log: Path, timeout: float = 120.0, args: tuple[str, ...] = ()):
-    """Start ``python app.py --port P`` with ``env`` added; yield its URL once the page answers."""
-    port = free_port()
-    full_env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MTAN_DEVICE": "cpu",
-                             "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1", "MTAN_THREADS": "1"} | env
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                                 *args], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def page_config(url: str) -> str:
-    with urllib.request.urlopen(url + "config", timeout=10) as r:
-        return r.read().decode()
-
-
-def street_image(height: int = 200, width: int = 320) -> Image.Image:
-    """A crude street: sky, buildings, road with lane marks, a 'car'. Deterministic."""
-    rng = np.random.default_rng(0)
-    a = np.zeros((height, width, 3), np.uint8)
-    a[: height // 2] = (135, 180, 230)
-    for x0 in range(0, width, width // 6):
-        top = int(rng.integers(height // 8, height // 3))
-        a[top: height // 2 + 10, x0: x0 + width // 7] = rng.integers(60, 200, 3)
-    a[height // 2:] = (90, 90, 95)
-    a[int(height * .75): int(height * .78), width // 2 - 4: width // 2 + 4] = 240
-    a[int(height * .55): int(height * .8), int(width * .6): int(width * .85)] = (200, 30, 40)
-    return Image.fromarray(a)
 
 
 # --------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return make_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +41,6 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
-
-
-def run(client, path, **kwargs):
-    from gradio_client import handle_file
-
-    names = ["segmentation", "depth", "attention", "files", "legend", "colorbar", "normals", "slider",
-             "difference", "caption", "download_notes", "summary"]
-    out = client.predict(handle_file(str(path)), api_name="/predict", **kwargs)
-    return dict(zip(names, out))
-
-
-def size_of(path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size
 
 
 # --------------------------------------------------------------------------------------
@@ -225,11 +127,12 @@ def test_downloads(client, tmp_path):
         assert "png_value / 65535" in scale and "1.85" in scale
         decoded = np.asarray(im, np.float64) / 65535 * top
     assert np.allclose(decoded, np.clip(depth, 0, None), atol=top / 65535 + 1e-9)
-    assert "png_value / 65535" in out["download_notes"]
+    assert "png_value / 65535" in out["download_notes"] and "stored / 255" in out["download_notes"]
     with np.load(files["photo_attention.npz"]) as npz:
         meta = json.loads(str(npz["meta"]))
         assert meta["tasks"] == ["semantic", "depth"] and meta["image_size"] == [h, w]
-        assert npz["semantic.encoder.0"].dtype == np.float16
+        assert npz["semantic.encoder.0"].dtype == np.uint8 and meta["scale"] == pytest.approx(1 / 255)
+        assert "stored * scale" in meta["layout"]
         assert npz["depth.decoder.4"].shape[0] == npz["semantic.encoder.0"].shape[0]  # both at full width
         assert len([k for k in npz.files if k != "meta"]) == 20
 
@@ -265,7 +168,7 @@ def test_page_shows_model_card_and_about(app_url):
     config = page_config(app_url)
     assert "A tiny test model." in config and "python train.py --test" in config  # the model card
     assert "Dynamic Weight Average" in config
-    assert "placeholder" not in config.lower()  # this card does not say so: no notice
+    assert "is a **placeholder**" not in config  # this card does not say so: no notice
 
 
 def test_hub_unreachable_falls_back_to_the_local_default(models, tmp_path):
