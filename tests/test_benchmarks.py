@@ -1,0 +1,83 @@
+"""The benchmarks run in their tiny CPU configurations, print one JSON object with the documented
+keys, and their fast and naive paths agree numerically."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str, timeout: int = 300) -> dict:
+    """Run ``benchmarks/<name>.py`` on the CPU (one thread: robust when other jobs load the cores)."""
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--tiny", "--threads", "1", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got {len(lines)}:\n{proc.stdout[-2000:]}"
+    result = json.loads(lines[0])
+    assert result["benchmark"] == name and result["tiny"] is True and result["device"] == "cpu"
+    for key in ("cpu", "cores", "threads", "load_average", "torch"):
+        assert key in result, key
+    return result
+
+
+def test_train_throughput_tiny():
+    result = run_benchmark("train_throughput")
+    assert {"peak_tflops", "peak_note", "paths", "configs", "steps", "warmup"} <= set(result)
+    assert set(result["configs"]) == {"cityscapes", "nyuv2"}
+    for name, cfg in result["configs"].items():
+        assert cfg["tasks"] == (["semantic", "depth"] if name == "cityscapes" else ["semantic", "depth", "normal"])
+        # the batched attention path does exactly the same FLOPs as the loop
+        assert cfg["flops_per_image"] > 0 and cfg["flops_per_image_batched_attention"] == cfg["flops_per_image"]
+        for path in ("naive", "fast"):
+            row = cfg[f"{path}_protocol"]
+            assert row["status"] == "ok" and row["batch"] == cfg["protocol_batch"]
+            assert row["images_per_s"] > 0 and row["achieved_tflops"] > 0 and 0 < row["fraction_of_peak"] < 1
+            assert cfg[f"{path}_best"]["images_per_s"] >= row["images_per_s"]
+        assert cfg["speedup_protocol_batch"] > 0 and cfg["speedup_best"] > 0
+        agreement = cfg["agreement"]
+        assert agreement["max_rel_diff_before"] < 1e-4  # same weights, same batch: same losses
+        assert agreement["max_rel_diff_after"] < 1e-2  # after one Adam step (sign of round-off gradients)
+
+
+def test_epoch_time_tiny(tmp_path):
+    result = run_benchmark("epoch_time", "--cache", str(tmp_path / "frames"))
+    assert result["frames"] == {"train": 64, "val": 16} and result["size"] == [32, 64]
+    assert (tmp_path / "frames" / "train" / "image" / "63.npy").is_file()
+    for path in ("naive", "fast"):
+        row = result[path]
+        assert row["train_epoch_s"] > 0 and row["eval_s"] > 0 and row["total_s"] > 0 and row["images_per_s"] > 0
+        assert set(row["train_loss"]) == {"semantic", "depth"}
+        assert "loss.semantic" in row["val"]["synthetic"]
+    assert "semantic.miou" in result["fast"]["val"]["synthetic"]
+    assert result["speedup_total"] > 0
+    agreement = result["agreement"]
+    assert agreement["max_train_loss_rel_diff"] < 1e-2  # same start, same batches, both fp32
+    assert agreement["max_val_loss_rel_diff"] < 1e-5  # same weights: engine == naive bookkeeping
+    # a second run reuses the cached frames
+    again = run_benchmark("epoch_time", "--cache", str(tmp_path / "frames"), "--no-naive")
+    assert again["generate_s"] < 5 and "naive" not in again
+
+
+def test_cpu_inference_tiny():
+    result = run_benchmark("cpu_inference")
+    assert result["input"] == [1, 3, 64, 128]
+    assert {"bf16", "goals", "models", "repeats"} <= set(result)
+    assert [m["name"] for m in result["models"]] == ["default", "full-width"]
+    for model in result["models"]:
+        assert model["parameters"] > 0 and model["tasks"] == ["semantic", "depth"]
+        for key in ("median_s", "min_s", "cpu_median_s"):
+            assert model["naive"][key] > 0 and model["fast"][key] > 0
+        fast = model["fast"]
+        assert "BatchNorm folded" in fast["path"] and fast["speedup_median"] > 0
+        # the float32 fast path computes the same predictions
+        assert fast["label_agreement"] >= 0.999
+        assert fast["depth_mean_abs_diff_over_mean_abs"] < 1e-3
+        assert fast["depth_median_rel_diff"] < 1e-3
+    if result["bf16"]["native"]:
+        assert "fast_bf16" in result["models"][0]
