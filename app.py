@@ -8,18 +8,21 @@ per-task attention masks that decide which shared features each task uses.
 Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTAN_DEFAULT_MODEL
 (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), --host /
 GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
-MTAN_MAX_FILE_SIZE, --concurrency / MTAN_CONCURRENCY, --queue-size / MTAN_QUEUE_SIZE, --device /
-MTAN_DEVICE, --threads / MTAN_THREADS.
+MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
+--queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE, --threads /
+MTAN_THREADS. README.md, "Safety and limits", says what happens at each limit.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import sys
-import tempfile
+import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -30,22 +33,50 @@ from mtan import serving
 from mtan import visualize as viz
 
 
+def _positive_int(text: str) -> int:
+    """An integer > 0; underscores and commas allowed (``4_000_000``, ``4,000,000``)."""
+    try:
+        value = int(str(text).replace(",", "").replace("_", "").strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _file_size(text: str) -> str:
+    """An upload limit gradio understands: ``25mb``, ``500kb``, ``1gb`` or a number of bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*", str(text), flags=re.I)
+    if not m or int(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 25mb, 500kb or 1gb, got {text!r}")
+    return f"{m.group(1)}{(m.group(2) or 'b').lower()}"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description="MTAN demo app (Gradio).")
     p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
     p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME"), help="e.g. 0.0.0.0 to listen on all interfaces")
-    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT") or 0) or None)
+    p.add_argument("--port", type=_positive_int, default=env("GRADIO_SERVER_PORT") or None)
     p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
     p.add_argument("--device", default=env("MTAN_DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    p.add_argument("--max-pixels", type=int, default=int(env("MTAN_MAX_PIXELS") or serving.DEFAULT_MAX_PIXELS),
-                   help="larger photos are downscaled to this many pixels")
-    p.add_argument("--max-file-size", default=env("MTAN_MAX_FILE_SIZE") or "25mb", help="upload limit")
-    p.add_argument("--concurrency", type=int, default=int(env("MTAN_CONCURRENCY") or 0) or None,
+    p.add_argument("--max-pixels", type=_positive_int,
+                   default=env("MTAN_MAX_PIXELS") or str(serving.DEFAULT_MAX_PIXELS),
+                   help="larger photos are downscaled to this many pixels; views and downloads are at that size")
+    p.add_argument("--max-image-pixels", type=_positive_int,
+                   default=env("MTAN_MAX_IMAGE_PIXELS") or str(serving.DEFAULT_MAX_IMAGE_PIXELS),
+                   help="images that would decode to more pixels are refused (read from the header, before "
+                        "decoding; JPEGs count at the 1/2, 1/4 or 1/8 scale they are decoded at)")
+    p.add_argument("--max-file-size", type=_file_size, default=env("MTAN_MAX_FILE_SIZE") or "25mb",
+                   help="upload limit, e.g. 25mb")
+    p.add_argument("--concurrency", type=_positive_int, default=env("MTAN_CONCURRENCY") or None,
                    help="predictions run at once (default: 1 on CPU, 2 on GPU)")
-    p.add_argument("--queue-size", type=int, default=int(env("MTAN_QUEUE_SIZE") or 32))
-    p.add_argument("--threads", type=int, default=int(env("MTAN_THREADS") or 0) or None,
+    p.add_argument("--queue-size", type=_positive_int, default=env("MTAN_QUEUE_SIZE") or "32",
+                   help="requests waiting at most; more are refused with 'the queue is full'")
+    p.add_argument("--max-sessions", type=_positive_int, default=env("MTAN_MAX_SESSIONS") or "32",
+                   help="visitors whose last prediction is kept for redraws (oldest dropped first)")
+    p.add_argument("--threads", type=_positive_int, default=env("MTAN_THREADS") or None,
                    help="CPU threads for torch (default: torch's choice, one per core)")
     return p.parse_args(argv)
 
@@ -53,7 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 
 # ---- models: the default one loads now (the only heavy work at import), others on first use ----
-serving.configure_pil()
+serving.configure_pil(ARGS.max_image_pixels)
+serving.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device)
@@ -65,7 +97,13 @@ CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
 EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serving.EXAMPLES_DIR)
 EXAMPLES = serving.example_files(EXAMPLES_DIR)
 EXAMPLE_CACHE = serving.ExampleCache(EXAMPLES)
-OUT_ROOT = Path(tempfile.gettempdir()) / "mtan-app"
+# Each prediction's views and downloads go to a fresh folder in gradio's cache: gradio then serves
+# them without copying them (and its delete_cache removes them by age, as we do).
+OUT_ROOT = Path(gr.utils.get_upload_folder()) / "mtan-app"
+OUT_MAX_AGE_S = 3600        # folders older than this are removed (checked at most once a minute)
+OUT_MAX_BYTES = 2 * 2**30   # and the oldest ones beyond 2 GB in all
+SESSION_TTL_S = 1800        # a visitor's cached prediction (for redraws) is dropped this long after it was made
+GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 min, delete those over 1 h old
 
 
 def get_model(key: str | None) -> serving.LoadedModel:
@@ -97,19 +135,61 @@ def task_choices(loaded: serving.LoadedModel | None) -> list[str]:
     return loaded.model.task_names if loaded else ["semantic", "depth"]
 
 
-def new_out_dir(max_age_s: float = 3600) -> Path:
-    """A fresh folder for one prediction's downloads; folders older than an hour are removed."""
-    OUT_ROOT.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in OUT_ROOT.iterdir():
+_CLEANUP = {"last": 0.0, "lock": threading.Lock()}
+
+
+def clean_out_root(max_age_s: float = OUT_MAX_AGE_S, max_bytes: int = OUT_MAX_BYTES) -> None:
+    """Remove prediction folders older than ``max_age_s``, then the oldest until ``max_bytes`` remain."""
+    now, folders = time.time(), []
+    for folder in OUT_ROOT.iterdir():
         try:
-            if now - old.stat().st_mtime > max_age_s:
-                shutil.rmtree(old, ignore_errors=True)
+            mtime = folder.stat().st_mtime
+            if now - mtime > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         except OSError:
-            pass
+            continue
+        folders.append((mtime, size, folder))
+    total = sum(size for _, size, _ in folders)
+    for _, size, folder in sorted(folders, key=lambda t: t[0]):
+        if total <= max_bytes:
+            break
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+
+
+def new_out_dir() -> Path:
+    """A fresh folder for one prediction's views and downloads (old ones cleaned at most once a minute)."""
+    OUT_ROOT.mkdir(parents=True, exist_ok=True)
+    with _CLEANUP["lock"]:
+        if time.time() - _CLEANUP["last"] > 60:
+            _CLEANUP["last"] = time.time()
+            clean_out_root()
     out = OUT_ROOT / uuid.uuid4().hex
     out.mkdir()
     return out
+
+
+def as_files(stem: str, **images):
+    """Each PIL image as a JPEG file of its own (``<stem>_<name>.jpg`` in a fresh folder), in order.
+
+    Views are returned to gradio as files, not PIL images: gradio writes a PIL output to a path
+    named after its content by truncating and rewriting that file, so two requests with the same
+    output (two visitors, one example) can hand a client a file that is being rewritten (an empty
+    or cut download, seen under load). A file is copied into gradio's cache atomically instead.
+    """
+    folder = None
+    paths = []
+    for name, im in images.items():
+        if im is None:
+            paths.append(None)
+            continue
+        folder = folder or new_out_dir()
+        path = folder / f"{stem}_{name}.jpg"
+        im.save(path, "JPEG")
+        paths.append(str(path))
+    return paths
 
 
 # ---- rendering from a cached prediction (no network run) -------------------------------------
@@ -159,12 +239,37 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
     """Segment a street photo, estimate its depth and show one task's attention mask.
 
     Returns the segmentation overlay, the depth view and the attention view (all at the photo's
-    size), then the downloads, the legend, the colour bar, the normals, the before/after pair,
-    the task-difference view, the attention caption, notes on the downloads and a summary.
+    size, which is the upload's up to ``--max-pixels``), then the downloads, the legend, the
+    colour bar, the normals, the before/after pair, the task-difference view, the attention
+    caption, notes on the downloads and a summary. Anything that goes wrong becomes a
+    ``gr.Error`` whose message says what (the API client sees that text too).
+
+    The event skips gradio's preprocessing (which would decode the upload, bombs included, before
+    our checks); gradio still refuses a path that was not uploaded (or is not an example).
     """
+    try:
+        try:
+            return _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
+                            attention_stage, attention_channel)
+        finally:
+            serving.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
+    except gr.Error:
+        raise
+    except MemoryError:
+        raise gr.Error("The server ran out of memory on this photo: try a smaller photo or a lower processing "
+                       "resolution.") from None
+    except Exception as e:  # a bug or an input nobody foresaw: a readable message, the traceback in the log
+        traceback.print_exc()
+        raise gr.Error(f"This photo could not be processed ({type(e).__name__}: {e}).") from None
+
+
+def _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
+             attention_stage, attention_channel):
     if image is None:
         raise gr.Error("Upload a photo first (or pick an example).")
     path = image.get("path") if isinstance(image, dict) else str(image)
+    if not path or not isinstance(path, str):
+        raise gr.Error("Upload a photo first (or pick an example).")
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
     loaded = get_model(model)
     resolution = resolution or serving.DEFAULT_RESOLUTION
@@ -173,13 +278,15 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
     box = serving.parse_resolution(resolution)
     cache_key = EXAMPLE_CACHE.key(path, loaded.key, resolution)
     pred = EXAMPLE_CACHE.get(cache_key)
+    if pred is not None and not all(os.path.exists(f) for f in pred.files):  # its downloads were cleaned up
+        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
     if pred is None:
         try:
-            photo, notes = serving.load_image(path, ARGS.max_pixels)
+            photo, notes = serving.load_image(path, ARGS.max_pixels, ARGS.max_image_pixels)
         except serving.ImageLoadError as e:
             raise gr.Error(str(e)) from None
         pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name))
-        pred.notes = notes
+        pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
         pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
         EXAMPLE_CACHE.put(cache_key, pred)
     seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
@@ -191,7 +298,10 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
                f"{w}x{h} (fitted inside {resolution}) · {pred.seconds:.2f} s on {REGISTRY.device}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
     summary = "\n\n".join([summary] + notes)
-    return (seg, depth, att, pred.files, legend, bar, normals, pair, diff, caption,
+    seg, depth, att, normals, before, after, diff = as_files(
+        pred.stem, segmentation=seg, depth=depth, attention=att, normals=normals, photo=pair[0],
+        compare=pair[1], difference=diff)
+    return (seg, depth, att, pred.files, legend, bar, normals, (before, after), diff, caption,
             "\n\n".join(n.replace("~", "≈") for n in pred.file_notes), summary, pred)
 
 
@@ -199,7 +309,9 @@ def show_all_masks(pred):
     """Every mask as a small heat map, and the per-stage table (after the main outputs, UI only)."""
     if pred is None or not pred.masks:
         return [], ""
-    return viz.attention_gallery(pred.masks, pred.photo), viz.attention_table(pred.masks)
+    items = viz.attention_gallery(pred.masks, pred.photo)
+    paths = as_files(pred.stem, **{f"mask{i:02d}": im for i, (im, _) in enumerate(items)})
+    return [(path, caption) for path, (_, caption) in zip(paths, items)], viz.attention_table(pred.masks)
 
 
 def predict_if_image(image, *args):
@@ -212,13 +324,17 @@ def predict_if_image(image, *args):
 def rerender_main(pred, opacity, colormap, compare):
     if pred is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return show_main(pred, opacity, colormap, compare)[:4]
+    seg, depth, bar, (photo, after), _ = show_main(pred, opacity, colormap, compare)
+    seg, depth, photo, after = as_files(pred.stem, segmentation=seg, depth=depth, photo=photo, compare=after)
+    return seg, depth, bar, (photo, after)
 
 
 def rerender_attention(pred, task, part, stage, channel):
     if pred is None:
         return gr.skip(), gr.skip(), gr.skip()
-    return show_attention(pred, task, part, stage, channel)
+    view, diff, caption = show_attention(pred, task, part, stage, channel)
+    view, diff = as_files(pred.stem, attention=view, difference=diff)
+    return view, diff, caption
 
 
 def on_model_change(model):
@@ -256,12 +372,13 @@ CSS = """
 """
 
 first_tasks, first_compare = task_choices(DEFAULT_MODEL), compare_choices(DEFAULT_MODEL)
-with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False) as demo:
+with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False,
+               delete_cache=GRADIO_CACHE) as demo:
     gr.Markdown("# MTAN: segmentation and depth from one street photo\nOne network, one pass: semantic "
                 "segmentation, depth (and surface normals on indoor models), plus each task's attention masks.")
     notice = gr.Markdown(notices_of(DEFAULT_MODEL), visible=bool(notices_of(DEFAULT_MODEL)),
                          elem_classes="mtan-notice", elem_id="notice")
-    state = gr.State(None, time_to_live=1800)
+    state = gr.State(None, time_to_live=SESSION_TTL_S)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
@@ -309,7 +426,8 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                                            format="jpeg", elem_id="mask-gallery")
             attention_stats = gr.Markdown(label="attention per stage", show_label=False)
     with gr.Accordion("Downloads", open=False):
-        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy, masks .npz",
+        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy, masks .npz "
+                                  "(uint8, mask = stored / 255)",
                             file_count="multiple", elem_id="downloads")
         download_notes = gr.Markdown(label="download notes", show_label=False)
     with gr.Accordion("About the model and MTAN", open=False):
@@ -339,9 +457,19 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
           [attention_view, difference_view, attention_caption], api_visibility="private",
           trigger_mode="always_last", show_progress="hidden")
 
-demo.queue(default_concurrency_limit=4, max_size=ARGS.queue_size)
+OTHER_CONCURRENCY = 4  # redraws and the mask gallery (no network run) at once
+demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
+
+# Every limit in force, printed at start (benchmarks/load_test.py reads it; README: "Safety and limits").
+LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "queue_size": ARGS.queue_size,
+          "max_sessions": ARGS.max_sessions, "session_ttl_s": SESSION_TTL_S, "max_pixels": ARGS.max_pixels,
+          "max_image_pixels": ARGS.max_image_pixels, "max_file_size": ARGS.max_file_size,
+          "downloads_max_age_s": OUT_MAX_AGE_S, "downloads_max_bytes": OUT_MAX_BYTES,
+          "gradio_cache_cleanup_s": list(GRADIO_CACHE),
+          "example_cache": EXAMPLE_CACHE.capacity, "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
 
 if __name__ == "__main__":
+    print("mtan app limits: " + json.dumps(LIMITS), flush=True)
     share = ARGS.share
     if share and not serving.host_reachable("api.gradio.app", 443, timeout=3.0):
         print("--share: no internet connection (api.gradio.app is unreachable), so no public link; "
@@ -349,4 +477,4 @@ if __name__ == "__main__":
         share = False
     demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
                 allowed_paths=[str(EXAMPLES_DIR)], show_error=True, css=CSS,
-                theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=64)
+                theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions)

@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from mtan.model import MTAN, ModelConfigError
 
@@ -45,6 +46,48 @@ class ModelUnavailableError(RuntimeError):
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------
+# Process memory (glibc)
+# --------------------------------------------------------------------------------------
+
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        try:
+            import ctypes
+            import ctypes.util
+
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (``M_ARENA_MAX``) unless ``MALLOC_ARENA_MAX`` is set.
+
+    glibc gives threads their own arenas (up to 8 per core) and keeps what each one freed, so a
+    server whose requests run on many worker threads holds the peak of every arena at once: under
+    20 concurrent clients the app's resident memory peaked at 2.3 GB with the default and 1.6 GB
+    with two arenas. Call it early, before the worker threads start. False where not glibc.
+    """
+    lib = _libc()
+    if lib is None or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    return bool(lib.mallopt(-8, int(arenas)))  # -8: M_ARENA_MAX
+
+
+def release_memory() -> None:
+    """Give the heap memory freed by the last prediction back to the OS (glibc ``malloc_trim``):
+    large photos' temporaries then do not stay in the process's resident memory."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
 
 
 # --------------------------------------------------------------------------------------
@@ -277,13 +320,26 @@ def _hub_card(repo_id: str) -> str:
 # Images
 # --------------------------------------------------------------------------------------
 
-DEFAULT_MAX_PIXELS = 8_000_000         # larger photos are downscaled to this (configurable)
-DECOMPRESSION_LIMIT = 100_000_000      # larger files are refused outright (PIL's bomb check)
+DEFAULT_MAX_PIXELS = 4_000_000         # larger photos are downscaled to this; views and downloads too
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (configurable)
+MAX_SIDE = 65_000                      # no side longer than this (JPEG's limit for the returned views)
+# The formats load_image opens (PIL knows many more: EPS would run Ghostscript, others are rarely
+# tested parsers). "JPEG" includes MPO, which some cameras write.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+UNREADABLE = "This file is not an image that can be read: upload a JPEG, PNG, WebP, BMP, TIFF or GIF photo."
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
-def configure_pil(limit: int = DECOMPRESSION_LIMIT) -> None:
-    """PIL refuses images over 2x this many pixels and warns over 1x: refuse over ``limit``."""
-    Image.MAX_IMAGE_PIXELS = limit // 2
+def configure_pil(limit: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """PIL's own decompression-bomb check, as a backstop behind :func:`load_image`'s (which reads
+    the pixel count from the header and refuses anything that would decode to over ``limit``).
+
+    PIL refuses at open over twice ``MAX_IMAGE_PIXELS``: that is set to 32 x ``limit`` so that a
+    JPEG that decodes under ``limit`` at 1/8 scale (``Image.draft``) can still be opened.
+    """
+    Image.MAX_IMAGE_PIXELS = 32 * int(limit)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -291,16 +347,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im, dtype=np.float32 if im.mode.startswith("I;16") else np.float64)
         finite = a[np.isfinite(a)]
         lo = min(0.0, float(finite.min())) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 1.0
+        del finite
         if im.mode == "F":  # floats: stretch their range
             scale = 255.0 / (hi - lo) if hi > lo else 1.0
         else:  # integers: the bit depth their maximum needs (8, 10, 12, 16 ... bits) maps to 0..255
             bits = max(8, math.ceil(math.log2(hi - lo + 1))) if hi > lo else 8
             scale = 255.0 / (2 ** bits - 1)
-        g = np.clip(np.nan_to_num((a - lo) * scale), 0, 255).astype(np.uint8)
+        a -= lo
+        a *= scale
+        g = np.clip(np.nan_to_num(a, copy=False), 0, 255).astype(np.uint8)
         return Image.fromarray(g, "L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
@@ -311,47 +370,105 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
+def _too_large(width: int | None, height: int | None, limit: int, pil_message: str = "") -> ImageLoadError:
+    if width and height:
+        what = f"{width}x{height} pixels ({width * height / 1e6:,.0f} megapixels)"
+    else:  # PIL's own check refused it at open: its message has the pixel count
+        m = re.search(r"\((\d+) pixels\)", pil_message)
+        what = f"{int(m.group(1)):,} pixels" if m else "it"
+    return ImageLoadError(f"The image is too large: {what} is over this app's limit of {limit:,} pixels "
+                          f"(decoded). Downscale it and upload it again.")
+
+
+def _scaled(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
+    """The size to downscale to (aspect kept; at most ``max_pixels`` and ``MAX_SIDE`` a side), or None."""
+    s = min(1.0, math.sqrt(max_pixels / (width * height)), MAX_SIDE / max(width, height))
+    if s >= 1.0:
+        return None
+    return max(1, int(width * s)), max(1, int(height * s))
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
     """Open an uploaded photo as RGB, EXIF orientation applied, at most ``max_pixels`` pixels.
 
-    Returns the image and notes for the user (e.g. that it was downscaled). JPEGs are decoded at
-    a reduced scale directly (``Image.draft``) so a huge photo is never held at full size.
-    Raises :class:`ImageLoadError` with a readable message for anything unusable.
+    Returns the image and notes for the user (e.g. that it was downscaled). Raises
+    :class:`ImageLoadError` with a readable message for anything unusable: an empty file, a file
+    that is not an image (only JPEG, PNG, WebP, BMP, TIFF and GIF are opened), a damaged or
+    truncated one, or one whose header says it would decode to more than ``max_image_pixels``
+    (checked before any pixel is decoded, so a decompression bomb allocates nothing).
+
+    Memory: a JPEG over ``max_pixels`` is decoded at a reduced scale (``Image.draft``: 1/2, 1/4 or
+    1/8) and then downscaled; other formats are decoded once and downscaled in their own mode
+    (``reduce`` first), so at most one full-size copy exists, briefly. Animated images: the
+    first frame.
     """
     notes: list[str] = []
     try:
-        im = Image.open(path)
-    except Image.DecompressionBombError:
-        raise ImageLoadError(f"The image is too large: over {Image.MAX_IMAGE_PIXELS * 2:,} pixels.") from None
+        if os.path.getsize(path) == 0:
+            raise ImageLoadError("The file is empty (0 bytes): upload a photo.")
+        im = Image.open(path, formats=ALLOWED_FORMATS)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise _too_large(None, None, max_image_pixels, str(e)) from None
     except UnidentifiedImageError:
-        raise ImageLoadError("This file is not an image that can be read: upload a JPEG, PNG, WebP, BMP or "
-                             "TIFF photo.") from None
-    except OSError as e:
+        raise ImageLoadError(UNREADABLE) from None
+    except Exception as e:  # OSError, and whatever a hostile header makes a parser raise
         raise ImageLoadError(f"The image could not be opened ({e}).") from None
     try:
         with im:
             w, h = im.size
             if w < 1 or h < 1:
                 raise ImageLoadError("The image is empty (0 pixels).")
-            if w * h > max_pixels and im.format == "JPEG":
-                s = math.sqrt(max_pixels / (w * h))
-                im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))  # decode at 1/2, 1/4 or 1/8 scale
+            if w * h > max_pixels and isinstance(im, JpegImageFile):
+                target = _scaled(w, h, max_pixels)
+                im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never smaller than target
+            if im.width * im.height > max_image_pixels:  # from the header: nothing decoded yet
+                raise _too_large(w, h, max_image_pixels)
+            if getattr(im, "is_animated", False):
+                notes.append("The file holds several images (an animation or several pages): the first was used.")
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            method = _ORIENTATION.get(orientation if isinstance(orientation, int) else 1)
+            target = _scaled(im.width, im.height, max_pixels)
+            if target:
+                if im.mode in ("1", "P", "PA"):  # palettes resample as nearest neighbour: colours first
+                    im = to_rgb(im)
+                im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            if method is not None:
+                im = im.transpose(method)
             im = to_rgb(im)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError:
-        raise ImageLoadError(f"The image is too large: over {Image.MAX_IMAGE_PIXELS * 2:,} pixels.") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        raise _too_large(w, h, max_image_pixels) from None
+    except MemoryError:
+        raise ImageLoadError(f"The image ({w}x{h} pixels) is too large to decode on this server right now; "
+                             f"upload a smaller one.") from None
+    except Exception as e:  # truncated or corrupt data (OSError, ValueError, SyntaxError, struct.error ...)
         raise ImageLoadError(f"The image file is damaged or truncated and could not be decoded ({e}).") from None
-    if im.width * im.height > max_pixels:
-        s = math.sqrt(max_pixels / (im.width * im.height))
-        im = im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.Resampling.LANCZOS)
-    if w * h > max_pixels:
-        notes.append(f"The photo ({w}x{h} pixels) was larger than this app's limit of {max_pixels:,} pixels; "
-                     f"it was downscaled to {im.width}x{im.height}.")
+    if im.width * im.height < w * h:
+        shown = (h, w) if method in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+                                     Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
+        notes.append(f"The photo ({shown[0]}x{shown[1]} pixels) is larger than this app's limit of "
+                     f"{max_pixels:,} pixels: it was downscaled to {im.width}x{im.height}, the size of its "
+                     f"views and downloads.")
     return im, notes
+
+
+def processing_notes(size: tuple[int, int], processing_size: tuple[int, int]) -> list[str]:
+    """Notes on photos the network sees poorly: tiny ones, and very wide or tall ones (h, w sizes)."""
+    (H, W), (h, w) = size, processing_size
+    notes = []
+    if min(H, W) < 16:
+        notes.append(f"The photo is tiny ({W}x{H} pixels): the network saw it enlarged to {w}x{h}, so its "
+                     f"results say little.")
+    elif min(h, w) < 32:
+        notes.append(f"The photo is very {'wide' if W > H else 'tall'} ({W}x{H} pixels): fitted inside the "
+                     f"processing resolution the network saw it as {w}x{h} pixels (padded to a multiple of "
+                     f"32), so its results are coarse.")
+    return notes
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -392,7 +509,9 @@ def example_files(folder: str | os.PathLike = EXAMPLES_DIR) -> list[Path]:
 class Prediction:
     """One photo's results, kept (in a gr.State) so views re-render without re-running the network.
 
-    Label maps are at the photo's size; depth, normals and masks at the processing size.
+    Label maps are at the photo's size; depth, normals and masks at the processing size. The
+    photo is at most ``max_pixels`` (see :func:`load_image`), so one prediction holds roughly
+    7 bytes a photo pixel plus the masks (at most ``mask_budget_values`` bytes, 16 MB by default).
     """
 
     model_key: str
@@ -403,7 +522,7 @@ class Prediction:
     labels: dict[str, np.ndarray] = field(default_factory=dict)    # semantic: H x W class ids
     depth: dict[str, np.ndarray] = field(default_factory=dict)     # depth: h x w float32
     normals: dict[str, np.ndarray] = field(default_factory=dict)   # normal: 3 x h x w float32
-    masks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)  # float16 C x h x w
+    masks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)  # uint8 C x h x w, / 255
     mask_downsampled: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -433,9 +552,18 @@ def labels_at(logits: torch.Tensor, size: tuple[int, int], max_pixels: int = 1_0
     return ids
 
 
+MASK_SCALE = 1 / 255  # masks are kept (and downloaded) as uint8: value = stored * MASK_SCALE
+
+
+def quantise_mask(m: torch.Tensor) -> np.ndarray:
+    """A mask (sigmoid outputs, 0..1) as uint8 ``round(value * 255)``: a quarter of float32's
+    memory, error <= 0.002. :func:`mtan.visualize.mask_values` turns it back into floats."""
+    return m.float().mul(255).clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()  # mul: a copy
+
+
 def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
-    """Masks as float16 numpy; if they hold more than ``budget_values`` numbers, area-average the
-    large ones (never below 32 pixels a side) until they fit."""
+    """Masks as uint8 numpy (see :func:`quantise_mask`); if they hold more than ``budget_values``
+    numbers, area-average the large ones (never below 32 pixels a side) until they fit."""
     total = sum(m.numel() for v in masks.values() for ms in v.values() for m in ms)
     factor = max(1.0, math.sqrt(total / budget_values)) if budget_values > 0 else 1.0
     out = {}
@@ -450,7 +578,7 @@ def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
                     nh, nw = max(min(h, 32), math.ceil(h / factor)), max(min(w, 32), math.ceil(w / factor))
                     if (nh, nw) != (h, w):
                         m = F.adaptive_avg_pool2d(m.float(), (nh, nw))
-                arrs.append(m.to(torch.float16).cpu().numpy())
+                arrs.append(quantise_mask(m))
             out[task][part] = arrs
     return out, factor > 1
 

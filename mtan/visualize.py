@@ -190,14 +190,38 @@ def stage_label(part: str, stage: int) -> str:
     return f"{part} {stage} (1/{stage_scale(part, stage)} scale)"
 
 
+MASK_SCALE = 1 / 255  # uint8 masks (as the app keeps and downloads them) hold round(value * 255)
+
+
+def mask_values(m: np.ndarray) -> np.ndarray:
+    """A stored mask (or part of one) as float32 0..1: uint8 masks hold ``round(value * 255)``,
+    float masks their values."""
+    return m.astype(np.float32) * MASK_SCALE if m.dtype == np.uint8 else m.astype(np.float32)
+
+
+def _channel_mean(m: np.ndarray) -> np.ndarray:
+    return m.mean(0, dtype=np.float32) * (MASK_SCALE if m.dtype == np.uint8 else 1.0)
+
+
 def attention_map(masks: dict, task: str, part: str, stage: int, channel: int | None = None
                   ) -> tuple[np.ndarray, str]:
     """One mask as a 2-D map: the mean over channels, or one channel (clamped to the mask's range)."""
     m = masks[task][part][stage]
     if channel is None or channel < 0:
-        return m.astype(np.float32).mean(0), f"mean over {m.shape[0]} channels"
+        return _channel_mean(m), f"mean over {m.shape[0]} channels"
     c = int(min(channel, m.shape[0] - 1))
-    return m[c].astype(np.float32), f"channel {c} of {m.shape[0]}"
+    return mask_values(m[c]), f"channel {c} of {m.shape[0]}"
+
+
+def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| in mask units: int16 for uint8 masks (half float32's memory), else float32."""
+    if a.dtype == b.dtype == np.uint8:
+        return np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return np.abs(mask_values(a) - mask_values(b))
+
+
+def _difference_scale(a: np.ndarray) -> float:
+    return MASK_SCALE if a.dtype == np.uint8 else 1.0
 
 
 def task_difference(masks: dict, part: str, stage: int) -> np.ndarray | None:
@@ -209,9 +233,8 @@ def task_difference(masks: dict, part: str, stage: int) -> np.ndarray | None:
     total, pairs = None, 0
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            a = masks[names[i]][part][stage].astype(np.float32)
-            b = masks[names[j]][part][stage].astype(np.float32)
-            d = np.abs(a - b).mean(0)
+            a, b = masks[names[i]][part][stage], masks[names[j]][part][stage]
+            d = _abs_difference(a, b).mean(0, dtype=np.float32) * _difference_scale(a)
             total = d if total is None else total + d
             pairs += 1
     return total / pairs
@@ -258,10 +281,12 @@ def attention_table(masks: dict, top: int = 3) -> str:
     rows = [head + " |", sep]
     for part in PARTS:
         for stage in range(len(masks[names[0]][part])):
-            ms = [masks[n][part][stage].astype(np.float32) for n in names]
-            cells = [stage_label(part, stage), str(ms[0].shape[0])] + [f"{m.mean():.3f}" for m in ms]
+            ms = [masks[n][part][stage] for n in names]
+            cells = [stage_label(part, stage), str(ms[0].shape[0])] + [
+                f"{m.mean(dtype=np.float64) * _difference_scale(m):.3f}" for m in ms]
             if len(names) > 1:
-                per_channel = np.mean([np.abs(ms[i] - ms[j]).mean(axis=(1, 2))
+                per_channel = np.mean([_abs_difference(ms[i], ms[j]).mean(axis=(1, 2), dtype=np.float64)
+                                       * _difference_scale(ms[i])
                                        for i in range(len(ms)) for j in range(i + 1, len(ms))], axis=0)
                 best = np.argsort(-per_channel)[:top]
                 cells += [f"{per_channel.mean():.3f}", ", ".join(f"{c} ({per_channel[c]:.2f})" for c in best)]
@@ -282,10 +307,12 @@ def safe_stem(name: str | None, default: str = "photo") -> str:
 def depth_to_png16(depth: np.ndarray, task) -> tuple[np.ndarray, float, str]:
     """Depth -> uint16 with ``value = png / 65535 * max`` (values <= 0 or not finite -> 0, which
     the datasets use for 'invalid'). Returns the array, ``max`` and that sentence."""
-    d = np.where(np.isfinite(depth), depth, 0).astype(np.float64)
-    d = np.clip(d, 0, None)
+    d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # one full-size copy
+    np.clip(d, 0, None, out=d)
     top = float(d.max()) if d.size and d.max() > 0 else 1.0
-    png = np.round(d / top * 65535).astype(np.uint16)
+    d *= np.float32(65535 / top)
+    np.clip(np.round(d, out=d), 0, 65535, out=d)
+    png = d.astype(np.uint16)
     text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 0 = invalid"
     if task.depth_kind == "inverse":
         text += f"; metres ~ {task.scale:g} / {task.name}"
@@ -298,6 +325,26 @@ def save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None, 
         info.add_text(k, v)
     im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
     im.save(path, pnginfo=info, compress_level=1)
+    return path
+
+
+MASKS_LAYOUT = ("key '<task>.<encoder|decoder>.<stage>' -> C x h x w at the processing resolution "
+                "(1/2**stage of it for the encoder, 1/2**(4 - stage) for the decoder); decoder stage 0 is "
+                "the deepest; mask value = stored * scale (the app stores uint8: scale 1/255)")
+
+
+def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level: int = 1) -> Path:
+    """Masks as a compressed ``.npz`` readable with ``np.load``: one ``.npy`` per mask in a ZIP at
+    deflate ``level`` (1: ~10x smaller than raw uint8 masks at a fraction of the default level's
+    time), and ``meta``, a JSON string with ``info``, the layout, dtype and scale."""
+    import zipfile
+
+    meta = dict(info, layout=MASKS_LAYOUT, dtype=str(next(iter(arrays.values())).dtype) if arrays else "",
+                scale=MASK_SCALE if all(a.dtype == np.uint8 for a in arrays.values()) else 1.0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as z:
+        for key, array in {"meta": np.array(json.dumps(meta)), **arrays}.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
     return path
 
 
@@ -334,9 +381,13 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "") -> t
     if pred.masks:
         arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
                   for i, m in enumerate(ms)}
-        info = {"tasks": list(pred.masks), "image_size": list(size), "processing_size": list(pred.processing_size),
-                "layout": "key '<task>.<encoder|decoder>.<stage>' -> float16 C x h x w; decoder stage 0 is the deepest",
-                "downsampled": bool(pred.mask_downsampled)}
-        np.savez(out / f"{stem}_attention.npz", meta=np.array(json.dumps(info)), **arrays)
-        files.append(str(out / f"{stem}_attention.npz"))
+        name = f"{stem}_attention.npz"
+        save_masks_npz(out / name, arrays, {"tasks": list(pred.masks), "image_size": list(size),
+                                           "processing_size": list(pred.processing_size),
+                                           "downsampled": bool(pred.mask_downsampled)})
+        files.append(str(out / name))
+        shrunk = " (area-averaged to fit)" if pred.mask_downsampled else ""
+        notes.append(f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.<stage>']`, "
+                     f"uint8 C x h x w at the processing resolution{shrunk}: mask value = stored / 255; "
+                     f"decoder stage 0 is the deepest. Its `meta` entry (JSON) says so too.")
     return files, notes

@@ -35,6 +35,14 @@ def tiny_model(nyuv2_tasks):
     return MTAN(nyuv2_tasks, arch="mtan", width=1 / 16)
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny saved models for the app tests: {"city": folder, "nyu": folder} (see apphelpers.make_models)."""
+    from apphelpers import make_models
+
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture
 def camvid_root():
     if not (CAMVID / "train" / "images").is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from apphelpers import make_models, page_config, running_app, size_of, street_image  # noqa: F401 (test_browser)
 from apphelpers import predict as run
+from apphelpers import write_photo as _write
 from PIL import Image
 
 from mtan import MTAN, preset_tasks
@@ -46,52 +48,6 @@ def client(app_url):
 # --------------------------------------------------------------------------------------
 # Inputs of every kind come back at the upload's size
 # --------------------------------------------------------------------------------------
-
-
-def _write(kind: str, folder: Path) -> tuple[Path, tuple[int, int]]:
-    """Write a test photo of ``kind``; return its path and the (width, height) outputs must have."""
-    im = street_image(200, 320)
-    if kind == "jpeg":
-        p = folder / "photo.jpg"
-        im.save(p, quality=90)
-    elif kind == "rgba_png":
-        a = np.dstack([np.asarray(im), np.full((200, 320), 128, np.uint8)])
-        a[:50, :, 3] = 0  # a transparent band: composited on white
-        p = folder / "rgba.png"
-        Image.fromarray(a, "RGBA").save(p)
-    elif kind == "grayscale":
-        p = folder / "grey.png"
-        im.convert("L").save(p)
-    elif kind == "png16":
-        g = (np.asarray(im.convert("L"), np.uint16) * 257)
-        p = folder / "deep.png"
-        Image.fromarray(g).save(p)
-        with Image.open(p) as check:
-            assert check.mode.startswith("I"), check.mode
-    elif kind == "exif_rotated":  # stored 320 wide, 200 high; orientation 6 = shown rotated 90 degrees
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        p = folder / "rotated.jpg"
-        im.save(p, exif=exif, quality=90)
-        return p, (200, 320)
-    elif kind == "palette":
-        p = folder / "palette.png"
-        im.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(p, transparency=0)
-    elif kind == "webp":
-        p = folder / "photo.webp"
-        im.save(p)
-    elif kind == "bmp":
-        p = folder / "photo.bmp"
-        im.save(p)
-    elif kind == "tiff":
-        p = folder / "photo.tiff"
-        im.save(p)
-    elif kind == "cmyk_jpeg":
-        p = folder / "cmyk.jpg"
-        im.convert("CMYK").save(p)
-    else:
-        raise ValueError(kind)
-    return p, (320, 200)
 
 
 @pytest.mark.parametrize("kind", ["jpeg", "rgba_png", "grayscale", "png16", "exif_rotated", "palette", "webp",
@@ -219,18 +175,28 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
             raise AssertionError("re-rendering must not run the network")
 
         monkeypatch.setattr(model, "forward", no_network)
-        seg1, _, _, _ = app.rerender_main(pred, 0.1, "viridis", "normals")
+        seg1, _, _, _ = app.rerender_main(pred, 0.1, "viridis", "normals")  # views come back as JPEG files
         seg2, depth, bar, (before, after) = app.rerender_main(pred, 0.9, "gray", "depth")
-        assert seg1.size == seg2.size == depth.size == after.size == (w, h)
-        assert not np.array_equal(np.asarray(seg1), np.asarray(seg2))
+        assert size_of(seg1) == size_of(seg2) == size_of(depth) == size_of(after) == (w, h)
+        assert not np.array_equal(np.asarray(Image.open(seg1)), np.asarray(Image.open(seg2)))
         view, diff, caption = app.rerender_attention(pred, "normal", "decoder", 4, 3)
-        assert view.size == (w, h) and diff.size == (w, h) and "channel 3 of" in caption
+        assert size_of(view) == (w, h) and size_of(diff) == (w, h) and "channel 3 of" in caption
         view, _, caption = app.rerender_attention(pred, "depth", "encoder", 2, 10_000)  # channel clamped
         assert "channel 15 of 16" in caption
         gallery, table = app.show_all_masks(pred)
         assert len(gallery) == 3 * 10 and "decoder 4 (1/1 scale)" in gallery[-1][1]  # 3 tasks x 10 stages
         assert table.count("\n") == 11 and "most task-specific channels" in table
         assert app.rerender_main(None, 0.5, "inferno", "depth") is not None  # no prediction yet: skipped
+
+        # prediction folders: over an hour old, or the oldest beyond the byte budget, are removed
+        monkeypatch.setattr(app, "OUT_ROOT", tmp_path / "out")
+        for i, age in enumerate((7200, 300, 200, 100)):
+            folder = tmp_path / "out" / f"f{i}"
+            folder.mkdir(parents=True)
+            (folder / "x.bin").write_bytes(b"\0" * 1000)
+            os.utime(folder, (time.time() - age, time.time() - age))
+        app.clean_out_root(max_age_s=3600, max_bytes=2500)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2", "f3"]
 
         # other task sets and architectures: a split network (no masks), a depth-only single network
         from mtan.serving import LoadedModel, predict_photo
