@@ -11,6 +11,11 @@ Defaults are the paper's protocol (Adam 1e-4, StepLR 100 / 0.5, 200 epochs, batc
 a preset sets a group of them and any flag given explicitly wins over the preset. The run
 folder gets metrics.jsonl, curves.png, checkpoints/, the last model (config.json,
 model.safetensors, README.md model card) and the best one in best/.
+
+Exit codes: 0 finished (also when a --push-to-hub upload failed: the files stay and the retry
+command is printed); 2 a bad flag, bad data, an unusable run folder or a failed write such as a
+full disk (the message says what is intact and what to do); 3 a training loss became NaN or
+infinite (the task is named, the last good checkpoint kept); 130 interrupted with Ctrl-C.
 """
 from __future__ import annotations
 
@@ -80,7 +85,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         saved = Path(args.resume) / "train_config.json"
         if not saved.is_file():
             raise ValueError(f"--resume {args.resume}: no train_config.json there; is it a run folder?")
-        base = json.loads(saved.read_text())
+        try:
+            base = json.loads(saved.read_text(encoding="utf-8"))
+            if not isinstance(base, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, OSError) as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+            raise ValueError(f"--resume {args.resume}: {saved} is not readable ({e}); it is written at the start "
+                             f"of every run, so this folder's run cannot be continued: start a new one") from None
         allowed = {"epochs", "device", "progress", "eval_batch_size", "push_to_hub", "private", "compile"}
         changed = sorted(k for k, v in values.items() if v is not None and k not in allowed and base.get(k) != v)
         if changed:
@@ -96,11 +107,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    import torch
+
     from mtan.checkpoint import CheckpointError
     from mtan.data import DatasetError
     from mtan.engine import NonFiniteLossError
     from mtan.model import ModelConfigError
 
+    config = None
     try:
         config, resume = config_from_args(args)
         train(config, resume=resume)
@@ -110,9 +124,17 @@ def main(argv=None) -> int:
     except (DatasetError, ModelConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # e.g. a full disk or a vanished folder outside the checkpoint writer
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except torch.OutOfMemoryError:
+        print("error: the device ran out of memory; lower --batch-size (or --size, --width), or use --amp bf16 "
+              "on a GPU", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted: the last finished epoch's checkpoint is kept; continue with "
-              f"python train.py --resume {getattr(args, 'resume', None) or args.out or 'RUN_DIR'}", file=sys.stderr)
+              f"python train.py --resume {config.out if config else args.resume or args.out or 'RUN_DIR'}",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -5,21 +5,35 @@ weighting parameters, RNG state) plus a JSON header (epoch, optimiser hyper-para
 scheduler, DWA history, best score). Writing goes to a temporary file in the same folder, is
 flushed with fsync and then renamed over the target, so a crash or a full disk never leaves a
 half-written checkpoint under a real name, and the previous checkpoint is untouched.
+
+Every checkpoint also stores a CRC-32 of each tensor and of its JSON header: a file damaged
+after it was written (flipped bytes, a truncated copy) is detected on load, named, and
+``latest_good_checkpoint`` falls back to the previous one. Temporary files left by a killed
+writer (``.epoch_0003.safetensors.tmp-PID``) are never read and are removed on resume.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import zlib
 from pathlib import Path
 
 import torch
 
 CHECKPOINT_RE = re.compile(r"epoch_(\d{4,})\.safetensors$")
+TEMPORARY_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # what atomic_write leaves behind if killed
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file."""
+    """A checkpoint cannot be written or read; the message names the file.
+
+    ``short``: the failure alone, without the advice (for callers that give their own)."""
+
+    def __init__(self, message: str, short: str | None = None):
+        super().__init__(message)
+        self.short = short or message
 
 
 def fsync_dir(folder: Path) -> None:
@@ -106,16 +120,41 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         "weighting": weighting.get_extra_state(),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header_text = json.dumps(header)
+    checksums = {"__header__": _crc(header_text.encode()), **{k: tensor_crc(v) for k, v in tensors.items()}}
+    metadata = {"mtan_checkpoint": header_text, "mtan_checksums": json.dumps(checksums)}
     from safetensors import SafetensorError
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"mtan_checkpoint": json.dumps(header)}))
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as e:  # a full disk surfaces as either
-        reason = getattr(e, "strerror", None) or str(e)
-        raise CheckpointError(f"could not write checkpoint {path}: {reason}; the previous checkpoint "
-                              f"is intact (free disk space, then resume with --resume)") from None
+        short = f"could not write checkpoint {path}: {getattr(e, 'strerror', None) or e}"
+        raise CheckpointError(f"{short}; the previous checkpoint is intact and no partial file was left (free "
+                              f"disk space, then resume with --resume)", short=short) from None
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a CPU tensor holds no NaN or infinity (integer tensors: always). numpy is many times
+    faster at this than torch.isfinite on small CPU tensors."""
+    import numpy as np
+
+    if not tensor.is_floating_point():
+        return True
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return bool(np.isfinite(tensor.detach().cpu().numpy()).all())
+
+
+def _crc(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def tensor_crc(tensor: torch.Tensor) -> int:
+    """CRC-32 of a CPU tensor's bytes (any dtype, no copy for contiguous tensors)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return _crc(flat.view(torch.uint8).numpy()) if flat.numel() else 0
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -126,10 +165,27 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        header = json.loads(meta["mtan_checkpoint"])
+        header_text = meta["mtan_checkpoint"]
+        checksums = json.loads(meta["mtan_checksums"]) if "mtan_checksums" in meta else None
+        header = json.loads(header_text)
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {str(e)[:120]})") from None
+    if checksums is not None:  # (checkpoints written before checksums existed have none)
+        bad = [k for k in tensors if checksums.get(k) != tensor_crc(tensors[k])]
+        bad += sorted(set(checksums) - set(tensors) - {"__header__"})
+        if checksums.get("__header__") != _crc(header_text.encode()):
+            bad.insert(0, "its JSON header")
+        if bad:
+            raise CheckpointError(f"checkpoint {path} is corrupted: {_names(bad)} fail(s) the checksum written "
+                                  f"with it (the file changed after it was saved)")
+    nonfinite = [k for k, v in tensors.items() if not all_finite(v)]
+    if nonfinite:
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {_names(nonfinite)}")
     return tensors, header
+
+
+def _names(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def restore(tensors: dict, header: dict, *, model, optimizer, scheduler, weighting) -> None:
@@ -155,15 +211,54 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def latest_good_checkpoint(folder: Path, log=print) -> tuple[int, dict, dict] | None:
-    """The newest checkpoint that loads; damaged ones are reported and skipped."""
+    """The newest checkpoint that loads; damaged ones are reported (by name) and skipped."""
     for epoch, path in list_checkpoints(folder):
         try:
             tensors, header = load_checkpoint(path)
         except CheckpointError as e:
-            log(f"warning: {e}; falling back to the previous checkpoint")
+            log(f"warning: {e}; skipping it and falling back to the previous checkpoint")
             continue
         return epoch, tensors, header
     return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (e.g. from a failed write in this process) are stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temporaries(folders, log=print) -> list[Path]:
+    """Remove what a killed writer left in ``folders``: ``.NAME.tmp-PID`` files of atomic_write and
+    ``.export-tmp`` staging folders. Files of a process that is still running are kept (and named).
+    Returns the removed paths."""
+    removed = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            m = TEMPORARY_RE.match(p.name)
+            if m and p.is_file():
+                if _pid_alive(int(m[1])):
+                    log(f"warning: {p} belongs to process {m[1]}, which is still running; is another "
+                        f"training process writing to this run folder? Left in place")
+                    continue
+                p.unlink(missing_ok=True)
+                removed.append(p)
+            elif p.name == ".export-tmp" and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+            f"{', '.join(str(p) for p in removed)}")
+    return removed
 
 
 def prune_checkpoints(folder: Path, keep: int = 2) -> None:

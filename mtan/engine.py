@@ -1,8 +1,13 @@
 """The training engine: one config object, one ``train(config)`` that runs a whole experiment.
 
 Per epoch: train on the (optionally augmented) training split, evaluate on every validation
-set, log one line to ``metrics.jsonl``, redraw ``curves.png``, write an atomic checkpoint and
-export the model (``config.json`` + ``model.safetensors`` + model card) with ``save_pretrained``.
+set, log one line to ``metrics.jsonl``, redraw ``curves.png``, export the model (``config.json``
++ ``model.safetensors`` + model card) with ``save_pretrained`` and, last, write an atomic checkpoint.
+
+Faults: a NaN or infinite training loss stops the run (``NonFiniteLossError``, naming the task)
+before anything of that epoch is saved; a failed write (a full disk) stops it with a
+``CheckpointError`` saying what is intact and how to continue; ``--resume`` skips damaged
+checkpoints (with a warning naming them) and removes temporary files left by a killed writer.
 
 Fast by default where it helps: data held in memory on the training device (uint8 images,
 compact targets), augmentation on whole batches on that device, bf16 autocast, channels-last
@@ -28,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mtan.checkpoint import (CheckpointError, atomic_write_text, latest_good_checkpoint, prune_checkpoints,
-                             restore, save_checkpoint)
+from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
+                             list_checkpoints, prune_checkpoints, restore, save_checkpoint)
 from mtan.model import MTAN, count_parameters
 from mtan.tasks import Task, tasks_from_config
 from mtan.weighting import build_weighting
@@ -80,6 +85,43 @@ class TrainConfig:
     private: bool = False
     preset: str | None = None
     command: str | None = None            # the command line that started the run (for the model card)
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Reject values that would only fail later (mid-run, or with a traceback); the message
+        names the command-line flag."""
+        def flag(name):
+            return "--" + name.replace("_", "-")
+
+        def bad(name, why):
+            raise ValueError(f"{flag(name)} {getattr(self, name)!r}: {why}")
+
+        for name in ("epochs", "batch_size", "step_size", "eval_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(name, "must be a whole number >= 1")
+        for name in ("eval_batch_size", "train_frames", "val_frames"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                bad(name, "must be a whole number >= 1")
+        for name, low, strict in (("lr", 0.0, True), ("gamma", 0.0, True), ("temperature", 0.0, True),
+                                  ("weight_decay", 0.0, False), ("width", 0.0, True)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (value <= low if strict else value < low):
+                bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
+        if self.size is not None:
+            from mtan.data import parse_size
+
+            try:
+                h, w = parse_size(self.size)
+            except ValueError as e:
+                raise ValueError(f"--size {self.size!r}: {e}") from None
+            if h % 32 or w % 32:
+                bad("size", "height and width must be multiples of 32 (the network pools five times), "
+                            "e.g. 128x256")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -153,12 +195,17 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     if config.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(config.device)
+        try:
+            device = torch.device(config.device)
+        except RuntimeError:
+            raise ValueError(f"--device {config.device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
+            raise ValueError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -353,6 +400,7 @@ class Engine:
                    desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
                    disable=not self.show_progress)
         t0, last_shown = time.perf_counter(), 0.0
+        last_checked = t0
         for step, batch in enumerate(bar):
             with self._autocast():
                 outputs = model(batch["image"])
@@ -366,7 +414,9 @@ class Engine:
                     p.grad /= self.runtime.world
             self.optimizer.step()
             stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
-            nonfinite |= ~torch.isfinite(stacked)
+            bad_now = ~torch.isfinite(stacked)
+            # the tasks that went bad first (one bad step makes every task's loss NaN after it)
+            nonfinite = torch.where(nonfinite.any(), nonfinite, bad_now)
             loss_sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
             loss_batches += has_valid.double()
             images += batch["image"].shape[0]
@@ -375,6 +425,10 @@ class Engine:
                 means = (loss_sums / loss_batches.clamp_min(1)).tolist()
                 bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, means)})
                 last_shown = now
+            if not self.runtime.distributed and now - last_checked > 2.0:
+                last_checked = now  # a diverged run stops within seconds, not at the end of the epoch
+                if bool(nonfinite.any()):
+                    break
         bar.close()
         all_reduce_([loss_sums, loss_batches], self.runtime)
         if self.runtime.distributed:
@@ -400,9 +454,12 @@ class Engine:
     # ---- the run ------------------------------------------------------------------------
 
     def resume(self) -> None:
+        if self.runtime.is_main:
+            clean_stale_temporaries([self.out, self.out / "checkpoints", self.out / "best"], log=self.log)
         found = latest_good_checkpoint(self.out / "checkpoints", log=self.log)
         if found is None:
-            raise CheckpointError(f"{self.out}: no readable checkpoint to resume from (checkpoints/epoch_*.safetensors)")
+            raise CheckpointError(f"{self.out}: no readable checkpoint to resume from (checkpoints/epoch_*.safetensors); "
+                                  f"start the run again without --resume")
         epoch, tensors, header = found
         restore(tensors, header, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 weighting=self.weighting)
@@ -418,6 +475,8 @@ class Engine:
         if self.runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "train_config.json", cfg.to_json() + "\n")
+            if self.start_epoch == 0:  # a new run: no metrics from a run that stopped before its first checkpoint
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.log(f"training {cfg.arch} x{cfg.width:g} ({count_parameters(self.model):,} parameters) on "
                  f"{cfg.data}: {len(self.train_data)} train frames, val "
                  f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
@@ -429,10 +488,7 @@ class Engine:
             weights = self.weighting.weights() if cfg.weighting != "uncertainty" else None
             train = self.train_epoch(epoch)
             if train["nonfinite"]:
-                raise NonFiniteLossError(
-                    f"epoch {epoch + 1}: the {', '.join(train['nonfinite'])} loss became NaN or infinite; training "
-                    f"stopped. The last good checkpoint (epoch {epoch}) is kept in {self.out / 'checkpoints'}; "
-                    f"try a lower --lr, or check the data for bad values, then --resume {self.out}")
+                raise NonFiniteLossError(self._nonfinite_message(epoch, train["nonfinite"]))
             if weights is None:  # uncertainty: the weights the epoch ended with
                 weights = self.weighting.weights()
             self.weighting.end_epoch(train["loss"])
@@ -447,11 +503,43 @@ class Engine:
                 record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             self.history.append(record)
             if self.runtime.is_main:
-                self._write_epoch(epoch, record)
+                try:
+                    self._write_epoch(epoch, record)
+                except (CheckpointError, OSError) as e:
+                    raise CheckpointError(self._write_failed_message(epoch, e)) from None
             self.log(summary_line(record, cfg.epochs))
         if self.runtime.distributed:
             dist.barrier()
         return self.history
+
+    def _last_checkpoint(self, before: int) -> Path | None:
+        found = [p for e, p in list_checkpoints(self.out / "checkpoints") if e < before]
+        return found[0] if found else None
+
+    def _nonfinite_message(self, epoch: int, tasks: list[str]) -> str:
+        last = self._last_checkpoint(epoch)
+        kept = (f"The last good checkpoint, {last} (epoch {int(last.stem.split('_')[1]) + 1}), and the model "
+                f"exported from it are kept; try a lower --lr or check the data for bad values, then continue "
+                f"with: python train.py --resume {self.out}") if last else (
+                "No checkpoint had been written yet; try a lower --lr or check the data for bad values, then "
+                "start the run again")
+        which = " and ".join(f"'{t}'" for t in tasks) + (" task's" if len(tasks) == 1 else " tasks'")
+        return (f"epoch {epoch + 1}: the {which} training loss became NaN or infinite; training stopped "
+                f"before saving anything from this epoch. {kept}")
+
+    def _write_failed_message(self, epoch: int, error: Exception) -> str:
+        if isinstance(error, CheckpointError):
+            reason = error.short
+        else:
+            where = getattr(error, "filename", None) or self.out
+            reason = f"could not write {where}: {getattr(error, 'strerror', None) or error}"
+        last = self._last_checkpoint(epoch + 1)
+        saved = last is not None and last.name == f"epoch_{epoch:04d}.safetensors"
+        then = (f"the newest complete checkpoint, {last}, is intact. Free disk space (or fix the folder's "
+                f"permissions), then continue with: python train.py --resume {self.out}") if last else (
+                "no checkpoint had been written yet. Free disk space (or fix the folder's permissions), then "
+                "start the run again")
+        return f"epoch {epoch + 1}: {reason}. Its checkpoint was {'' if saved else 'not '}saved; {then}"
 
     def _write_epoch(self, epoch: int, record: dict) -> None:
         from mtan.plots import plot_curves
@@ -466,15 +554,17 @@ class Engine:
         improved = score is not None and score > self.best_score
         if improved:
             self.best_score = score
-        save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
-                        optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
-                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg)})
-        prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
         card = self.card_kwargs(record)
         if "val" in record or epoch + 1 == cfg.epochs:
             export(self.model, self.out, card)  # the last model, at the top of the run folder
         if improved:
             export(self.model, self.out / "best", {**card, "notes": f"Best validation score at epoch {epoch + 1}."})
+        # The checkpoint comes last: it marks the epoch as complete, so an epoch whose outputs failed
+        # (or were cut short by a crash) is trained and written again by --resume.
+        save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
+                        optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
+                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg)})
+        prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
 
     def card_kwargs(self, record: dict) -> dict:
         cfg = self.config
@@ -628,12 +718,21 @@ def export(model: MTAN, folder: Path, card: dict) -> None:
     if extra and len(extra) > len(card.get("results") or {}):
         card["notes"] = ((card.get("notes") or "") + "\n\nAll validation sets:\n\n| metric | value |\n|---|---|\n"
                          + "\n".join(f"| {k} | {v:.4f} |" for k, v in extra.items() if v is not None)).strip()
-    model.save_pretrained(staging, model_card_kwargs=card)
-    for name in ("model.safetensors", "config.json", "README.md"):  # weights first, card last
-        with open(staging / name, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(staging / name, folder / name)
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, model_card_kwargs=card)
+        for name in ("model.safetensors", "config.json", "README.md"):  # weights first, card last
+            with open(staging / name, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(staging / name, folder / name)
+    except Exception as e:
+        from safetensors import SafetensorError
+
+        if isinstance(e, (OSError, SafetensorError)):  # a full disk surfaces as either
+            short = f"could not export the model to {folder}: {getattr(e, 'strerror', None) or e}"
+            raise CheckpointError(f"{short}; the files exported there before are intact", short=short) from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     fsync_dir(folder)
 
 
@@ -641,8 +740,35 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
 
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Fail early (before any data is read) when the run folder cannot be used.
+
+    A new run needs a writable folder that does not already hold a run (its metrics would be
+    mixed up and ``--resume`` would pick up the old checkpoints); ``--resume`` needs a checkpoint.
+    """
+    if resume:
+        if not list_checkpoints(out / "checkpoints"):
+            raise CheckpointError(f"{out}: no checkpoint to resume from (checkpoints/epoch_*.safetensors): the run "
+                                  f"stopped before its first epoch ended, or its checkpoints were removed; start it "
+                                  f"again without --resume")
+        return
+    if list_checkpoints(out / "checkpoints"):
+        raise ValueError(f"--out {out} already holds a training run (checkpoints/epoch_*.safetensors); continue it "
+                         f"with python train.py --resume {out}, or choose another --out (or delete the folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out}: the run folder cannot be written ({e.strerror or e}); choose another "
+                         f"--out") from None
+
+
 def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
     """Run (or resume) a training run; returns the per-epoch records."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_folder(Path(config.out), resume)
     engine = Engine(config, log=log)
     if resume:
         engine.resume()

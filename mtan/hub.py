@@ -6,11 +6,13 @@ card ``README.md``. Only safetensors weights are ever loaded: pickle files can r
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mtan.model import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 class HubUnavailableError(ModelConfigError):
@@ -36,14 +38,57 @@ def resolve_model_files(model_id: str | os.PathLike, *, revision=None, token=Non
                                    f"(config.json + model.safetensors)")
         if WEIGHTS_NAME not in names:
             _refuse_pickles(str(path), names)
+        check_weights_file(path / WEIGHTS_NAME)
         return path / CONFIG_NAME, path / WEIGHTS_NAME
     text = str(model_id)
     if path.exists():
         raise ModelConfigError(f"{path} is a file; pass the model folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep + os.sep in text:
         raise ModelConfigError(f"{text}: no such model folder, and not a Hub repo id of the form 'user/name'")
-    return _download(text, revision=revision, token=token, cache_dir=cache_dir,
-                     force_download=force_download, local_files_only=local_files_only)
+    config_file, weights_file = _download(text, revision=revision, token=token, cache_dir=cache_dir,
+                                          force_download=force_download, local_files_only=local_files_only)
+    check_weights_file(weights_file)
+    return config_file, weights_file
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """Check an MTAN ``model.safetensors`` before it is loaded; raise ModelConfigError naming the file.
+
+    The safetensors reader already refuses a damaged header (bad length, invalid JSON, offsets
+    outside the file, sizes that do not match the dtype and shape). On top of that: every tensor
+    must be floating point (the BatchNorm counters ``num_batches_tracked``: int64), so a dtype
+    edited in the header (F32 -> I32 keeps the size) is caught, and every value must be finite:
+    NaN or infinite weights (a diverged run, or tampering) would only give NaN predictions.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from mtan.checkpoint import all_finite
+
+    wrong_dtype, nonfinite = [], []
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                expected = ("I64",) if name.endswith("num_batches_tracked") else FLOAT_DTYPES
+                if dtype not in expected:
+                    wrong_dtype.append(f"{name} ({dtype})")
+                elif dtype in FLOAT_DTYPES and not all_finite(f.get_tensor(name)):
+                    nonfinite.append(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelConfigError(f"{path}: not a readable safetensors file ({e}); the file is truncated or damaged: "
+                               f"download or export it again") from None
+    if wrong_dtype:
+        raise ModelConfigError(f"{path}: tensor(s) with a wrong data type: {_short(wrong_dtype)}; MTAN weights are "
+                               f"floating point (int64 BatchNorm counters): the file was altered or is not an MTAN "
+                               f"model; download or export it again")
+    if nonfinite:
+        raise ModelConfigError(f"{path}: tensor(s) holding NaN or infinite values: {_short(nonfinite)}; the weights "
+                               f"are damaged or come from a diverged training run; export them again from a good "
+                               f"checkpoint")
+
+
+def _short(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _download(repo_id: str, **kwargs) -> tuple[Path, Path]:
@@ -73,19 +118,42 @@ def _download(repo_id: str, **kwargs) -> tuple[Path, Path]:
     except EntryNotFoundError:
         raise ModelConfigError(f"Hub repo {repo_id} has no {CONFIG_NAME}; it is not an MTAN model") from None
     except HfHubHTTPError as e:
-        raise HubUnavailableError(f"Hub repo {repo_id}: download failed ({_redact(str(e))})") from None
+        raise HubUnavailableError(f"Hub repo {repo_id}: download failed "
+                                  f"({_error_text(str(e), kwargs.get('token'))})") from None
     except OSError as e:  # connection errors surface as OSError subclasses
         raise HubUnavailableError(f"Hub repo {repo_id}: the Hub is unreachable ({type(e).__name__}); "
                                   f"use a local model folder") from None
     return config_file, weights_file
 
 
-def _redact(text: str) -> str:
-    """Never let a token reach a message."""
-    token = os.environ.get("HF_TOKEN")
-    if token:
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
+TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{16,}|(?i:bearer)\s+[A-Za-z0-9_.\-]{8,}")
+
+
+def _known_tokens(extra=()) -> list[str]:
+    tokens = [t for t in extra if isinstance(t, str)]
+    tokens += [os.environ[v] for v in TOKEN_ENV_VARS if os.environ.get(v)]
+    try:  # the token saved by `hf auth login`
+        from huggingface_hub import get_token
+
+        tokens.append(get_token() or "")
+    except Exception:
+        pass
+    return sorted({t.strip() for t in tokens if t and len(t.strip()) >= 4}, key=len, reverse=True)
+
+
+def _redact(text: str, *tokens) -> str:
+    """Never let a token reach a message: the given tokens, those in the environment or the
+    login cache, and anything shaped like a Hub token or a bearer header."""
+    for token in _known_tokens(tokens):
         text = text.replace(token, "***")
-    return text
+    return TOKEN_RE.sub("***", text)
+
+
+def _error_text(text: str, *tokens, limit: int = 400) -> str:
+    """A Hub error on one line, redacted: the status line and the server's own message."""
+    lines = [ln.strip() for ln in _redact(text, *tokens).splitlines()]
+    return "; ".join(ln for ln in lines if ln and not ln.startswith("For more information"))[:limit]
 
 
 # --------------------------------------------------------------------------------------
@@ -200,7 +268,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
                                    folder_path=str(run_dir), allow_patterns=[f.name for f in files],
                                    commit_message="Upload MTAN model (mtan)")
     except Exception as e:  # offline, no token, no permission, ...
-        reason = _redact(f"{type(e).__name__}: {e}").splitlines()[0][:300]
+        reason = _error_text(f"{type(e).__name__}: {e}", token)
         log(f"push to the Hub failed ({reason}). The run's files are safe in {run_dir}; "
             f"retry with: {retry}  (log in first with `hf auth login` or set HF_TOKEN)")
         return None
@@ -222,7 +290,9 @@ def main(argv=None) -> int:
     try:
         url = push_run(args.run_dir, args.repo_id, private=args.private)
     except ModelConfigError as e:
-        print(f"error: {e}")
+        import sys
+
+        print(f"error: {_redact(str(e))}", file=sys.stderr)
         return 2
     return 0 if url else 1
 
