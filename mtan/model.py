@@ -590,7 +590,10 @@ class MTAN(
             force_download=force_download, local_files_only=local_files_only)
         config = read_config(config_file)
         config.update(overrides)
-        model = cls(**config)
+        try:
+            model = cls(**config)
+        except ModelConfigError as e:  # name the file the bad field came from
+            raise ModelConfigError(f"{config_file}: {e}") from None
         load_safetensors_strict(model, weights_file)
         model.to(map_location)
         model.eval()
