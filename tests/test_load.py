@@ -29,7 +29,10 @@ def test_small_crowd_is_served(models):
     rss = report["server_rss_mb"]
     assert rss["samples"] > 0 and rss["start"] > 0
     # torch + gradio + a tiny model start near 0.65 GB; eight small predictions add ~0.2 GB
-    assert rss["peak_sampled"] <= rss["peak_vmhwm"] < rss["start"] + 600 and rss["peak_vmhwm"] < 2000, rss
+    # the kernel updates VmHWM lazily (split per-CPU RSS counters), so a VmRSS sample can sit a
+    # few hundred kB above it: bound the larger of the two rather than ordering them
+    peak = max(rss["peak_sampled"], rss["peak_vmhwm"])
+    assert rss["start"] <= peak < rss["start"] + 600 and peak < 2000, rss
     queue = report["queue"]
     assert queue["concurrency"] == 1 and queue["queue_size"] == 32 and queue["max_sessions"] == 32
     assert report["server_disk_mb"] < 200
