@@ -1,6 +1,7 @@
 """Train MTAN (or its split / single-task baselines) with one command.
 
     python train.py --preset smoke                                   # one minute on a CPU, generated data
+    python train.py --preset demo                                    # the app's default model (CPU, ~1.5 h)
     python train.py --preset paper-cityscapes --data-root data/cityscapes
     python train.py --preset benchmark-cityscapes --data-root data/cityscapes --compile
     python train.py --preset paper-nyuv2 --data-root data/nyuv2
@@ -49,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
                      help="random scale-crop {1, 1.2, 1.5} + horizontal flip, on the GPU on whole batches")
     aug.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation (the paper)")
+    pd = g.add_mutually_exclusive_group()
+    pd.add_argument("--pseudo-depth", dest="pseudo_depth", action="store_true", default=None,
+                    help="train split: CamVid gets ground-plane pseudo-depth, sky gets a far target "
+                         "(mtan/data/pseudo_depth.py; the demo preset's default)")
+    pd.add_argument("--no-pseudo-depth", dest="pseudo_depth", action="store_false",
+                    help="no pseudo-depth: CamVid trains segmentation only, sky has no depth target")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=["mtan", "split", "single"], help=f"architecture (default {d.arch})")
     g.add_argument("--task", help="the task of --arch single: semantic, depth or normal")

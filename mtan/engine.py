@@ -56,6 +56,7 @@ class TrainConfig:
     train_frames: int | None = None       # synthetic only: frames to generate per split
     val_frames: int | None = None
     data_options: dict = field(default_factory=dict)  # extra builder options, e.g. {"camvid": {"classes": 7}}
+    pseudo_depth: bool = False            # train split only: CamVid ground-plane depth, sky targets (mtan.data.pseudo_depth)
     # model
     arch: str = "mtan"                    # mtan | split | single
     task: str | None = None               # the task of a single-task run
@@ -112,6 +113,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or (value <= low if strict else value < low):
                 bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
+        if self.pseudo_depth and not {"camvid", "synthetic"} & set(str(self.data).split("+")):
+            bad("pseudo_depth", f"applies to camvid and synthetic data, and --data is {self.data!r}")
         if self.size is not None:
             from mtan.data import parse_size
 
@@ -148,6 +151,12 @@ PRESETS: dict[str, dict] = {
     "benchmark-cityscapes": dict(data="cityscapes", labels="label_7", size="128x256", arch="mtan", weighting="dwa",
                                  temperature=2.0, lr=1e-4, step_size=100, gamma=0.5, epochs=200, batch_size=8,
                                  augment=True),
+    # The app's default model (weights/): real CamVid streets (7 categories, ground-plane pseudo-depth)
+    # with generated scenes (7 categories, exact depth), narrow and 128x256 so that it trains in about
+    # 1.5 hours and answers fast on a 2-core CPU. On a GPU add --width 1 for the full-size model.
+    "demo": dict(data="synthetic+camvid", size="128x256", train_frames=600, val_frames=200, arch="mtan", width=0.25,
+                 weighting="dwa", temperature=2.0, lr=1e-3, step_size=11, gamma=0.2, epochs=15, batch_size=8,
+                 augment=True, pseudo_depth=True, out="runs/demo"),
     # One minute on a CPU: a narrow MTAN on generated street scenes.
     "smoke": dict(data="synthetic", size="64x128", train_frames=96, val_frames=32, arch="mtan", width=0.125,
                   weighting="dwa", lr=2e-3, step_size=100, gamma=0.5, epochs=4, batch_size=8, augment=True,
@@ -232,6 +241,13 @@ def _builder_options(config: TrainConfig, part: str, split: str) -> dict:
         if frames is not None:
             options["num_frames"] = frames
         options["seed"] = config.seed if split == "train" else 0
+    if config.pseudo_depth and split == "train":  # validation keeps the release convention (sky = invalid)
+        from mtan.data.pseudo_depth import SKY_INVERSE_DEPTH
+
+        if part == "camvid":
+            options["pseudo_depth"] = True
+        if part == "synthetic":
+            options["sky_depth"] = SKY_INVERSE_DEPTH
     options.update(config.data_options.get(part, {}))
     return options
 

@@ -6,6 +6,13 @@
 Keys: ``semantic.miou``, ``semantic.pixel_acc``, ``depth.abs_err``, ``depth.rel_err``,
 ``normal.mean_deg``, ``normal.median_deg``, ``normal.within_11.25`` ... and ``loss.<task>``.
 Only the tasks that both the model and the data have are scored.
+
+For a street model (CityScapes 7 categories + inverse depth) on data with labels, the ordering
+of the predicted depth is scored too, which works without depth ground truth (CamVid):
+``depth_order.ground_row_spearman`` (Spearman's rho between the inverse depth of road and
+pavement pixels and their image row, averaged over images: 1 = the ground recedes towards the
+horizon everywhere) and ``depth_order.sky_farthest`` (the share of images whose sky has a lower
+mean inverse depth than every other class in view); see ``mtan.metrics.DepthOrderMetric``.
 """
 from __future__ import annotations
 
@@ -40,7 +47,26 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     dataset = build_dataset(data, root=data_root, split=split, size=size, **opts)
     validate(dataset, full=True, progress=progress)
     memory = to_memory(dataset, device=dev, progress=progress)
-    return evaluate_model(model, memory, batch_size)
+    result = evaluate_model(model, memory, batch_size)
+    result.update(depth_order(model, memory, batch_size))
+    return result
+
+
+def depth_order(model, memory, batch_size: int = 8) -> dict:
+    """``depth_order.*`` keys for a street model (7 categories + inverse depth) on labelled data; else {}."""
+    from mtan.metrics import DepthOrderMetric
+
+    semantic = next((t for t in model.tasks if t.kind == "semantic" and t.class_set.name == "cityscapes-7"), None)
+    depth = next((t for t in model.tasks if t.kind == "depth" and t.depth_kind == "inverse"), None)
+    if semantic is None or depth is None or semantic.name not in memory.targets:
+        return {}
+    metric = DepthOrderMetric(semantic.num_classes)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(memory), batch_size):
+            batch = memory.batch(torch.arange(start, min(start + batch_size, len(memory)), device=memory.device))
+            metric.update(model(batch["image"])[depth.name], batch[semantic.name])
+    return {f"depth_order.{k}": v for k, v in metric.compute().items()}
 
 
 def main(argv=None) -> int:

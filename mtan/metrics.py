@@ -9,6 +9,9 @@ batch); ``compute`` moves the few accumulated numbers to the host once at the en
 - Normals: angle error in degrees over valid pixels: mean, median, and the fractions within
   11.25, 22.5 and 30 degrees. The median comes from a 0.01-degree histogram.
 - ``delta_m``: the multi-task summary against single-task baselines.
+- Depth ordering on photos without depth ground truth (:class:`DepthOrderMetric`): whether the
+  predicted inverse depth of the ground falls towards the horizon, and whether sky is the
+  farthest thing in each image.
 """
 from __future__ import annotations
 
@@ -161,6 +164,77 @@ class NormalMetric(Metric):
 
     def state(self):
         return [self.histogram, self.sums, self.within]
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of a 1-D tensor, ties given their mean rank (as Spearman's rho needs)."""
+    order = torch.argsort(values, stable=True)
+    sorted_values = values[order]
+    n = values.numel()
+    new_group = torch.ones(n, dtype=torch.bool, device=values.device)
+    new_group[1:] = sorted_values[1:] != sorted_values[:-1]
+    group = torch.cumsum(new_group.long(), 0) - 1
+    positions = torch.arange(n, dtype=torch.float64, device=values.device)
+    count = torch.zeros(int(group[-1]) + 1, dtype=torch.float64, device=values.device).index_add_(
+        0, group, torch.ones(n, dtype=torch.float64, device=values.device))
+    total = torch.zeros_like(count).index_add_(0, group, positions)
+    ranks = torch.empty(n, dtype=torch.float64, device=values.device)
+    ranks[order] = (total / count)[group]
+    return ranks
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (nan when either is constant)."""
+    rx, ry = average_ranks(x.flatten()), average_ranks(y.flatten())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = (rx.square().sum() * ry.square().sum()).sqrt()
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+class DepthOrderMetric(Metric):
+    """Plausibility of predicted inverse depth on labelled photos that have no depth ground truth.
+
+    Per image with at least ``min_pixels`` pixels of ``ground`` class (CityScapes-7 ``flat``:
+    road and pavement): Spearman's rho between the predicted inverse depth of those pixels and
+    their image row (near the bottom = near = large inverse depth, so a plausible map gives rho
+    close to 1). Per image with ``sky`` pixels: whether the sky's mean predicted inverse depth
+    is below that of every other class present (with ``min_pixels`` or more). Both are averaged
+    over the images that qualify. Runs per image on the host: meant for evaluation, not training.
+    """
+
+    lower_is_better = {"ground_row_spearman": False, "sky_farthest": False}
+
+    def __init__(self, num_classes: int, ground: int = 0, sky: int = 4, min_pixels: int = 50):
+        self.num_classes, self.ground, self.sky, self.min_pixels = num_classes, ground, sky, min_pixels
+        self.reset()
+
+    def reset(self) -> None:
+        self.rhos: list[float] = []
+        self.sky_checks: list[bool] = []
+
+    def update(self, pred_depth: torch.Tensor, labels: torch.Tensor) -> None:
+        """``pred_depth`` N x 1 x H x W inverse depth, ``labels`` N x H x W (-1 = void)."""
+        pred = pred_depth.detach().float().cpu()[:, 0]
+        labels = labels.cpu()
+        rows = torch.arange(pred.shape[-2]).view(-1, 1).expand(pred.shape[-2:])
+        for p, lab in zip(pred, labels):
+            ground = lab == self.ground
+            if int(ground.sum()) >= self.min_pixels:
+                rho = spearman(p[ground], rows[ground].double())
+                if rho == rho:
+                    self.rhos.append(rho)
+            sky = lab == self.sky
+            if int(sky.sum()) >= self.min_pixels:
+                others = [p[lab == c].mean() for c in range(self.num_classes)
+                          if c != self.sky and int((lab == c).sum()) >= self.min_pixels]
+                if others:
+                    self.sky_checks.append(bool(p[sky].mean() < min(others)))
+
+    def compute(self) -> dict[str, float]:
+        nan = float("nan")
+        return {"ground_row_spearman": sum(self.rhos) / len(self.rhos) if self.rhos else nan,
+                "sky_farthest": sum(self.sky_checks) / len(self.sky_checks) if self.sky_checks else nan,
+                "images_ground": float(len(self.rhos)), "images_sky": float(len(self.sky_checks))}
 
 
 def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]) -> float:

@@ -81,12 +81,12 @@ def _nyuv2(root, split="train", size=None, tasks=("semantic", "depth", "normal")
     return NYUv2Dataset(root, split, size=size, tasks=tasks)
 
 
-def _camvid(root, split="train", size=None, classes=7, fit="crop", depth=True):
-    return CamVidDataset(root, split, classes=int(classes), size=size, fit=fit, depth=depth)
+def _camvid(root, split="train", size=None, classes=7, fit="crop", depth=True, pseudo_depth=False):
+    return CamVidDataset(root, split, classes=int(classes), size=size, fit=fit, depth=depth, pseudo_depth=pseudo_depth)
 
 
-def _synthetic(root, split="train", size=None, num_frames=None, seed=0, cache=True):
-    return synthetic_dataset(root, split, size, num_frames, seed, cache=cache)
+def _synthetic(root, split="train", size=None, num_frames=None, seed=0, cache=True, sky_depth=None):
+    return synthetic_dataset(root, split, size, num_frames, seed, cache=cache, sky_depth=sky_depth)
 
 
 BUILDERS = {"cityscapes": _cityscapes, "cityscapes-raw": _cityscapes_raw, "nyuv2": _nyuv2,

@@ -8,7 +8,9 @@ Layout (see ``data/camvid/README.md``)::
 Labels are kept as the 11 CamVid classes (``classes=11``) or mapped to the 7 CityScapes
 categories (``classes=7``, the README's table), so that CamVid can be mixed with CityScapes
 or the synthetic scenes. CamVid has no depth: the ``depth`` target is all zeros (invalid), so
-the depth loss ignores CamVid samples.
+the depth loss ignores CamVid samples, unless ``pseudo_depth=True`` asks for the geometric
+ground-plane targets of :mod:`mtan.data.pseudo_depth` (road, pavement, what stands on them, and
+sky).
 """
 from __future__ import annotations
 
@@ -59,14 +61,16 @@ class CamVidDataset(torch.utils.data.Dataset):
     (image bilinear with antialiasing, labels nearest); ``fit="crop"`` (default) first cuts the
     largest centred window of the target aspect ratio so nothing is stretched, ``"stretch"``
     resizes the whole frame. ``size=None`` keeps 360 x 480 (not a multiple of 32: the network
-    needs e.g. 352x480 or 256x320).
+    needs e.g. 352x480 or 256x320). ``pseudo_depth=True`` fills the ``depth`` target with
+    ground-plane pseudo-depth (:mod:`mtan.data.pseudo_depth`), computed at the stored size
+    before cropping and resizing, with the horizon estimated from the train split's labels.
     """
 
     how_to_get = ("CamVid lives in data/camvid beside the project (shared/data/camvid); pass root=... or "
                   "set MTAN_CAMVID to its folder.")
 
     def __init__(self, root=None, split: str = "train", classes: int = 7, size=None, fit: str = "crop",
-                 depth: bool = True, name: str = "camvid"):
+                 depth: bool = True, pseudo_depth: bool = False, name: str = "camvid"):
         if classes not in (7, 11):
             raise ValueError(f"camvid classes must be 7 (CityScapes categories) or 11, got {classes!r}")
         if fit not in FITS:
@@ -76,15 +80,20 @@ class CamVidDataset(torch.utils.data.Dataset):
             raise DatasetError(f"camvid: no root folder given and none found. {self.how_to_get}")
         self.root = Path(root).expanduser()
         self.split, self.classes, self.fit, self.name = split, classes, fit, name
+        if pseudo_depth and not depth:
+            raise ValueError("camvid: pseudo_depth=True needs depth=True (it fills the depth target)")
+        self.pseudo_depth = pseudo_depth
         class_set = "cityscapes-7" if classes == 7 else "camvid-11"
         self.task_configs = [{"name": "semantic", "kind": "semantic", "class_set": class_set}]
         if depth:
             self.task_configs.append({"name": "depth", "kind": "depth", "depth_kind": "inverse"})
         self.tasks = tasks_from_config(self.task_configs)
         self.table = torch.from_numpy(label_lookup(classes)).long()
+        self.table7 = torch.from_numpy(label_lookup(7)).long()
         self.names = self._check_structure()
         self.native_size = self._first_frame_size()
         self.size = parse_size(size) or self.native_size
+        self.horizon = self._horizon() if pseudo_depth else None
 
     # -- structure --------------------------------------------------------------------------
 
@@ -112,6 +121,17 @@ class CamVidDataset(torch.utils.data.Dataset):
             raise DatasetError(f"camvid: {images} has {len(image_names)} images but {labels} has "
                                f"{len(label_names)} labels: {detail}. Every image needs a label PNG of the same name.")
         return sorted(image_names)
+
+    def _horizon(self) -> float:
+        """Horizon (fraction of the height) from the train split's labels (one fixed camera)."""
+        from mtan.data.pseudo_depth import estimate_horizon
+
+        folder = self.root / "train" / "labels"
+        folder = folder if folder.is_dir() else self.root / self.split / "labels"
+        try:
+            return estimate_horizon(str(folder), road_value=3)
+        except ValueError as e:
+            raise DatasetError(f"camvid pseudo_depth: {e}") from None
 
     def _first_frame_size(self) -> tuple[int, int]:
         img, lab = self._open(self.image_path(0)), self._open(self.label_path(0))
@@ -155,6 +175,12 @@ class CamVidDataset(torch.utils.data.Dataset):
         h, w = labels.shape
         for task in self.tasks[1:]:
             sample[task.name] = task.missing_target(h, w)
+        if self.pseudo_depth:
+            from mtan.data.pseudo_depth import ground_plane_depth, ground_scale
+
+            categories = self.table7[raw].numpy()
+            depth = ground_plane_depth(categories, self.horizon * h, ground_scale(h, w))
+            sample["depth"] = torch.from_numpy(depth)[None]
         return sample
 
     def __getitem__(self, index: int) -> dict:
@@ -170,4 +196,5 @@ class CamVidDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"CamVidDataset(root={str(self.root)!r}, split={self.split!r}, classes={self.classes}, "
-                f"frames={len(self)}, size={self.size})")
+                f"frames={len(self)}, size={self.size}"
+                + (", pseudo_depth=True)" if self.pseudo_depth else ")"))

@@ -26,15 +26,22 @@ class SyntheticDataset(torch.utils.data.Dataset):
     share a frame, and rendering here or reading a written release gives the same frames.
     About 0.2 s per 128x256 frame on one core; with DataLoader workers each worker keeps its
     own cache, so for many epochs prefer ``to_memory(dataset)`` once.
+
+    ``sky_depth``: a training target for sky pixels (whose stored inverse depth is 0 = invalid),
+    e.g. :data:`mtan.data.pseudo_depth.SKY_INVERSE_DEPTH`, so that the network learns that sky is
+    the farthest thing in view; None (default) keeps the CityScapes convention.
     """
 
     def __init__(self, split: str = "train", size=DEFAULT_SIZE, num_frames: int | None = None, seed: int = 0,
-                 cache: bool = True, name: str = "synthetic"):
+                 cache: bool = True, sky_depth: float | None = None, name: str = "synthetic"):
         from mtan.data.synthetic import SPLIT_STREAMS
 
         if split not in SPLIT_STREAMS:
             raise ValueError(f"synthetic split must be one of {list(SPLIT_STREAMS)}, got {split!r}")
         self.split, self.seed, self.name = split, int(seed), name
+        if sky_depth is not None and not 0 < float(sky_depth) < 0.01:
+            raise ValueError(f"sky_depth must be a small positive inverse depth (0 < v < 0.01), got {sky_depth!r}")
+        self.sky_depth = None if sky_depth is None else float(sky_depth)
         self.stream = SPLIT_STREAMS[split]
         self.size = parse_size(size) or DEFAULT_SIZE
         self.num_frames = int(num_frames if num_frames is not None else DEFAULT_FRAMES[split])
@@ -70,10 +77,15 @@ class SyntheticDataset(torch.utils.data.Dataset):
                                f"depth {depth.shape}; expected {h}x{w}(x3).")
         labels = torch.from_numpy(np.asarray(label)).long().clamp_(min=-1)
         check_labels_in_range(labels, self.tasks[0].num_classes, where)
+        depth = torch.from_numpy(np.array(depth, dtype=np.float32).reshape(h, w))[None]
+        if self.sky_depth is not None:
+            from mtan.data.synthetic import SKY
+
+            depth[0][(labels == SKY) & (depth[0] == 0)] = self.sky_depth
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255),
             "semantic": labels,
-            "depth": torch.from_numpy(np.asarray(depth, dtype=np.float32).reshape(h, w))[None],
+            "depth": depth,
         }
 
     def check_item(self, index: int) -> None:
@@ -84,7 +96,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"SyntheticDataset(split={self.split!r}, frames={self.num_frames}, size={self.size}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}" + (f", sky_depth={self.sky_depth:g})" if self.sky_depth is not None else ")"))
 
 
 def synthetic_dataset(root=None, split: str = "train", size=None, num_frames: int | None = None, seed: int = 0,
@@ -99,6 +111,9 @@ def synthetic_dataset(root=None, split: str = "train", size=None, num_frames: in
     from mtan.data.cityscapes import CityScapesDataset
 
     options.pop("cache", None)
+    if options.pop("sky_depth", None) is not None:
+        raise ValueError("synthetic: sky_depth applies to frames rendered on the fly, not to a written release "
+                         f"({root}); leave out the data root or the sky_depth option.")
     ds = CityScapesDataset(root, split, labels=options.pop("labels", "label_7"), size=size, name="synthetic",
                            **options)
     if num_frames is not None:

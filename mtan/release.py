@@ -1,0 +1,222 @@
+"""Turn a finished training run into a documented model folder (how ``weights/`` is made).
+
+    python -m mtan.release runs/demo weights
+
+The run's model is evaluated with :func:`mtan.evaluate.evaluate` on the validation split of
+every part of its training data (exactly what ``python -m mtan.evaluate`` prints, so the card's
+numbers can be checked with the commands it lists), its forward time is measured on this
+machine's CPU at 256x512 through the app's inference path (``mtan.fast``), and the folder gets
+``model.safetensors``, ``config.json`` and a model card with the data, the command, the
+training time and hardware, the metrics, the speed and the limits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+#: What the data names mean on a card.
+DATA_DESCRIPTIONS = {
+    "camvid": ("CamVid val (real street photos, Cambridge)", "camvid"),
+    "synthetic": ("mtan generated street scenes, val", "synthetic"),
+    "cityscapes": ("CityScapes val", "cityscapes"),
+    "nyuv2": ("NYUv2 val", "nyuv2"),
+}
+
+LIMITS = """\
+- **Trained on**: {trained_on}. Nothing else: no night, rain, snow, motorway, rural or indoor
+  scenes, no cameras other than a car's forward view. Photos far from that (a selfie, a
+  bird's-eye view, a painting) get confident but meaningless maps.
+- **Classes**: the 7 CityScapes categories only (flat, construction, object, nature, sky, human,
+  vehicle). Small objects (poles, signs, distant people) are the weakest, as the per-dataset
+  mIoU above shows; the network is {width_note}.
+- **Depth on real photos** was learned from generated scenes (exact depth) and from ground-plane
+  pseudo-depth on CamVid (no measured depth): it is a relative map, right in its ordering (the
+  road recedes towards the horizon, the sky is farthest, what stands closer is brighter) and only
+  roughly right in metres (the camera height and field of view of the CamVid camera are
+  assumed, not known). Do not use it to measure distances.
+- **Resolution**: trained at {size}; the app fits photos inside 256x512 by default, where objects
+  can appear up to {zoom:.1f} times the size seen in training (the augmentation's 1.5x zoom covers
+  part of that; the 128x256 processing resolution matches training).
+"""
+
+PSEUDO_DEPTH = """\
+CamVid has no depth ground truth, so its depth targets are geometric (`mtan/data/pseudo_depth.py`):
+the horizon row is estimated from the CamVid training labels (a low percentile of the highest
+road pixel per frame: {horizon:.3f} of the image height), road and pavement pixels get the
+inverse depth of a level ground plane seen from an assumed camera (height {cam_h} m, horizontal
+field of view {hfov} degrees: the middle of the generated cameras' ranges), every vertical run of
+one class that stands on road or pavement (facades, poles, people, cars) gets the depth of its
+contact row, and sky gets a far target ({sky:g}, i.e. 18.5 km). Other pixels have no target.
+The generated scenes (domain-randomised cameras, lighting, materials, weather haze) supply exact
+depth, with the same far target for sky. Validation keeps the CityScapes convention (sky has no
+depth), so the generated-scene depth errors above are over surfaces only.
+"""
+
+
+def forward_latency(model, size=(256, 512), repeats: int = 7) -> dict:
+    """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.fast)."""
+    from mtan.data.synthetic import render_frame
+    from mtan.fast import optimize_for_inference
+
+    frame = render_frame(0, 0, *size, stream=1)["image"]
+    x = torch.from_numpy(frame).permute(2, 0, 1).float().div(255)[None]
+    runner = optimize_for_inference(model.cpu().eval(), device="cpu")
+    times = []
+    with torch.inference_mode():
+        runner(x)  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            runner(x)
+            times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "size": f"{size[0]}x{size[1]}"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def evaluate_run(model, config) -> list[dict]:
+    """The model on the validation split of every part of the run's data, with the command that
+    reproduces each figure."""
+    from mtan.engine import _builder_options
+    from mtan.evaluate import evaluate
+
+    parts = config.data.split("+")
+    roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
+    roots = roots if len(roots) == len(parts) else [None] * len(parts)
+    evaluations = []
+    for part, root in zip(parts, roots):
+        options = _builder_options(config, part, "val")
+        results = evaluate(model, part, data_root=root or None, split="val", size=config.size, options=options)
+        command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
+        if root:
+            command.append(f"--data-root {root}")
+        if config.size:
+            command.append(f"--size {config.size}")
+        if part == "synthetic" and "num_frames" in options:
+            command.append(f"--frames {options['num_frames']}")
+        if part in ("cityscapes", "cityscapes-raw"):
+            command.append(f"--labels {config.labels}")
+        name, kind = DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
+        evaluations.append({"name": name, "type": kind, "data": part, "results": results,
+                            "command": " ".join(command)})
+    return evaluations
+
+
+def training_facts(run: Path) -> dict:
+    """Epochs, total training time and throughput from the run's metrics.jsonl."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds = sum(r.get("epoch_seconds", 0) + r.get("eval_seconds", 0) for r in lines)
+    return {"epochs": len(lines), "seconds": seconds,
+            "images_per_second": statistics.median(r["images_per_second"] for r in lines) if lines else None}
+
+
+def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
+            latency: bool = True, log=print) -> dict:
+    from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
+    from mtan.engine import TrainConfig
+    from mtan.model import MTAN, count_parameters
+
+    run, out = Path(run), Path(out)
+    for name in ("train_config.json", "metrics.jsonl", "model.safetensors", "config.json"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run} is not a finished training run: {name} is missing (train.py --out "
+                                    "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
+    config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
+    model = MTAN.from_pretrained(run).eval()
+    log(f"evaluating {run} on the validation split of {config.data} ...")
+    evaluations = evaluate_run(model, config)
+    facts = training_facts(run)
+    speed = forward_latency(model) if latency else None
+
+    parts = config.data.split("+")
+    trained_on = {"camvid": "CamVid's 367 training photos (Cambridge, UK, daytime)",
+                  "synthetic": f"{config.train_frames or 500} generated street scenes",
+                  "cityscapes": "CityScapes (50 German cities, daytime)", "nyuv2": "NYUv2 indoor scenes"}
+    data_lines = [f"- `{p}`: {trained_on.get(p, p)}" for p in parts]
+    data_text = "\n".join(data_lines) + (
+        f"\n\nAt {config.size}, {'with' if config.augment else 'without'} augmentation (random scale-crop "
+        "{1, 1.2, 1.5} + horizontal flip). CamVid's 11 classes are mapped to the 7 CityScapes categories "
+        "(its README's table); CamVid frames are centre-cropped to the training aspect ratio.")
+    hours = facts["seconds"] / 3600
+    train_text = (f"```bash\n{config.command or 'python train.py --preset ' + str(config.preset)}\n```\n\n"
+                  f"{facts['epochs']} epoch{'s' if facts['epochs'] != 1 else ''}, {hours:.2f} h of training and validation "
+                  f"({facts['images_per_second']:.1f} training images/s) on {hardware or cpu_name()}. "
+                  f"Adam lr {config.lr:g} (x{config.gamma:g} every {config.step_size} epochs), batch "
+                  f"{config.batch_size}, {config.weighting} loss weighting.")
+    sections = [("Data", data_text), ("Training", train_text)]
+    if config.pseudo_depth:
+        from mtan.data.camvid import default_root
+        from mtan.data.pseudo_depth import estimate_horizon
+
+        root = default_root()
+        horizon = estimate_horizon(str(Path(root) / "train" / "labels"), road_value=3) if root else float("nan")
+        sections.append(("Depth on real photos", PSEUDO_DEPTH.format(horizon=horizon, cam_h=CAMERA_HEIGHT_M,
+                                                                      hfov=HFOV_DEG, sky=SKY_INVERSE_DEPTH)))
+    check = "\n".join(f"    {ev['command']}".replace("MODEL", str(out)) for ev in evaluations)
+    results_note = (
+        "Reproduce every figure (`depth_order.*` is scored without depth ground truth: "
+        "`ground_row_spearman` is Spearman's rho between the predicted inverse depth of road and pavement "
+        "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
+        "has the lowest mean inverse depth of all classes in view):\n\n" + check)
+    sections.append(("How to check the results", results_note))
+    if speed:
+        sections.append(("Speed", f"Forward pass at {speed['size']}, batch 1, as the app runs it (BatchNorm "
+                                  f"folded, fused convolutions, channels-last, fp32): median "
+                                  f"{speed['median_s'] * 1000:.0f} ms (best {speed['min_s'] * 1000:.0f} ms) on "
+                                  f"{speed['cpu']}, {speed['threads']} threads."))
+    width_note = (f"narrow (width x{model.width:g}, {count_parameters(model) / 1e6:.1f} M parameters) so that it "
+                  "answers fast on a small CPU" if model.width < 1 else "the paper's full width")
+    sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on.get(p, p) for p in parts),
+                                             width_note=width_note, size=config.size,
+                                             zoom=256 / int(str(config.size or "256x512").split("x")[0]))))
+    summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
+               "for street photos, trained from scratch on real CamVid street photos and mtan's generated street "
+               "scenes." if set(parts) == {"synthetic", "camvid"} else None)
+    card_kwargs = dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in evaluations],
+                       sections=sections, summary=summary, repo_id=repo_id,
+                       dataset_name=None, training_command=None, data=None)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, model_card_kwargs=card_kwargs)
+    report = {"evaluations": evaluations, "training": facts, "speed": speed,
+              "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
+    log(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mtan.release", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a finished run folder (train.py --out)")
+    p.add_argument("out", help="the model folder to write (e.g. weights)")
+    p.add_argument("--repo-id", help="the Hub name to show on the card")
+    p.add_argument("--hardware", help="what the run trained on (default: this machine's CPU)")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the CPU timing")
+    args = p.parse_args(argv)
+    from mtan.data import DatasetError
+    from mtan.model import ModelConfigError
+
+    try:
+        release(args.run, args.out, args.repo_id, args.hardware, args.latency)
+    except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
