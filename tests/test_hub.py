@@ -1,6 +1,5 @@
 """save_pretrained / from_pretrained: identical models, safetensors only, clear errors."""
 import json
-import shutil
 
 import pytest
 import torch

@@ -15,7 +15,6 @@ import torch
 
 from mtan import MTAN
 from mtan.engine import TrainConfig, apply_preset, read_metrics, train
-from mtan.evaluate import evaluate
 from mtan.weighting import dwa_weights
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ tensors, with optional augmentation applied to the whole batch there.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

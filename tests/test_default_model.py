@@ -1,0 +1,107 @@
+"""The model the app ships with (weights/): its card's numbers are reproduced by the commands on
+the card, it meets the accuracy bars of issue 6, and it reads the example photos correctly.
+
+The example photos are generated street scenes (examples/generate.py: seed 2026, frames 0..7),
+so their exact labels and depth can be rendered again here and compared with what the app's
+own prediction path (``mtan.serving.predict_photo``, at the app's default resolution) returns.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtan import MTAN
+from mtan.data.synthetic import render_frame
+from mtan.metrics import spearman
+from mtan.release import DATA_DESCRIPTIONS
+from mtan.serving import DEFAULT_RESOLUTION, LoadedModel, parse_resolution, predict_photo
+from cardhelpers import card_commands, card_values, check_card_against, data_of, run_commands
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "weights"
+README = WEIGHTS / "README.md"
+EXAMPLE_SEED = 2026  # examples/generate.py
+
+FLAT, SKY = 0, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MTAN.from_pretrained(WEIGHTS).eval()
+
+
+def test_weights_folder_is_small_and_a_street_model(model):
+    assert (WEIGHTS / "model.safetensors").stat().st_size < 15e6
+    kinds = {t.name: t for t in model.tasks}
+    assert kinds["semantic"].class_set.name == "cityscapes-7" and kinds["depth"].depth_kind == "inverse"
+    text = README.read_text()
+    assert "placeholder" not in text.lower()
+    for section in ("## Data", "## Training", "## Depth on real photos", "## How to check the results", "## Speed",
+                    "## Limits"):
+        assert section in text, section
+    assert "--preset demo" in text
+
+
+def test_card_meets_the_accuracy_bars():
+    values = card_values(README)
+    camvid, synthetic = DATA_DESCRIPTIONS["camvid"][0], DATA_DESCRIPTIONS["synthetic"][0]
+    assert values[(camvid, "mean_iou")] >= 0.60
+    assert values[(synthetic, "mean_iou")] >= 0.80
+    # the depth-order figures on CamVid val, from the card's results table
+    row = {m.group(1): m.groups()[1:] for m in re.finditer(r"^\| (depth_order\.\w+) \| ([^|]+) \| ([^|]+) \|$",
+                                                            README.read_text(), re.M)}
+    names = re.search(r"^\| metric \| (.+) \|$", README.read_text(), re.M).group(1).split(" | ")
+    col = names.index(camvid)
+    assert float(row["depth_order.ground_row_spearman"][col]) > 0.8
+    assert float(row["depth_order.sky_farthest"][col]) >= 0.95
+
+
+def test_card_camvid_numbers_are_reproduced(camvid_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_root))
+    monkeypatch.chdir(REPO)
+    commands = [c for c in card_commands(README) if data_of(c) == "camvid"]
+    assert len(commands) == 1
+    reproduced = run_commands(commands, tmp_path)
+    check_card_against(README, reproduced, complete=False)
+    result = reproduced[0]["result"]
+    assert result["semantic.miou"] >= 0.60
+    assert result["depth_order.ground_row_spearman"] > 0.8 and result["depth_order.sky_farthest"] >= 0.95
+
+
+def test_card_synthetic_numbers_are_reproduced(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    commands = [c for c in card_commands(README) if data_of(c) == "synthetic"]
+    assert len(commands) == 1
+    reproduced = run_commands(commands, tmp_path)
+    check_card_against(README, reproduced, complete=False)
+    assert reproduced[0]["result"]["semantic.miou"] >= 0.80
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_example_photo_through_the_app(model, index):
+    """Each example, as the app runs it: labels close to the scene's exact labels, ground depth
+    receding towards the horizon, sky the farthest."""
+    path = REPO / "examples" / f"street_{index + 1:02d}.jpg"
+    photo = Image.open(path).convert("RGB")
+    truth = render_frame(EXAMPLE_SEED, index, photo.height, photo.width)
+    assert np.abs(np.asarray(photo, np.float32) - truth["image"]).mean() < 8  # the file is that frame (JPEG)
+    loaded = LoadedModel(key="weights", source=str(WEIGHTS), model=model, card=README.read_text())
+    pred = predict_photo(loaded, photo, parse_resolution(DEFAULT_RESOLUTION))
+    labels = pred.labels["semantic"]
+    valid = truth["label"] >= 0
+    accuracy = float((labels[valid] == truth["label"][valid]).mean())
+    assert accuracy >= 0.80, f"{path.name}: pixel accuracy {accuracy:.3f}"
+    depth = torch.from_numpy(pred.depth["depth"])
+    h, w = depth.shape
+    lab = torch.from_numpy(np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w, h), Image.NEAREST)))
+    ground = lab == FLAT
+    rows = torch.arange(h).view(-1, 1).expand(h, w)
+    assert spearman(depth[ground], rows[ground].double()) > 0.8
+    others = [depth[lab == c].mean() for c in range(7) if c != SKY and int((lab == c).sum()) >= 50]
+    if int((lab == SKY).sum()) >= 50:
+        assert depth[lab == SKY].mean() < min(others)
