@@ -75,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA only")
     g.add_argument("--channels-last", choices=["auto", "on", "off"], help="channels-last memory: auto = on CUDA only")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (eager fallback)")
+    g.add_argument("--batched-attention", choices=["auto", "on", "off"],
+                   help="run all tasks' attention branches as one batched computation (same math): auto = on CUDA")
     g.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last)")
     g.add_argument("--eval-batch-size", type=int, help="validation batch size (default: --batch-size)")
     g.add_argument("--out", help=f"run folder (default {d.out}; the smoke preset uses runs/smoke)")
@@ -99,7 +101,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         except (ValueError, OSError) as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
             raise ValueError(f"--resume {args.resume}: {saved} is not readable ({e}); it is written at the start "
                              f"of every run, so this folder's run cannot be continued: start a new one") from None
-        allowed = {"epochs", "device", "progress", "eval_batch_size", "push_to_hub", "private", "compile"}
+        allowed = {"epochs", "device", "progress", "eval_batch_size", "push_to_hub", "private", "compile",
+                   "batched_attention"}
         changed = sorted(k for k, v in values.items() if v is not None and k not in allowed and base.get(k) != v)
         if changed:
             raise ValueError(f"--resume keeps the run's settings; these flags would change them: {changed}. "

@@ -77,6 +77,7 @@ class TrainConfig:
     amp: str = "auto"                     # auto (bf16 on CUDA) | bf16 | off
     channels_last: str = "auto"           # auto (on CUDA) | on | off
     compile: bool = False
+    batched_attention: str = "auto"       # auto (on CUDA) | on | off: all tasks' attention as one computation
     eval_every: int = 1
     eval_batch_size: int | None = None
     out: str = "runs/mtan"
@@ -113,6 +114,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or (value <= low if strict else value < low):
                 bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
+        for name, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", "on", "off")),
+                              ("batched_attention", ("auto", "on", "off"))):
+            if getattr(self, name) not in allowed:
+                bad(name, f"must be one of {', '.join(allowed)}")
         if self.pseudo_depth and not {"camvid", "synthetic"} & set(str(self.data).split("+")):
             bad("pseudo_depth", f"applies to camvid and synthetic data, and --data is {self.data!r}")
         if self.size is not None:
@@ -337,6 +342,10 @@ class Engine:
                 raise ValueError(f"--task {config.task!r} is not a task of {config.data} "
                                  f"({[t.name for t in self.data_tasks]})")
         self.model = MTAN(task_cfgs, arch=config.arch, width=config.width).to(device)
+        # same math either way (tested); fewer, larger kernels pay off on a GPU
+        self.model.set_batched_attention(config.batched_attention == "on" or (config.batched_attention == "auto" and cuda))
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = self.model.tasks
@@ -347,16 +356,20 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.step_size, gamma=config.gamma)
 
         # the module that runs the steps: compiled and/or wrapped for DDP
-        self.forward_module = self.model
-        if config.compile:
-            self.forward_module = compile_or_eager(self.model, self.log)
-        if self.runtime.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.forward_module = DDP(self.forward_module, device_ids=[device.index] if cuda else None)
+        self.forward_module = self._wrap(config.compile)
+        self.compile_unproven = config.compile  # torch.compile fails at the first call, not when wrapping
         self.start_epoch = 0
         self.best_score = -math.inf
         self.history: list[dict] = []
+
+    def _wrap(self, compile: bool):
+        module = compile_or_eager(self.model, self.log) if compile else self.model
+        if self.runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            cuda = self.runtime.device.type == "cuda"
+            module = DDP(module, device_ids=[self.runtime.device.index] if cuda else None)
+        return module
 
     # ---- one pass ---------------------------------------------------------------------
 
@@ -400,6 +413,16 @@ class Engine:
             has_valid.append(valid_any(t, target))
         return losses, torch.stack(has_valid)
 
+    def _forward_backward(self, model, batch: dict):
+        """Forward, weighted loss and backward of one batch (gradients zeroed first)."""
+        with self._autocast():
+            outputs = model(batch["image"])
+        losses, has_valid = self._task_losses(outputs, batch)
+        total = self.weighting.combine(losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        return losses, has_valid
+
     def train_epoch(self, epoch: int) -> dict:
         from tqdm import tqdm
 
@@ -418,12 +441,17 @@ class Engine:
         t0, last_shown = time.perf_counter(), 0.0
         last_checked = t0
         for step, batch in enumerate(bar):
-            with self._autocast():
-                outputs = model(batch["image"])
-            losses, has_valid = self._task_losses(outputs, batch)
-            total = self.weighting.combine(losses)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            if self.compile_unproven:  # the first compiled step: fall back to eager if compiling fails
+                try:
+                    losses, has_valid = self._forward_backward(model, batch)
+                except Exception as e:  # noqa: BLE001 (inductor, missing compiler, unsupported op...)
+                    self.log(f"warning: torch.compile failed at the first step ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''}); continuing eagerly")
+                    self.forward_module = model = self._wrap(False)
+                    losses, has_valid = self._forward_backward(model, batch)
+                self.compile_unproven = False
+            else:
+                losses, has_valid = self._forward_backward(model, batch)
             if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
                 for p in self.weighting.parameters():
                     dist.all_reduce(p.grad)

@@ -236,3 +236,39 @@ def test_mixed_datasets_mask_the_missing_task(tmp_path, camvid_root):
     depth_losses = [rec["train"]["loss.depth"] for rec in records]
     assert all(0.01 < v < 1.0 for v in depth_losses)
     assert records[2]["weights"]["depth"] != 1.0
+
+
+def test_compile_failing_at_the_first_step_falls_back_to_eager(tmp_path, monkeypatch):
+    """torch.compile only fails when the compiled module first runs (no compiler, an unsupported
+    op): the run must go on eagerly, say so, and match an eager run exactly."""
+    class FailsOnFirstCall(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise RuntimeError("InductorError: C++ compile error (test)")
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or FailsOnFirstCall(model))
+    base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
+                epochs=2, lr=1e-3, progress=False)
+    lines = []
+    history = train(apply_preset(None, {**base, "compile": True, "out": str(tmp_path / "c")}), log=lines.append)
+    assert len(compiled) == 1
+    assert sum("torch.compile failed at the first step" in str(line) for line in lines) == 1
+    eager = train(apply_preset(None, {**base, "out": str(tmp_path / "e")}), log=lambda *a: None)
+    assert [r["train"] for r in history] == [r["train"] for r in eager]
+
+
+def test_batched_attention_flag_same_run(tmp_path):
+    """--batched-attention on gives the same training run (same math) as off, on the CPU."""
+    base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
+                epochs=2, lr=1e-3, progress=False)
+    runs = [train(apply_preset(None, {**base, "batched_attention": mode, "out": str(tmp_path / mode)}),
+                  log=lambda *a: None) for mode in ("on", "off")]
+    for a, b in zip(*runs):
+        for task in a["train"]:
+            assert a["train"][task] == pytest.approx(b["train"][task], rel=1e-4)
+    with pytest.raises(ValueError, match="--batched-attention 'yes': must be one of auto, on, off"):
+        TrainConfig(batched_attention="yes")
