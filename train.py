@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--labels", help=f"CityScapes label set: label_7, label_19, label_2 (default {d.labels})")
     g.add_argument("--train-frames", type=int, help="synthetic: frames to generate for training")
     g.add_argument("--val-frames", type=int, help="synthetic: frames to generate for validation")
+    g.add_argument("--data-workers", type=int, help="processes that read or render the data once, before training "
+                   "(default 0: the main process; e.g. 16 on a 16-core GPU machine)")
     aug = g.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
                      help="random scale-crop {1, 1.2, 1.5} + horizontal flip, on the GPU on whole batches")
@@ -102,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             raise ValueError(f"--resume {args.resume}: {saved} is not readable ({e}); it is written at the start "
                              f"of every run, so this folder's run cannot be continued: start a new one") from None
         allowed = {"epochs", "device", "progress", "eval_batch_size", "push_to_hub", "private", "compile",
-                   "batched_attention"}
+                   "batched_attention", "data_workers"}
         changed = sorted(k for k, v in values.items() if v is not None and k not in allowed and base.get(k) != v)
         if changed:
             raise ValueError(f"--resume keeps the run's settings; these flags would change them: {changed}. "

@@ -56,6 +56,7 @@ class TrainConfig:
     train_frames: int | None = None       # synthetic only: frames to generate per split
     val_frames: int | None = None
     data_options: dict = field(default_factory=dict)  # extra builder options, e.g. {"camvid": {"classes": 7}}
+    data_workers: int = 0                 # processes that read / render the data once before training (0: this one)
     pseudo_depth: bool = False            # train split only: CamVid ground-plane depth, sky targets (mtan.data.pseudo_depth)
     # model
     arch: str = "mtan"                    # mtan | split | single
@@ -104,6 +105,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 bad(name, "must be a whole number >= 1")
+        if isinstance(self.data_workers, bool) or not isinstance(self.data_workers, int) or self.data_workers < 0:
+            bad("data_workers", "must be a whole number >= 0")
         for name in ("eval_batch_size", "train_frames", "val_frames"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -281,10 +284,10 @@ def validation_sets(config: TrainConfig) -> dict[str, object]:
     return {p: build_split(config, "val", name=p, root=r or None) for p, r in zip(parts, roots)}
 
 
-def load_into_memory(dataset, device: torch.device, progress: bool):
+def load_into_memory(dataset, device: torch.device, progress: bool, workers: int = 0):
     from mtan.data import to_memory
 
-    return to_memory(dataset, device=device, progress=progress)
+    return to_memory(dataset, device=device, progress=progress, workers=workers)
 
 
 def shard_order(n: int, batch_size: int, runtime: Runtime, generator: torch.Generator | None, device,
@@ -326,10 +329,15 @@ class Engine:
 
         train_set = build_split(config, "train")
         self.val_raw = validation_sets(config)
+        if config.data_workers:  # generated frames: render them in parallel before the checks read them
+            for ds in [train_set, *self.val_raw.values()]:
+                for part in getattr(ds, "datasets", [ds]):
+                    if hasattr(part, "render_all"):
+                        part.render_all(config.data_workers, progress=self.show_progress)
         for ds in [train_set, *self.val_raw.values()]:
             validate(ds, full=True, progress=self.show_progress)
-        self.train_data = load_into_memory(train_set, device, self.show_progress)
-        self.val_data = {k: load_into_memory(v, device, False) for k, v in self.val_raw.items()}
+        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data_workers)
+        self.val_data = {k: load_into_memory(v, device, False, config.data_workers) for k, v in self.val_raw.items()}
         self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
 
         # model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mtan.data import synthetic
 from mtan.data.synthetic import (FLAT, MAX_INVERSE_DEPTH, NUM_CLASSES, SKY, generate, render_frame,
@@ -219,3 +220,16 @@ def test_cli_bad_arguments(tmp_path, monkeypatch, capsys, args, message):
     assert exc.value.code != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_render_all_in_workers_gives_the_same_frames():
+    from mtan.data.synthetic_dataset import SyntheticDataset
+
+    parallel = SyntheticDataset("train", size=(32, 64), num_frames=5, seed=3)
+    parallel[1]  # one frame already cached: render_all fills in the others
+    parallel.render_all(2)
+    assert sorted(parallel._cache) == [0, 1, 2, 3, 4]
+    serial = SyntheticDataset("train", size=(32, 64), num_frames=5, seed=3)
+    for i in range(5):
+        a, b = parallel[i], serial[i]
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "semantic", "depth"))

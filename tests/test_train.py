@@ -261,14 +261,18 @@ def test_compile_failing_at_the_first_step_falls_back_to_eager(tmp_path, monkeyp
     assert [r["train"] for r in history] == [r["train"] for r in eager]
 
 
-def test_batched_attention_flag_same_run(tmp_path):
-    """--batched-attention on gives the same training run (same math) as off, on the CPU."""
+def test_runtime_options_give_the_same_run(tmp_path):
+    """--batched-attention on (same math) with --data-workers 2 (frames rendered in processes)
+    gives the same training run as the defaults, on the CPU."""
     base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
                 epochs=2, lr=1e-3, progress=False)
-    runs = [train(apply_preset(None, {**base, "batched_attention": mode, "out": str(tmp_path / mode)}),
-                  log=lambda *a: None) for mode in ("on", "off")]
+    runs = [train(apply_preset(None, {**base, "batched_attention": mode, "data_workers": workers,
+                                      "out": str(tmp_path / mode)}), log=lambda *a: None)
+            for mode, workers in (("on", 2), ("off", 0))]
     for a, b in zip(*runs):
         for task in a["train"]:
             assert a["train"][task] == pytest.approx(b["train"][task], rel=1e-4)
     with pytest.raises(ValueError, match="--batched-attention 'yes': must be one of auto, on, off"):
         TrainConfig(batched_attention="yes")
+    with pytest.raises(ValueError, match="--data-workers -1: must be a whole number >= 0"):
+        TrainConfig(data_workers=-1)

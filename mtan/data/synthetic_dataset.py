@@ -61,6 +61,18 @@ class SyntheticDataset(torch.utils.data.Dataset):
         frame = render_frame(self.seed, index, h, w, stream=self.stream)
         return frame["image"], frame["label"], frame["depth"]
 
+    def render_all(self, workers: int, progress: bool = False) -> None:
+        """Render every frame not yet cached, in ``workers`` processes (the same frames as one by
+        one: each depends only on seed, index and size)."""
+        if self._cache is None:
+            return
+        from mtan.data.synthetic import _map, _render_args
+
+        todo = [i for i in range(self.num_frames) if i not in self._cache]
+        jobs = [(self.seed, i, *self.size, self.stream) for i in todo]
+        for i, frame in zip(todo, _map(_render_args, jobs, workers, progress, f"rendering {self.name} {self.split}")):
+            self._cache[i] = (frame["image"], frame["label"], frame["depth"])
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_frames:
             raise IndexError(f"{self.name}: index {index} out of range (0..{self.num_frames - 1})")
