@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             raise ValueError(f"--resume {args.resume}: {saved} is not readable ({e}); it is written at the start "
                              f"of every run, so this folder's run cannot be continued: start a new one") from None
         allowed = {"epochs", "device", "progress", "eval_batch_size", "push_to_hub", "private", "compile",
-                   "batched_attention", "data_workers"}
+                   "batched_attention", "data_workers", "eval_every"}
         changed = sorted(k for k, v in values.items() if v is not None and k not in allowed and base.get(k) != v)
         if changed:
             raise ValueError(f"--resume keeps the run's settings; these flags would change them: {changed}. "

@@ -163,8 +163,8 @@ PRESETS: dict[str, dict] = {
     # with generated scenes (7 categories, exact depth), narrow and 128x256 so that it trains in about
     # 1.5 hours and answers fast on a 2-core CPU. On a GPU add --width 1 for the full-size model.
     "demo": dict(data="synthetic+camvid", size="128x256", train_frames=600, val_frames=200, arch="mtan", width=0.25,
-                 weighting="dwa", temperature=2.0, lr=1e-3, step_size=11, gamma=0.2, epochs=15, batch_size=8,
-                 augment=True, pseudo_depth=True, out="runs/demo"),
+                 weighting="dwa", temperature=2.0, lr=1e-3, step_size=11, gamma=0.2, epochs=30, batch_size=8,
+                 augment=True, pseudo_depth=True, eval_every=3, out="runs/demo"),
     # One minute on a CPU: a narrow MTAN on generated street scenes.
     "smoke": dict(data="synthetic", size="64x128", train_frames=96, val_frames=32, arch="mtan", width=0.125,
                   weighting="dwa", lr=2e-3, step_size=100, gamma=0.5, epochs=4, batch_size=8, augment=True,
