@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", choices=["mtan", "split", "single"], help=f"architecture (default {d.arch})")
     g.add_argument("--task", help="the task of --arch single: semantic, depth or normal")
     g.add_argument("--width", type=float, help=f"width multiplier, 1.0 = the paper's 64..512 (default {d.width:g})")
+    g.add_argument("--init-from", metavar="MODEL", help="start from the weights of a saved model with the same "
+                   "architecture, tasks and width (a folder, a run folder or a Hub repo id): fine-tuning")
     g = p.add_argument_group("optimisation")
     g.add_argument("--weighting", choices=["equal", "dwa", "uncertainty"], help=f"loss weighting (default {d.weighting})")
     g.add_argument("--temperature", type=float, help=f"DWA temperature T (default {d.temperature:g})")
@@ -69,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help=f"Adam weight decay (default {d.weight_decay:g})")
     g.add_argument("--step-size", type=int, help=f"StepLR: epochs between learning-rate drops (default {d.step_size})")
     g.add_argument("--gamma", type=float, help=f"StepLR: learning-rate factor at each drop (default {d.gamma:g})")
+    g.add_argument("--class-weights", choices=["none", "median-frequency"],
+                   help="semantic training loss: none (the paper) or median-frequency balancing of the classes "
+                        "(as SegNet on CamVid), computed from the training labels")
     g.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"images per step and process (default {d.batch_size})")
     g = p.add_argument_group("engine")

@@ -14,14 +14,33 @@ def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / count.clamp_min(1).to(total.dtype)
 
 
-def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise cross-entropy over pixels whose label is not -1.
 
-    logits: N x K x H x W, target: N x H x W integer labels in [0, K) or -1.
+    logits: N x K x H x W, target: N x H x W integer labels in [0, K) or -1. ``weight``
+    (optional, K values): class weights; the loss is then the weighted mean, the sum of
+    ``weight[label] * CE`` divided by the sum of ``weight[label]`` over valid pixels.
     """
     target = target.long()
-    total = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum")
-    return _safe_mean(total, (target != -1).sum())
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=-1, reduction="sum")
+    if weight is None:
+        return _safe_mean(total, (target != -1).sum())
+    valid = target != -1
+    return _safe_mean(total, weight[target.clamp_min(0)].mul(valid).sum())
+
+
+def median_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Median frequency balancing (as SegNet trained on CamVid): class c gets
+    ``median(freq) / freq[c]``, with ``freq`` each class's share of the labelled pixels (-1 ignored);
+    a class that never occurs gets weight 1."""
+    flat = labels.reshape(-1).long()
+    counts = torch.bincount(flat[flat >= 0], minlength=num_classes)[:num_classes].double()
+    freq = counts / counts.sum().clamp_min(1)
+    present = freq > 0
+    weights = torch.ones(num_classes, dtype=torch.float64, device=labels.device)
+    if present.any():
+        weights[present] = freq[present].median() / freq[present]
+    return weights.float()
 
 
 def depth_valid_mask(target: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,22 @@ def training_facts(run: Path) -> dict:
             "images_per_second": statistics.median(r["images_per_second"] for r in lines) if lines else None}
 
 
+def training_stages(run: Path, config) -> list[tuple[object, dict]]:
+    """(config, facts) of the run and of the runs it was initialised from (``--init-from`` a run
+    folder), oldest first."""
+    from mtan.engine import TrainConfig
+
+    stages = [(config, training_facts(run))]
+    seen = {run.resolve()}
+    while config.init_from and (Path(config.init_from) / "train_config.json").is_file() \
+            and Path(config.init_from).resolve() not in seen:
+        run = Path(config.init_from)
+        seen.add(run.resolve())
+        config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
+        stages.insert(0, (config, training_facts(run)))
+    return stages
+
+
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
             latency: bool = True, log=print) -> dict:
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
@@ -140,7 +156,6 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     model = MTAN.from_pretrained(run).eval()
     log(f"evaluating {run} on the validation split of {config.data} ...")
     evaluations = evaluate_run(model, config)
-    facts = training_facts(run)
     speed = forward_latency(model) if latency else None
 
     parts = config.data.split("+")
@@ -152,12 +167,21 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         f"\n\nAt {config.size}, {'with' if config.augment else 'without'} augmentation (random scale-crop "
         "{1, 1.2, 1.5} + horizontal flip). CamVid's 11 classes are mapped to the 7 CityScapes categories "
         "(its README's table); CamVid frames are centre-cropped to the training aspect ratio.")
-    hours = facts["seconds"] / 3600
-    train_text = (f"```bash\n{config.command or 'python train.py --preset ' + str(config.preset)}\n```\n\n"
-                  f"{facts['epochs']} epoch{'s' if facts['epochs'] != 1 else ''}, {hours:.2f} h of training and validation "
-                  f"({facts['images_per_second']:.1f} training images/s) on {hardware or cpu_name()}. "
-                  f"Adam lr {config.lr:g} (x{config.gamma:g} every {config.step_size} epochs), batch "
-                  f"{config.batch_size}, {config.weighting} loss weighting.")
+    stages = training_stages(run, config)
+    total_hours = sum(f["seconds"] for _, f in stages) / 3600
+    texts = []
+    for n, (cfg, f) in enumerate(stages, 1):
+        head = f"Stage {n}" if len(stages) > 1 else "The run"
+        texts.append(
+            f"{head}:\n\n```bash\n{cfg.command or 'python train.py --preset ' + str(cfg.preset)}\n```\n\n"
+            f"{f['epochs']} epoch{'s' if f['epochs'] != 1 else ''}, {f['seconds'] / 3600:.2f} h of training and "
+            f"validation ({f['images_per_second']:.1f} training images/s). Adam lr {cfg.lr:g} (x{cfg.gamma:g} every "
+            f"{cfg.step_size} epochs), batch {cfg.batch_size}, {cfg.weighting} loss weighting"
+            + (f", {cfg.class_weights} class weights" if cfg.class_weights != "none" else "")
+            + (f", starting from `{cfg.init_from}`" if cfg.init_from else "") + ".")
+    train_text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
+                                        f"{torch.get_num_threads()} threads.")
+    facts = {"stages": [f for _, f in stages], "seconds": total_hours * 3600}
     sections = [("Data", data_text), ("Training", train_text)]
     if config.pseudo_depth:
         from mtan.data.camvid import default_root

@@ -1,6 +1,7 @@
 """Losses ignore invalid pixels and give zero, not NaN, when a batch has none."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +52,22 @@ def test_batches_without_valid_pixels_give_zero_loss_and_finite_gradients():
 def test_losses_run_under_bf16_autocast():
     logits = torch.randn(1, 3, 4, 4).bfloat16()
     assert semantic_loss(logits, torch.zeros(1, 4, 4, dtype=torch.long)).dtype == torch.float32
+
+
+def test_weighted_semantic_loss_is_the_weighted_mean():
+    from mtan.losses import median_frequency_weights, semantic_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(-1, 3, (2, 4, 5))
+    weight = torch.tensor([0.5, 2.0, 1.0])
+    valid = target >= 0
+    ce = torch.nn.functional.cross_entropy(logits, target.clamp_min(0), reduction="none")
+    w = weight[target.clamp_min(0)] * valid
+    assert semantic_loss(logits, target, weight) == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-6)
+    assert semantic_loss(logits, target, torch.ones(3)) == pytest.approx(float(semantic_loss(logits, target)), rel=1e-6)
+    void = torch.full((2, 4, 5), -1)
+    assert semantic_loss(logits, void, weight).item() == 0.0
+    # median frequency: shares 0.6 / 0.3 / 0.1 (median 0.3) -> 0.5, 1, 3; an absent class gets 1
+    labels = torch.tensor([0] * 6 + [1] * 3 + [2] + [-1] * 5)
+    assert median_frequency_weights(labels, 4).tolist() == pytest.approx([0.5, 1.0, 3.0, 1.0])

@@ -151,6 +151,7 @@ def test_pseudo_depth_reaches_the_training_split_only():
         TrainConfig(data="cityscapes", pseudo_depth=True)
     demo = PRESETS["demo"]
     assert demo["data"] == "synthetic+camvid" and demo["pseudo_depth"] and demo["width"] <= 0.25
+    assert demo["init_from"] == PRESETS["demo-pretrain"]["out"] and PRESETS["demo-pretrain"]["pseudo_depth"]
 
 
 def test_average_ranks_and_spearman():

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
     run = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--preset", "demo", "--epochs", "1", "--size", "32x64", "--train-frames",
+    cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64", "--train-frames",
            "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_root}",
            "--out", str(run)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

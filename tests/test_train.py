@@ -276,3 +276,27 @@ def test_runtime_options_give_the_same_run(tmp_path):
         TrainConfig(batched_attention="yes")
     with pytest.raises(ValueError, match="--data-workers -1: must be a whole number >= 0"):
         TrainConfig(data_workers=-1)
+
+
+def test_init_from_and_class_weights(tmp_path, dwa_run):
+    from mtan.engine import Engine
+
+    base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
+                epochs=1, progress=False, out=str(tmp_path / "ft"))
+    lines = []
+    engine = Engine(apply_preset(None, {**base, "init_from": str(dwa_run), "class_weights": "median-frequency"}),
+                    log=lines.append)
+    source = MTAN.from_pretrained(dwa_run).state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in engine.model.state_dict().items())
+    assert any(f"initialised from {dwa_run}" in line for line in lines)
+    weights = engine.class_weights["semantic"]
+    assert weights.shape == (7,) and (weights > 0).all()
+    assert any("class weights (median-frequency) for semantic: flat" in line for line in lines)
+    # the rarest class present in the generated frames gets the largest weight
+    labels = engine.train_data.targets["semantic"].long()
+    counts = torch.bincount(labels[labels >= 0], minlength=7)
+    assert int(weights.argmax()) == int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
+    with pytest.raises(ValueError, match="--init-from .*width 0.0625.*this run builds mtan width 0.125"):
+        Engine(apply_preset(None, {**base, "width": 0.125, "init_from": str(dwa_run)}), log=lambda *a: None)
+    with pytest.raises(ValueError, match="--class-weights 'inverse': must be one of none, median-frequency"):
+        TrainConfig(class_weights="inverse")
