@@ -216,6 +216,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
                        dataset_name=None, training_command=None, data=None)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, model_card_kwargs=card_kwargs)
+    # save_pretrained keeps an existing README.md: the card of the model written now replaces it
+    model.generate_model_card(**card_kwargs).save(out / "README.md")
     report = {"evaluations": evaluations, "training": facts, "speed": speed,
               "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
     log(json.dumps(report, indent=2, default=float))
