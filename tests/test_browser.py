@@ -147,5 +147,5 @@ if __name__ == "__main__":
     if have_browser():
         sys.exit(have_browser())
     with tempfile.TemporaryDirectory() as log_dir, running_app(
-            {"MTAN_MODEL": a.model, "MTAN_MODELS": "", "MTAN_THREADS": "0"}, Path(log_dir) / "app.log") as url:
+            {"MTAN_MODEL": a.model, "MTAN_MODELS": ""}, Path(log_dir) / "app.log") as url:
         print(run_in_browser(url, a.image, a.out, resolution=a.resolution))
