@@ -12,9 +12,10 @@ minute with 16 worker processes) and read by the trainer exactly as a real relea
 Fast path = what ``train.py`` does: a :class:`mtan.engine.Engine` (data validated and held in
 memory on the device, ``BatchAugment`` on whole batches, bf16 autocast + channels-last + fused
 Adam on CUDA, ``torch.compile`` with ``--compile`` (default on CUDA), losses and metrics kept on
-the device), plus the batched attention branches (``MTAN.set_batched_attention``); one
-``train_epoch`` and ``evaluate`` on the validation split. On CUDA a first epoch is run to
-compile / warm up and the second one is timed (both are reported).
+the device), with the batched attention branches (``MTAN.set_batched_attention``) on CUDA as train.py; one
+``train_epoch`` and ``evaluate`` on the validation split. A first epoch is run to compile / warm
+up (on a CPU the first full-width epoch is about 40 % slower) and the second one is timed (both
+are reported); the naive path runs after it, on a warm process.
 
 Naive path = the original's way on the same in-memory data and the same batches (the engine's
 batch order and augmentation): fp32, eager, NCHW, attention task by task, foreach Adam, and the
@@ -126,7 +127,11 @@ def main(argv=None) -> int:
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="fast path with torch.compile (default: on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--no-batched-attention", dest="batched", action="store_false")
+    p.add_argument("--batched-attention", choices=["auto", "on", "off"], default="auto",
+                   help="the tasks' attention branches as one computation: auto = on CUDA only, as train.py "
+                        "(on a CPU it is about 2x slower than task by task)")
+    p.add_argument("--no-batched-attention", dest="batched_attention", action="store_const", const="off",
+                   help="same as --batched-attention off")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="time the fast path only")
     p.add_argument("--workers", type=int, default=None, help="processes generating frames (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
         engine = Engine(config, log=log)
         setup_s = time.perf_counter() - t0
         device = engine.runtime.device
-        engine.model.set_batched_attention(args.batched)
+        batched = args.batched_attention == "on" or (args.batched_attention == "auto" and cuda)
+        engine.model.set_batched_attention(batched)
         initial = copy.deepcopy(engine.model.state_dict())
         info = machine(device)
         log(f"epoch_time: {len(engine.train_data)} train + {sum(len(v) for v in engine.val_data.values())} val "
@@ -167,7 +173,7 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         epochs = []
-        for epoch in range(2 if (cuda or compile_model) else 1):
+        for epoch in range(2):  # the first compiles / autotunes / warms the allocator; the second is timed
             engine.weighting.begin_epoch(epoch)
             epochs.append(engine.train_epoch(epoch))
             log(f"fast epoch {epoch}: {epochs[-1]['seconds']:.2f} s")
@@ -179,7 +185,7 @@ def main(argv=None) -> int:
         fast = {"path": ("Engine: in-memory data on the device, BatchAugment, "
                          + ("bf16 autocast, channels-last, fused Adam, " if cuda else "fp32, ")
                          + ("torch.compile, " if compile_model else "eager, ")
-                         + ("batched attention, " if args.batched else "")
+                         + ("batched attention, " if batched else "attention task by task, ")
                          + "metrics on the device"),
                 "train_epoch_s": round(epochs[-1]["seconds"], 3), "eval_s": round(fast_eval_s, 3),
                 "total_s": round(epochs[-1]["seconds"] + fast_eval_s, 3),

@@ -56,12 +56,14 @@ def test_epoch_time_tiny(tmp_path):
         assert "loss.semantic" in row["val"]["synthetic"]
     assert "semantic.miou" in result["fast"]["val"]["synthetic"]
     assert result["speedup_total"] > 0
+    assert "attention task by task" in result["fast"]["path"]  # as train.py on a CPU
     agreement = result["agreement"]
     assert agreement["max_train_loss_rel_diff"] < 1e-2  # same start, same batches, both fp32
     assert agreement["max_val_loss_rel_diff"] < 1e-5  # same weights: engine == naive bookkeeping
     # a second run reuses the cached frames
-    again = run_benchmark("epoch_time", "--cache", str(tmp_path / "frames"), "--no-naive")
+    again = run_benchmark("epoch_time", "--cache", str(tmp_path / "frames"), "--no-naive", "--batched-attention", "on")
     assert again["generate_s"] < 5 and "naive" not in again
+    assert "batched attention" in again["fast"]["path"] and again["fast"]["train_loss"].keys() == {"semantic", "depth"}
 
 
 def test_cpu_inference_tiny():
