@@ -14,7 +14,7 @@ memory on the device, ``BatchAugment`` on whole batches, bf16 autocast + channel
 Adam on CUDA, ``torch.compile`` with ``--compile`` (default on CUDA), losses and metrics kept on
 the device), with the batched attention branches (``MTAN.set_batched_attention``) on CUDA as train.py; one
 ``train_epoch`` and ``evaluate`` on the validation split. A first epoch is run to compile / warm
-up (on a CPU the first full-width epoch is about 40 % slower) and the second one is timed (both
+up (on a CPU the first full-width epoch is 20-45 % slower) and the second one is timed (both
 are reported); the naive path runs after it, on a warm process.
 
 Naive path = the original's way on the same in-memory data and the same batches (the engine's
