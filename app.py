@@ -52,6 +52,16 @@ def _file_size(text: str) -> str:
     return f"{m.group(1)}{(m.group(2) or 'b').lower()}"
 
 
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
+def _bytes(text: str) -> int:
+    """A size such as ``4gb`` or ``500mb`` (or a number of bytes) in bytes."""
+    size = _file_size(text)
+    number, unit = re.fullmatch(r"(\d+)([a-z]+)", size).groups()
+    return int(number) * _UNITS[unit]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description="MTAN demo app (Gradio).")
@@ -76,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="requests waiting at most; more are refused with 'the queue is full'")
     p.add_argument("--max-sessions", type=_positive_int, default=env("MTAN_MAX_SESSIONS") or "32",
                    help="visitors whose last prediction is kept for redraws (oldest dropped first)")
+    p.add_argument("--downloads-space", type=_bytes, default=env("MTAN_DOWNLOADS_SPACE") or "4gb",
+                   help="disk kept for the views and downloads of recent predictions (about 14 MB each at "
+                        "256x512); beyond it the oldest are removed, and so are any over an hour old")
     p.add_argument("--threads", type=_positive_int, default=env("MTAN_THREADS") or None,
                    help="CPU threads for torch (default: torch's choice, one per core)")
     return p.parse_args(argv)
@@ -101,7 +114,7 @@ EXAMPLE_CACHE = serving.ExampleCache(EXAMPLES)
 # them without copying them (and its delete_cache removes them by age, as we do).
 OUT_ROOT = Path(gr.utils.get_upload_folder()) / "mtan-app"
 OUT_MAX_AGE_S = 3600        # folders older than this are removed (checked at most once a minute)
-OUT_MAX_BYTES = 2 * 2**30   # and the oldest ones beyond 2 GB in all
+OUT_MAX_BYTES = ARGS.downloads_space  # and the oldest ones beyond this (4 GB by default) in all
 SESSION_TTL_S = 1800        # a visitor's cached prediction (for redraws) is dropped this long after it was made
 GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 min, delete those over 1 h old
 

@@ -163,9 +163,11 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     monkeypatch.setenv("MTAN_MODELS", models["city"])
     monkeypatch.setenv("MTAN_DEFAULT_MODEL", models["city"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MTAN_DOWNLOADS_SPACE", "3mb")
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
     try:
+        assert app.OUT_MAX_BYTES == app.LIMITS["downloads_max_bytes"] == 3 * 2**20  # from the environment
         path, (w, h) = _write("jpeg", tmp_path)
         out = app.predict(str(path), models["nyu"], "128x256", 0.5, "inferno", "depth", "semantic", "encoder", 0, -1)
         pred = out[-1]
@@ -197,6 +199,9 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
             os.utime(folder, (time.time() - age, time.time() - age))
         app.clean_out_root(max_age_s=3600, max_bytes=2500)
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2", "f3"]
+        (tmp_path / "out" / "f3" / "big.bin").write_bytes(b"\0" * (3 * 2**20))  # over the 3 MB set above
+        app.clean_out_root()  # the configured budget: the oldest go first, until what is left fits
+        assert [p.name for p in (tmp_path / "out").iterdir()] == []  # f2 first, then f3 alone is still over
 
         # other task sets and architectures: a split network (no masks), a depth-only single network
         from mtan.serving import LoadedModel, predict_photo

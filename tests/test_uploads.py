@@ -268,3 +268,6 @@ def test_invalid_settings_stop_the_app_with_a_clear_message():
                             env=os.environ | TEST_ENV,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--max-pixels: expected a whole number, got 'lots'" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "app.py"), "--downloads-space", "all of it"], cwd=REPO,
+                            env=os.environ | TEST_ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--downloads-space: expected a size such as 25mb" in result.stderr
