@@ -44,22 +44,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _file_size(text: str) -> str:
-    """An upload limit gradio understands: ``25mb``, ``500kb``, ``1gb`` or a number of bytes."""
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
+def _size(text: str) -> tuple[int, str]:
+    """``25mb`` -> (25, "mb"); a bare number is bytes. An argparse error for anything else."""
     m = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*", str(text), flags=re.I)
     if not m or int(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"expected a size such as 25mb, 500kb or 1gb, got {text!r}")
-    return f"{m.group(1)}{(m.group(2) or 'b').lower()}"
+    return int(m.group(1)), (m.group(2) or "b").lower()
 
 
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+def _file_size(text: str) -> str:
+    """An upload limit gradio understands: ``25mb``, ``500kb``, ``1gb`` or a number of bytes."""
+    number, unit = _size(text)
+    return f"{number}{unit}"
 
 
 def _bytes(text: str) -> int:
     """A size such as ``4gb`` or ``500mb`` (or a number of bytes) in bytes."""
-    size = _file_size(text)
-    number, unit = re.fullmatch(r"(\d+)([a-z]+)", size).groups()
-    return int(number) * _UNITS[unit]
+    number, unit = _size(text)
+    return number * _UNITS[unit]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -157,13 +157,13 @@ def main(argv=None) -> int:
         config = TrainConfig(data="synthetic", data_root=str(cache), size=f"{h}x{w}", train_frames=n_train,
                              val_frames=n_val, arch="mtan", width=width, weighting="dwa", batch_size=args.batch_size,
                              augment=True, epochs=2, seed=args.seed, device=device_name, compile=compile_model,
+                             batched_attention=args.batched_attention,
                              out=out, progress=False, command="benchmarks/epoch_time.py")
         t0 = time.perf_counter()
         engine = Engine(config, log=log)
         setup_s = time.perf_counter() - t0
         device = engine.runtime.device
-        batched = args.batched_attention == "on" or (args.batched_attention == "auto" and cuda)
-        engine.model.set_batched_attention(batched)
+        batched = engine.model.batched_attention  # the engine's choice, as in train.py
         initial = copy.deepcopy(engine.model.state_dict())
         info = machine(device)
         log(f"epoch_time: {len(engine.train_data)} train + {sum(len(v) for v in engine.val_data.values())} val "
