@@ -19,9 +19,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
+import hashlib
 import traceback
 import uuid
 from pathlib import Path
@@ -30,6 +32,8 @@ import gradio as gr
 import torch
 
 from mtan import serving
+from mtan.guard import RequestGuard, refusal
+from mtan.uploads import UploadPolicy
 from mtan import visualize as viz
 
 
@@ -122,25 +126,28 @@ OUT_MAX_AGE_S = 3600        # folders older than this are removed (checked at mo
 OUT_MAX_BYTES = ARGS.downloads_space  # and the oldest ones beyond this (4 GB by default) in all
 SESSION_TTL_S = 1800        # a visitor's cached prediction (for redraws) is dropped this long after it was made
 GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 min, delete those over 1 h old
+# The only files a request may make the app read: regular files gradio stored from an upload (or
+# its copies of the examples), within the upload limit; never the app's own outputs (mtan/uploads.py).
+UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), _bytes(ARGS.max_file_size), excluded=[OUT_ROOT])
 
 
 def get_model(key: str | None) -> serving.LoadedModel:
     try:
         return REGISTRY.get(key or REGISTRY.default_key)
     except serving.ModelUnavailableError as e:
-        raise gr.Error(str(e)) from None
+        raise refusal("model", serving.without_paths(str(e))) from None
 
 
 def notices_of(loaded: serving.LoadedModel | None) -> str:
     lines = ([STARTUP_ERROR] if STARTUP_ERROR and loaded is None else []) + (loaded.notices if loaded else [])
-    return "\n\n".join(f"⚠️ {line}" for line in lines)
+    return "\n\n".join(f"⚠️ {serving.without_paths(line)}" for line in lines)
 
 
 def card_of(loaded: serving.LoadedModel | None) -> str:
     if loaded is None:
         return "*No model loaded.*"
     card = re.sub(r"^(#+) ", r"\1## ", loaded.card, flags=re.M) if loaded.card else "*This model has no card.*"
-    return f"**Loaded from** `{loaded.source}` on {REGISTRY.device}.\n\n{card}"
+    return f"**Loaded from** `{serving.model_label(loaded.source)}` on {REGISTRY.device}.\n\n{card}"
 
 
 def compare_choices(loaded: serving.LoadedModel | None) -> list[str]:
@@ -274,35 +281,39 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
     except gr.Error:
         raise
     except MemoryError:
-        raise gr.Error("The server ran out of memory on this photo: try a smaller photo or a lower processing "
-                       "resolution.") from None
-    except Exception as e:  # a bug or an input nobody foresaw: a readable message, the traceback in the log
+        raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
+                                 "processing resolution.") from None
+    except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
         traceback.print_exc()
-        raise gr.Error(f"This photo could not be processed ({type(e).__name__}: {e}).") from None
+        raise gr.Error("This photo could not be processed because of an error on the server (it has been "
+                       "logged): try again, or another photo.", print_exception=False) from None
 
 
 def _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
              attention_stage, attention_channel):
     if image is None:
-        raise gr.Error("Upload a photo first (or pick an example).")
-    path = image.get("path") if isinstance(image, dict) else str(image)
-    if not path or not isinstance(path, str):
-        raise gr.Error("Upload a photo first (or pick an example).")
+        raise refusal("predict", "Upload a photo first (or pick an example).")
+    path = image.get("path") if isinstance(image, dict) else image
+    try:  # the request guard checked the path already; the file is checked again as it is read
+        data = UPLOADS.read(path)
+    except ValueError as e:
+        raise refusal("predict", str(e)) from None
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
     loaded = get_model(model)
     resolution = resolution or serving.DEFAULT_RESOLUTION
     if resolution not in serving.RESOLUTIONS:
         raise gr.Error(f"Resolution {resolution!r} is not offered; choose {', '.join(serving.RESOLUTIONS)}.")
     box = serving.parse_resolution(resolution)
-    cache_key = EXAMPLE_CACHE.key(path, loaded.key, resolution)
+    cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution)
     pred = EXAMPLE_CACHE.get(cache_key)
     if pred is not None and not all(os.path.exists(f) for f in pred.files):  # its downloads were cleaned up
         pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
     if pred is None:
         try:
-            photo, notes = serving.load_image(path, ARGS.max_pixels, ARGS.max_image_pixels)
+            photo, notes = serving.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
         except serving.ImageLoadError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal("predict", str(e)) from None
+        del data
         pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name))
         pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
         pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
@@ -466,7 +477,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                 api_visibility="private").then(**auto_run).then(**all_masks)
     resolution.input(**auto_run).then(**all_masks)
     if EXAMPLES:
-        examples.load_input_event.then(**auto_run | dict(preprocess=True)).then(**all_masks)
+        examples.load_input_event.then(**auto_run).then(**all_masks)
     gr.on([opacity.change, colormap.input, compare.input], rerender_main, [state, opacity, colormap, compare],
           [seg_view, depth_view, colorbar, slider], api_visibility="private", trigger_mode="always_last",
           show_progress="hidden")
@@ -475,6 +486,8 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
           [attention_view, difference_view, attention_caption], api_visibility="private",
           trigger_mode="always_last", show_progress="hidden")
 
+# Every value of every event checked before gradio touches it (compare and task: choices per model).
+RequestGuard(UPLOADS, open_choices=[compare, attention_task]).install(demo)
 OTHER_CONCURRENCY = 4  # redraws and the mask gallery (no network run) at once
 demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
 
@@ -486,6 +499,12 @@ LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "q
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
           "example_cache": EXAMPLE_CACHE.capacity, "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
 
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # the main thread closes the server (gradio's block_thread), then exits
+
+
 if __name__ == "__main__":
     print("mtan app limits: " + json.dumps(LIMITS), flush=True)
     share = ARGS.share
@@ -493,6 +512,19 @@ if __name__ == "__main__":
         print("--share: no internet connection (api.gradio.app is unreachable), so no public link; "
               "the app runs locally only.", flush=True)
         share = False
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
-                allowed_paths=[str(EXAMPLES_DIR)], show_error=True, css=CSS,
-                theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    try:
+        # show_error=False: only our own messages reach visitors, never the text of an exception;
+        # allowed_paths: the example photos alone (not the rest of examples/).
+        demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
+                    allowed_paths=[str(p) for p in EXAMPLES], show_error=False, css=CSS,
+                    theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions,
+                    prevent_thread_lock=True)
+        demo.block_thread()  # until Ctrl+C or SIGTERM (gradio's own handler, where it installs one, exits too)
+    except Exception:
+        traceback.print_exc()
+        exit_code = 1
+    finally:
+        print("mtan app: stopped", flush=True)
+        os._exit(exit_code)  # a prediction still running in a worker thread must not keep the process alive

@@ -7,6 +7,7 @@ Nothing here imports gradio: the app turns :class:`ImageLoadError` and
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger("mtan.app")
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from mtan import jpeg
 from mtan.model import MTAN, ModelConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,16 @@ class ImageLoadError(ValueError):
 
 class ModelUnavailableError(RuntimeError):
     """No model could be loaded (neither the requested one nor the local default)."""
+
+
+# An absolute path (not part of a URL or of a Hub id): /a/b/c -> its last part, for visitors' eyes.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`()<>]+)+/?")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute server path replaced by its last part (a folder's name), so
+    that a message shown to visitors does not tell where things live on the server."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def env_flag(name: str) -> bool:
@@ -347,6 +359,13 @@ MAX_SIDE = 65_000                      # no side longer than this (JPEG's limit 
 # tested parsers). "JPEG" includes MPO, which some cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 UNREADABLE = "This file is not an image that can be read: upload a JPEG, PNG, WebP, BMP, TIFF or GIF photo."
+DAMAGED = "The image file is damaged or truncated and could not be decoded: upload the photo again, or another one."
+# Progressive JPEGs: at most this many scans (a photo has about 10), and at most this much scan work,
+# in full decodes of an image at the pixel ceiling (pixels x scans <= JPEG_SCAN_WORK x ceiling).
+MAX_JPEG_SCANS = 32
+JPEG_SCAN_WORK = 12
+# TIFF compressions decoded (JPEG-in-TIFF and the rarer codecs are refused: re-save as JPEG).
+TIFF_COMPRESSIONS = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
@@ -390,9 +409,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def _too_large(width: int | None, height: int | None, limit: int, pil_message: str = "") -> ImageLoadError:
+def _too_large(width: int | None, height: int | None, limit: int, pil_message: str = "",
+               progressive: bool = False) -> ImageLoadError:
     if width and height:
         what = f"{width}x{height} pixels ({width * height / 1e6:,.0f} megapixels)"
+        if progressive:
+            what = f"this progressive JPEG, decoded at full size, {what},"
     else:  # PIL's own check refused it at open: its message has the pixel count
         m = re.search(r"\((\d+) pixels\)", pil_message)
         what = f"{int(m.group(1)):,} pixels" if m else "it"
@@ -408,40 +430,73 @@ def _scaled(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
     return max(1, int(width * s)), max(1, int(height * s))
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+def _check_jpeg(data: bytes, max_image_pixels: int) -> bool:
+    """Refuse a JPEG whose scans would cost too much to decode; True if it is decoded through a
+    full-size coefficient buffer (progressive or multi-scan), so its pixels count at full size."""
+    try:
+        layout = jpeg.read_layout(data, MAX_JPEG_SCANS)
+    except jpeg.JpegStructureError as e:
+        raise ImageLoadError(f"This JPEG has {e}, far more than a photo has: re-save it as an ordinary JPEG "
+                             f"(or PNG) and upload it again.") from None
+    if layout is None or not layout.multi_scan:
+        return False
+    pixels = layout.width * layout.height
+    if pixels > max_image_pixels:
+        raise _too_large(layout.width, layout.height, max_image_pixels, progressive=True)
+    if pixels * layout.scans > JPEG_SCAN_WORK * max_image_pixels:
+        raise ImageLoadError(
+            f"This progressive JPEG ({layout.width}x{layout.height} pixels in {layout.scans} scans) would take too "
+            f"long to decode: re-save it as an ordinary (baseline) JPEG, or smaller, and upload it again.")
+    return True
+
+
+def _check_tiff(im: Image.Image) -> None:
+    compression = getattr(im, "info", {}).get("compression", "raw")
+    if compression not in TIFF_COMPRESSIONS:
+        raise ImageLoadError(f"This TIFF is stored with {compression!s:.20} compression, which this app does not "
+                             f"decode: re-save it as JPEG, PNG or an uncompressed TIFF and upload it again.")
+
+
+def load_image(source: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
-    """Open an uploaded photo as RGB, EXIF orientation applied, at most ``max_pixels`` pixels.
+    """Open a photo (its bytes, or a trusted path) as RGB, EXIF orientation applied, at most
+    ``max_pixels`` pixels.
 
     Returns the image and notes for the user (e.g. that it was downscaled). Raises
     :class:`ImageLoadError` with a readable message for anything unusable: an empty file, a file
     that is not an image (only JPEG, PNG, WebP, BMP, TIFF and GIF are opened), a damaged or
-    truncated one, or one whose header says it would decode to more than ``max_image_pixels``
-    (checked before any pixel is decoded, so a decompression bomb allocates nothing).
+    truncated one, or one that would cost too much to decode: more than ``max_image_pixels``
+    pixels by its header, a JPEG with more than ``MAX_JPEG_SCANS`` scans or more scan work than
+    ``JPEG_SCAN_WORK`` full decodes at the ceiling, a TIFF in a rarely used compression. All of
+    it is checked before any pixel is decoded, so a decompression or scan bomb costs nothing.
 
-    Memory: a JPEG over ``max_pixels`` is decoded at a reduced scale (``Image.draft``: 1/2, 1/4 or
-    1/8) and then downscaled; other formats are decoded once and downscaled in their own mode
-    (``reduce`` first), so at most one full-size copy exists, briefly. Animated images: the
-    first frame.
+    Memory: a single-scan JPEG over ``max_pixels`` is decoded at a reduced scale (``Image.draft``:
+    1/2, 1/4 or 1/8) and then downscaled; a progressive JPEG keeps every coefficient at full size
+    while it decodes, so its pixels count at full size against the ceiling. Other formats are
+    decoded once and downscaled in their own mode (``reduce`` first), so at most one full-size
+    copy exists, briefly. Animated images: the first frame.
     """
     notes: list[str] = []
+    data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    if not data:
+        raise ImageLoadError("The file is empty (0 bytes): upload a photo.")
+    full_size_jpeg = _check_jpeg(data, max_image_pixels)
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageLoadError("The file is empty (0 bytes): upload a photo.")
-        im = Image.open(path, formats=ALLOWED_FORMATS)
-    except ImageLoadError:
-        raise
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
         raise _too_large(None, None, max_image_pixels, str(e)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(UNREADABLE) from None
-    except Exception as e:  # OSError, and whatever a hostile header makes a parser raise
-        raise ImageLoadError(f"The image could not be opened ({e}).") from None
+    except Exception:  # OSError, and whatever a hostile header makes a parser raise
+        raise ImageLoadError(DAMAGED) from None
     try:
         with im:
             w, h = im.size
             if w < 1 or h < 1:
                 raise ImageLoadError("The image is empty (0 pixels).")
-            if w * h > max_pixels and isinstance(im, JpegImageFile):
+            if im.format == "TIFF":
+                _check_tiff(im)
+            if w * h > max_pixels and isinstance(im, JpegImageFile) and not full_size_jpeg:
                 target = _scaled(w, h, max_pixels)
                 im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never smaller than target
             if im.width * im.height > max_image_pixels:  # from the header: nothing decoded yet
@@ -466,14 +521,17 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
     except MemoryError:
         raise ImageLoadError(f"The image ({w}x{h} pixels) is too large to decode on this server right now; "
                              f"upload a smaller one.") from None
-    except Exception as e:  # truncated or corrupt data (OSError, ValueError, SyntaxError, struct.error ...)
-        raise ImageLoadError(f"The image file is damaged or truncated and could not be decoded ({e}).") from None
+    except Exception:  # truncated or corrupt data (OSError, ValueError, SyntaxError, struct.error ...)
+        raise ImageLoadError(DAMAGED) from None
     if im.width * im.height < w * h:
         shown = (h, w) if method in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
                                      Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
-        notes.append(f"The photo ({shown[0]}x{shown[1]} pixels) is larger than this app's limit of "
-                     f"{max_pixels:,} pixels: it was downscaled to {im.width}x{im.height}, the size of its "
-                     f"views and downloads.")
+        if max(w, h) > MAX_SIDE and w * h <= max_pixels:
+            limit = f"limit of {MAX_SIDE:,} pixels a side"
+        else:
+            limit = f"limit of {max_pixels:,} pixels"
+        notes.append(f"The photo ({shown[0]}x{shown[1]} pixels) is larger than this app's {limit}: it was "
+                     f"downscaled to {im.width}x{im.height}, the size of its views and downloads.")
     return im, notes
 
 
@@ -645,13 +703,8 @@ class ExampleCache:
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def key(self, path: str, model_key: str, resolution: str):
-        if not self.digests:
-            return None
-        try:
-            digest = file_digest(path)
-        except OSError:
-            return None
+    def key(self, digest: str, model_key: str, resolution: str):
+        """The cache key of a photo whose content has SHA-1 ``digest``, or None if it is no example."""
         return (digest, model_key, resolution) if digest in self.digests else None
 
     def get(self, key):

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,9 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     app = importlib.import_module("app")
     try:
         assert app.OUT_MAX_BYTES == app.LIMITS["downloads_max_bytes"] == 3 * 2**20  # from the environment
-        path, (w, h) = _write("jpeg", tmp_path)
+        upload = app.UPLOADS.upload_root / uuid.uuid4().hex  # where gradio stores an upload: predict reads only those
+        upload.mkdir(parents=True)
+        path, (w, h) = _write("jpeg", upload)
         out = app.predict(str(path), models["nyu"], "128x256", 0.5, "inferno", "depth", "semantic", "encoder", 0, -1)
         pred = out[-1]
         model = app.REGISTRY.get(models["nyu"]).model

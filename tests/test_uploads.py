@@ -157,7 +157,7 @@ def test_server_paths_are_refused(app, client, normal_photo):
         event = json.loads(r.read())["event_id"]
     with urllib.request.urlopen(app[0] + f"gradio_api/call/predict/{event}", timeout=60) as r:
         answer = r.read().decode()
-    assert "event: error" in answer and "not uploaded by a user" in answer
+    assert "event: error" in answer and "not uploaded to this app" in answer and str(REPO) not in answer
     still_serving(client, normal_photo)
 
 

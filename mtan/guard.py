@@ -1,0 +1,129 @@
+"""Every request's values checked before gradio touches them.
+
+Any event of a gradio app can be called through its wire protocol (``/gradio_api/queue/join``
+with an ``fn_index``), private ones included, with any JSON as its values. Gradio's own checks
+depend on what the request claims (a file value without ``meta`` is not treated as a file at
+all) and run after it has already hashed, copied or decoded what it was given. So the app wraps
+gradio's input processing with :class:`RequestGuard`: each value is checked against its
+component (a file must be an upload, see :mod:`mtan.uploads`; a number must lie within its
+slider; a choice must be one of the choices; an example must be an index of the examples) and
+replaced by a clean copy, or the request is refused with one short message, logged in one line.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+import gradio as gr
+
+from mtan.uploads import UploadPolicy, UploadRefused
+
+log = logging.getLogger("mtan.app.requests")
+if not log.handlers:
+    _handler = logging.StreamHandler(sys.stdout)
+    _handler.setFormatter(logging.Formatter("mtan app: %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+MAX_NAME_CHARS = 200
+
+
+def refusal(event: str, message: str) -> gr.Error:
+    """A ``gr.Error`` with ``message`` for the visitor, logged as one line (no traceback)."""
+    log.info("refused %s: %s", event, message[:300])
+    return gr.Error(message, print_exception=False)
+
+
+def _label(block) -> str:
+    return str(getattr(block, "label", None) or type(block).__name__)
+
+
+def _choices(block) -> list:
+    return [c[1] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])]
+
+
+def _choice_labels(block) -> list:
+    return [c[0] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])]
+
+
+class RequestGuard:
+    """Checks and cleans the values of every event of ``blocks`` (see the module's docstring)."""
+
+    SUPPORTED = (gr.Image, gr.Slider, gr.Radio, gr.Dropdown, gr.Dataset, gr.State)
+
+    def __init__(self, policy: UploadPolicy, open_choices=()):
+        """``open_choices``: radios and dropdowns whose choices depend on the model (the event
+        checks their values); any short text is let through for them."""
+        self.policy = policy
+        self.open_choices = {block._id for block in open_choices}
+
+    def install(self, blocks: gr.Blocks) -> None:
+        """Check every value of every event of ``blocks`` from now on; refuses at once (at start,
+        not per request) an event with an input this guard does not know how to check."""
+        for fn in blocks.fns.values():
+            for block in fn.inputs:
+                if not isinstance(block, self.SUPPORTED):
+                    raise TypeError(f"RequestGuard cannot check {type(block).__name__} inputs "
+                                    f"(event {fn.name}): add a check for it")
+        original = blocks.preprocess_data
+
+        async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+            return await original(block_fn, self.check(block_fn, inputs), state, explicit_call)
+
+        blocks.preprocess_data = preprocess_data
+
+    def check(self, block_fn, inputs) -> list:
+        event = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "event"
+        if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
+            got = len(inputs) if isinstance(inputs, list) else "no list of"
+            raise refusal(event, f"This request has {got} values; this event takes {len(block_fn.inputs)}.")
+        try:  # values beyond the event's inputs are dropped (gradio ignores them too)
+            return [self.value(block, value) for block, value in zip(block_fn.inputs, inputs)]
+        except UploadRefused as e:
+            raise refusal(event, str(e)) from None
+        except ValueError as e:
+            raise refusal(event, f"This request's values are not valid: {e}") from None
+
+    def value(self, block, value):
+        if isinstance(block, gr.State):
+            return None  # gradio reads state from the session, never from the request
+        if isinstance(block, gr.Image):
+            return None if value is None else self.image(value)
+        if isinstance(block, gr.Slider):
+            if value is None:
+                return block.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{_label(block)} must be a number")
+            if not block.minimum <= value <= block.maximum:
+                raise ValueError(f"{_label(block)} must be between {block.minimum:g} and {block.maximum:g}")
+            return value
+        if isinstance(block, (gr.Radio, gr.Dropdown)):
+            if block._id in self.open_choices:
+                if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS):
+                    raise ValueError(f"{_label(block)} must be a short text")
+                return value
+            choices = _choices(block)
+            if value is not None and (not isinstance(value, (str, int, float)) or value not in choices):
+                shown = ", ".join(map(str, _choice_labels(block)[:12]))  # labels: values may be server paths
+                raise ValueError(f"{_label(block)} must be one of: {shown}")
+            return value
+        if isinstance(block, gr.Dataset):
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(block.samples):
+                raise ValueError(f"example must be a number from 0 to {len(block.samples) - 1}")
+            return value
+        raise ValueError(f"{type(block).__name__} values are not accepted")
+
+    def image(self, value) -> dict:
+        """A clean file value for an uploaded image: only its checked real path and its name."""
+        if not isinstance(value, dict):
+            raise UploadRefused("This request's photo is not a file value: upload a photo (or pick an example).")
+        path = self.policy.check(value.get("path"))
+        name = value.get("orig_name")
+        name = os.path.basename(name)[:MAX_NAME_CHARS] if isinstance(name, str) and name.strip() else path.name
+        return {"path": str(path), "orig_name": name, "size": path.stat().st_size, "url": None,
+                "mime_type": None, "is_stream": False, "meta": {"_type": "gradio.FileData"}}

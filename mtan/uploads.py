@@ -1,0 +1,87 @@
+"""Which files a request may make the app read, and reading them without trusting the request.
+
+A request to a gradio event names its file by a server path. The app reads a file only if it is
+a regular file that gradio stored from an upload (in gradio's upload folder, outside the app's
+own output folders; gradio copies the example photos there too), of at most the upload limit: checked from the
+file's metadata before it is opened, and again on the open file. Every other path gets the same
+message, so an answer never tells whether a path exists on the server.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+NOT_UPLOADED = "This request names a file that was not uploaded to this app: upload a photo (or pick an example)."
+MAX_PATH_CHARS = 4096
+
+
+class UploadRefused(ValueError):
+    """A request's file cannot be used; the message is for the visitor (no server paths in it)."""
+
+
+def megabytes(n: int) -> str:
+    """A byte count as gradio's sizes read (``25mb`` = 25 x 1024 x 1024 bytes): "25 MB", "2.5 MB"."""
+    return f"{n / 2**20:,.1f}".removesuffix(".0") + " MB"
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    """The files requests may name: under ``upload_root`` but not under any of ``excluded``; at
+    most ``max_bytes`` each."""
+
+    upload_root: Path
+    max_bytes: int
+    excluded: tuple[Path, ...] = ()
+
+    @classmethod
+    def create(cls, upload_root: str | os.PathLike, max_bytes: int, excluded=()) -> "UploadPolicy":
+        return cls(Path(os.path.realpath(upload_root)), int(max_bytes),
+                   tuple(Path(os.path.realpath(p)) for p in excluded))
+
+    def too_large(self) -> UploadRefused:
+        return UploadRefused(f"The file is too large: this app accepts files of up to {megabytes(self.max_bytes)}. "
+                             f"Upload a smaller photo.")
+
+    def check(self, path) -> Path:
+        """The real path of an allowed file, from its metadata alone (nothing is opened), or
+        :class:`UploadRefused`. Refused: anything but a plain path string (URLs, ``data:``),
+        symbolic links, devices, pipes, folders, files outside the allowed places, too large files."""
+        if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or "\0" in path:
+            raise UploadRefused(NOT_UPLOADED)
+        if ":" in path.split("/", 1)[0] or "://" in path:  # data:..., file:..., http://...
+            raise UploadRefused(NOT_UPLOADED)
+        absolute = Path(os.path.abspath(path))
+        try:
+            real = Path(os.path.realpath(absolute))
+            info = os.lstat(absolute)
+        except (OSError, ValueError):
+            raise UploadRefused(NOT_UPLOADED) from None
+        allowed = (real.is_relative_to(self.upload_root) and real != self.upload_root
+                   and not any(real.is_relative_to(folder) for folder in self.excluded))
+        if not allowed or not stat.S_ISREG(info.st_mode):
+            raise UploadRefused(NOT_UPLOADED)
+        if info.st_size > self.max_bytes:
+            raise self.too_large()
+        return real
+
+    def read(self, path) -> bytes:
+        """The bytes of an allowed file (see :meth:`check`), read through a descriptor that is
+        checked again (regular file, size) before more than ``max_bytes`` + 1 bytes are read."""
+        real = self.check(path)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(real, flags)
+        except OSError:
+            raise UploadRefused(NOT_UPLOADED) from None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UploadRefused(NOT_UPLOADED)
+            if info.st_size > self.max_bytes:
+                raise self.too_large()
+            data = f.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:  # it grew since
+            raise self.too_large()
+        return data
