@@ -260,7 +260,7 @@ def show_attention(pred: serving.Prediction, task: str, part: str, stage: float,
 
 
 def predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-            attention_stage, attention_channel):
+            attention_stage, attention_channel, mirror=False):
     """Segment a street photo, estimate its depth and show one task's attention mask.
 
     Returns the segmentation overlay, the depth view and the attention view (all at the photo's
@@ -275,7 +275,7 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
     try:
         try:
             return _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-                            attention_stage, attention_channel)
+                            attention_stage, attention_channel, bool(mirror))
         finally:
             serving.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
     except gr.Error:
@@ -290,7 +290,7 @@ def predict(image, model, resolution, opacity, colormap, compare, attention_task
 
 
 def _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-             attention_stage, attention_channel):
+             attention_stage, attention_channel, mirror):
     if image is None:
         raise refusal("predict", "Upload a photo first (or pick an example).")
     path = image.get("path") if isinstance(image, dict) else image
@@ -300,11 +300,13 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
         raise refusal("predict", str(e)) from None
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
     loaded = get_model(model)
-    resolution = resolution or serving.DEFAULT_RESOLUTION
-    if resolution not in serving.RESOLUTIONS:
-        raise gr.Error(f"Resolution {resolution!r} is not offered; choose {', '.join(serving.RESOLUTIONS)}.")
+    advice = loaded.resolutions
+    resolution = resolution or advice.default
+    if resolution not in advice.offered:
+        reason = advice.reasons.get(resolution, f"{resolution} is not a processing resolution of this app")
+        raise refusal("predict", f"{reason}; choose {', '.join(advice.offered)}.")
     box = serving.parse_resolution(resolution)
-    cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution)
+    cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * mirror)
     pred = EXAMPLE_CACHE.get(cache_key)
     if pred is not None and not all(os.path.exists(f) for f in pred.files):  # its downloads were cleaned up
         pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
@@ -314,7 +316,7 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
         except serving.ImageLoadError as e:
             raise refusal("predict", str(e)) from None
         del data
-        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name))
+        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name), flip=mirror)
         pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
         pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
         EXAMPLE_CACHE.put(cache_key, pred)
@@ -324,7 +326,8 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
     legend = viz.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
     h, w = pred.processing_size
     summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
-               f"{w}x{h} (fitted inside {resolution}) · {pred.seconds:.2f} s on {REGISTRY.device}")
+               f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if mirror else ''}) · "
+               f"{pred.seconds:.2f} s on {REGISTRY.device}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
     summary = "\n\n".join([summary] + notes)
     seg, depth, att, normals, before, after, diff = as_files(
@@ -366,15 +369,23 @@ def rerender_attention(pred, task, part, stage, channel):
     return view, diff, caption
 
 
+def resolution_info(loaded: serving.LoadedModel | None) -> str:
+    """The resolution control's note: the photo is fitted inside; why a resolution is missing."""
+    reasons = loaded.resolutions.reasons.values() if loaded else []
+    return " ".join(["The photo is fitted inside, aspect kept.", *(f"{r}." for r in reasons)])
+
+
 def on_model_change(model):
-    """Load (once) the chosen model; show its notices and card, and its tasks in the controls."""
+    """Load (once) the chosen model; show its notices and card, its tasks and resolutions in the controls."""
     loaded = get_model(model)
     tasks, compare = task_choices(loaded), compare_choices(loaded)
     notices = notices_of(loaded)
     return (gr.update(value=notices, visible=bool(notices)), card_of(loaded),
             gr.update(choices=tasks, value=tasks[0] if tasks else None),
             gr.update(choices=compare, value=compare[0] if compare else None),
-            gr.update(visible="normals" in compare))
+            gr.update(visible="normals" in compare),
+            gr.update(choices=loaded.resolutions.offered, value=loaded.resolutions.default,
+                      info=resolution_info(loaded)))
 
 
 # ---- the page ----------------------------------------------------------------------------------
@@ -414,8 +425,12 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                              label="Street photo", elem_id="input-image", height=300)
             model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
                                 interactive=len(REGISTRY.sources) > 1, elem_id="model")
-            resolution = gr.Radio(list(serving.RESOLUTIONS), value=serving.DEFAULT_RESOLUTION,
-                                  label="Processing resolution (the photo is fitted inside, aspect kept)")
+            first_resolutions = DEFAULT_MODEL.resolutions if DEFAULT_MODEL else serving.ResolutionAdvice.from_record(None)
+            resolution = gr.Radio(first_resolutions.offered, value=first_resolutions.default,
+                                  label="Processing resolution", info=resolution_info(DEFAULT_MODEL),
+                                  elem_id="resolution")
+            mirror = gr.Checkbox(False, label="Also run the mirror image and average (about twice as slow)",
+                                 elem_id="mirror")
             run = gr.Button("Run", variant="primary", elem_id="run")
             summary = gr.Markdown(label="summary", show_label=False, elem_id="summary")
             if EXAMPLES:
@@ -464,7 +479,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
         card = gr.Markdown(card_of(DEFAULT_MODEL))
 
     INPUTS = [image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-              attention_stage, attention_channel]
+              attention_stage, attention_channel, mirror]
     OUTPUTS = [seg_view, depth_view, attention_view, downloads, legend, colorbar, normals_view, slider,
                difference_view, attention_caption, download_notes, summary, state]
     run_event = dict(fn=predict, inputs=INPUTS, outputs=OUTPUTS, concurrency_limit=CONCURRENCY,
@@ -473,9 +488,10 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
     all_masks = dict(fn=show_all_masks, inputs=[state], outputs=[attention_gallery, attention_stats],
                      api_visibility="private", show_progress="hidden")
     gr.on([run.click, image.upload], api_name="predict", **run_event).then(**all_masks)
-    model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view],
+    model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view, resolution],
                 api_visibility="private").then(**auto_run).then(**all_masks)
     resolution.input(**auto_run).then(**all_masks)
+    mirror.input(**auto_run).then(**all_masks)
     if EXAMPLES:
         examples.load_input_event.then(**auto_run).then(**all_masks)
     gr.on([opacity.change, colormap.input, compare.input], rerender_main, [state, opacity, colormap, compare],
@@ -486,8 +502,8 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
           [attention_view, difference_view, attention_caption], api_visibility="private",
           trigger_mode="always_last", show_progress="hidden")
 
-# Every value of every event checked before gradio touches it (compare and task: choices per model).
-RequestGuard(UPLOADS, open_choices=[compare, attention_task]).install(demo)
+# Every value of every event checked before gradio touches it (compare, task, resolution: choices per model).
+RequestGuard(UPLOADS, open_choices=[compare, attention_task, resolution]).install(demo)
 OTHER_CONCURRENCY = 4  # redraws and the mask gallery (no network run) at once
 demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
 

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
                      help="random scale-crop {1, 1.2, 1.5} + horizontal flip, on the GPU on whole batches")
     aug.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation (the paper)")
+    g.add_argument("--scale-range", metavar="LOW,HIGH", help="with --augment: zoom scales drawn log-uniformly in "
+                   "[LOW, HIGH], e.g. 0.5,2.0 (below 1 zooms out: the image sits inside a black, ignored border)")
+    g.add_argument("--crop", metavar="HxW", help="with --augment: train on crops of this size (multiples of 32) of "
+                   "the --size data; validation stays whole")
+    g.add_argument("--photometric", action="store_true", default=None, help="colour, gamma, blur, JPEG and noise "
+                   "augmentation on whole batches (mtan/data/photometric.py)")
     pd = g.add_mutually_exclusive_group()
     pd.add_argument("--pseudo-depth", dest="pseudo_depth", action="store_true", default=None,
                     help="train split: CamVid gets ground-plane pseudo-depth, sky gets a far target "
@@ -67,19 +73,27 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--weighting", choices=["equal", "dwa", "uncertainty"], help=f"loss weighting (default {d.weighting})")
     g.add_argument("--temperature", type=float, help=f"DWA temperature T (default {d.temperature:g})")
-    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
-    g.add_argument("--weight-decay", type=float, help=f"Adam weight decay (default {d.weight_decay:g})")
+    g.add_argument("--optimizer", choices=["adam", "adamw"], help=f"optimiser (default {d.optimizer})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
+    g.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay:g}; decoupled with adamw)")
+    g.add_argument("--schedule", choices=["step", "cosine", "poly"], help="learning-rate schedule: step (StepLR, the "
+                   "paper), cosine or poly (power 0.9) decay to 0 over the run, per step (default step)")
+    g.add_argument("--warmup-epochs", type=float, help="cosine / poly: linear warm-up over this many epochs")
     g.add_argument("--step-size", type=int, help=f"StepLR: epochs between learning-rate drops (default {d.step_size})")
     g.add_argument("--gamma", type=float, help=f"StepLR: learning-rate factor at each drop (default {d.gamma:g})")
     g.add_argument("--class-weights", choices=["none", "median-frequency"],
                    help="semantic training loss: none (the paper) or median-frequency balancing of the classes "
                         "(as SegNet on CamVid), computed from the training labels")
+    g.add_argument("--label-smoothing", type=float, help="semantic cross-entropy label smoothing (default 0)")
+    g.add_argument("--depth-smoothness", type=float, help="weight of an edge-aware smoothness term on the predicted "
+                   "depth (needs no depth labels; default 0)")
     g.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"images per step and process (default {d.batch_size})")
     g = p.add_argument_group("engine")
     g.add_argument("--seed", type=int, help=f"random seed: same seed, same run (default {d.seed})")
     g.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
-    g.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA only")
+    g.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA; on a CPU the faster "
+                   "of off and bf16, timed on this machine at start (the choice is logged and kept by --resume)")
     g.add_argument("--channels-last", choices=["auto", "on", "off"], help="channels-last memory: auto = on CUDA only")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (eager fallback)")
     g.add_argument("--batched-attention", choices=["auto", "on", "off"],

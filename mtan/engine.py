@@ -72,12 +72,20 @@ class TrainConfig:
     gamma: float = 0.5
     epochs: int = 200
     batch_size: int = 8
-    augment: bool = False
+    optimizer: str = "adam"               # adam (the paper) | adamw (decoupled weight decay)
+    schedule: str = "step"                # step (StepLR: x gamma every step_size epochs) | cosine | poly (per step)
+    warmup_epochs: float = 0.0            # linear warm-up from 0 over this many epochs (cosine and poly)
+    augment: bool = False                 # random zoom-crop + flip (scales 1, 1.2, 1.5 unless --scale-range)
+    scale_range: str | None = None        # "0.5,2.0": zoom scales drawn log-uniformly, out as well as in
+    crop: str | None = None               # "HxW": training crop (default the data's size); validation stays whole
+    photometric: bool = False             # colour, gamma, blur, JPEG and noise augmentation (mtan.data.photometric)
     class_weights: str = "none"           # none | median-frequency: balance the semantic classes in the training loss
+    label_smoothing: float = 0.0          # semantic cross-entropy label smoothing
+    depth_smoothness: float = 0.0         # weight of an edge-aware smoothness term on the predicted depth
     # engine
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                     # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"                     # auto (bf16 on CUDA; on a CPU the faster of off and bf16, timed) | bf16 | off
     channels_last: str = "auto"           # auto (on CUDA) | on | off
     compile: bool = False
     batched_attention: str = "auto"       # auto (on CUDA) | on | off: all tasks' attention as one computation
@@ -114,28 +122,45 @@ class TrainConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 bad(name, "must be a whole number >= 1")
         for name, low, strict in (("lr", 0.0, True), ("gamma", 0.0, True), ("temperature", 0.0, True),
-                                  ("weight_decay", 0.0, False), ("width", 0.0, True)):
+                                  ("weight_decay", 0.0, False), ("width", 0.0, True), ("warmup_epochs", 0.0, False),
+                                  ("label_smoothing", 0.0, False), ("depth_smoothness", 0.0, False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or (value <= low if strict else value < low):
                 bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
         for name, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", "on", "off")),
                               ("batched_attention", ("auto", "on", "off")),
-                              ("class_weights", ("none", "median-frequency"))):
+                              ("class_weights", ("none", "median-frequency")), ("optimizer", ("adam", "adamw")),
+                              ("schedule", ("step", "cosine", "poly"))):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {', '.join(allowed)}")
         if self.pseudo_depth and not {"camvid", "synthetic"} & set(str(self.data).split("+")):
             bad("pseudo_depth", f"applies to camvid and synthetic data, and --data is {self.data!r}")
-        if self.size is not None:
-            from mtan.data import parse_size
+        for name in ("size", "crop"):
+            if getattr(self, name) is not None:
+                from mtan.data import parse_size
 
+                try:
+                    h, w = parse_size(getattr(self, name))
+                except ValueError as e:
+                    raise ValueError(f"{flag(name)} {getattr(self, name)!r}: {e}") from None
+                if h % 32 or w % 32:
+                    bad(name, "height and width must be multiples of 32 (the network pools five times), "
+                              "e.g. 128x256")
+        if self.label_smoothing >= 1:
+            bad("label_smoothing", "must be below 1")
+        if self.crop is not None:
+            if not self.augment:
+                bad("crop", "needs --augment (the crop is where the augmentation's window lands)")
+        if self.scale_range is not None:
             try:
-                h, w = parse_size(self.size)
-            except ValueError as e:
-                raise ValueError(f"--size {self.size!r}: {e}") from None
-            if h % 32 or w % 32:
-                bad("size", "height and width must be multiples of 32 (the network pools five times), "
-                            "e.g. 128x256")
+                lo, hi = (float(v) for v in str(self.scale_range).split(","))
+            except ValueError:
+                bad("scale_range", "must be two numbers LOW,HIGH such as 0.5,2.0")
+            if not (0 < lo <= hi and math.isfinite(hi)):
+                bad("scale_range", "must be LOW,HIGH with 0 < LOW <= HIGH")
+            if not self.augment:
+                bad("scale_range", "needs --augment")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -174,6 +199,16 @@ PRESETS: dict[str, dict] = {
                  init_from="runs/demo-pretrain", class_weights="median-frequency", weighting="dwa", temperature=2.0,
                  lr=5e-4, step_size=10, gamma=0.25, epochs=22, batch_size=8, augment=True, pseudo_depth=True,
                  eval_every=3, out="runs/demo"),
+    # Street photos as visitors upload them (the recipe of the app's model): real CamVid streets and
+    # generated scenes stored at 288x384 (4:3, CamVid's shape) and seen as 192x256 crops at zoom
+    # scales 0.5-2.0 (objects at every size the app's resolutions produce), photometric
+    # augmentation (colour, gamma, blur, JPEG, noise), AdamW with warm-up and cosine decay,
+    # median-frequency class balance with label smoothing, and an edge-aware depth smoothness term.
+    "street": dict(data="synthetic+camvid", size="288x384", crop="192x256", train_frames=600, val_frames=200,
+                   arch="mtan", width=0.25, weighting="dwa", temperature=2.0, optimizer="adamw", lr=1e-3,
+                   weight_decay=1e-4, schedule="cosine", warmup_epochs=1.0, epochs=40, batch_size=8, augment=True,
+                   scale_range="0.5,2.0", photometric=True, class_weights="median-frequency", label_smoothing=0.05,
+                   depth_smoothness=0.02, pseudo_depth=True, eval_every=2, out="runs/street"),
     # One minute on a CPU: a narrow MTAN on generated street scenes.
     "smoke": dict(data="synthetic", size="64x128", train_frames=96, val_frames=32, arch="mtan", width=0.125,
                   weighting="dwa", lr=2e-3, step_size=100, gamma=0.5, epochs=4, batch_size=8, augment=True,
@@ -191,6 +226,27 @@ def apply_preset(name: str | None, overrides: dict) -> TrainConfig:
         values["preset"] = name
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
+
+
+def build_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule: ``step`` (the paper's StepLR, stepped once an epoch), or
+    ``cosine`` / ``poly`` (power 0.9) decay to 0 over the run after a linear warm-up of
+    ``warmup_epochs``, stepped after every optimiser step."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    kind = config.schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return (1 - progress) ** 0.9
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # --------------------------------------------------------------------------------------
@@ -331,6 +387,7 @@ class Engine:
         device = self.runtime.device
         cuda = device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
+        self.amp_measured: dict | None = None  # the CPU timing behind --amp auto's choice
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
 
         # data: validated before the first step, held in memory on the device
@@ -371,16 +428,59 @@ class Engine:
         self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature).to(device)
         self.class_weights = self._class_weights()
         params = list(self.model.parameters()) + list(self.weighting.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
-                                          **({"fused": True} if cuda else {}))
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.step_size, gamma=config.gamma)
+        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(params, lr=config.lr, weight_decay=config.weight_decay,
+                                   **({"fused": True} if cuda else {}))
+        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.batch_size)
+        self.scheduler = build_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.step_schedule_per_batch = config.schedule != "step"
 
+        if config.amp == "auto" and not cuda:
+            self._choose_cpu_amp()
         # the module that runs the steps: compiled and/or wrapped for DDP
         self.forward_module = self._wrap(config.compile)
         self.compile_unproven = config.compile  # torch.compile fails at the first call, not when wrapping
         self.start_epoch = 0
         self.best_score = -math.inf
         self.history: list[dict] = []
+
+    def _choose_cpu_amp(self) -> None:
+        """``--amp auto`` on a CPU: time a few training steps in float32 and in bf16 autocast on this
+        machine and keep the faster (bf16 is twice as fast as float32 on some CPUs and half as fast
+        on others). A resumed run keeps the choice its checkpoints record."""
+        from mtan.timing import fastest
+
+        recorded = self._recorded_amp()
+        if recorded is not None:
+            self.amp_dtype = torch.bfloat16 if recorded == "bf16" else None
+            self.log(f"amp {recorded} (as the run being resumed chose)")
+            return
+        batch = next(self._batches(self.train_data, self.config.batch_size, 0, self.config.augment))
+        saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state())
+
+        def step(dtype):
+            self.amp_dtype = dtype
+            self._forward_backward(self.model, batch)
+
+        choice, seconds = fastest({"off": lambda: step(None), "bf16": lambda: step(torch.bfloat16)})
+        self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics)
+        torch.set_rng_state(saved[1])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.amp_dtype = torch.bfloat16 if choice == "bf16" else None
+        self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
+        self.log(f"amp auto: {choice} (seconds per training step on this CPU: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
+
+    def _recorded_amp(self) -> str | None:
+        found = list_checkpoints(self.out / "checkpoints")
+        if not found:
+            return None
+        try:
+            from mtan.checkpoint import load_checkpoint
+
+            return load_checkpoint(found[0][1])[1].get("amp")
+        except CheckpointError:
+            return None
 
     def _init_from(self, source: str) -> None:
         """Copy the weights of a saved model with the same architecture, tasks and width."""
@@ -444,9 +544,16 @@ class Engine:
         if epoch is not None:
             generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = shard_order(len(data), batch_size, self.runtime, generator, data.device, drop_last=epoch is not None)
+        photo_gen = None
         if augment:
+            from mtan.data import parse_size
+
             aug_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 7_919)
-            augmenter = BatchAugment(data.tasks, generator=aug_gen)
+            scale_range = tuple(float(v) for v in cfg.scale_range.split(",")) if cfg.scale_range else None
+            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=scale_range,
+                                     out_size=parse_size(cfg.crop) if cfg.crop else None)
+        if epoch is not None and cfg.photometric:
+            photo_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 15_013)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             if epoch is not None and len(index) < batch_size and len(order) >= batch_size:
@@ -454,18 +561,27 @@ class Engine:
             batch = data.batch(index)
             if augmenter is not None:
                 batch = augmenter(batch)
+            if photo_gen is not None:
+                from mtan.data.photometric import photometric
+
+                batch["image"] = photometric(batch["image"], photo_gen)
             yield self._prepare(batch)
 
     def _task_losses(self, outputs: dict, batch: dict) -> tuple[dict, torch.Tensor]:
+        from mtan.losses import edge_aware_smoothness, semantic_loss
+
+        cfg = self.config
         losses, has_valid = {}, []
         for t in self.tasks:
             target = batch[t.name]
-            if t.name in self.class_weights:
-                from mtan.losses import semantic_loss
-
-                losses[t.name] = semantic_loss(outputs[t.name], target, weight=self.class_weights[t.name])
+            if t.kind == "semantic" and (t.name in self.class_weights or cfg.label_smoothing):
+                losses[t.name] = semantic_loss(outputs[t.name], target, weight=self.class_weights.get(t.name),
+                                               label_smoothing=cfg.label_smoothing)
             else:
                 losses[t.name] = t.loss(outputs[t.name], target)
+            if t.kind == "depth" and cfg.depth_smoothness:
+                losses[t.name] = losses[t.name] + cfg.depth_smoothness * edge_aware_smoothness(
+                    outputs[t.name], batch["image"])
             has_valid.append(valid_any(t, target))
         return losses, torch.stack(has_valid)
 
@@ -513,6 +629,8 @@ class Engine:
                     dist.all_reduce(p.grad)
                     p.grad /= self.runtime.world
             self.optimizer.step()
+            if self.step_schedule_per_batch:
+                self.scheduler.step()
             stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
             bad_now = ~torch.isfinite(stacked)
             # the tasks that went bad first (one bad step makes every task's loss NaN after it)
@@ -581,7 +699,7 @@ class Engine:
                  f"{cfg.data}: {len(self.train_data)} train frames, val "
                  f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
                  f"{f' x {self.runtime.world} processes' if self.runtime.distributed else ''}, "
-                 f"amp {self.amp_dtype or 'off'}, out {self.out}")
+                 f"amp {'bf16' if self.amp_dtype is not None else 'off'}, out {self.out}")
         for epoch in range(self.start_epoch, cfg.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
@@ -592,7 +710,8 @@ class Engine:
             if weights is None:  # uncertainty: the weights the epoch ended with
                 weights = self.weighting.weights()
             self.weighting.end_epoch(train["loss"])
-            self.scheduler.step()
+            if not self.step_schedule_per_batch:
+                self.scheduler.step()
             record = {"epoch": epoch + 1, "lr": lr, "weights": weights,
                       "train": {f"loss.{k}": v for k, v in train["loss"].items()},
                       "epoch_seconds": round(train["seconds"], 3),
@@ -663,7 +782,8 @@ class Engine:
         # (or were cut short by a crash) is trained and written again by --resume.
         save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
                         optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
-                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg)})
+                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg),
+                              "amp": "bf16" if self.amp_dtype is not None else "off"})
         prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
 
     def card_kwargs(self, record: dict) -> dict:
@@ -714,10 +834,12 @@ def compile_or_eager(model, log):
 
 
 def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None = None, autocast=None,
-                   prepare=None, batches=None) -> dict:
+                   prepare=None, batches=None, metrics_out: dict | None = None, observe=None) -> dict:
     """Validation losses and metrics of ``model`` on an in-memory dataset, as a flat dict
-    (``semantic.miou``, ``depth.abs_err``, ``loss.semantic``, ...). Only the tasks the dataset
-    provides with at least one valid pixel are scored."""
+    (``semantic.miou``, ``semantic.iou.<class>``, ``depth.abs_err``, ``loss.semantic``, ...).
+    Only the tasks the dataset provides with at least one valid pixel are scored.
+    ``metrics_out``: receives each scored task's metric object (e.g. for its confusion matrix);
+    ``observe(outputs, batch)``: called with every batch's outputs (for metrics beyond the tasks')."""
     runtime = runtime or Runtime(device=data.device)
     data_tasks = {t.name for t in data.tasks}
     tasks = [t for t in model.tasks if t.name in data_tasks]
@@ -738,6 +860,8 @@ def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None =
             batch = prepare(batch) if prepare else batch
             with autocast():
                 outputs = model(batch["image"])
+            if observe is not None:
+                observe(outputs, batch)
             for k, t in enumerate(tasks):
                 pred = outputs[t.name].float()
                 metrics[t.name].update(pred, batch[t.name])
@@ -755,6 +879,8 @@ def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None =
         for name, value in metrics[t.name].compute().items():
             result[f"{t.name}.{name}"] = None if value != value else value
         result[f"loss.{t.name}"] = float(loss_sums[k] / loss_counts[k])
+        if metrics_out is not None:
+            metrics_out[t.name] = metrics[t.name]
     return result
 
 

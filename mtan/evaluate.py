@@ -1,11 +1,21 @@
 """Evaluate a saved model on a dataset split and print its metrics as one JSON object.
 
     python -m mtan.evaluate --model runs/smoke --data synthetic --split val
+    python -m mtan.evaluate --model weights --data camvid                          # CamVid at its own 360x480
+    python -m mtan.evaluate --model weights --data camvid --app-resolution 256x512 # as the app sees photos
     python -m mtan.evaluate --model user/mtan-cityscapes --data cityscapes --data-root data/cityscapes --out m.json
 
-Keys: ``semantic.miou``, ``semantic.pixel_acc``, ``depth.abs_err``, ``depth.rel_err``,
+Images of any size are scored on their own pixels: the network sees them padded to multiples of
+32 (as ``MTAN.predict`` pads) and the padding is cut off its outputs. By default each dataset is
+read at its own size (``--size`` resizes it first). ``--app-resolution HxW`` scores the way the
+app runs a photo: fitted inside HxW (aspect kept, bilinear with antialiasing), run, and every
+output brought back to the photo's size (bilinear) before it is compared with the labels.
+
+Keys: ``semantic.miou``, ``semantic.pixel_acc``, ``semantic.iou.<class>`` (each class's IoU;
+null for a class in neither prediction nor labels), ``depth.abs_err``, ``depth.rel_err``,
 ``normal.mean_deg``, ``normal.median_deg``, ``normal.within_11.25`` ... and ``loss.<task>``.
-Only the tasks that both the model and the data have are scored.
+Only the tasks that both the model and the data have are scored. ``--confusion FILE`` writes
+each segmentation task's confusion matrix (pixel counts, rows = labels, columns = predictions).
 
 For a street model (CityScapes 7 categories + inverse depth) on data with labels, the ordering
 of the predicted depth is scored too, which works without depth ground truth (CamVid):
@@ -22,13 +32,46 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+
+class PhotoView(torch.nn.Module):
+    """``model`` run on images of any size: fitted inside ``resolution`` (h, w; aspect kept) the
+    way the app fits a photo, or at their own size when it is None; padded to multiples of 32;
+    every output brought back to the image's size. ``flip``: also run the mirrored image and
+    average (test-time augmentation). Exposes the model's ``tasks``."""
+
+    def __init__(self, model, resolution: tuple[int, int] | None = None, flip: bool = False):
+        super().__init__()
+        self.model, self.resolution, self.flip = model, resolution, flip
+
+    @property
+    def tasks(self):
+        return self.model.tasks
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from mtan.model import fit_size, flip_average, padded_forward
+
+        h, w = x.shape[-2:]
+        size = fit_size(h, w, self.resolution) if self.resolution else (h, w)
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out = padded_forward(self.model, x)
+        if self.flip:
+            out = flip_average(self.model.tasks, out, padded_forward(self.model, x.flip(-1)))
+        if size == (h, w):
+            return out
+        return {k: F.interpolate(v.float(), size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
 
 
 def evaluate(model, data: str, data_root=None, split: str = "val", size: str | None = None,
              batch_size: int = 8, device: str = "auto", labels: str = "label_7", frames: int | None = None,
-             seed: int = 0, options: dict | None = None, progress: bool = False) -> dict:
-    """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split."""
-    from mtan.data import build_dataset, to_memory, validate
+             seed: int = 0, options: dict | None = None, progress: bool = False,
+             app_resolution: str | None = None, metrics_out: dict | None = None, flip: bool = False) -> dict:
+    """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split, at the data's
+    own size (or ``size``), or as the app sees photos with ``app_resolution`` ("256x512").
+    ``metrics_out`` receives each task's metric object (see :func:`mtan.engine.evaluate_model`)."""
+    from mtan.data import build_dataset, parse_size, to_memory, validate
     from mtan.engine import evaluate_model
     from mtan.model import MTAN
 
@@ -47,26 +90,38 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     dataset = build_dataset(data, root=data_root, split=split, size=size, **opts)
     validate(dataset, full=True, progress=progress)
     memory = to_memory(dataset, device=dev, progress=progress)
-    result = evaluate_model(model, memory, batch_size)
-    result.update(depth_order(model, memory, batch_size))
+    view = PhotoView(model, parse_size(app_resolution) if app_resolution else None, flip=flip)
+    order = DepthOrder.of(model, memory)
+    result = evaluate_model(view, memory, batch_size, metrics_out=metrics_out,
+                            observe=order.update if order else None)
+    if order:
+        result.update(order.compute())
     return result
 
 
-def depth_order(model, memory, batch_size: int = 8) -> dict:
-    """``depth_order.*`` keys for a street model (7 categories + inverse depth) on labelled data; else {}."""
-    from mtan.metrics import DepthOrderMetric
+class DepthOrder:
+    """``depth_order.*`` keys for a street model (7 categories + inverse depth) on labelled data,
+    fed with the outputs of the evaluation's own forward passes."""
 
-    semantic = next((t for t in model.tasks if t.kind == "semantic" and t.class_set.name == "cityscapes-7"), None)
-    depth = next((t for t in model.tasks if t.kind == "depth" and t.depth_kind == "inverse"), None)
-    if semantic is None or depth is None or semantic.name not in memory.targets:
-        return {}
-    metric = DepthOrderMetric(semantic.num_classes)
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(memory), batch_size):
-            batch = memory.batch(torch.arange(start, min(start + batch_size, len(memory)), device=memory.device))
-            metric.update(model(batch["image"])[depth.name], batch[semantic.name])
-    return {f"depth_order.{k}": v for k, v in metric.compute().items()}
+    def __init__(self, semantic, depth):
+        from mtan.metrics import DepthOrderMetric
+
+        self.semantic, self.depth = semantic, depth
+        self.metric = DepthOrderMetric(semantic.num_classes)
+
+    @classmethod
+    def of(cls, model, memory) -> "DepthOrder | None":
+        semantic = next((t for t in model.tasks if t.kind == "semantic" and t.class_set.name == "cityscapes-7"), None)
+        depth = next((t for t in model.tasks if t.kind == "depth" and t.depth_kind == "inverse"), None)
+        if semantic is None or depth is None or semantic.name not in memory.targets:
+            return None
+        return cls(semantic, depth)
+
+    def update(self, outputs: dict, batch: dict) -> None:
+        self.metric.update(outputs[self.depth.name].float(), batch[self.semantic.name])
+
+    def compute(self) -> dict:
+        return {f"depth_order.{k}": v for k, v in self.metric.compute().items()}
 
 
 def main(argv=None) -> int:
@@ -76,7 +131,15 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset name: cityscapes, nyuv2, camvid, synthetic, ...")
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for synthetic)")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    p.add_argument("--size", default=None, help="HxW to load the data at (default: the dataset's own)")
+    p.add_argument("--size", default=None, help="HxW to load the data at (default: the dataset's own, e.g. "
+                                                "CamVid 360x480); any size works")
+    p.add_argument("--app-resolution", default=None, metavar="HxW",
+                   help="score as the app does at this processing resolution (e.g. 256x512): each image fitted "
+                        "inside it, run, and the outputs brought back to the image's size")
+    p.add_argument("--flip", action="store_true", help="test-time augmentation: average each image's outputs with "
+                                                        "those of its mirror image")
+    p.add_argument("--confusion", default=None, metavar="FILE",
+                   help="write the confusion matrix of each segmentation task to this JSON file")
     p.add_argument("--labels", default="label_7", help="CityScapes labels: label_7, label_19, label_2")
     p.add_argument("--frames", type=int, default=None, help="synthetic: number of frames of the split")
     p.add_argument("--seed", type=int, default=0, help="synthetic: seed of the split")
@@ -87,9 +150,11 @@ def main(argv=None) -> int:
     from mtan.data import DatasetError
     from mtan.model import ModelConfigError
 
+    metrics: dict = {}
     try:
         result = evaluate(args.model, args.data, args.data_root, args.split, args.size, args.batch_size,
-                          args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty())
+                          args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty(),
+                          app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip)
     except (DatasetError, ModelConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +162,9 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.confusion:
+        tables = {name: m.confusion_table() for name, m in metrics.items() if hasattr(m, "confusion_table")}
+        Path(args.confusion).write_text(json.dumps(tables, indent=1) + "\n")
     return 0
 
 

@@ -37,6 +37,10 @@ def refusal(event: str, message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def _default(block):
+    return None if isinstance(block, (gr.State, gr.Image)) else getattr(block, "value", None)
+
+
 def _label(block) -> str:
     return str(getattr(block, "label", None) or type(block).__name__)
 
@@ -52,7 +56,7 @@ def _choice_labels(block) -> list:
 class RequestGuard:
     """Checks and cleans the values of every event of ``blocks`` (see the module's docstring)."""
 
-    SUPPORTED = (gr.Image, gr.Slider, gr.Radio, gr.Dropdown, gr.Dataset, gr.State)
+    SUPPORTED = (gr.Image, gr.Slider, gr.Radio, gr.Dropdown, gr.Checkbox, gr.Dataset, gr.State)
 
     def __init__(self, policy: UploadPolicy, open_choices=()):
         """``open_choices``: radios and dropdowns whose choices depend on the model (the event
@@ -77,10 +81,12 @@ class RequestGuard:
 
     def check(self, block_fn, inputs) -> list:
         event = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "event"
-        if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
-            got = len(inputs) if isinstance(inputs, list) else "no list of"
-            raise refusal(event, f"This request has {got} values; this event takes {len(block_fn.inputs)}.")
-        try:  # values beyond the event's inputs are dropped (gradio ignores them too)
+        if not isinstance(inputs, list):
+            raise refusal(event, f"This request has no list of values; this event takes {len(block_fn.inputs)}.")
+        # Values left out at the end take their control's default (clients written for an older page
+        # send fewer); values beyond the event's inputs are dropped (gradio ignores them too).
+        inputs = inputs[: len(block_fn.inputs)] + [_default(b) for b in block_fn.inputs[len(inputs):]]
+        try:
             return [self.value(block, value) for block, value in zip(block_fn.inputs, inputs)]
         except UploadRefused as e:
             raise refusal(event, str(e)) from None
@@ -110,10 +116,14 @@ class RequestGuard:
                 shown = ", ".join(map(str, _choice_labels(block)[:12]))  # labels: values may be server paths
                 raise ValueError(f"{_label(block)} must be one of: {shown}")
             return value
-        if isinstance(block, gr.Dataset):
+        if isinstance(block, gr.Checkbox):
             if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(block.samples):
+                return block.value
+            if not isinstance(value, bool):
+                raise ValueError(f"{_label(block)} must be true or false")
+            return value
+        if isinstance(block, gr.Dataset):  # a click on an example: its index
+            if value is None or isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(block.samples):
                 raise ValueError(f"example must be a number from 0 to {len(block.samples) - 1}")
             return value
         raise ValueError(f"{type(block).__name__} values are not accepted")

@@ -14,15 +14,18 @@ def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / count.clamp_min(1).to(total.dtype)
 
 
-def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """Pixel-wise cross-entropy over pixels whose label is not -1.
 
     logits: N x K x H x W, target: N x H x W integer labels in [0, K) or -1. ``weight``
     (optional, K values): class weights; the loss is then the weighted mean, the sum of
     ``weight[label] * CE`` divided by the sum of ``weight[label]`` over valid pixels.
+    ``label_smoothing``: the target puts this much of its mass evenly on all classes.
     """
     target = target.long()
-    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=-1, reduction="sum")
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=-1, reduction="sum",
+                            label_smoothing=label_smoothing)
     if weight is None:
         return _safe_mean(total, (target != -1).sum())
     valid = target != -1
@@ -67,3 +70,19 @@ def normal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     count = mask.sum()
     # With no valid pixel the loss is 0, not 1: the task contributes nothing to the batch.
     return torch.where(count > 0, 1 - _safe_mean(cos_sum, count), torch.zeros_like(cos_sum))
+
+
+def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware smoothness of a predicted depth map (as in self-supervised depth estimation):
+    the mean of |d/dx d| exp(-10 |d/dx I|) + |d/dy d| exp(-10 |d/dy I|) (I: the grey image), with the depth divided by each
+    image's mean so that the term does not depend on the depth's scale. Flat where the photo is
+    flat, free to change at the photo's edges; it needs no depth ground truth.
+
+    depth: N x 1 x H x W, image: N x 3 x H x W in [0, 1].
+    """
+    d = depth.float()
+    d = d / d.abs().mean((2, 3), keepdim=True).clamp_min(1e-6)
+    grey = image.float().mean(1, keepdim=True)
+    dx, dy = (d[..., :, 1:] - d[..., :, :-1]).abs(), (d[..., 1:, :] - d[..., :-1, :]).abs()
+    ix, iy = (grey[..., :, 1:] - grey[..., :, :-1]).abs(), (grey[..., 1:, :] - grey[..., :-1, :]).abs()
+    return (dx * torch.exp(-10 * ix)).mean() + (dy * torch.exp(-10 * iy)).mean()

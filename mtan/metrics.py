@@ -45,9 +45,14 @@ class Metric:
 class SegmentationMetric(Metric):
     lower_is_better = {"miou": False, "pixel_acc": False}
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", class_names=None):
+        """``class_names``: also report each class's IoU as ``iou.<name>`` (nan where the class is
+        in neither prediction nor target)."""
         self.num_classes = num_classes
         self.device = torch.device(device)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         self.reset()
 
     def reset(self):
@@ -73,10 +78,19 @@ class SegmentationMetric(Metric):
         iou = tp / union  # nan where a class is in neither prediction nor target
         present = union > 0
         total = cm.sum()
-        return {
+        result = {
             "miou": float(iou[present].mean()) if present.any() else float("nan"),
             "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
         }
+        for name, value in zip(self.class_names or (), iou.tolist()):
+            result[f"iou.{name}"] = value
+        return result
+
+    def confusion_table(self) -> dict:
+        """The confusion matrix as plain numbers: ``matrix[target][prediction]`` pixel counts."""
+        names = list(self.class_names or range(self.num_classes))
+        return {"classes": names, "rows": "target", "columns": "prediction",
+                "matrix": self.confusion.cpu().tolist()}
 
     def per_class_iou(self) -> list[float]:
         cm = self.confusion.double().cpu()
@@ -199,10 +213,17 @@ class DepthOrderMetric(Metric):
     their image row (near the bottom = near = large inverse depth, so a plausible map gives rho
     close to 1). Per image with ``sky`` pixels: whether the sky's mean predicted inverse depth
     is below that of every other class present (with ``min_pixels`` or more). Both are averaged
-    over the images that qualify. Runs per image on the host: meant for evaluation, not training.
+    over the images that qualify.
+
+    ``roughness`` measures noise and texture in the map: per image, the mean absolute 4-neighbour
+    Laplacian of log inverse depth over the pixels whose 3x3 neighbourhood lies inside one
+    labelled region (so object boundaries, where depth may jump, do not count), averaged over
+    images. It does not depend on the depth's scale; 0 for a map that is planar in log depth
+    inside every region; blotches and grid patterns raise it. Runs per image on the host: meant
+    for evaluation, not training.
     """
 
-    lower_is_better = {"ground_row_spearman": False, "sky_farthest": False}
+    lower_is_better = {"ground_row_spearman": False, "sky_farthest": False, "roughness": True}
 
     def __init__(self, num_classes: int, ground: int = 0, sky: int = 4, min_pixels: int = 50):
         self.num_classes, self.ground, self.sky, self.min_pixels = num_classes, ground, sky, min_pixels
@@ -211,6 +232,7 @@ class DepthOrderMetric(Metric):
     def reset(self) -> None:
         self.rhos: list[float] = []
         self.sky_checks: list[bool] = []
+        self.roughness: list[float] = []
 
     def update(self, pred_depth: torch.Tensor, labels: torch.Tensor) -> None:
         """``pred_depth`` N x 1 x H x W inverse depth, ``labels`` N x H x W (-1 = void)."""
@@ -229,12 +251,32 @@ class DepthOrderMetric(Metric):
                           if c != self.sky and int((lab == c).sum()) >= self.min_pixels]
                 if others:
                     self.sky_checks.append(bool(p[sky].mean() < min(others)))
+            value = laplacian_roughness(p, lab)
+            if value == value:
+                self.roughness.append(value)
 
     def compute(self) -> dict[str, float]:
         nan = float("nan")
         return {"ground_row_spearman": sum(self.rhos) / len(self.rhos) if self.rhos else nan,
                 "sky_farthest": sum(self.sky_checks) / len(self.sky_checks) if self.sky_checks else nan,
+                "roughness": sum(self.roughness) / len(self.roughness) if self.roughness else nan,
                 "images_ground": float(len(self.rhos)), "images_sky": float(len(self.sky_checks))}
+
+
+def laplacian_roughness(inverse_depth: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean |4-neighbour Laplacian| of log inverse depth (H x W) over the interior pixels of the
+    labelled regions of ``labels`` (H x W, -1 = void): see :class:`DepthOrderMetric`."""
+    if inverse_depth.shape[-1] < 3 or inverse_depth.shape[-2] < 3:
+        return float("nan")
+    logd = inverse_depth.double().clamp_min(1e-4).log()
+    lap = (4 * logd[1:-1, 1:-1] - logd[:-2, 1:-1] - logd[2:, 1:-1] - logd[1:-1, :-2] - logd[1:-1, 2:]).abs()
+    lab = labels.long()
+    centre = lab[1:-1, 1:-1]
+    inside = centre >= 0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inside &= lab[1 + dy: lab.shape[0] - 1 + dy, 1 + dx: lab.shape[1] - 1 + dx] == centre
+    return float(lap[inside].mean()) if bool(inside.any()) else float("nan")
 
 
 def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]) -> float:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE
+
 #: What the data names mean on a card.
 DATA_DESCRIPTIONS = {
     "camvid": ("CamVid val (real street photos, Cambridge)", "camvid"),
@@ -141,6 +143,31 @@ def training_stages(run: Path, config) -> list[tuple[object, dict]]:
     return stages
 
 
+def measure_resolutions(model, config) -> dict | None:
+    """mIoU at each of the app's processing resolutions, scored as the app sees photos, on the
+    validation photos of the run's real data (CamVid when it is part of it, else its first part)."""
+    from mtan.engine import _builder_options
+    from mtan.evaluate import evaluate
+    from mtan.serving import RESOLUTIONS
+
+    parts = config.data.split("+")
+    part = "camvid" if "camvid" in parts else parts[0]
+    roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
+    root = roots[parts.index(part)] if len(roots) == len(parts) else None
+    options = _builder_options(config, part, "val")
+    size = None if part == "camvid" else config.size  # real photos at their own size
+    scores = {}
+    for resolution in RESOLUTIONS:
+        result = evaluate(model, part, data_root=root or None, split="val", size=size, options=options,
+                          app_resolution=resolution)
+        if result.get("semantic.miou") is None:
+            return None
+        scores[resolution] = result["semantic.miou"]
+    name = DATA_DESCRIPTIONS.get(part, (part,))[0]
+    return {"dataset": name, "metric": "semantic.miou", "scores": scores,
+            "command": f"python -m mtan.evaluate --model MODEL --data {part} --app-resolution RESOLUTION"}
+
+
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
             latency: bool = True, log=print) -> dict:
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
@@ -214,8 +241,18 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     card_kwargs = dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in evaluations],
                        sections=sections, summary=summary, repo_id=repo_id,
                        dataset_name=None, training_command=None, data=None)
+    resolutions = measure_resolutions(model, config)
+    if resolutions:
+        rows = "\n".join(f"| {r} | {v:.4f} |" for r, v in resolutions["scores"].items())
+        sections.insert(-1, ("Processing resolutions", (
+            f"mIoU on {resolutions['dataset']} scored as the app sees photos (fitted inside each resolution, "
+            f"outputs brought back to the photo's size): the app offers the resolutions within "
+            f"{RESOLUTION_TOLERANCE:g} of the best and starts at the best (`{RESOLUTIONS_FILE}`).\n\n"
+            f"| resolution | mIoU |\n|---|---|\n{rows}")))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, model_card_kwargs=card_kwargs)
+    if resolutions:
+        (out / RESOLUTIONS_FILE).write_text(json.dumps(resolutions, indent=1) + "\n")
     # save_pretrained keeps an existing README.md: the card of the model written now replaces it
     model.generate_model_card(**card_kwargs).save(out / "README.md")
     report = {"evaluations": evaluations, "training": facts, "speed": speed,

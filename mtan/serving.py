@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from mtan import jpeg
-from mtan.model import MTAN, ModelConfigError
+from mtan.model import MTAN, ModelConfigError, fit_size, flip_average
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "weights"
@@ -39,6 +39,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Processing resolutions offered in the app (height x width); photos are fitted inside them.
 RESOLUTIONS = ("128x256", "256x512", "512x1024")
 DEFAULT_RESOLUTION = "256x512"
+# A model folder's resolutions.json (written by mtan.release) holds its measured mIoU at each of
+# them; the app offers those within this much of the best, and the best by default.
+RESOLUTIONS_FILE = "resolutions.json"
+RESOLUTION_TOLERANCE = 0.03
 
 
 class ImageLoadError(ValueError):
@@ -177,12 +181,39 @@ def strip_front_matter(text: str) -> str:
 
 
 @dataclass
+class ResolutionAdvice:
+    """Which processing resolutions to offer for a model, and why the others are not."""
+
+    offered: list[str]
+    default: str
+    reasons: dict[str, str] = field(default_factory=dict)   # resolution not offered -> why (for the page)
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "ResolutionAdvice":
+        """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...}}``):
+        every resolution within ``RESOLUTION_TOLERANCE`` of the best; all of them without a record."""
+        scores = {r: v for r, v in ((record or {}).get("scores") or {}).items()
+                  if r in RESOLUTIONS and isinstance(v, (int, float)) and math.isfinite(v)}
+        if not scores:
+            return cls(list(RESOLUTIONS), DEFAULT_RESOLUTION)
+        best = max(scores, key=scores.get)
+        offered = [r for r in RESOLUTIONS if r in scores and scores[r] >= scores[best] - RESOLUTION_TOLERANCE]
+        where = (record or {}).get("dataset") or "its validation photos"
+        reasons = {r: (f"{r} is not offered: this model scores {scores[r]:.2f} mIoU there, against "
+                       f"{scores[best]:.2f} at {best} ({where})") if r in scores else
+                      f"{r} is not offered: it was not measured for this model"
+                   for r in RESOLUTIONS if r not in offered}
+        return cls(offered, best, reasons)
+
+
+@dataclass
 class LoadedModel:
     key: str                  # what was asked for (a dropdown value)
     source: str               # what was actually loaded (differs after a fallback)
     model: MTAN
     card: str = ""            # the model card, YAML front matter removed
     notices: list[str] = field(default_factory=list)
+    resolutions: ResolutionAdvice = field(default_factory=lambda: ResolutionAdvice.from_record(None))
 
     @property
     def placeholder(self) -> bool:
@@ -309,12 +340,12 @@ class ModelRegistry:
         notice = (f"Could not load **{key}**: {reason}. Showing the local default model "
                   f"(`{self.default_local}`) instead.")
         return LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
-                           notices=[notice] + base.notices)
+                           notices=[notice] + base.notices, resolutions=base.resolutions)
 
     def _load_source(self, source: str) -> LoadedModel:
         from mtan.hub import HubUnavailableError
 
-        card = ""
+        card, record = "", None
         if is_hub_id(source):
             if not self.hub_ok():
                 try:  # offline: a model already in the local Hub cache still works
@@ -324,28 +355,43 @@ class ModelRegistry:
                         f"the Hugging Face Hub is unreachable and {source} is not in the local cache") from None
             else:
                 model = MTAN.from_pretrained(source, map_location=self.device)
-            card = _hub_card(source)
+            card = _hub_file(source, "README.md")
+            record = _json_or_none(_hub_file(source, RESOLUTIONS_FILE))
         else:
             folder = resolve_local(source) or Path(source)
             model = MTAN.from_pretrained(folder, map_location=self.device)
             readme = folder / "README.md"
             if readme.is_file():
                 card = readme.read_text(encoding="utf-8", errors="replace")
-        loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card))
+            if (folder / RESOLUTIONS_FILE).is_file():
+                record = _json_or_none((folder / RESOLUTIONS_FILE).read_text(encoding="utf-8", errors="replace"))
+        loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card),
+                             resolutions=ResolutionAdvice.from_record(record))
         if loaded.placeholder:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")
         return loaded
 
 
-def _hub_card(repo_id: str) -> str:
+def _hub_file(repo_id: str, filename: str) -> str:
+    """A small text file of a Hub model repo (its card, its resolutions record), or "" if it cannot be had."""
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo_id, "README.md", local_files_only=not hub_reachable(1.0))).read_text(
+        return Path(hf_hub_download(repo_id, filename, local_files_only=not hub_reachable(1.0))).read_text(
             encoding="utf-8", errors="replace")
-    except Exception:  # a card is nice to have, never required
+    except Exception:  # nice to have, never required
         return ""
+
+
+def _json_or_none(text: str) -> dict | None:
+    import json
+
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------------------
@@ -557,12 +603,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def fit_size(height: int, width: int, box: tuple[int, int]) -> tuple[int, int]:
-    """The largest (h, w) with the photo's aspect that fits inside ``box`` (height, width)."""
-    s = min(box[0] / height, box[1] / width)
-    return max(1, round(height * s)), max(1, round(width * s))
-
-
 def file_digest(path: str | os.PathLike) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:
@@ -662,9 +702,11 @@ def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
 
 
 def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int, int], stem: str = "photo",
-                  mask_budget_values: int = 16_000_000) -> Prediction:
+                  mask_budget_values: int = 16_000_000, flip: bool = False) -> Prediction:
     """Fit the photo inside ``resolution`` (aspect kept; ``MTAN.predict`` pads to multiples of 32),
-    run the model once with attention, and bring the outputs back to the photo's size."""
+    run the model once with attention, and bring the outputs back to the photo's size. ``flip``:
+    also run the mirror image and average the outputs (test-time augmentation; the masks shown
+    are the unmirrored run's)."""
     model = loaded.model
     h, w = fit_size(photo.height, photo.width, resolution)
     small = photo if (h, w) == (photo.height, photo.width) else photo.resize(
@@ -673,6 +715,8 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
     start = time.perf_counter()
     with torch.inference_mode():
         outputs, masks = loaded.runner.predict(x, return_attention=True)
+        if flip:
+            outputs = flip_average(model.tasks, outputs, loaded.runner.predict(x.flip(-1)))
         pred = Prediction(model_key=loaded.key, photo=photo, stem=stem, processing_size=(h, w),
                           tasks=list(model.tasks))
         for t in model.tasks:

@@ -168,7 +168,7 @@ class SemanticTask(Task):
         return losses.semantic_loss(pred, target)
 
     def new_metric(self, device="cpu"):
-        return metrics.SegmentationMetric(self.num_classes, device=device)
+        return metrics.SegmentationMetric(self.num_classes, device=device, class_names=self.class_set.classes)
 
     def missing_target(self, height, width):
         return torch.full((height, width), -1, dtype=torch.long)

@@ -105,6 +105,28 @@ def test_model_switching(client, models, tmp_path):
     assert "cityscapes-7" in city["legend"] and city["normals"] is None
 
 
+def test_resolutions_follow_the_models_measurements(client, models, tmp_path):
+    """A model folder's resolutions.json (mtan.release measures it): the app offers the resolutions
+    within 0.03 mIoU of the best, starts at the best, and says why another is not offered."""
+    from gradio_client.exceptions import AppError
+
+    path, size = _write("jpeg", tmp_path)
+    with pytest.raises(AppError, match=r"512x1024 is not offered: this model scores 0\.30 mIoU there, against "
+                                       r"0\.42 at 256x512 \(a test set\); choose 128x256, 256x512"):
+        run(client, path, model=models["nyu"], resolution="512x1024")
+    assert "fitted inside 256x512" in run(client, path, model=models["nyu"], resolution=None)["summary"]
+    assert "fitted inside 512x1024" in run(client, path, model=models["city"], resolution="512x1024")["summary"]
+
+
+def test_mirror_averages_the_photo_and_its_mirror(client, tmp_path):
+    path, size = _write("jpeg", tmp_path)
+    plain, mirrored = (run(client, path, resolution="128x256", mirror=m) for m in (False, True))
+    assert "and its mirror image" in mirrored["summary"] and "mirror" not in plain["summary"]
+    assert size_of(mirrored["depth"]) == size
+    depth = [np.load(next(f for f in out["files"] if f.endswith("_depth.npy"))) for out in (plain, mirrored)]
+    assert not np.array_equal(depth[0], depth[1])
+
+
 def test_large_photo_is_downscaled_with_a_note(client, tmp_path):
     p = tmp_path / "big.jpg"
     street_image(600, 960).save(p, quality=85)  # 576,000 pixels > MAX_PIXELS

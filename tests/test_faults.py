@@ -34,7 +34,7 @@ from mtan.engine import Engine, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data", "synthetic", "--size", "32x64", "--train-frames", "8", "--val-frames", "4", "--width", "0.0625",
-        "--batch-size", "4", "--lr", "1e-3", "--no-progress"]
+        "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--amp", "off"]
 TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
 
 

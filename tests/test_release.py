@@ -26,8 +26,18 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
     proc = subprocess.run([sys.executable, "-m", "mtan.release", str(run), str(out), "--no-latency"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "resolutions.json"]
     assert MTAN.from_pretrained(out).width == 0.0625
+    # CamVid val as the app sees it at each processing resolution: what mtan.evaluate prints
+    record = json.loads((out / "resolutions.json").read_text())
+    assert list(record["scores"]) == ["128x256", "256x512", "512x1024"] and record["dataset"].startswith("CamVid val")
+    evaluated = tmp_path / "at128.json"
+    assert subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(out), "--data", "camvid",
+                           "--app-resolution", "128x256", "--out", str(evaluated)], cwd=REPO,
+                          capture_output=True, timeout=600).returncode == 0
+    assert json.loads(evaluated.read_text())["semantic.miou"] == record["scores"]["128x256"]
+    assert "## Processing resolutions" in out.joinpath("README.md").read_text()
     readme = out / "README.md"
     text = readme.read_text()
     for section in ("## Results", "## Data", "## Training", "## Depth on real photos", "## How to check the results",

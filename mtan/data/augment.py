@@ -1,8 +1,13 @@
-"""Augmentation used by modern multi-task benchmarks: random zoom-crop and horizontal flip.
+"""Geometric augmentation: random zoom (in, and with ``scale_range`` out too) with crops, and
+horizontal flips.
 
-For each sample: pick a scale ``s`` in {1.0, 1.2, 1.5}, cut a window of (H/s, W/s) at a random
-position, resize it back to H x W, and flip it left-right with probability 0.5. Geometry is
-shared by the image and all targets, so they stay aligned:
+For each sample: pick a scale ``s`` (by default one of {1.0, 1.2, 1.5}, the modern multi-task
+benchmarks' recipe; with ``scale_range=(lo, hi)`` log-uniform in [lo, hi], e.g. 0.5-2.0), cut a
+window of (h/s, w/s) source pixels at a random position, where h x w is the output (crop) size,
+by default the data's own, resize it to h x w, and flip it left-right with probability 0.5.
+A window larger than the image (zooming out) holds the whole image at a random place; the rest is
+black in the image and invalid in every target (label -1, depth 0, normal 0), so no loss sees it.
+Geometry is shared by the image and all targets, so they stay aligned:
 
 * image: bilinear; labels, depth and normals: nearest (a label is never blended);
 * depth: zooming in by ``s`` brings the scene ``s`` times closer, so inverse depth
@@ -21,6 +26,7 @@ Two implementations:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,15 +67,21 @@ class AugmentParams:
 
     @classmethod
     def draw(cls, batch_size: int, device, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
-             generator: torch.Generator | None = None) -> "AugmentParams":
+             generator: torch.Generator | None = None,
+             scale_range: tuple[float, float] | None = None) -> "AugmentParams":
         """Random parameters, drawn on ``generator``'s device (else ``device``) and moved to ``device``.
+        ``scale_range``: draw scales log-uniformly in it instead of from ``scales``.
 
         A generator on the batch's device keeps everything there (no host round trip)."""
         gen_device = generator.device if generator is not None else torch.device(device)
-        pick = torch.randint(len(scales), (batch_size,), generator=generator, device=gen_device)
-        scale = torch.ones(batch_size, device=gen_device)
-        for k, s in enumerate(scales):  # python scalars only: no host-to-device copy, no sync
-            scale = torch.where(pick == k, float(s), scale)
+        if scale_range is not None:
+            lo, hi = (math.log(float(v)) for v in scale_range)
+            scale = torch.rand(batch_size, generator=generator, device=gen_device).mul_(hi - lo).add_(lo).exp_()
+        else:
+            pick = torch.randint(len(scales), (batch_size,), generator=generator, device=gen_device)
+            scale = torch.ones(batch_size, device=gen_device)
+            for k, s in enumerate(scales):  # python scalars only: no host-to-device copy, no sync
+                scale = torch.where(pick == k, float(s), scale)
         pos = torch.rand(2, batch_size, generator=generator, device=gen_device)
         flip = torch.rand(batch_size, generator=generator, device=gen_device) < flip_p
         move = dict(device=device, non_blocking=True)
@@ -80,18 +92,23 @@ class AugmentParams:
         ones = torch.ones(batch_size, device=device)
         return cls(ones, ones * 0, ones * 0, torch.zeros(batch_size, dtype=torch.bool, device=device))
 
-    def theta(self) -> torch.Tensor:
+    def theta(self, in_size: tuple[int, int] | None = None, out_size: tuple[int, int] | None = None) -> torch.Tensor:
         """B x 2 x 3 affine matrices mapping output to input coordinates (normalised, [-1, 1]).
 
-        A window of relative size 1/s whose free room is split by ``left`` has its centre at
-        ``(2 * left - 1) * (1 - 1/s)``; mirroring negates the x factor.
+        The window spans a fraction ``r = (out / in) / s`` of the input along each axis (1/s when
+        the output has the input's size); with its free room ``1 - r`` (negative when the window
+        is larger than the image) split by ``left`` / ``top``, its centre sits at
+        ``(2 * left - 1) * (1 - r)``; mirroring negates the x factor.
         """
-        inv = 1.0 / self.scale
+        ry = rx = 1.0 / self.scale
+        if in_size is not None and out_size is not None:
+            ry = ry * (out_size[0] / in_size[0])
+            rx = rx * (out_size[1] / in_size[1])
         theta = torch.zeros(self.scale.shape[0], 2, 3, device=self.scale.device, dtype=torch.float32)
-        theta[:, 0, 0] = torch.where(self.flip, -inv, inv)
-        theta[:, 0, 2] = (2 * self.left - 1) * (1 - inv)
-        theta[:, 1, 1] = inv
-        theta[:, 1, 2] = (2 * self.top - 1) * (1 - inv)
+        theta[:, 0, 0] = torch.where(self.flip, -rx, rx)
+        theta[:, 0, 2] = (2 * self.left - 1) * (1 - rx)
+        theta[:, 1, 1] = ry
+        theta[:, 1, 2] = (2 * self.top - 1) * (1 - ry)
         return theta
 
 
@@ -99,21 +116,27 @@ def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
 
 
-def apply_augment(batch: dict, tasks, params: AugmentParams) -> dict:
-    """Apply given parameters to a batch (``image`` B x 3 x H x W and task targets)."""
+def apply_augment(batch: dict, tasks, params: AugmentParams, out_size: tuple[int, int] | None = None) -> dict:
+    """Apply given parameters to a batch (``image`` B x 3 x H x W and task targets); the result
+    is ``out_size`` (h, w; default H x W)."""
     tasks = _as_tasks(tasks)
     image = batch["image"]
     b, _, h, w = image.shape
-    grid = F.affine_grid(params.theta().to(image.device), [b, 1, h, w], align_corners=False)
+    oh, ow = out_size or (h, w)
+    grid = F.affine_grid(params.theta((h, w), (oh, ow)).to(image.device), [b, 1, oh, ow], align_corners=False)
+    # Output pixels whose source lies outside the image (a zoomed-out view): black, and no target.
+    outside = (grid.abs() > 1).any(-1)[:, None]  # (no host sync: always computed, empty unless zoomed out)
     out = dict(batch)
     out["image"] = _sample(image if image.is_floating_point() else image.float(), grid, "bilinear")
+    out["image"] = out["image"].masked_fill(outside, 0.0)
     per_sample = (b, 1, 1, 1)
     for task in tasks:
         target = batch.get(task.name)
         if target is None:
             continue
         if task.kind == "semantic":  # B x H x W integers; exact in float32 for any class index
-            out[task.name] = _sample(target[:, None].float(), grid, "nearest")[:, 0].to(target.dtype)
+            moved = _sample(target[:, None].float(), grid, "nearest").masked_fill(outside, -1.0)
+            out[task.name] = moved[:, 0].to(target.dtype)
         elif task.kind == "depth":
             factor = _depth_factor(task, params.scale).to(target.dtype).view(per_sample)
             out[task.name] = _sample(target, grid, "nearest") * factor
@@ -121,37 +144,48 @@ def apply_augment(batch: dict, tasks, params: AugmentParams) -> dict:
             sign = torch.ones(b, 3, 1, 1, dtype=target.dtype, device=target.device)
             sign[:, 0, 0, 0] = torch.where(params.flip, -1.0, 1.0).to(target.dtype)
             out[task.name] = _sample(target, grid, "nearest") * sign
+        if task.kind != "semantic":
+            out[task.name] = out[task.name].masked_fill(outside, 0.0)
     return out
 
 
 def augment_batch(batch: dict, tasks, generator: torch.Generator | None = None,
-                  scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5) -> dict:
+                  scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
+                  scale_range: tuple[float, float] | None = None, out_size: tuple[int, int] | None = None) -> dict:
     """Randomly zoom-crop and flip every sample of a batch (see the module docstring).
 
     ``tasks``: the batch's tasks (Task objects or config dicts), which say how each target is
     treated. ``generator``: a ``torch.Generator`` for reproducible draws; one on the batch's
-    device avoids any host round trip. Keys that are not tasks pass through unchanged.
+    device avoids any host round trip. ``scale_range``: log-uniform scales (e.g. (0.5, 2.0))
+    instead of ``scales``; ``out_size``: the crop size (h, w). Keys that are not tasks pass through.
     """
     image = batch["image"]
-    params = AugmentParams.draw(image.shape[0], image.device, scales, flip_p, generator)
-    return apply_augment(batch, tasks, params)
+    params = AugmentParams.draw(image.shape[0], image.device, scales, flip_p, generator, scale_range)
+    return apply_augment(batch, tasks, params, out_size)
 
 
 class BatchAugment:
-    """Callable form of :func:`augment_batch` holding the tasks, scales, flip probability and generator."""
+    """Callable form of :func:`augment_batch` holding its settings and generator."""
 
     def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
-                 generator: torch.Generator | None = None):
-        if not scales or min(scales) < 1:
+                 generator: torch.Generator | None = None, scale_range: tuple[float, float] | None = None,
+                 out_size: tuple[int, int] | None = None):
+        if scale_range is None and (not scales or min(scales) < 1):
             raise ValueError(f"scales must be zoom factors >= 1, got {scales!r}")
+        if scale_range is not None and not 0 < float(scale_range[0]) <= float(scale_range[1]):
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         self.tasks = _as_tasks(tasks)
         self.scales, self.flip_p, self.generator = tuple(float(s) for s in scales), float(flip_p), generator
+        self.scale_range = tuple(float(v) for v in scale_range) if scale_range is not None else None
+        self.out_size = tuple(out_size) if out_size is not None else None
 
     def __call__(self, batch: dict) -> dict:
-        return augment_batch(batch, self.tasks, self.generator, self.scales, self.flip_p)
+        return augment_batch(batch, self.tasks, self.generator, self.scales, self.flip_p, self.scale_range,
+                             self.out_size)
 
     def __repr__(self) -> str:
-        return f"BatchAugment(scales={self.scales}, flip_p={self.flip_p})"
+        scales = f"scale_range={self.scale_range}" if self.scale_range else f"scales={self.scales}"
+        return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size})"
 
 
 # --------------------------------------------------------------------------------------
