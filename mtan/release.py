@@ -23,6 +23,9 @@ import torch
 
 from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE
 
+#: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
+REAL_PHOTOS = ("camvid",)
+
 #: What the data names mean on a card.
 DATA_DESCRIPTIONS = {
     "camvid": ("CamVid val (real street photos, Cambridge)", "camvid"),
@@ -43,9 +46,9 @@ LIMITS = """\
   road recedes towards the horizon, the sky is farthest, what stands closer is brighter) and only
   roughly right in metres (the camera height and field of view of the CamVid camera are
   assumed, not known). Do not use it to measure distances.
-- **Resolution**: trained at {size}; the app fits photos inside 256x512 by default, where objects
-  can appear up to {zoom:.1f} times the size seen in training (the augmentation's 1.5x zoom covers
-  part of that; the 128x256 processing resolution matches training).
+- **Resolution**: trained at {size}; how well it holds up at each of the app's processing
+  resolutions is measured under *Processing resolutions* (the app offers only those within 0.03
+  mIoU of the best).
 """
 
 PSEUDO_DEPTH = """\
@@ -103,12 +106,13 @@ def evaluate_run(model, config) -> list[dict]:
     evaluations = []
     for part, root in zip(parts, roots):
         options = _builder_options(config, part, "val")
-        results = evaluate(model, part, data_root=root or None, split="val", size=config.size, options=options)
+        size = None if part in REAL_PHOTOS else config.size  # real photos are scored at their own size
+        results = evaluate(model, part, data_root=root or None, split="val", size=size, options=options)
         command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
         if root:
             command.append(f"--data-root {root}")
-        if config.size:
-            command.append(f"--size {config.size}")
+        if size:
+            command.append(f"--size {size}")
         if part == "synthetic" and "num_frames" in options:
             command.append(f"--frames {options['num_frames']}")
         if part in ("cityscapes", "cityscapes-raw"):
@@ -117,6 +121,27 @@ def evaluate_run(model, config) -> list[dict]:
         evaluations.append({"name": name, "type": kind, "data": part, "results": results,
                             "command": " ".join(command)})
     return evaluations
+
+
+def augmentation_text(config) -> str:
+    """The run's augmentation in words, for a card."""
+    if not config.augment:
+        return "without augmentation"
+    zoom = (f"random zoom {config.scale_range.replace(',', '-')} (out as well as in)" if config.scale_range
+            else "random scale-crop {1, 1.2, 1.5}")
+    parts = [zoom + (f" to {config.crop} crops" if config.crop else ""), "horizontal flip"]
+    if config.photometric:
+        parts.append("photometric augmentation (colour, gamma, blur, JPEG artefacts, noise)")
+    return "with " + ", ".join(parts)
+
+
+def optimiser_text(config) -> str:
+    name = "AdamW" if config.optimizer == "adamw" else "Adam"
+    decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    if config.schedule == "step":
+        return f"{name} lr {config.lr:g}{decay} (x{config.gamma:g} every {config.step_size} epochs)"
+    warmup = f"{config.warmup_epochs:g}-epoch warm-up, then " if config.warmup_epochs else ""
+    return f"{name} lr {config.lr:g}{decay} ({warmup}{config.schedule} decay to 0)"
 
 
 def training_facts(run: Path) -> dict:
@@ -191,9 +216,9 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
                   "cityscapes": "CityScapes (50 German cities, daytime)", "nyuv2": "NYUv2 indoor scenes"}
     data_lines = [f"- `{p}`: {trained_on.get(p, p)}" for p in parts]
     data_text = "\n".join(data_lines) + (
-        f"\n\nAt {config.size}, {'with' if config.augment else 'without'} augmentation (random scale-crop "
-        "{1, 1.2, 1.5} + horizontal flip). CamVid's 11 classes are mapped to the 7 CityScapes categories "
-        "(its README's table); CamVid frames are centre-cropped to the training aspect ratio.")
+        f"\n\nAt {config.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
+        "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
+        "val figures are at the photos' own 360x480.")
     stages = training_stages(run, config)
     total_hours = sum(f["seconds"] for _, f in stages) / 3600
     texts = []
@@ -202,9 +227,11 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         texts.append(
             f"{head}:\n\n```bash\n{cfg.command or 'python train.py --preset ' + str(cfg.preset)}\n```\n\n"
             f"{f['epochs']} epoch{'s' if f['epochs'] != 1 else ''}, {f['seconds'] / 3600:.2f} h of training and "
-            f"validation ({f['images_per_second']:.1f} training images/s). Adam lr {cfg.lr:g} (x{cfg.gamma:g} every "
-            f"{cfg.step_size} epochs), batch {cfg.batch_size}, {cfg.weighting} loss weighting"
+            f"validation ({f['images_per_second']:.1f} training images/s). {optimiser_text(cfg)}, batch "
+            f"{cfg.batch_size}, {cfg.weighting} loss weighting"
             + (f", {cfg.class_weights} class weights" if cfg.class_weights != "none" else "")
+            + (f", label smoothing {cfg.label_smoothing:g}" if getattr(cfg, "label_smoothing", 0) else "")
+            + (f", edge-aware depth smoothness {cfg.depth_smoothness:g}" if getattr(cfg, "depth_smoothness", 0) else "")
             + (f", starting from `{cfg.init_from}`" if cfg.init_from else "") + ".")
     train_text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
                                         f"{torch.get_num_threads()} threads.")
@@ -233,8 +260,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     width_note = (f"narrow (width x{model.width:g}, {count_parameters(model) / 1e6:.1f} M parameters) so that it "
                   "answers fast on a small CPU" if model.width < 1 else "the paper's full width")
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on.get(p, p) for p in parts),
-                                             width_note=width_note, size=config.size,
-                                             zoom=256 / int(str(config.size or "256x512").split("x")[0]))))
+                                             width_note=width_note,
+                                             size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
                "for street photos, trained from scratch on real CamVid street photos and mtan's generated street "
                "scenes." if set(parts) == {"synthetic", "camvid"} else None)
