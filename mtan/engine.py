@@ -35,6 +35,9 @@ import torch.distributed as dist
 
 from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
                              list_checkpoints, prune_checkpoints, restore, save_checkpoint)
+from mtan.data.common import parse_size
+from mtan.data.photometric import photometric
+from mtan.losses import edge_aware_smoothness, semantic_loss
 from mtan.model import MTAN, count_parameters
 from mtan.tasks import Task, tasks_from_config
 from mtan.weighting import build_weighting
@@ -138,8 +141,6 @@ class TrainConfig:
             bad("pseudo_depth", f"applies to camvid and synthetic data, and --data is {self.data!r}")
         for name in ("size", "crop"):
             if getattr(self, name) is not None:
-                from mtan.data import parse_size
-
                 try:
                     h, w = parse_size(getattr(self, name))
                 except ValueError as e:
@@ -154,13 +155,20 @@ class TrainConfig:
                 bad("crop", "needs --augment (the crop is where the augmentation's window lands)")
         if self.scale_range is not None:
             try:
-                lo, hi = (float(v) for v in str(self.scale_range).split(","))
+                lo, hi = self.scale_bounds()
             except ValueError:
                 bad("scale_range", "must be two numbers LOW,HIGH such as 0.5,2.0")
             if not (0 < lo <= hi and math.isfinite(hi)):
                 bad("scale_range", "must be LOW,HIGH with 0 < LOW <= HIGH")
             if not self.augment:
                 bad("scale_range", "needs --augment")
+
+    def scale_bounds(self) -> tuple[float, float] | None:
+        """``--scale-range`` as (low, high), or None."""
+        if self.scale_range is None:
+            return None
+        lo, hi = (float(v) for v in str(self.scale_range).split(","))
+        return lo, hi
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -546,11 +554,8 @@ class Engine:
         order = shard_order(len(data), batch_size, self.runtime, generator, data.device, drop_last=epoch is not None)
         photo_gen = None
         if augment:
-            from mtan.data import parse_size
-
             aug_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 7_919)
-            scale_range = tuple(float(v) for v in cfg.scale_range.split(",")) if cfg.scale_range else None
-            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=scale_range,
+            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.scale_bounds(),
                                      out_size=parse_size(cfg.crop) if cfg.crop else None)
         if epoch is not None and cfg.photometric:
             photo_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 15_013)
@@ -562,14 +567,10 @@ class Engine:
             if augmenter is not None:
                 batch = augmenter(batch)
             if photo_gen is not None:
-                from mtan.data.photometric import photometric
-
                 batch["image"] = photometric(batch["image"], photo_gen)
             yield self._prepare(batch)
 
     def _task_losses(self, outputs: dict, batch: dict) -> tuple[dict, torch.Tensor]:
-        from mtan.losses import edge_aware_smoothness, semantic_loss
-
         cfg = self.config
         losses, has_valid = {}, []
         for t in self.tasks:
