@@ -157,6 +157,17 @@ def tensor_crc(tensor: torch.Tensor) -> int:
     return _crc(flat.view(torch.uint8).numpy()) if flat.numel() else 0
 
 
+def read_header(path: Path) -> dict:
+    """A checkpoint's JSON header alone (its tensors are not read); CheckpointError if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["mtan_checkpoint"])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {str(e)[:120]})") from None
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint: its tensors and its JSON header. Damaged files raise CheckpointError."""
     from safetensors import SafetensorError, safe_open

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
-                             list_checkpoints, prune_checkpoints, restore, save_checkpoint)
+                             list_checkpoints, prune_checkpoints, read_header, restore, save_checkpoint)
 from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
 from mtan.losses import edge_aware_smoothness, semantic_loss
@@ -484,9 +484,7 @@ class Engine:
         if not found:
             return None
         try:
-            from mtan.checkpoint import load_checkpoint
-
-            return load_checkpoint(found[0][1])[1].get("amp")
+            return read_header(found[0][1]).get("amp")  # the header alone: resume() reads the tensors
         except CheckpointError:
             return None
 
