@@ -32,6 +32,7 @@ import gradio as gr
 import torch
 
 from mtan import serving
+from mtan.fast import PRECISIONS
 from mtan.guard import RequestGuard, refusal
 from mtan.uploads import UploadPolicy
 from mtan import visualize as viz
@@ -98,6 +99,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--downloads-space", type=_bytes, default=env("MTAN_DOWNLOADS_SPACE") or "4gb",
                    help="disk kept for the views and downloads of recent predictions (about 14 MB each at "
                         "256x512); beyond it the oldest are removed, and so are any over an hour old")
+    p.add_argument("--precision", choices=("auto",) + PRECISIONS, default=env("MTAN_INFERENCE_PRECISION") or "auto",
+                   help="what the network computes in: auto (default) times, at start, each precision the model's "
+                        "precisions.json says keeps its quality and runs the fastest (remembered per CPU); fp32, "
+                        "bf16 or bf16-convs force one")
     p.add_argument("--threads", type=_positive_int, default=env("MTAN_THREADS") or None,
                    help="CPU threads for torch (default: torch's choice, one per core)")
     return p.parse_args(argv)
@@ -110,9 +115,10 @@ serving.configure_pil(ARGS.max_image_pixels)
 serving.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
-REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device)
+REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision)
 try:
     DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
+    print(f"mtan app: {serving.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}", flush=True)
 except serving.ModelUnavailableError as e:
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
@@ -327,7 +333,7 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
     h, w = pred.processing_size
     summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
                f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if mirror else ''}) · "
-               f"{pred.seconds:.2f} s on {REGISTRY.device}")
+               f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
     summary = "\n\n".join([summary] + notes)
     seg, depth, att, normals, before, after, diff = as_files(

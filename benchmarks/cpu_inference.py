@@ -16,7 +16,10 @@ Paths, on the same weights and the same input (a generated 256x512 street frame)
 * ``naive``: the model as loaded, eager fp32 NCHW, BatchNorm as separate layers;
 * ``fast``: ``mtan.fast.optimize_for_inference(model)`` as the app uses it (BatchNorm folded,
   conv + activation fused in oneDNN, channels-last, float32);
-* ``fast_bf16``: the same in bf16 (when the CPU has AVX-512 BF16 or AMX), for reference;
+* ``fast_bf16``, ``fast_bf16_convs``: the same in bf16, and in bf16 convolutions with float32
+  attention masks and heads; ``auto_choice`` says which of the three ``precision="auto"`` picks on
+  this machine when all three keep the model's quality (the app picks among those its
+  ``precisions.json`` keeps);
 * ``fast_compiled`` (``--compile``): ``optimize_for_inference(model, compile=True)``; its
   compile time (minutes on 2 cores, per input size) is reported apart.
 
@@ -44,6 +47,7 @@ from _common import REPO, emit, load_average, log, machine, parse_size
 
 from mtan import MTAN, count_parameters, preset_tasks
 from mtan.fast import (
+    PRECISIONS,
     cpu_amx_bf16,
     cpu_bf16_support,
     optimize_for_inference,
@@ -128,11 +132,16 @@ def agreement(out: dict, ref: dict, masks=None, ref_masks=None) -> dict:
 
 
 def bench_model(model: MTAN, info: dict, x: torch.Tensor, args) -> dict:
-    paths = {"naive": model, "fast": optimize_for_inference(model, device="cpu")}
+    paths = {"naive": model, "fast": optimize_for_inference(model, device="cpu", precision="fp32")}
     described = {"naive": "eager fp32 NCHW, BatchNorm layers (the model as loaded)", "fast": paths["fast"].describe()}
-    if cpu_bf16_support()[0] and paths["fast"].precision != "bf16":
-        paths["fast_bf16"] = optimize_for_inference(model, device="cpu", precision="bf16")
-        described["fast_bf16"] = paths["fast_bf16"].describe()
+    for precision in PRECISIONS[1:]:  # every reduced precision, for its speed and its drift from fp32
+        key = "fast_" + precision.replace("-", "_")
+        paths[key] = optimize_for_inference(model, device="cpu", precision=precision)
+        described[key] = paths[key].describe()
+    auto = optimize_for_inference(model, device="cpu", allowed=PRECISIONS, size=tuple(x.shape[-2:]), remember=False)
+    info["auto_choice"] = {"precision": auto.precision,
+                           "median_s": {p: round(t, 4) for p, t in auto.choice["seconds"].items()},
+                           "note": "what precision=auto picks here if the model's precisions.json keeps every precision"}
     if args.compile:
         compiled = optimize_for_inference(model, device="cpu", compile=True)
         t0 = time.perf_counter()
@@ -208,7 +217,7 @@ def main(argv=None) -> int:
     emit({"benchmark": "cpu_inference", "tiny": bool(args.tiny), **info, "load_average_after": load_average(),
           "input": [1, 3, h, w], "repeats": args.repeats,
           "bf16": {"native": bf16, "why": why, "amx": cpu_amx_bf16(),
-                   "auto_precision": resolve_precision("auto", torch.device("cpu"))},
+                   "auto_precision": resolve_precision("auto")},
           "goals": GOALS, "models": results})
     return 0
 

@@ -64,15 +64,22 @@ class PhotoView(torch.nn.Module):
         return {k: F.interpolate(v.float(), size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
 
 
+_LOADED: dict = {}  # the last two splits loaded (checked and in memory), by what was asked for
+
+
 def evaluate(model, data: str, data_root=None, split: str = "val", size: str | None = None,
              batch_size: int = 8, device: str = "auto", labels: str = "label_7", frames: int | None = None,
              seed: int = 0, options: dict | None = None, progress: bool = False,
-             app_resolution: str | None = None, metrics_out: dict | None = None, flip: bool = False) -> dict:
+             app_resolution: str | None = None, metrics_out: dict | None = None, flip: bool = False,
+             precision: str | None = None) -> dict:
     """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split, at the data's
     own size (or ``size``), or as the app sees photos with ``app_resolution`` ("256x512").
-    ``metrics_out`` receives each task's metric object (see :func:`mtan.engine.evaluate_model`)."""
+    ``metrics_out`` receives each task's metric object (see :func:`mtan.engine.evaluate_model`).
+    ``precision``: run through the app's inference copy (:mod:`mtan.fast`) in this precision
+    (``fp32``, ``bf16``, ``bf16-convs``) instead of the plain model."""
     from mtan.data import build_dataset, parse_size, to_memory, validate
     from mtan.engine import evaluate_model
+    from mtan.fast import optimize_for_inference
     from mtan.model import MTAN
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -87,10 +94,17 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
         opts.setdefault("seed", seed)
         if frames is not None:
             opts.setdefault("num_frames", frames)
-    dataset = build_dataset(data, root=data_root, split=split, size=size, **opts)
-    validate(dataset, full=True, progress=progress)
-    memory = to_memory(dataset, device=dev, progress=progress)
-    view = PhotoView(model, parse_size(app_resolution) if app_resolution else None, flip=flip)
+    key = json.dumps([data, str(data_root), split, size, str(dev), opts], sort_keys=True, default=str)
+    memory = _LOADED.get(key)
+    if memory is None:
+        dataset = build_dataset(data, root=data_root, split=split, size=size, **opts)
+        validate(dataset, full=True, progress=progress)
+        memory = to_memory(dataset, device=dev, progress=progress)
+        while len(_LOADED) >= 2:  # the last two splits stay: scoring them again (other resolutions, precisions) reuses them
+            _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = _LOADED.pop(key, memory)  # most recent last
+    runner = optimize_for_inference(model, device=dev, precision=precision) if precision else model
+    view = PhotoView(runner, parse_size(app_resolution) if app_resolution else None, flip=flip)
     order = DepthOrder.of(model, memory)
     result = evaluate_model(view, memory, batch_size, metrics_out=metrics_out,
                             observe=order.update if order else None)
@@ -125,6 +139,8 @@ class DepthOrder:
 
 
 def main(argv=None) -> int:
+    from mtan.fast import PRECISIONS
+
     p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained / a run folder) or Hub repo id")
@@ -138,6 +154,8 @@ def main(argv=None) -> int:
                         "inside it, run, and the outputs brought back to the image's size")
     p.add_argument("--flip", action="store_true", help="test-time augmentation: average each image's outputs with "
                                                         "those of its mirror image")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="run through the app's inference copy in this precision (default: the plain fp32 model)")
     p.add_argument("--confusion", default=None, metavar="FILE",
                    help="write the confusion matrix of each segmentation task to this JSON file")
     p.add_argument("--labels", default="label_7", help="CityScapes labels: label_7, label_19, label_2")
@@ -154,7 +172,8 @@ def main(argv=None) -> int:
     try:
         result = evaluate(args.model, args.data, args.data_root, args.split, args.size, args.batch_size,
                           args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty(),
-                          app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip)
+                          app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip,
+                          precision=args.precision)
     except (DatasetError, ModelConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

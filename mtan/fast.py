@@ -10,11 +10,15 @@ give the same dict structure, shapes and float32 dtypes) but runs faster:
 * on the CPU, each convolution and the ReLU / sigmoid after it run as one oneDNN call
   (``torch.ops.mkldnn._convolution_pointwise``, what ``torch.compile`` uses on CPUs), when this
   torch build has it;
-* float32 by default; bfloat16 weights and activations on request (``precision="bf16"``),
-  which pays on CPUs with AMX and on GPUs but moves predictions beyond the fidelity goals, and
-  on CPUs with AVX-512 BF16 but no AMX is slower than float32 (see :func:`resolve_precision`).
-  The bf16 copy is cast once, ahead of time (autocast would re-cast every weight on every call),
-  and the prediction heads stay in float32. Outputs are always returned in float32;
+* a precision: ``fp32``; ``bf16`` (bfloat16 weights and activations, prediction heads in
+  float32); or ``bf16-convs`` (the 3x3 convolutions of the encoder, decoder and attention branches
+  in bfloat16, the attention masks' 1x1 convolutions and sigmoids and the heads in float32). A
+  reduced precision is cast once, ahead of time (autocast would re-cast every weight on every
+  call); outputs are always float32. Which precisions keep a model's quality is measured when it
+  is released (:mod:`mtan.precision`, ``precisions.json`` in its folder); which of those is
+  fastest depends on the processor (bf16 convolutions run at twice the float32 rate on some CPUs
+  and at half of it on others), so ``precision="auto"`` times each allowed one on the machine at
+  hand and keeps the fastest (see :func:`optimize_for_inference`);
 * optionally (``compile=True``) ``torch.compile`` on top (fuses the remaining element-wise work;
   about a minute to compile per input size on a 2-core CPU, so off by default; falls back to
   eager execution if compiling fails);
@@ -30,21 +34,28 @@ Example (what the app does)::
     fast = optimize_for_inference(model)              # CPU, float32
     outputs, masks = fast.predict(image, return_attention=True)
 
-``precision`` is ``"auto"`` (float32 unless the environment variable
-``MTAN_INFERENCE_PRECISION=bf16``), ``"fp32"`` or ``"bf16"``.
+``precision`` is ``"auto"`` (the environment variable ``MTAN_INFERENCE_PRECISION`` when set,
+else the fastest of ``allowed`` on this machine, float32 when only float32 is allowed) or one of
+``PRECISIONS``.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
+import platform
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from mtan.model import MTAN
+from mtan.checkpoint import atomic_write
+from mtan.model import MTAN, AttentionMask
+from mtan.timing import fastest
 
-PRECISIONS = ("auto", "fp32", "bf16")
+#: The precisions an inference copy can run in (see the module docstring); fp32 is the reference.
+PRECISIONS = ("fp32", "bf16", "bf16-convs")
 
 
 # --------------------------------------------------------------------------------------
@@ -106,22 +117,15 @@ def cpu_amx_bf16() -> bool:
     return {"amx_bf16", "amx_tile"} <= flags and _onednn_bf16()
 
 
-def resolve_precision(precision: str, device=None) -> str:
-    """The precision ``"auto"`` stands for: the environment variable ``MTAN_INFERENCE_PRECISION``
-    (``fp32`` / ``bf16``) when set, else ``"fp32"``.
-
-    bf16 is opt-in, for two measured reasons: on CPUs without AMX (AVX-512 BF16 only) bf16
-    convolutions run at about half the float32 speed (see :func:`cpu_amx_bf16`), and bf16
-    activations drift far enough through MTAN's ~40 layers that labels and depth move beyond
-    the fidelity goals (>= 99.5 % equal labels, < 1 % mean relative depth difference): about
-    98 % equal labels and 4-10 % mean relative depth difference for a briefly trained width-0.25
-    model, worse with random weights. On AMX CPUs or GPUs where speed matters more than exact
-    agreement, ask for ``precision="bf16"``.
-    """
+def resolve_precision(precision: str) -> str:
+    """``precision`` checked: one of ``PRECISIONS``, or ``"auto"`` replaced by the environment
+    variable ``MTAN_INFERENCE_PRECISION`` when it is set (``"auto"`` is returned otherwise, for the
+    caller to measure)."""
     if precision == "auto":
-        precision = os.environ.get("MTAN_INFERENCE_PRECISION", "").strip().lower() or "fp32"
-    if precision not in PRECISIONS[1:]:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        precision = os.environ.get("MTAN_INFERENCE_PRECISION", "").strip().lower() or "auto"
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}"
+                         + (" (from MTAN_INFERENCE_PRECISION)" if os.environ.get("MTAN_INFERENCE_PRECISION") else ""))
     return precision
 
 
@@ -259,6 +263,18 @@ class _Float32Head(nn.Module):
         return self.head(x.float())
 
 
+class _Float32Island(nn.Module):
+    """Runs ``block`` in float32 inside a bf16 network and hands its output back in the input's
+    dtype (an attention mask: float32 logits and sigmoid, the gating product in bf16)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block.float()
+
+    def forward(self, x):
+        return self.block(x.float()).to(x.dtype)
+
+
 class InferenceModel(nn.Module):
     """An optimised, inference-only copy of an :class:`~mtan.model.MTAN` (see the module docstring).
 
@@ -276,17 +292,28 @@ class InferenceModel(nn.Module):
             raise TypeError(f"optimize_for_inference expects an MTAN model, got {type(model).__name__}")
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.device = device
-        self.precision = resolve_precision(precision, device)
-        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.precision = resolve_precision(precision)
+        if self.precision == "auto":
+            self.precision = "fp32"  # measuring is optimize_for_inference's job; a bare copy is float32
+        self.dtype = torch.float32 if self.precision == "fp32" else torch.bfloat16
         self.channels_last = bool(channels_last)
         net = fold_batchnorm(model).to(device=device, dtype=torch.float32)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.dtype != torch.float32:
             net = net.to(self.dtype)
-            if float32_heads:
+            if float32_heads or self.precision == "bf16-convs":
                 for name in list(net.heads.keys()):
                     net.heads[name] = _Float32Head(net.heads[name])
+            if self.precision == "bf16-convs" and net.arch == "mtan":
+                for att in net.attention.values():
+                    for part in (att.encoder, att.decoder):
+                        for k, block in enumerate(part):
+                            if isinstance(block, AttentionMask):
+                                part[k] = _Float32Island(block)
+        if batched_attention and self.precision == "bf16-convs":
+            raise ValueError("precision bf16-convs runs the attention masks one task at a time; "
+                             "it cannot be combined with batched_attention")
         # the batched attention path reads the masks' convolutions directly: fuse only without it
         self.fused_activations = bool(fuse and not batched_attention and device.type == "cpu"
                                       and onednn_fusion_available())
@@ -295,7 +322,8 @@ class InferenceModel(nn.Module):
         net.set_batched_attention(batched_attention)
         net.requires_grad_(False)
         self.net = net.eval()
-        self.float32_heads = bool(float32_heads and self.dtype != torch.float32)
+        self.float32_heads = bool((float32_heads or self.precision == "bf16-convs") and self.dtype != torch.float32)
+        self.choice: dict | None = None  # how optimize_for_inference chose the precision, when it measured
         self.tasks, self.arch, self.width, self.widths = model.tasks, model.arch, model.width, model.widths
         self.compile_error: str | None = None
         self._compiled = None
@@ -326,8 +354,8 @@ class InferenceModel(nn.Module):
         return self
 
     def describe(self) -> str:
-        parts = ["BatchNorm folded", f"{'bf16' if self.dtype == torch.bfloat16 else 'fp32'}"]
-        if self.float32_heads:
+        parts = ["BatchNorm folded", PRECISION_WORDS[self.precision]]
+        if self.float32_heads and self.precision == "bf16":
             parts.append("fp32 heads")
         if self.fused_activations:
             parts.append("conv+activation fused (oneDNN)")
@@ -335,7 +363,12 @@ class InferenceModel(nn.Module):
         parts.append("batched attention" if self.net.batched_attention else "per-task attention")
         if self._compiled is not None:
             parts.append("torch.compile")
-        return ", ".join(parts) + f", {self.device}"
+        text = ", ".join(parts) + f", {self.device}"
+        if self.choice:
+            times = ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in self.choice["seconds"].items())
+            text += (f"; {self.precision} is the fastest of the precisions this model keeps its quality in "
+                     f"({times} at {self.choice['size']}{', measured earlier' if self.choice.get('remembered') else ''})")
+        return text
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Like ``MTAN.forward`` in eval mode: ``{task: prediction}`` (and the masks), float32."""
@@ -370,18 +403,123 @@ class InferenceModel(nn.Module):
         return f"InferenceModel({self.arch} x{self.width:g}, tasks {self.task_names}; {self.describe()})"
 
 
+PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16", "bf16-convs": "bf16 convolutions with fp32 attention masks and heads"}
+
+
 def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", channels_last: bool = True,
                            batched_attention: bool = False, float32_heads: bool = True,
-                           fuse: bool = True, compile: bool = False) -> InferenceModel:
+                           fuse: bool = True, compile: bool = False, allowed=("fp32",),
+                           size: tuple[int, int] = (256, 512), remember: bool = True) -> InferenceModel:
     """An optimised inference copy of ``model`` (BatchNorm folded, conv + activation fused,
     channels-last; see the module docstring). ``model`` is not modified. ``device``: where to run
-    (default: the model's). ``precision``: ``"auto"`` (float32 unless ``MTAN_INFERENCE_PRECISION``
-    says bf16), ``"fp32"`` or ``"bf16"``. ``compile``: also ``torch.compile`` it (slow start).
+    (default: the model's). ``compile``: also ``torch.compile`` it (slow start).
+
+    ``precision``: one of ``PRECISIONS``, or ``"auto"``: ``MTAN_INFERENCE_PRECISION`` when set,
+    else the fastest of ``allowed`` (the precisions that keep this model's quality, from its
+    ``precisions.json``; see :mod:`mtan.precision`) timed on a few forward passes at ``size``, a
+    reduced precision only when it is more than 10 % faster than float32. The choice is
+    remembered per processor, torch version, thread count and network shape (in
+    :func:`choice_cache_path`; ``remember=False`` measures afresh and keeps nothing), so that a
+    restart is quick. The copy's ``choice`` and ``describe()`` say what was measured.
     """
-    return InferenceModel(model, device=device, precision=precision, channels_last=channels_last,
-                          batched_attention=batched_attention, float32_heads=float32_heads, fuse=fuse,
-                          compile=compile)
+    def build(p: str) -> InferenceModel:
+        return InferenceModel(model, device=device, precision=p, channels_last=channels_last,
+                              batched_attention=batched_attention, float32_heads=float32_heads, fuse=fuse,
+                              compile=compile)
+
+    precision = resolve_precision(precision)
+    if precision != "auto":
+        return build(precision)
+    candidates = [p for p in PRECISIONS if p in set(allowed) | {"fp32"}]
+    if batched_attention and "bf16-convs" in candidates:
+        candidates.remove("bf16-convs")
+    if len(candidates) == 1:
+        return build("fp32")
+    key = choice_key(model, candidates, size, device)
+    known = remembered_choice(key) if remember else None
+    if known is not None:
+        runner = build(known["precision"])
+        runner.choice = dict(known, remembered=True)
+        return runner
+    runners = {p: build(p) for p in candidates}
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+
+    def timed(runner):
+        def run():
+            runner(x)
+            if runner.device.type == "cuda":
+                torch.cuda.synchronize(runner.device)
+        return run
+
+    best, seconds = fastest({p: timed(r) for p, r in runners.items()}, warmup=1, repeats=3)
+    runner = runners[best]
+    runner.choice = {"precision": best, "seconds": seconds, "size": f"{size[0]}x{size[1]}"}
+    if remember:
+        remember_choice(key, runner.choice)
+    return runner
 
 
-__all__ = ["optimize_for_inference", "InferenceModel", "fold_batchnorm", "fold_conv_bn", "fuse_activations",
-           "ConvAct", "cpu_bf16_support", "cpu_amx_bf16", "onednn_fusion_available", "resolve_precision"]
+# --------------------------------------------------------------------------------------
+# Remembered precision choices (per processor and network shape)
+# --------------------------------------------------------------------------------------
+
+
+def choice_cache_path() -> Path:
+    """Where measured precision choices are kept: ``$MTAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/mtan`` or
+    ``~/.cache/mtan``, file ``precision-choices.json``."""
+    root = os.environ.get("MTAN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtan"
+    return Path(root) / "precision-choices.json"
+
+
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and architecture."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or 'unknown cpu'} ({platform.machine()})"
+
+
+def choice_key(model: MTAN, candidates, size, device=None) -> str:
+    """What a speed measurement depends on: the processor (or GPU), torch, the threads, the network's
+    shape (architecture, width, tasks) and the input size; not the weights' values."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else processor_name()
+    tasks = ",".join(f"{t.name}:{t.kind}:{t.out_channels}" for t in model.tasks)
+    return (f"{where} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model.arch} "
+            f"x{model.width:g} [{tasks}] | {size[0]}x{size[1]} | {'/'.join(candidates)}")
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remembered_choice(key: str) -> dict | None:
+    """The choice measured earlier for ``key`` (see :func:`choice_key`), or None."""
+    found = _read_choices(choice_cache_path()).get(key)
+    if isinstance(found, dict) and found.get("precision") in PRECISIONS and isinstance(found.get("seconds"), dict):
+        return found
+    return None
+
+
+def remember_choice(key: str, choice: dict) -> None:
+    """Keep ``choice`` for ``key``; a cache that cannot be written (read-only home) is skipped."""
+    path = choice_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        choices = _read_choices(path)
+        choices[key] = {k: v for k, v in choice.items() if k != "remembered"}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(choices, indent=1) + "\n", encoding="utf-8"))
+    except OSError:
+        pass
+
+
+__all__ = ["optimize_for_inference", "InferenceModel", "PRECISIONS", "fold_batchnorm", "fold_conv_bn",
+           "fuse_activations", "ConvAct", "cpu_bf16_support", "cpu_amx_bf16", "onednn_fusion_available",
+           "resolve_precision", "choice_cache_path", "processor_name"]

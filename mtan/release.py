@@ -4,10 +4,12 @@
 
 The run's model is evaluated with :func:`mtan.evaluate.evaluate` on the validation split of
 every part of its training data (exactly what ``python -m mtan.evaluate`` prints, so the card's
-numbers can be checked with the commands it lists), its forward time is measured on this
-machine's CPU at 256x512 through the app's inference path (``mtan.fast``), and the folder gets
-``model.safetensors``, ``config.json`` and a model card with the data, the command, the
-training time and hardware, the metrics, the speed and the limits.
+numbers can be checked with the commands it lists); it is scored at each of the app's processing
+resolutions (``resolutions.json``) and in each reduced precision (``precisions.json``: which keep
+its quality, see :mod:`mtan.precision`); its forward time is measured on this machine's CPU at
+256x512 through the app's inference path (``mtan.fast``, in the fastest kept precision), and the
+folder gets ``model.safetensors``, ``config.json`` and a model card with the data, the command,
+the training time and hardware, the metrics, the speed and the limits.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import torch
 
-from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE
+from mtan.fast import optimize_for_inference
+from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE, PRECISIONS_FILE, allowed_precisions, write_record
+from mtan.precision import table as precision_table
+from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE, ResolutionAdvice
 
 #: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
 REAL_PHOTOS = ("camvid",)
@@ -65,14 +70,15 @@ depth), so the generated-scene depth errors above are over surfaces only.
 """
 
 
-def forward_latency(model, size=(256, 512), repeats: int = 7) -> dict:
-    """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.fast)."""
+def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",)) -> dict:
+    """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.fast):
+    the precision the app would choose here among ``allowed`` (timed afresh), and float32."""
     from mtan.data.synthetic import render_frame
-    from mtan.fast import optimize_for_inference
 
     frame = render_frame(0, 0, *size, stream=1)["image"]
     x = torch.from_numpy(frame).permute(2, 0, 1).float().div(255)[None]
-    runner = optimize_for_inference(model.cpu().eval(), device="cpu")
+    model = model.cpu().eval()
+    runner = optimize_for_inference(model, device="cpu", allowed=allowed, size=size, remember=False)
     times = []
     with torch.inference_mode():
         runner(x)  # warm-up
@@ -80,8 +86,9 @@ def forward_latency(model, size=(256, 512), repeats: int = 7) -> dict:
             t = time.perf_counter()
             runner(x)
             times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "min_s": min(times), "threads": torch.get_num_threads(),
-            "cpu": cpu_name(), "size": f"{size[0]}x{size[1]}"}
+    return {"size": f"{size[0]}x{size[1]}", "median_s": statistics.median(times), "min_s": min(times),
+            "precision": runner.precision, "choice": runner.choice, "cpu": cpu_name(),
+            "threads": torch.get_num_threads()}
 
 
 def cpu_name() -> str:
@@ -94,20 +101,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def evaluate_run(model, config) -> list[dict]:
-    """The model on the validation split of every part of the run's data, with the command that
-    reproduces each figure."""
+def run_datasets(config) -> list[dict]:
+    """The validation split of every part of the run's data: ``evaluate`` keyword arguments (real
+    photos at their own size, generated scenes at the run's) and the command that scores it."""
     from mtan.engine import _builder_options
-    from mtan.evaluate import evaluate
 
     parts = config.data.split("+")
     roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
     roots = roots if len(roots) == len(parts) else [None] * len(parts)
-    evaluations = []
+    datasets = []
     for part, root in zip(parts, roots):
         options = _builder_options(config, part, "val")
         size = None if part in REAL_PHOTOS else config.size  # real photos are scored at their own size
-        results = evaluate(model, part, data_root=root or None, split="val", size=size, options=options)
         command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
         if root:
             command.append(f"--data-root {root}")
@@ -118,9 +123,29 @@ def evaluate_run(model, config) -> list[dict]:
         if part in ("cityscapes", "cityscapes-raw"):
             command.append(f"--labels {config.labels}")
         name, kind = DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
-        evaluations.append({"name": name, "type": kind, "data": part, "results": results,
-                            "command": " ".join(command)})
-    return evaluations
+        datasets.append({"name": name, "type": kind, "data": part, "command": " ".join(command),
+                         "kwargs": {"data": part, "data_root": root or None, "split": "val", "size": size,
+                                    "options": options}})
+    return datasets
+
+
+def evaluate_run(model, config) -> list[dict]:
+    """The model on the validation split of every part of the run's data, with the command that
+    reproduces each figure."""
+    from mtan.evaluate import evaluate
+
+    return [{k: d[k] for k in ("name", "type", "data", "command")} | {"results": evaluate(model, **d["kwargs"])}
+            for d in run_datasets(config)]
+
+
+def check_run_precisions(model, config, resolution: str, log=print) -> dict:
+    """Which precisions keep the model's quality (:mod:`mtan.precision`) on the run's validation
+    sets, scored as the app runs photos at ``resolution``."""
+    from mtan.precision import check_precisions
+
+    evaluations = [{"name": f"{d['data']} val at {resolution}", "kwargs": d["kwargs"] | {"app_resolution": resolution}}
+                   for d in run_datasets(config)]
+    return check_precisions(model, evaluations, log=log)
 
 
 def augmentation_text(config) -> str:
@@ -194,7 +219,7 @@ def measure_resolutions(model, config) -> dict | None:
 
 
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
-            latency: bool = True, log=print) -> dict:
+            latency: bool = True, check_precision: bool = True, log=print) -> dict:
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
     from mtan.engine import TrainConfig
     from mtan.model import MTAN, count_parameters
@@ -208,7 +233,12 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     model = MTAN.from_pretrained(run).eval()
     log(f"evaluating {run} on the validation split of {config.data} ...")
     evaluations = evaluate_run(model, config)
-    speed = forward_latency(model) if latency else None
+    log("scoring the app's processing resolutions ...")
+    resolutions = measure_resolutions(model, config)
+    best = ResolutionAdvice.from_record(resolutions).default
+    precisions = check_run_precisions(model, config, best, log=log) if check_precision else None
+    allowed = allowed_precisions(precisions)
+    speed = forward_latency(model, allowed=allowed) if latency else None
 
     parts = config.data.split("+")
     trained_on = {"camvid": "CamVid's 367 training photos (Cambridge, UK, daytime)",
@@ -252,9 +282,18 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
         "has the lowest mean inverse depth of all classes in view):\n\n" + check)
     sections.append(("How to check the results", results_note))
+    if precisions:
+        kept = ", ".join(p for p in allowed)
+        sections.append(("Precision", (
+            f"Each precision scored as the app runs photos at {best} (`python -m mtan.precision MODEL`); a "
+            f"reduced one is kept when every mIoU stays within {MIOU_TOLERANCE:g} of fp32 and every depth error "
+            f"within {ERROR_TOLERANCE:.0%} (`{PRECISIONS_FILE}`). Kept: {kept}. The app times the kept ones on "
+            f"the machine it runs on and uses the fastest.\n\n{precision_table(precisions)}")))
     if speed:
+        choice = speed.get("choice")
+        times = (" (" + ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in choice["seconds"].items()) + ")") if choice else ""
         sections.append(("Speed", f"Forward pass at {speed['size']}, batch 1, as the app runs it (BatchNorm "
-                                  f"folded, fused convolutions, channels-last, fp32): median "
+                                  f"folded, fused convolutions, channels-last, {speed['precision']}{times}): median "
                                   f"{speed['median_s'] * 1000:.0f} ms (best {speed['min_s'] * 1000:.0f} ms) on "
                                   f"{speed['cpu']}, {speed['threads']} threads."))
     width_note = (f"narrow (width x{model.width:g}, {count_parameters(model) / 1e6:.1f} M parameters) so that it "
@@ -268,7 +307,6 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     card_kwargs = dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in evaluations],
                        sections=sections, summary=summary, repo_id=repo_id,
                        dataset_name=None, training_command=None, data=None)
-    resolutions = measure_resolutions(model, config)
     if resolutions:
         rows = "\n".join(f"| {r} | {v:.4f} |" for r, v in resolutions["scores"].items())
         sections.insert(-1, ("Processing resolutions", (
@@ -280,9 +318,11 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     model.save_pretrained(out, model_card_kwargs=card_kwargs)
     if resolutions:
         (out / RESOLUTIONS_FILE).write_text(json.dumps(resolutions, indent=1) + "\n")
+    if precisions:
+        write_record(out, precisions)
     # save_pretrained keeps an existing README.md: the card of the model written now replaces it
     model.generate_model_card(**card_kwargs).save(out / "README.md")
-    report = {"evaluations": evaluations, "training": facts, "speed": speed,
+    report = {"evaluations": evaluations, "training": facts, "speed": speed, "precisions": precisions,
               "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
     log(json.dumps(report, indent=2, default=float))
     return report
@@ -296,12 +336,14 @@ def main(argv=None) -> int:
     p.add_argument("--repo-id", help="the Hub name to show on the card")
     p.add_argument("--hardware", help="what the run trained on (default: this machine's CPU)")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the CPU timing")
+    p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
+                   help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
     from mtan.data import DatasetError
     from mtan.model import ModelConfigError
 
     try:
-        release(args.run, args.out, args.repo_id, args.hardware, args.latency)
+        release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision)
     except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,12 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("mtan.app")
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from mtan import jpeg
+from mtan.fast import optimize_for_inference, resolve_precision
 from mtan.model import MTAN, ModelConfigError, fit_size, flip_average
+from mtan.precision import PRECISIONS_FILE, allowed_precisions, read_record
+
+log = logging.getLogger("mtan.app")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "weights"
@@ -214,6 +217,8 @@ class LoadedModel:
     card: str = ""            # the model card, YAML front matter removed
     notices: list[str] = field(default_factory=list)
     resolutions: ResolutionAdvice = field(default_factory=lambda: ResolutionAdvice.from_record(None))
+    precisions: tuple[str, ...] = ("fp32",)  # those that keep the model's quality (its precisions.json)
+    precision: str = "auto"                  # what to run: auto = the fastest of ``precisions`` here
 
     @property
     def placeholder(self) -> bool:
@@ -226,19 +231,31 @@ class LoadedModel:
     @property
     def runner(self):
         """What runs the photos: the inference copy of ``mtan.fast`` (BatchNorm folded, fused
-        convolutions, channels-last; same outputs), built once; ``MTAN_FAST_INFERENCE=0`` uses
-        the plain model. Falls back to the plain model if the copy cannot be built."""
+        convolutions, channels-last), built once, in ``precision`` (``auto``: the fastest on this
+        machine of the precisions that keep the model's quality, timed at the default processing
+        resolution and remembered); ``MTAN_FAST_INFERENCE=0`` uses the plain model. Falls back to
+        the plain model if the copy cannot be built."""
         if "_runner" not in self.__dict__:
             runner = self.model
             if os.environ.get("MTAN_FAST_INFERENCE", "1") != "0":
                 try:
-                    from mtan.fast import optimize_for_inference
-
-                    runner = optimize_for_inference(self.model)
+                    runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
+                                                    size=parse_resolution(self.resolutions.default))
                 except Exception as e:  # never lose the demo over an optimisation
                     log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
             self.__dict__["_runner"] = runner
         return self.__dict__["_runner"]
+
+    @property
+    def running(self) -> str:
+        """The precision that runs, in a word (the app's summary line): ``fp32``, ``bf16`` ..."""
+        return getattr(self.runner, "precision", "fp32")
+
+    @property
+    def runner_description(self) -> str:
+        """What runs the photos and why (the app's start-up line)."""
+        runner = self.runner
+        return runner.describe() if hasattr(runner, "describe") else "the plain model (fp32, eager)"
 
 
 def model_label(source: str) -> str:
@@ -260,13 +277,14 @@ class ModelRegistry:
     """
 
     def __init__(self, sources: list[str], default_local: str | Path = "weights",
-                 device: torch.device | str | None = None, hub_timeout: float = 3.0):
+                 device: torch.device | str | None = None, hub_timeout: float = 3.0, precision: str = "auto"):
         if not sources:
             sources = [str(default_local)]
         self.sources = list(dict.fromkeys(str(s).strip() for s in sources if str(s).strip()))
         self.default_local = str(default_local)
         self.device = pick_device(str(device) if device else None)
         self.hub_timeout = hub_timeout
+        self.precision = resolve_precision(precision)
         self._models: dict[str, LoadedModel] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -274,7 +292,7 @@ class ModelRegistry:
 
     @classmethod
     def from_env(cls, model: str | None = None, models: str | None = None, default_local: str | None = None,
-                 device: str | None = None) -> "ModelRegistry":
+                 device: str | None = None, precision: str = "auto") -> "ModelRegistry":
         """``model`` / ``MTAN_MODEL``: the default choice; ``models`` / ``MTAN_MODELS``: comma-separated
         dropdown choices; ``default_local`` / ``MTAN_DEFAULT_MODEL``: the offline fallback (``weights/``)."""
         default_local = default_local or os.environ.get("MTAN_DEFAULT_MODEL") or "weights"
@@ -283,7 +301,7 @@ class ModelRegistry:
         sources = ([model] if model else []) + listed
         if not sources:
             sources = [default_local]
-        return cls(sources, default_local=default_local, device=device)
+        return cls(sources, default_local=default_local, device=device, precision=precision)
 
     @property
     def default_key(self) -> str:
@@ -339,13 +357,17 @@ class ModelRegistry:
                 self._models.setdefault(next(s for s in self.sources if self._is_default(s)), base)
         notice = (f"Could not load **{key}**: {reason}. Showing the local default model "
                   f"(`{self.default_local}`) instead.")
-        return LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
-                           notices=[notice] + base.notices, resolutions=base.resolutions)
+        loaded = LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
+                             notices=[notice] + base.notices, resolutions=base.resolutions,
+                             precisions=base.precisions, precision=base.precision)
+        if "_runner" in base.__dict__:  # the same weights: share the measured inference copy
+            loaded.__dict__["_runner"] = base.__dict__["_runner"]
+        return loaded
 
     def _load_source(self, source: str) -> LoadedModel:
         from mtan.hub import HubUnavailableError
 
-        card, record = "", None
+        card, record, precisions = "", None, None
         if is_hub_id(source):
             if not self.hub_ok():
                 try:  # offline: a model already in the local Hub cache still works
@@ -357,6 +379,7 @@ class ModelRegistry:
                 model = MTAN.from_pretrained(source, map_location=self.device)
             card = _hub_file(source, "README.md")
             record = _json_or_none(_hub_file(source, RESOLUTIONS_FILE))
+            precisions = _json_or_none(_hub_file(source, PRECISIONS_FILE))
         else:
             folder = resolve_local(source) or Path(source)
             model = MTAN.from_pretrained(folder, map_location=self.device)
@@ -365,8 +388,10 @@ class ModelRegistry:
                 card = readme.read_text(encoding="utf-8", errors="replace")
             if (folder / RESOLUTIONS_FILE).is_file():
                 record = _json_or_none((folder / RESOLUTIONS_FILE).read_text(encoding="utf-8", errors="replace"))
+            precisions = read_record(folder)
         loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card),
-                             resolutions=ResolutionAdvice.from_record(record))
+                             resolutions=ResolutionAdvice.from_record(record),
+                             precisions=allowed_precisions(precisions), precision=self.precision)
         if loaded.placeholder:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")

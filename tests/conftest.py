@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ CAMVID = Path(os.environ.get("MTAN_CAMVID", SHARED / "data" / "camvid"))
 
 # Tests run on 2 CPU cores: keep torch from oversubscribing them.
 torch.set_num_threads(2)
+# Measured precision choices (mtan.fast) go to a folder of this test run, never the user's cache;
+# the apps the tests start inherit it.
+os.environ["MTAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtan-test-cache-")
 
 
 @pytest.fixture

@@ -118,6 +118,25 @@ def test_resolutions_follow_the_models_measurements(client, models, tmp_path):
     assert "fitted inside 512x1024" in run(client, path, model=models["city"], resolution="512x1024")["summary"]
 
 
+def test_the_summary_says_which_precision_runs(client, models, tmp_path):
+    """A model folder without precisions.json runs in fp32; one whose record keeps bf16-convs runs
+    the faster of fp32 and bf16-convs on this machine (never the bf16 the record refused), and the
+    measurement is remembered for the next start."""
+    import json
+    import os
+
+    import re
+
+    path, size = _write("jpeg", tmp_path)
+    assert re.search(r" s on cpu in fp32\b", run(client, path, model=models["city"])["summary"])
+    summary = run(client, path, model=models["nyu"], resolution="128x256")["summary"]
+    used = re.search(r" s on cpu in ([\w-]+)", summary).group(1)
+    cache = json.loads(open(os.path.join(os.environ["MTAN_CACHE_DIR"], "precision-choices.json")).read())
+    measured = [v for k, v in cache.items() if "normal:normal:3] | 256x512 | fp32/bf16-convs" in k]
+    assert len(measured) == 1 and set(measured[0]["seconds"]) == {"fp32", "bf16-convs"}
+    assert used == measured[0]["precision"] in ("fp32", "bf16-convs")
+
+
 def test_mirror_averages_the_photo_and_its_mirror(client, tmp_path):
     path, size = _write("jpeg", tmp_path)
     plain, mirrored = (run(client, path, resolution="128x256", mirror=m) for m in (False, True))

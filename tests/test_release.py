@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cardhelpers import card_commands, check_card_against, run_commands
 
 from mtan import MTAN
@@ -27,7 +28,7 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                     "resolutions.json"]
+                                                     "precisions.json", "resolutions.json"]
     assert MTAN.from_pretrained(out).width == 0.0625
     # CamVid val as the app sees it at each processing resolution: what mtan.evaluate prints
     record = json.loads((out / "resolutions.json").read_text())
@@ -38,6 +39,16 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
                           capture_output=True, timeout=600).returncode == 0
     assert json.loads(evaluated.read_text())["semantic.miou"] == record["scores"]["128x256"]
     assert "## Processing resolutions" in out.joinpath("README.md").read_text()
+    # each precision scored as the app runs photos at the best resolution; fp32 figures = mtan.evaluate's
+    precisions = json.loads((out / "precisions.json").read_text())
+    best = max(record["scores"], key=lambda r: (record["scores"][r], -list(record["scores"]).index(r)))
+    assert precisions["evaluations"] == [f"synthetic val at {best}", f"camvid val at {best}"]
+    assert list(precisions["precisions"]) == ["fp32", "bf16", "bf16-convs"]
+    fp32 = precisions["precisions"]["fp32"]
+    # (through the folded inference copy: the same up to round-off flipping a few near-tied pixels)
+    assert fp32["kept"] and fp32["metrics"][f"camvid val at {best}"]["semantic.miou"] == pytest.approx(
+        record["scores"][best], abs=0.01)
+    assert "## Precision" in out.joinpath("README.md").read_text()
     readme = out / "README.md"
     text = readme.read_text()
     for section in ("## Results", "## Data", "## Training", "## Depth on real photos", "## How to check the results",

@@ -1,0 +1,150 @@
+"""Which reduced precisions keep a model's quality: measured once, when the model is released.
+
+    python -m mtan.precision weights                      # the datasets its release scored
+    python -m mtan.precision runs/street --data camvid --app-resolution 256x512
+
+A reduced precision (bf16, or bf16 convolutions with float32 attention masks and heads; see
+:mod:`mtan.fast`) is judged by what it does to the tasks, not by pixel-by-pixel agreement with
+float32: each candidate scores the same validation sets through the app's inference path
+(:func:`mtan.evaluate.evaluate` with ``precision=``), and it is *kept* when every mIoU stays within
+``0.005`` of float32's and every depth error (``abs_err``, ``rel_err``) within 2 % of float32's,
+relative. The record goes into the model folder as ``precisions.json``; the app and
+:func:`mtan.fast.optimize_for_inference` then time only the kept ones on the machine at hand
+and run the fastest. A folder without the file runs in float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mtan.fast import PRECISIONS
+
+PRECISIONS_FILE = "precisions.json"
+MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's
+ERROR_TOLERANCE = 0.02      # relative, depth errors above float32's
+ERROR_METRICS = ("abs_err", "rel_err")   # a depth task's <task>.abs_err, <task>.rel_err
+
+
+def _scored(key: str) -> bool:
+    return key.endswith(".miou") or (not key.startswith("loss.") and key.rsplit(".", 1)[-1] in ERROR_METRICS)
+
+
+def verdict(reference: dict, candidate: dict) -> list[str]:
+    """Why ``candidate``'s metrics fall short of ``reference``'s (float32's); empty when they keep it.
+    Compares every ``*.miou`` (within ``MIOU_TOLERANCE``) and depth error (within ``ERROR_TOLERANCE``,
+    relative) that both have; better is always fine."""
+    reasons = []
+    for key, ref in reference.items():
+        got = candidate.get(key)
+        if ref is None or got is None:
+            continue
+        if key.endswith(".miou") and got < ref - MIOU_TOLERANCE:
+            reasons.append(f"{key} {got:.4f} against {ref:.4f} in fp32 (limit {MIOU_TOLERANCE:g} lower)")
+        if key.rsplit(".", 1)[-1] in ERROR_METRICS and got > ref * (1 + ERROR_TOLERANCE) + 1e-12:
+            reasons.append(f"{key} {got:.4f} against {ref:.4f} in fp32 (limit {ERROR_TOLERANCE:.0%} higher)")
+    return reasons
+
+
+def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, log=print) -> dict:
+    """Score ``model`` in each of ``candidates`` (float32 first, the reference) on each evaluation
+    (``{"name": ..., "kwargs": {...}}``, keyword arguments of :func:`mtan.evaluate.evaluate`) and
+    return the record written to ``precisions.json``: per precision its metrics per evaluation,
+    whether it is kept, and why not."""
+    from mtan.evaluate import evaluate
+
+    candidates = ["fp32"] + [p for p in candidates if p != "fp32"]
+    for p in candidates:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    results: dict[str, dict] = {p: {} for p in candidates}
+    for ev in evaluations:  # each dataset loaded once, scored in every precision
+        for p in candidates:
+            log(f"precision {p}: {ev['name']} ...")
+            results[p][ev["name"]] = evaluate(model, device="cpu", precision=p, **ev["kwargs"])
+    record = {"reference": "fp32", "tolerance": {"miou": MIOU_TOLERANCE, "depth_error_relative": ERROR_TOLERANCE},
+              "evaluations": [ev["name"] for ev in evaluations], "precisions": {}}
+    for p, scores in results.items():
+        reasons = [f"{name}: {r}" for name in scores for r in verdict(results["fp32"][name], scores[name])]
+        record["precisions"][p] = {"kept": not reasons, "reasons": reasons,
+                                   "metrics": {name: {k: v for k, v in m.items() if _scored(k)}
+                                               for name, m in scores.items()}}
+    return record
+
+
+def write_record(folder: str | Path, record: dict) -> Path:
+    path = Path(folder) / PRECISIONS_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def allowed_precisions(record: dict | None) -> tuple[str, ...]:
+    """The precisions a ``precisions.json`` record keeps (float32 always; only float32 without one)."""
+    kept = {"fp32"}
+    if isinstance(record, dict) and isinstance(record.get("precisions"), dict):
+        kept |= {p for p, r in record["precisions"].items() if p in PRECISIONS and isinstance(r, dict) and r.get("kept")}
+    return tuple(p for p in PRECISIONS if p in kept)
+
+
+def read_record(folder: str | Path) -> dict | None:
+    """``precisions.json`` of a model folder, or None (missing or unreadable)."""
+    try:
+        record = json.loads((Path(folder) / PRECISIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def table(record: dict) -> str:
+    """The record as a Markdown table (the model card's *Precision* section)."""
+    names = record["evaluations"]
+    keys = sorted({k for r in record["precisions"].values() for m in r["metrics"].values() for k in m})
+    head = "| precision | kept | " + " | ".join(f"{n}: {k}" for n in names for k in keys
+                                                  if k in record["precisions"]["fp32"]["metrics"][n]) + " |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for p, r in record["precisions"].items():
+        cells = [f"{r['metrics'][n][k]:.4f}" if r["metrics"][n].get(k) is not None else "-"
+                 for n in names for k in keys if k in record["precisions"]["fp32"]["metrics"][n]]
+        rows.append(f"| {p} | {'yes' if r['kept'] else 'no'} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mtan.precision", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a model folder (the record is written there)")
+    p.add_argument("--data", action="append", help="a dataset to score on (repeatable; default: synthetic, and "
+                   "camvid too when its photos are found)")
+    p.add_argument("--data-root", help="the dataset's folder (as for mtan.evaluate)")
+    p.add_argument("--app-resolution", default="256x512", help="score as the app runs photos (default 256x512)")
+    p.add_argument("--frames", type=int, default=None, help="generated frames to score (synthetic only)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="candidates, comma-separated")
+    p.add_argument("--dry-run", action="store_true", help="print the record, do not write it")
+    args = p.parse_args(argv)
+    from mtan.data import DatasetError
+    from mtan.model import MTAN, ModelConfigError
+
+    try:
+        model = MTAN.from_pretrained(args.model).eval()
+        from mtan.data.camvid import default_root
+
+        data = args.data or (["synthetic", "camvid"] if default_root() else ["synthetic"])
+        evaluations = [{"name": f"{d} val at {args.app_resolution}",
+                        "kwargs": {"data": d, "data_root": args.data_root, "app_resolution": args.app_resolution,
+                                   "frames": args.frames}} for d in data]
+        record = check_precisions(model, evaluations, [c.strip() for c in args.precisions.split(",") if c.strip()])
+    except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(record))
+    for name, r in record["precisions"].items():
+        for reason in r["reasons"]:
+            print(f"{name} not kept: {reason}")
+    if not args.dry_run:
+        print(f"wrote {write_record(args.model, record)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Reduced precisions: kept only where the quality stays (mtan.precision), run only where they are
+faster on the machine at hand (mtan.fast.optimize_for_inference), the choice remembered."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtan import MTAN, preset_tasks
+from mtan.fast import InferenceModel, choice_cache_path, optimize_for_inference
+from mtan.model import AttentionMask
+from mtan.precision import allowed_precisions, check_precisions, read_record, verdict
+from mtan.serving import ModelRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test measures afresh into its own cache folder, whatever the environment says."""
+    monkeypatch.setenv("MTAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MTAN_INFERENCE_PRECISION", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _street_model(seed=0) -> MTAN:
+    """A tiny street model with realistic BatchNorm statistics (a few training-mode forwards)."""
+    torch.manual_seed(seed)
+    model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 32, 64, generator=g))
+    return model.eval()
+
+
+def test_verdict_keeps_what_stays_within_the_tolerances():
+    ref = {"semantic.miou": 0.60, "depth.abs_err": 0.100, "depth.rel_err": 0.300, "loss.depth": 1.0,
+           "semantic.pixel_acc": 0.9, "semantic.iou.human": None}
+    assert verdict(ref, dict(ref)) == []
+    assert verdict(ref, ref | {"semantic.miou": 0.596, "depth.abs_err": 0.1019, "depth.rel_err": 0.25}) == []
+    assert verdict(ref, ref | {"semantic.miou": 0.70, "loss.depth": 9.0, "semantic.pixel_acc": 0.5}) == []
+    low = verdict(ref, ref | {"semantic.miou": 0.594})
+    assert len(low) == 1 and "semantic.miou 0.5940 against 0.6000" in low[0]
+    worse = verdict(ref, ref | {"depth.rel_err": 0.307, "depth.abs_err": 0.103})
+    assert len(worse) == 2 and all("2% higher" in r for r in worse)
+    assert verdict(ref, {"semantic.miou": None}) == []  # not scored: nothing to judge
+
+
+def test_allowed_precisions_read_from_a_record():
+    assert allowed_precisions(None) == ("fp32",)
+    assert allowed_precisions({"precisions": "junk"}) == ("fp32",)
+    record = {"precisions": {"bf16": {"kept": False}, "bf16-convs": {"kept": True}, "fp8": {"kept": True}}}
+    assert allowed_precisions(record) == ("fp32", "bf16-convs")
+
+
+def test_bf16_convs_keeps_the_attention_masks_and_heads_in_float32():
+    model = _street_model()
+    fast = optimize_for_inference(model, precision="bf16-convs")
+    assert fast.precision == "bf16-convs" and "fp32 attention masks and heads" in fast.describe()
+    masks = [m for m in fast.net.modules() if isinstance(m, AttentionMask)]
+    assert len(masks) == 2 * 2 * 5
+    assert all(p.dtype == torch.float32 for m in masks for p in m.parameters())
+    assert all(p.dtype == torch.float32 for p in fast.net.heads.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in fast.net.encoder.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in fast.net.attention_convs.parameters())
+    x = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(3))
+    out, att = fast(x, return_attention=True)
+    with torch.no_grad():
+        ref = model(x)
+    assert all(v.dtype == torch.float32 and v.shape == ref[k].shape for k, v in out.items())
+    assert att["semantic"]["encoder"][0].dtype == torch.float32
+    rel = float((out["depth"] - ref["depth"]).abs().mean() / ref["depth"].abs().mean())
+    assert rel < 0.1
+    with pytest.raises(ValueError, match="batched_attention"):
+        optimize_for_inference(model, precision="bf16-convs", batched_attention=True)
+
+
+def test_auto_times_only_the_allowed_precisions_and_remembers_the_choice():
+    model = _street_model()
+    assert optimize_for_inference(model).precision == "fp32"  # only fp32 allowed: nothing to time
+    assert not choice_cache_path().exists()
+    first = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    assert set(first.choice["seconds"]) == {"fp32", "bf16-convs"} and first.precision == first.choice["precision"]
+    assert not first.choice.get("remembered")
+    again = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    assert again.choice["remembered"] and again.precision == first.precision
+    assert "measured earlier" in again.describe()
+    # other candidates, another measurement; a corrupt cache is measured afresh and rewritten
+    other = optimize_for_inference(model, allowed=("fp32", "bf16"), size=(32, 64))
+    assert set(other.choice["seconds"]) == {"fp32", "bf16"} and len(json.loads(choice_cache_path().read_text())) == 2
+    choice_cache_path().write_text("{not json")
+    fresh = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    assert not fresh.choice.get("remembered") and len(json.loads(choice_cache_path().read_text())) == 1
+    # remember=False neither reads nor writes
+    before = choice_cache_path().read_text()
+    assert not optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64),
+                                      remember=False).choice.get("remembered")
+    assert choice_cache_path().read_text() == before
+
+
+def test_a_slower_reduced_precision_falls_back_to_fp32(monkeypatch):
+    """Where a reduced precision is slower (as bf16 is on CPUs without fast bf16 units), fp32 runs."""
+    forward = InferenceModel.forward
+
+    def slow_bf16(self, x, return_attention=False):
+        if self.precision != "fp32":
+            time.sleep(0.05)
+        return forward(self, x, return_attention)
+
+    monkeypatch.setattr(InferenceModel, "forward", slow_bf16)
+    fast = optimize_for_inference(_street_model(), allowed=("fp32", "bf16", "bf16-convs"), size=(32, 64))
+    assert fast.precision == "fp32"
+    assert all(fast.choice["seconds"][p] > fast.choice["seconds"]["fp32"] for p in ("bf16", "bf16-convs"))
+
+
+def test_an_explicit_precision_or_the_environment_wins(monkeypatch):
+    model = _street_model()
+    assert optimize_for_inference(model, precision="bf16", allowed=("fp32",)).precision == "bf16"
+    monkeypatch.setenv("MTAN_INFERENCE_PRECISION", "bf16-convs")
+    fast = optimize_for_inference(model, allowed=("fp32", "bf16"))
+    assert fast.precision == "bf16-convs" and fast.choice is None
+    monkeypatch.setenv("MTAN_INFERENCE_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="MTAN_INFERENCE_PRECISION"):
+        optimize_for_inference(model)
+
+
+def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_path):
+    model = _street_model()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    proc = subprocess.run([sys.executable, "-m", "mtan.precision", str(folder), "--data", "synthetic", "--frames", "3",
+                           "--app-resolution", "32x64"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = read_record(folder)
+    assert list(record["precisions"]) == ["fp32", "bf16", "bf16-convs"] and record["precisions"]["fp32"]["kept"]
+    name = record["evaluations"][0]
+    assert name == "synthetic val at 32x64"
+    for r in record["precisions"].values():
+        assert set(r["metrics"][name]) >= {"semantic.miou", "depth.abs_err", "depth.rel_err"}
+        assert r["kept"] == (not r["reasons"])
+    # the record's fp32 figures are what mtan.evaluate prints for the inference copy
+    scored = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(folder), "--data", "synthetic",
+                             "--frames", "3", "--app-resolution", "32x64", "--precision", "bf16"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads(scored.stdout)["semantic.miou"] == record["precisions"]["bf16"]["metrics"][name]["semantic.miou"]
+    assert "| precision | kept |" in proc.stdout
+    loaded = ModelRegistry([str(folder)]).get()
+    assert loaded.precisions == allowed_precisions(record)
+    assert loaded.running in loaded.precisions
+
+
+def test_quality_check_refuses_an_unknown_precision():
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        check_precisions(_street_model(), [], candidates=("fp32", "int4"))
