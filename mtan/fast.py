@@ -451,7 +451,7 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
                 torch.cuda.synchronize(runner.device)
         return run
 
-    best, seconds = fastest({p: timed(r) for p, r in runners.items()}, warmup=1, repeats=3)
+    best, seconds = fastest({p: timed(r) for p, r in runners.items()}, warmup=2, repeats=5)
     runner = runners[best]
     runner.choice = {"precision": best, "seconds": seconds, "size": f"{size[0]}x{size[1]}"}
     if remember:
