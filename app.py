@@ -118,7 +118,8 @@ if ARGS.threads:
 REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision)
 try:
     DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
-    print(f"mtan app: {serving.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}", flush=True)
+    print(f"mtan app: {serving.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}",
+          file=sys.stderr, flush=True)
 except serving.ModelUnavailableError as e:
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)

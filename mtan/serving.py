@@ -667,7 +667,8 @@ class Prediction:
     normals: dict[str, np.ndarray] = field(default_factory=dict)   # normal: 3 x h x w float32
     masks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)  # uint8 C x h x w, / 255
     mask_downsampled: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0                          # the network and the outputs at the photo's size
+    seconds_network: float = 0.0                  # the network alone
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)         # downloads, written once
     file_notes: list[str] = field(default_factory=list)
@@ -742,6 +743,7 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
         outputs, masks = loaded.runner.predict(x, return_attention=True)
         if flip:
             outputs = flip_average(model.tasks, outputs, loaded.runner.predict(x.flip(-1)))
+        network = time.perf_counter() - start
         pred = Prediction(model_key=loaded.key, photo=photo, stem=stem, processing_size=(h, w),
                           tasks=list(model.tasks))
         for t in model.tasks:
@@ -754,6 +756,7 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
                 pred.normals[t.name] = out.float().cpu().numpy()
         pred.masks, pred.mask_downsampled = shrink_masks(masks, mask_budget_values)
     pred.seconds = time.perf_counter() - start
+    pred.seconds_network = network
     return pred
 
 

@@ -333,15 +333,18 @@ MASKS_LAYOUT = ("key '<task>.<encoder|decoder>.<stage>' -> C x h x w at the proc
                 "the deepest; mask value = stored * scale (the app stores uint8: scale 1/255)")
 
 
-def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level: int = 1) -> Path:
-    """Masks as a compressed ``.npz`` readable with ``np.load``: one ``.npy`` per mask in a ZIP at
-    deflate ``level`` (1: ~10x smaller than raw uint8 masks at a fraction of the default level's
-    time), and ``meta``, a JSON string with ``info``, the layout, dtype and scale."""
+def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level: int = 0) -> Path:
+    """Masks as an ``.npz`` readable with ``np.load``: one ``.npy`` per mask in a ZIP, and ``meta``,
+    a JSON string with ``info``, the layout, dtype and scale. ``level`` 0 (the default) stores the
+    masks uncompressed: a trained model's uint8 masks are fine-grained enough that deflate (level 1)
+    saves only about 12 % of the bytes (12.5 MB against 14.2 MB at 256x512) for 40 times the time
+    (1 s against 25 ms on a 2-core CPU); 1-9 deflate at that level."""
     import zipfile
 
     meta = dict(info, layout=MASKS_LAYOUT, dtype=str(next(iter(arrays.values())).dtype) if arrays else "",
                 scale=MASK_SCALE if all(a.dtype == np.uint8 for a in arrays.values()) else 1.0)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as z:
+    method, extra = (zipfile.ZIP_DEFLATED, {"compresslevel": level}) if level else (zipfile.ZIP_STORED, {})
+    with zipfile.ZipFile(path, "w", method, **extra) as z:
         for key, array in {"meta": np.array(json.dumps(meta)), **arrays}.items():
             with z.open(f"{key}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)

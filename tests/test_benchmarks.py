@@ -85,3 +85,20 @@ def test_cpu_inference_tiny():
             assert model[reduced]["median_s"] > 0 and 0 <= model[reduced]["label_agreement"] <= 1
         choice = model["auto_choice"]
         assert set(choice["median_s"]) == {"fp32", "bf16", "bf16-convs"} and choice["precision"] in choice["median_s"]
+
+
+def test_app_latency_parts(tmp_path):
+    """The round trip split into its pieces, in process, for a tiny model and an example photo."""
+    from apphelpers import make_models
+
+    model = make_models(tmp_path)["city"]
+    proc = subprocess.run([sys.executable, str(BENCH / "app_latency.py"), "--parts-only", "--calls", "1", "--model", model,
+                           "--photo", str(REPO / "examples" / "street_01.jpg"), "--resolution", "128x256"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = json.loads(proc.stdout.strip().splitlines()[-1])["parts"]
+    for key in ("decode", "network", "network_and_resize", "views", "encode_views", "downloads", "attention_gallery",
+                "plain_forward"):
+        assert parts[f"{key}_s"] > 0, key
+    assert parts["network_s"] <= parts["network_and_resize_s"] < parts["round_trip_in_process_s"]
+    assert parts["precision"] == "fp32" and parts["network_input"] == "128x256"
