@@ -16,8 +16,9 @@ Paths, on the same weights and the same input (a generated 256x512 street frame)
 * ``naive``: the model as loaded, eager fp32 NCHW, BatchNorm as separate layers;
 * ``fast``: ``mtan.fast.optimize_for_inference(model)`` as the app uses it (BatchNorm folded,
   conv + activation fused in oneDNN, channels-last, float32);
-* ``fast_bf16``, ``fast_bf16_convs``: the same in bf16, and in bf16 convolutions with float32
-  attention masks and heads; ``auto_choice`` says which of the three ``precision="auto"`` picks on
+* ``fast_bf16``, ``fast_bf16_convs``, ``fast_int8``: the same in bf16, in bf16 convolutions with
+  float32 attention masks and heads, and in int8 convolutions (activation scales calibrated on
+  the ``--calibration-frames`` generated frames); ``auto_choice`` says which of the three ``precision="auto"`` picks on
   this machine when all three keep the model's quality (the app picks among those its
   ``precisions.json`` keeps);
 * ``fast_compiled`` (``--compile``): ``optimize_for_inference(model, compile=True)``; its
@@ -50,6 +51,8 @@ from mtan.fast import (
     PRECISIONS,
     cpu_amx_bf16,
     cpu_bf16_support,
+    int8_available,
+    int8_calibration,
     optimize_for_inference,
     resolve_precision,
 )
@@ -131,14 +134,18 @@ def agreement(out: dict, ref: dict, masks=None, ref_masks=None) -> dict:
     return result
 
 
-def bench_model(model: MTAN, info: dict, x: torch.Tensor, args) -> dict:
+def bench_model(model: MTAN, info: dict, x: torch.Tensor, args, calib: torch.Tensor) -> dict:
     paths = {"naive": model, "fast": optimize_for_inference(model, device="cpu", precision="fp32")}
     described = {"naive": "eager fp32 NCHW, BatchNorm layers (the model as loaded)", "fast": paths["fast"].describe()}
+    scales = int8_calibration(model, calib) if int8_available() else None
     for precision in PRECISIONS[1:]:  # every reduced precision, for its speed and its drift from fp32
+        if precision == "int8" and scales is None:
+            continue
         key = "fast_" + precision.replace("-", "_")
-        paths[key] = optimize_for_inference(model, device="cpu", precision=precision)
+        paths[key] = optimize_for_inference(model, device="cpu", precision=precision, int8_scales=scales)
         described[key] = paths[key].describe()
-    auto = optimize_for_inference(model, device="cpu", allowed=PRECISIONS, size=tuple(x.shape[-2:]), remember=False)
+    auto = optimize_for_inference(model, device="cpu", allowed=PRECISIONS, size=tuple(x.shape[-2:]), remember=False,
+                                  int8_scales=scales)
     info["auto_choice"] = {"precision": auto.precision,
                            "median_s": {p: round(t, 4) for p, t in auto.choice["seconds"].items()},
                            "note": "what precision=auto picks here if the model's precisions.json keeps every precision"}
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
     for label, source, width in models:
         model, minfo = load_model(source, width, label, calib)
         log(f"[{label}] {minfo}")
-        row = bench_model(model, minfo, x, args)
+        row = bench_model(model, minfo, x, args, calib)
         log(f"[{label}] naive {row['naive']['median_s']} s, fast {row['fast']['median_s']} s")
         results.append(row)
     bf16, why = cpu_bf16_support()

@@ -71,12 +71,13 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
              batch_size: int = 8, device: str = "auto", labels: str = "label_7", frames: int | None = None,
              seed: int = 0, options: dict | None = None, progress: bool = False,
              app_resolution: str | None = None, metrics_out: dict | None = None, flip: bool = False,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, int8_scales: dict | None = None) -> dict:
     """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split, at the data's
     own size (or ``size``), or as the app sees photos with ``app_resolution`` ("256x512").
     ``metrics_out`` receives each task's metric object (see :func:`mtan.engine.evaluate_model`).
     ``precision``: run through the app's inference copy (:mod:`mtan.fast`) in this precision
-    (``fp32``, ``bf16``, ``bf16-convs``) instead of the plain model."""
+    (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
+    activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
     from mtan.data import build_dataset, parse_size, to_memory, validate
     from mtan.engine import evaluate_model
     from mtan.fast import optimize_for_inference
@@ -85,6 +86,13 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if not isinstance(model, MTAN):
+        if precision == "int8" and int8_scales is None:
+            from mtan.precision import int8_scales as recorded_scales, read_record
+
+            int8_scales = recorded_scales(read_record(model)) if Path(str(model)).is_dir() else None
+            if int8_scales is None:
+                raise ValueError(f"--precision int8: {model} has no int8 calibration in its precisions.json "
+                                 "(python -m mtan.precision MODEL measures it)")
         model = MTAN.from_pretrained(model)
     model = model.to(dev).eval()
     opts = dict(options or {})
@@ -103,7 +111,8 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
         while len(_LOADED) >= 2:  # the last two splits stay: scoring them again (other resolutions, precisions) reuses them
             _LOADED.pop(next(iter(_LOADED)))
     _LOADED[key] = _LOADED.pop(key, memory)  # most recent last
-    runner = optimize_for_inference(model, device=dev, precision=precision) if precision else model
+    runner = optimize_for_inference(model, device=dev, precision=precision, int8_scales=int8_scales) \
+        if precision else model
     view = PhotoView(runner, parse_size(app_resolution) if app_resolution else None, flip=flip)
     order = DepthOrder.of(model, memory)
     result = evaluate_model(view, memory, batch_size, metrics_out=metrics_out,

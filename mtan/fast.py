@@ -18,7 +18,11 @@ give the same dict structure, shapes and float32 dtypes) but runs faster:
   is released (:mod:`mtan.precision`, ``precisions.json`` in its folder); which of those is
   fastest depends on the processor (bf16 convolutions run at twice the float32 rate on some CPUs
   and at half of it on others), so ``precision="auto"`` times each allowed one on the machine at
-  hand and keeps the fastest (see :func:`optimize_for_inference`);
+  hand and keeps the fastest (see :func:`optimize_for_inference`); ``int8``: every 3x3
+  convolution + ReLU of the encoder, decoder and attention branches as a quantised oneDNN / FBGEMM
+  call (weights int8 per output channel, activations uint8 with the scales measured on
+  calibration photos by PyTorch's histogram observers, :func:`int8_calibration`), the attention
+  masks and heads in float32;
 * optionally (``compile=True``) ``torch.compile`` on top (fuses the remaining element-wise work;
   about a minute to compile per input size on a 2-core CPU, so off by default; falls back to
   eager execution if compiling fails);
@@ -44,6 +48,7 @@ import copy
 import json
 import os
 import platform
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,11 +56,11 @@ import torch
 import torch.nn as nn
 
 from mtan.checkpoint import atomic_write
-from mtan.model import MTAN, AttentionMask
+from mtan.model import MTAN, AttentionMask, ConvBNReLU
 from mtan.timing import fastest
 
 #: The precisions an inference copy can run in (see the module docstring); fp32 is the reference.
-PRECISIONS = ("fp32", "bf16", "bf16-convs")
+PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
 
 
 # --------------------------------------------------------------------------------------
@@ -248,6 +253,109 @@ def fuse_activations(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------
+# int8: quantised 3x3 convolutions with calibrated activation scales
+# --------------------------------------------------------------------------------------
+
+
+# PyTorch marks its quantised tensor types as deprecated (in favour of torchao) but still ships them;
+# int8 is used only where they work here (int8_available) and the model keeps its quality with them.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                        category=UserWarning)
+
+
+@lru_cache(maxsize=None)
+def int8_available() -> bool:
+    """Whether this torch build runs a quantised 3x3 convolution + ReLU on the CPU, correctly."""
+    try:
+        if not any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn")):
+            return False
+        conv = nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.linspace(-1, 1, conv.weight.numel()).view_as(conv.weight))
+            conv.bias.copy_(torch.linspace(-0.2, 0.2, 4))
+        x = torch.linspace(0, 1, 2 * 3 * 8 * 8).view(2, 3, 8, 8)
+        want = torch.relu(conv(x)).detach()
+        got = Int8ConvReLU(conv, [1 / 255, 0, float(want.max()) / 255, 0])(x)
+        return bool((got - want).abs().max() < 0.05 * float(want.max()))
+    except Exception:  # no quantised engine, or the ops are gone from this build
+        return False
+
+
+def _int8_blocks(net: nn.Module) -> dict[str, ConvBNReLU]:
+    """The 3x3 convolution + ReLU blocks that int8 quantises, by module path."""
+    return {name: m for name, m in net.named_modules() if type(m) is ConvBNReLU}
+
+
+def int8_calibration(model: MTAN, images: torch.Tensor, batch: int = 2) -> dict[str, list[float]]:
+    """Activation scales for ``precision="int8"``: for each quantised block, ``[input scale,
+    input zero point, output scale, output zero point]`` from PyTorch's ``HistogramObserver``
+    (uint8, which clips rare outliers to keep resolution for the bulk) over ``images``
+    (N x 3 x H x W in [0, 1]: generated street scenes and training photos), run through the
+    folded float32 network. Kept in the model's ``precisions.json``, so that the network checked
+    at release is the one the app builds."""
+    from torch.ao.quantization import HistogramObserver
+
+    net = fold_batchnorm(model).float().eval()
+    observers, hooks = {}, []
+    for name, block in _int8_blocks(net).items():
+        obs = (HistogramObserver(dtype=torch.quint8), HistogramObserver(dtype=torch.quint8))
+        observers[name] = obs
+        hooks.append(block.register_forward_pre_hook(lambda m, args, o=obs[0]: o(args[0].detach().float())))
+        hooks.append(block.register_forward_hook(lambda m, args, out, o=obs[1]: o(out.detach().float())))
+    try:
+        with torch.no_grad():
+            for k in range(0, len(images), batch):
+                net(images[k:k + batch].float())
+    finally:
+        for h in hooks:
+            h.remove()
+    scales = {}
+    for name, (inp, out) in observers.items():
+        (si, zi), (so, zo) = inp.calculate_qparams(), out.calculate_qparams()
+        scales[name] = [float(si), int(zi), float(so), int(zo)]
+    return scales
+
+
+class Int8ConvReLU(nn.Module):
+    """``relu(conv(x))`` with ``x`` quantised to uint8 (``scales``: input scale and zero point,
+    output scale and zero point), the weights to int8 per output channel, run by
+    ``torch.ops.quantized.conv2d_relu``; float32 in and out."""
+
+    def __init__(self, conv: nn.Conv2d, scales: list[float]):
+        super().__init__()
+        w = conv.weight.detach().float()
+        w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
+        qw = torch.quantize_per_channel(w, w_scale, torch.zeros_like(w_scale, dtype=torch.long), 0, torch.qint8)
+        bias = conv.bias.detach().float() if conv.bias is not None else None
+        self.packed = torch.ops.quantized.conv2d_prepack(qw, bias, list(conv.stride), list(conv.padding),
+                                                         list(conv.dilation), conv.groups)
+        self.in_scale, self.in_zero, self.out_scale, self.out_zero = (float(scales[0]), int(scales[1]),
+                                                                      float(scales[2]), int(scales[3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.quantize_per_tensor(x.float(), self.in_scale, self.in_zero, torch.quint8)
+        return torch.ops.quantized.conv2d_relu(q, self.packed, self.out_scale, self.out_zero).dequantize()
+
+
+def quantise_blocks(net: nn.Module, scales: dict[str, list[float]]) -> int:
+    """In place: each block of :func:`_int8_blocks` that ``scales`` covers becomes an
+    :class:`Int8ConvReLU`. Returns how many; a block without scales stays float32."""
+    count = 0
+    for name, block in _int8_blocks(net).items():
+        if name not in scales:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        quantised = Int8ConvReLU(block[0], scales[name])
+        if isinstance(parent, (nn.ModuleList, nn.Sequential)):
+            parent[int(child)] = quantised
+        else:
+            setattr(parent, child, quantised)
+        count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------
 # The inference model
 # --------------------------------------------------------------------------------------
 
@@ -286,7 +394,7 @@ class InferenceModel(nn.Module):
 
     def __init__(self, model: MTAN, device=None, precision: str = "auto", channels_last: bool = True,
                  batched_attention: bool = False, float32_heads: bool = True, fuse: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, int8_scales: dict | None = None):
         super().__init__()
         if not isinstance(model, MTAN):
             raise TypeError(f"optimize_for_inference expects an MTAN model, got {type(model).__name__}")
@@ -295,7 +403,7 @@ class InferenceModel(nn.Module):
         self.precision = resolve_precision(precision)
         if self.precision == "auto":
             self.precision = "fp32"  # measuring is optimize_for_inference's job; a bare copy is float32
-        self.dtype = torch.float32 if self.precision == "fp32" else torch.bfloat16
+        self.dtype = torch.float32 if self.precision in ("fp32", "int8") else torch.bfloat16
         self.channels_last = bool(channels_last)
         net = fold_batchnorm(model).to(device=device, dtype=torch.float32)
         if self.channels_last:
@@ -311,9 +419,17 @@ class InferenceModel(nn.Module):
                         for k, block in enumerate(part):
                             if isinstance(block, AttentionMask):
                                 part[k] = _Float32Island(block)
-        if batched_attention and self.precision == "bf16-convs":
-            raise ValueError("precision bf16-convs runs the attention masks one task at a time; "
+        if batched_attention and self.precision in ("bf16-convs", "int8"):
+            raise ValueError(f"precision {self.precision} runs the attention masks one task at a time; "
                              "it cannot be combined with batched_attention")
+        self.quantised_blocks = 0
+        if self.precision == "int8":
+            if device.type != "cpu" or not int8_available():
+                raise ValueError("precision int8 runs on a CPU with a quantised engine (x86 / FBGEMM / oneDNN) only")
+            if not int8_scales:
+                raise ValueError("precision int8 needs the activation scales measured on calibration photos "
+                                 "(int8_calibration; a model folder keeps them in precisions.json)")
+            self.quantised_blocks = quantise_blocks(net, int8_scales)
         # the batched attention path reads the masks' convolutions directly: fuse only without it
         self.fused_activations = bool(fuse and not batched_attention and device.type == "cpu"
                                       and onednn_fusion_available())
@@ -354,7 +470,7 @@ class InferenceModel(nn.Module):
         return self
 
     def describe(self) -> str:
-        parts = ["BatchNorm folded", PRECISION_WORDS[self.precision]]
+        parts = ["BatchNorm folded", PRECISION_WORDS[self.precision].format(n=self.quantised_blocks)]
         if self.float32_heads and self.precision == "bf16":
             parts.append("fp32 heads")
         if self.fused_activations:
@@ -403,13 +519,15 @@ class InferenceModel(nn.Module):
         return f"InferenceModel({self.arch} x{self.width:g}, tasks {self.task_names}; {self.describe()})"
 
 
-PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16", "bf16-convs": "bf16 convolutions with fp32 attention masks and heads"}
+PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16", "bf16-convs": "bf16 convolutions with fp32 attention masks and heads",
+                   "int8": "int8 ({n} quantised 3x3 convolutions, fp32 attention masks and heads)"}
 
 
 def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", channels_last: bool = True,
                            batched_attention: bool = False, float32_heads: bool = True,
                            fuse: bool = True, compile: bool = False, allowed=("fp32",),
-                           size: tuple[int, int] = (256, 512), remember: bool = True) -> InferenceModel:
+                           size: tuple[int, int] = (256, 512), remember: bool = True,
+                           int8_scales: dict | None = None) -> InferenceModel:
     """An optimised inference copy of ``model`` (BatchNorm folded, conv + activation fused,
     channels-last; see the module docstring). ``model`` is not modified. ``device``: where to run
     (default: the model's). ``compile``: also ``torch.compile`` it (slow start).
@@ -421,18 +539,22 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
     remembered per processor, torch version, thread count and network shape (in
     :func:`choice_cache_path`; ``remember=False`` measures afresh and keeps nothing), so that a
     restart is quick. The copy's ``choice`` and ``describe()`` say what was measured.
+    ``int8_scales``: the activation scales int8 needs (:func:`int8_calibration`; in
+    ``precisions.json``); without them int8 is not a candidate.
     """
     def build(p: str) -> InferenceModel:
         return InferenceModel(model, device=device, precision=p, channels_last=channels_last,
                               batched_attention=batched_attention, float32_heads=float32_heads, fuse=fuse,
-                              compile=compile)
+                              compile=compile, int8_scales=int8_scales)
 
     precision = resolve_precision(precision)
     if precision != "auto":
         return build(precision)
     candidates = [p for p in PRECISIONS if p in set(allowed) | {"fp32"}]
-    if batched_attention and "bf16-convs" in candidates:
-        candidates.remove("bf16-convs")
+    device_type = torch.device(device).type if device is not None else next(model.parameters()).device.type
+    candidates = [p for p in candidates if not (
+        (batched_attention and p in ("bf16-convs", "int8"))
+        or (p == "int8" and (not int8_scales or device_type != "cpu" or not int8_available())))]
     if len(candidates) == 1:
         return build("fp32")
     key = choice_key(model, candidates, size, device)
@@ -522,4 +644,5 @@ def remember_choice(key: str, choice: dict) -> None:
 
 __all__ = ["optimize_for_inference", "InferenceModel", "PRECISIONS", "fold_batchnorm", "fold_conv_bn",
            "fuse_activations", "ConvAct", "cpu_bf16_support", "cpu_amx_bf16", "onednn_fusion_available",
-           "resolve_precision", "choice_cache_path", "processor_name"]
+           "resolve_precision", "choice_cache_path", "processor_name", "int8_calibration", "int8_available",
+           "Int8ConvReLU"]

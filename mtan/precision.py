@@ -3,8 +3,9 @@
     python -m mtan.precision weights                      # the datasets its release scored
     python -m mtan.precision runs/street --data camvid --app-resolution 256x512
 
-A reduced precision (bf16, or bf16 convolutions with float32 attention masks and heads; see
-:mod:`mtan.fast`) is judged by what it does to the tasks, not by pixel-by-pixel agreement with
+A reduced precision (bf16; bf16 convolutions with float32 attention masks and heads; int8
+convolutions with activation scales calibrated on generated street scenes and training photos;
+see :mod:`mtan.fast`) is judged by what it does to the tasks, not by pixel-by-pixel agreement with
 float32: each candidate scores the same validation sets through the app's inference path
 (:func:`mtan.evaluate.evaluate` with ``precision=``), and it is *kept* when every mIoU stays within
 ``0.005`` of float32's and every depth error (``abs_err``, ``rel_err``) within 2 % of float32's,
@@ -19,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from mtan.fast import PRECISIONS
+import torch
+
+from mtan.fast import PRECISIONS, int8_available, int8_calibration
 
 PRECISIONS_FILE = "precisions.json"
 MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's
@@ -47,22 +50,52 @@ def verdict(reference: dict, candidate: dict) -> list[str]:
     return reasons
 
 
-def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, log=print) -> dict:
+def calibration_images(data: list[str], size: tuple[int, int], per_dataset: int = 4,
+                       roots: list | None = None) -> tuple[torch.Tensor, str]:
+    """Images for int8's activation scales: ``per_dataset`` training images of each of ``data``
+    (generated street scenes are rendered; photos come from their training split, in ``roots``
+    where given) at ``size``, and a line saying what they are."""
+    from mtan.data import build_dataset
+    from mtan.data.synthetic import render_frame
+
+    images, words = [], []
+    for part, root in zip(data, roots or [None] * len(data)):
+        if part == "synthetic":
+            frames = [render_frame(0, i, *size, stream=0)["image"] for i in range(per_dataset)]
+            images += [torch.from_numpy(f).permute(2, 0, 1).float().div(255) for f in frames]
+        else:
+            dataset = build_dataset(part, root=root, split="train", size=f"{size[0]}x{size[1]}")
+            step = max(1, len(dataset) // per_dataset)
+            images += [dataset[i]["image"].float() for i in range(0, step * per_dataset, step)][:per_dataset]
+        words.append(f"{per_dataset} {part} training images")
+    return torch.stack(images), ", ".join(words) + f" at {size[0]}x{size[1]}"
+
+
+def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, calibration=None, log=print) -> dict:
     """Score ``model`` in each of ``candidates`` (float32 first, the reference) on each evaluation
     (``{"name": ..., "kwargs": {...}}``, keyword arguments of :func:`mtan.evaluate.evaluate`) and
     return the record written to ``precisions.json``: per precision its metrics per evaluation,
-    whether it is kept, and why not."""
+    whether it is kept, and why not. ``calibration``: ``(images, description)`` for int8's
+    activation scales (see :func:`calibration_images`); int8 is skipped without it, or where
+    this torch has no quantised CPU engine."""
     from mtan.evaluate import evaluate
 
     candidates = ["fp32"] + [p for p in candidates if p != "fp32"]
     for p in candidates:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    scales = None
+    if "int8" in candidates:
+        if calibration is None or not int8_available():
+            candidates.remove("int8")
+        else:
+            log(f"int8: activation scales from {calibration[1]} ...")
+            scales = int8_calibration(model, calibration[0])
     results: dict[str, dict] = {p: {} for p in candidates}
     for ev in evaluations:  # each dataset loaded once, scored in every precision
         for p in candidates:
             log(f"precision {p}: {ev['name']} ...")
-            results[p][ev["name"]] = evaluate(model, device="cpu", precision=p, **ev["kwargs"])
+            results[p][ev["name"]] = evaluate(model, device="cpu", precision=p, int8_scales=scales, **ev["kwargs"])
     record = {"reference": "fp32", "tolerance": {"miou": MIOU_TOLERANCE, "depth_error_relative": ERROR_TOLERANCE},
               "evaluations": [ev["name"] for ev in evaluations], "precisions": {}}
     for p, scores in results.items():
@@ -70,6 +103,8 @@ def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, log=
         record["precisions"][p] = {"kept": not reasons, "reasons": reasons,
                                    "metrics": {name: {k: v for k, v in m.items() if _scored(k)}
                                                for name, m in scores.items()}}
+        if p == "int8":
+            record["precisions"][p].update(calibrated_on=calibration[1], calibration=scales)
     return record
 
 
@@ -85,6 +120,15 @@ def allowed_precisions(record: dict | None) -> tuple[str, ...]:
     if isinstance(record, dict) and isinstance(record.get("precisions"), dict):
         kept |= {p for p, r in record["precisions"].items() if p in PRECISIONS and isinstance(r, dict) and r.get("kept")}
     return tuple(p for p in PRECISIONS if p in kept)
+
+
+def int8_scales(record: dict | None) -> dict | None:
+    """int8's activation scales from a ``precisions.json`` record (None when it has none)."""
+    try:
+        scales = record["precisions"]["int8"]["calibration"]
+    except (KeyError, TypeError):
+        return None
+    return scales if isinstance(scales, dict) else None
 
 
 def read_record(folder: str | Path) -> dict | None:
@@ -133,7 +177,12 @@ def main(argv=None) -> int:
         evaluations = [{"name": f"{d} val at {args.app_resolution}",
                         "kwargs": {"data": d, "data_root": args.data_root, "app_resolution": args.app_resolution,
                                    "frames": args.frames}} for d in data]
-        record = check_precisions(model, evaluations, [c.strip() for c in args.precisions.split(",") if c.strip()])
+        from mtan.data import parse_size
+
+        calibration = calibration_images(data, parse_size(args.app_resolution),
+                                         roots=[args.data_root] * len(data) if args.data_root else None)
+        record = check_precisions(model, evaluations, [c.strip() for c in args.precisions.split(",") if c.strip()],
+                                  calibration=calibration)
     except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

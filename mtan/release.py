@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mtan.fast import optimize_for_inference
-from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE, PRECISIONS_FILE, allowed_precisions, write_record
+from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE, PRECISIONS_FILE, allowed_precisions, int8_scales, write_record
 from mtan.precision import table as precision_table
 from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE, ResolutionAdvice
 
@@ -70,7 +70,7 @@ depth), so the generated-scene depth errors above are over surfaces only.
 """
 
 
-def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",)) -> dict:
+def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",), int8_scales=None) -> dict:
     """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.fast):
     the precision the app would choose here among ``allowed`` (timed afresh), and float32."""
     from mtan.data.synthetic import render_frame
@@ -78,7 +78,8 @@ def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",))
     frame = render_frame(0, 0, *size, stream=1)["image"]
     x = torch.from_numpy(frame).permute(2, 0, 1).float().div(255)[None]
     model = model.cpu().eval()
-    runner = optimize_for_inference(model, device="cpu", allowed=allowed, size=size, remember=False)
+    runner = optimize_for_inference(model, device="cpu", allowed=allowed, size=size, remember=False,
+                                    int8_scales=int8_scales)
     times = []
     with torch.inference_mode():
         runner(x)  # warm-up
@@ -141,11 +142,15 @@ def evaluate_run(model, config) -> list[dict]:
 def check_run_precisions(model, config, resolution: str, log=print) -> dict:
     """Which precisions keep the model's quality (:mod:`mtan.precision`) on the run's validation
     sets, scored as the app runs photos at ``resolution``."""
-    from mtan.precision import check_precisions
+    from mtan.data import parse_size
+    from mtan.precision import calibration_images, check_precisions
 
+    datasets = run_datasets(config)
     evaluations = [{"name": f"{d['data']} val at {resolution}", "kwargs": d["kwargs"] | {"app_resolution": resolution}}
-                   for d in run_datasets(config)]
-    return check_precisions(model, evaluations, log=log)
+                   for d in datasets]
+    calibration = calibration_images([d["data"] for d in datasets], parse_size(resolution),
+                                     roots=[d["kwargs"]["data_root"] for d in datasets])
+    return check_precisions(model, evaluations, calibration=calibration, log=log)
 
 
 def augmentation_text(config) -> str:
@@ -238,7 +243,7 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     best = ResolutionAdvice.from_record(resolutions).default
     precisions = check_run_precisions(model, config, best, log=log) if check_precision else None
     allowed = allowed_precisions(precisions)
-    speed = forward_latency(model, allowed=allowed) if latency else None
+    speed = forward_latency(model, allowed=allowed, int8_scales=int8_scales(precisions)) if latency else None
 
     parts = config.data.split("+")
     trained_on = {"camvid": "CamVid's 367 training photos (Cambridge, UK, daytime)",
@@ -285,7 +290,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     if precisions:
         kept = ", ".join(p for p in allowed)
         sections.append(("Precision", (
-            f"Each precision scored as the app runs photos at {best} (`python -m mtan.precision MODEL`); a "
+            f"Each precision scored as the app runs photos at {best} (`python -m mtan.precision MODEL`; int8 "
+            f"with activation scales from {precisions['precisions'].get('int8', {}).get('calibrated_on', 'no calibration')}); a "
             f"reduced one is kept when every mIoU stays within {MIOU_TOLERANCE:g} of fp32 and every depth error "
             f"within {ERROR_TOLERANCE:.0%} (`{PRECISIONS_FILE}`). Kept: {kept}. The app times the kept ones on "
             f"the machine it runs on and uses the fastest.\n\n{precision_table(precisions)}")))

@@ -31,6 +31,7 @@ from mtan import jpeg
 from mtan.fast import optimize_for_inference, resolve_precision
 from mtan.model import MTAN, ModelConfigError, fit_size, flip_average
 from mtan.precision import PRECISIONS_FILE, allowed_precisions, read_record
+from mtan.precision import int8_scales as recorded_int8_scales
 
 log = logging.getLogger("mtan.app")
 
@@ -219,6 +220,7 @@ class LoadedModel:
     resolutions: ResolutionAdvice = field(default_factory=lambda: ResolutionAdvice.from_record(None))
     precisions: tuple[str, ...] = ("fp32",)  # those that keep the model's quality (its precisions.json)
     precision: str = "auto"                  # what to run: auto = the fastest of ``precisions`` here
+    int8_scales: dict | None = None          # int8's activation scales (its precisions.json)
 
     @property
     def placeholder(self) -> bool:
@@ -240,7 +242,8 @@ class LoadedModel:
             if os.environ.get("MTAN_FAST_INFERENCE", "1") != "0":
                 try:
                     runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
-                                                    size=parse_resolution(self.resolutions.default))
+                                                    size=parse_resolution(self.resolutions.default),
+                                                    int8_scales=self.int8_scales)
                 except Exception as e:  # never lose the demo over an optimisation
                     log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
             self.__dict__["_runner"] = runner
@@ -359,7 +362,7 @@ class ModelRegistry:
                   f"(`{self.default_local}`) instead.")
         loaded = LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
                              notices=[notice] + base.notices, resolutions=base.resolutions,
-                             precisions=base.precisions, precision=base.precision)
+                             precisions=base.precisions, precision=base.precision, int8_scales=base.int8_scales)
         if "_runner" in base.__dict__:  # the same weights: share the measured inference copy
             loaded.__dict__["_runner"] = base.__dict__["_runner"]
         return loaded
@@ -391,7 +394,8 @@ class ModelRegistry:
             precisions = read_record(folder)
         loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card),
                              resolutions=ResolutionAdvice.from_record(record),
-                             precisions=allowed_precisions(precisions), precision=self.precision)
+                             precisions=allowed_precisions(precisions), precision=self.precision,
+                             int8_scales=recorded_int8_scales(precisions))
         if loaded.placeholder:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")

@@ -81,10 +81,12 @@ def test_cpu_inference_tiny():
         assert fast["label_agreement"] >= 0.999
         assert fast["depth_mean_abs_diff_over_mean_abs"] < 1e-3
         assert fast["depth_median_rel_diff"] < 1e-3
-        for reduced in ("fast_bf16", "fast_bf16_convs"):  # every precision, timed, with its drift from fp32
+        for reduced in ("fast_bf16", "fast_bf16_convs", "fast_int8"):  # every precision, timed, with its drift
             assert model[reduced]["median_s"] > 0 and 0 <= model[reduced]["label_agreement"] <= 1
+        assert "quantised 3x3 convolutions" in model["fast_int8"]["path"]
         choice = model["auto_choice"]
-        assert set(choice["median_s"]) == {"fp32", "bf16", "bf16-convs"} and choice["precision"] in choice["median_s"]
+        assert set(choice["median_s"]) == {"fp32", "bf16", "bf16-convs", "int8"}
+        assert choice["precision"] in choice["median_s"]
 
 
 def test_app_latency_parts(tmp_path):

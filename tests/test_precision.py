@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import InferenceModel, choice_cache_path, optimize_for_inference
-from mtan.model import AttentionMask
-from mtan.precision import allowed_precisions, check_precisions, read_record, verdict
+from mtan.fast import InferenceModel, Int8ConvReLU, choice_cache_path, int8_calibration, optimize_for_inference
+from mtan.model import AttentionMask, ConvBNReLU
+from mtan.precision import allowed_precisions, check_precisions, int8_scales, read_record, verdict
 from mtan.serving import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,9 @@ def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_pa
                            "--app-resolution", "32x64"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_record(folder)
-    assert list(record["precisions"]) == ["fp32", "bf16", "bf16-convs"] and record["precisions"]["fp32"]["kept"]
+    assert list(record["precisions"]) == ["fp32", "bf16", "bf16-convs", "int8"] and record["precisions"]["fp32"]["kept"]
+    int8 = record["precisions"]["int8"]
+    assert int8["calibrated_on"] == "4 synthetic training images at 32x64" and len(int8_scales(record)) == 2 * 13 + 10
     name = record["evaluations"][0]
     assert name == "synthetic val at 32x64"
     for r in record["precisions"].values():
@@ -154,9 +156,44 @@ def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_pa
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert json.loads(scored.stdout)["semantic.miou"] == record["precisions"]["bf16"]["metrics"][name]["semantic.miou"]
     assert "| precision | kept |" in proc.stdout
+    int8_run = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(folder), "--data", "synthetic",
+                               "--frames", "3", "--app-resolution", "32x64", "--precision", "int8"], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)  # the recorded calibration
+    assert json.loads(int8_run.stdout)["semantic.miou"] == int8["metrics"][name]["semantic.miou"]
     loaded = ModelRegistry([str(folder)]).get()
-    assert loaded.precisions == allowed_precisions(record)
+    assert loaded.precisions == allowed_precisions(record) and loaded.int8_scales == int8_scales(record)
     assert loaded.running in loaded.precisions
+    # a folder without the record: int8 cannot be scored, and says why
+    bare = tmp_path / "bare"
+    model.save_pretrained(bare)
+    refused = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(bare), "--data", "synthetic",
+                              "--frames", "2", "--precision", "int8"], cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 2 and "no int8 calibration" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_int8_quantises_the_3x3_convolutions_with_calibrated_scales():
+    model = _street_model()
+    images = torch.rand(4, 3, 32, 64, generator=torch.Generator().manual_seed(5))
+    scales = int8_calibration(model, images)
+    blocks = [n for n, m in model.named_modules() if type(m) is ConvBNReLU]
+    assert sorted(scales) == sorted(blocks) and all(s[0] > 0 and s[2] > 0 for s in scales.values())
+    fast = optimize_for_inference(model, precision="int8", int8_scales=scales)
+    assert fast.quantised_blocks == len(blocks) == sum(isinstance(m, Int8ConvReLU) for m in fast.net.modules())
+    assert "int8" in fast.describe() and all(p.dtype == torch.float32 for p in fast.net.parameters())
+    x = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(6))
+    out = fast(x)
+    with torch.no_grad():
+        ref = model(x)
+    assert all(v.dtype == torch.float32 and v.shape == ref[k].shape for k, v in out.items())
+    assert float((out["depth"] - ref["depth"]).abs().mean() / ref["depth"].abs().mean()) < 0.15
+    with pytest.raises(ValueError, match="activation scales"):
+        optimize_for_inference(model, precision="int8")
+    # without scales int8 is no candidate of the measured choice: float32, nothing to time
+    plain = optimize_for_inference(model, allowed=("fp32", "int8"), size=(32, 64))
+    assert plain.precision == "fp32" and plain.choice is None
+    timed = optimize_for_inference(model, allowed=("fp32", "int8"), size=(32, 64), int8_scales=scales)
+    assert set(timed.choice["seconds"]) == {"fp32", "int8"}
 
 
 def test_quality_check_refuses_an_unknown_precision():
