@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", action="append", help="a dataset to score on (repeatable; default: synthetic, and "
                    "camvid too when its photos are found)")
     p.add_argument("--data-root", help="the dataset's folder (as for mtan.evaluate)")
-    p.add_argument("--app-resolution", default="256x512", help="score as the app runs photos (default 256x512)")
+    p.add_argument("--app-resolution", default=None, help="score as the app runs photos at this resolution (default: "
+                   "the model's best in its resolutions.json, else 256x512)")
     p.add_argument("--frames", type=int, default=None, help="generated frames to score (synthetic only)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="candidates, comma-separated")
     p.add_argument("--dry-run", action="store_true", help="print the record, do not write it")
@@ -171,6 +172,12 @@ def main(argv=None) -> int:
 
     try:
         model = MTAN.from_pretrained(args.model).eval()
+        if args.app_resolution is None:
+            from mtan.serving import RESOLUTIONS_FILE, ResolutionAdvice
+
+            measured = Path(args.model) / RESOLUTIONS_FILE
+            record = json.loads(measured.read_text()) if measured.is_file() else None
+            args.app_resolution = ResolutionAdvice.from_record(record).default if record else "256x512"
         from mtan.data.camvid import default_root
 
         data = args.data or (["synthetic", "camvid"] if default_root() else ["synthetic"])
