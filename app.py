@@ -316,7 +316,8 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
     cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * mirror)
     pred = EXAMPLE_CACHE.get(cache_key)
     if pred is not None and not all(os.path.exists(f) for f in pred.files):  # its downloads were cleaned up
-        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
+        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source, masks=False)
+        pred.masks_file = ""
     if pred is None:
         try:
             photo, notes = serving.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
@@ -325,7 +326,7 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
         del data
         pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name), flip=mirror)
         pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
-        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source)
+        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source, masks=False)
         EXAMPLE_CACHE.put(cache_key, pred)
     seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
     att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
@@ -345,12 +346,28 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
 
 
 def show_all_masks(pred):
-    """Every mask as a small heat map, and the per-stage table (after the main outputs, UI only)."""
+    """Every mask as a small heat map, and the per-stage table (after the main outputs, UI only);
+    the masks' download of an earlier photo is cleared."""
     if pred is None or not pred.masks:
-        return [], ""
+        return [], "", None, ""
     items = viz.attention_gallery(pred.masks, pred.photo)
     paths = as_files(pred.stem, **{f"mask{i:02d}": im for i, (im, _) in enumerate(items)})
-    return [(path, caption) for path, (_, caption) in zip(paths, items)], viz.attention_table(pred.masks)
+    return ([(path, caption) for path, (_, caption) in zip(paths, items)], viz.attention_table(pred.masks),
+            None, "")
+
+
+def attention_masks(pred):
+    """Every attention mask of the last photo run in this session, as one ``.npz`` (about 14 MB at
+    256x512 for the default model): written the first time it is asked for, not with every run."""
+    if pred is None:
+        raise refusal("attention_masks", "Run a photo first: the masks are those of the last photo you ran.")
+    if not pred.masks:
+        raise refusal("attention_masks", "This model has no attention masks (it is not an MTAN).")
+    if not (pred.masks_file and os.path.exists(pred.masks_file)):
+        folder = Path(pred.files[0]).parent if pred.files and os.path.exists(pred.files[0]) else new_out_dir()
+        path, note = viz.write_masks(pred, folder)
+        pred.masks_file, pred.masks_note = str(path), note
+    return pred.masks_file, pred.masks_note
 
 
 def predict_if_image(image, *args):
@@ -477,10 +494,13 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                                            format="jpeg", elem_id="mask-gallery")
             attention_stats = gr.Markdown(label="attention per stage", show_label=False)
     with gr.Accordion("Downloads", open=False):
-        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy, masks .npz "
-                                  "(uint8, mask = stored / 255)",
+        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy",
                             file_count="multiple", elem_id="downloads")
         download_notes = gr.Markdown(label="download notes", show_label=False)
+        masks_button = gr.Button("Prepare every attention mask as one .npz (uint8, mask = stored / 255; about 14 MB "
+                                 "at 256x512)", size="sm", elem_id="masks-button")
+        masks_file = gr.File(label="Attention masks (.npz)", elem_id="masks-download")
+        masks_note = gr.Markdown(label="masks note", show_label=False)
     with gr.Accordion("About the model and MTAN", open=False):
         gr.Markdown(ABOUT)
         card = gr.Markdown(card_of(DEFAULT_MODEL))
@@ -492,8 +512,11 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
     run_event = dict(fn=predict, inputs=INPUTS, outputs=OUTPUTS, concurrency_limit=CONCURRENCY,
                      concurrency_id="inference", preprocess=False)
     auto_run = run_event | dict(fn=predict_if_image, api_visibility="private")
-    all_masks = dict(fn=show_all_masks, inputs=[state], outputs=[attention_gallery, attention_stats],
+    all_masks = dict(fn=show_all_masks, inputs=[state],
+                     outputs=[attention_gallery, attention_stats, masks_file, masks_note],
                      api_visibility="private", show_progress="hidden")
+    masks_button.click(attention_masks, [state], [masks_file, masks_note], api_name="attention_masks",
+                       concurrency_id="inference", concurrency_limit=CONCURRENCY)
     gr.on([run.click, image.upload], api_name="predict", **run_event).then(**all_masks)
     model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view, resolution],
                 api_visibility="private").then(**auto_run).then(**all_masks)

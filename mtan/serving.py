@@ -675,6 +675,8 @@ class Prediction:
     seconds_network: float = 0.0                  # the network alone
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)         # downloads, written once
+    masks_file: str = ""                                   # the masks' .npz, written when first asked for
+    masks_note: str = ""
     file_notes: list[str] = field(default_factory=list)
 
     @property

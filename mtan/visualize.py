@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -351,9 +352,30 @@ def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level:
     return path
 
 
-def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "") -> tuple[list[str], list[str]]:
+def write_masks(pred, out_dir: str | os.PathLike) -> tuple[Path, str]:
+    """Every attention mask of one prediction as ``<stem>_attention.npz`` (see :func:`save_masks_npz`),
+    and a line describing it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
+              for i, m in enumerate(ms)}
+    name = f"{pred.stem}_attention.npz"
+    part = out / f".{name}.{os.getpid()}.{threading.get_ident()}.part"  # two requests at once: each its own
+    save_masks_npz(part, arrays, {"tasks": list(pred.masks), "image_size": list(pred.size),
+                                 "processing_size": list(pred.processing_size),
+                                 "downsampled": bool(pred.mask_downsampled)})
+    os.replace(part, out / name)
+    shrunk = " (area-averaged to fit)" if pred.mask_downsampled else ""
+    return out / name, (f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.<stage>']`, "
+                        f"uint8 C x h x w at the processing resolution{shrunk}: mask value = stored / 255; "
+                        f"decoder stage 0 is the deepest. Its `meta` entry (JSON) says so too.")
+
+
+def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
+                    masks: bool = True) -> tuple[list[str], list[str]]:
     """The downloads for one prediction, at the photo's size. Returns the file paths and lines
-    describing them (the depth PNG's scale among them)."""
+    describing them (the depth PNG's scale among them). ``masks``: the attention masks' ``.npz``
+    too (the app writes it only when asked: :func:`write_masks`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem, size = pred.stem, pred.size
@@ -381,16 +403,8 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "") -> t
             files.append(str(save_png(out / f"{stem}_{task.name}.png",
                                       np.asarray(normals_to_rgb(pred.normals[task.name], size)),
                                       meta | {"Encoding": "RGB = (n + 1) / 2 * 255"})))
-    if pred.masks:
-        arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
-                  for i, m in enumerate(ms)}
-        name = f"{stem}_attention.npz"
-        save_masks_npz(out / name, arrays, {"tasks": list(pred.masks), "image_size": list(size),
-                                           "processing_size": list(pred.processing_size),
-                                           "downsampled": bool(pred.mask_downsampled)})
-        files.append(str(out / name))
-        shrunk = " (area-averaged to fit)" if pred.mask_downsampled else ""
-        notes.append(f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.<stage>']`, "
-                     f"uint8 C x h x w at the processing resolution{shrunk}: mask value = stored / 255; "
-                     f"decoder stage 0 is the deepest. Its `meta` entry (JSON) says so too.")
+    if masks and pred.masks:
+        path, note = write_masks(pred, out)
+        files.append(str(path))
+        notes.append(note)
     return files, notes

@@ -69,7 +69,7 @@ def test_downloads(client, tmp_path):
     out = run(client, path, resolution="128x256")
     files = {Path(p).name: p for p in out["files"]}
     assert set(files) == {"photo_semantic_class_ids.png", "photo_semantic_colour.png", "photo_depth_16bit.png",
-                          "photo_depth.npy", "photo_attention.npz"}
+                          "photo_depth.npy"}  # the masks' .npz only when asked for (below)
     with Image.open(files["photo_semantic_class_ids.png"]) as im:
         assert im.size == (w, h) and im.mode == "L"
         assert np.asarray(im).max() < 7 and "0=flat" in im.text["Classes"]
@@ -84,14 +84,25 @@ def test_downloads(client, tmp_path):
         assert "png_value / 65535" in scale and "1.85" in scale
         decoded = np.asarray(im, np.float64) / 65535 * top
     assert np.allclose(decoded, np.clip(depth, 0, None), atol=top / 65535 + 1e-9)
-    assert "png_value / 65535" in out["download_notes"] and "stored / 255" in out["download_notes"]
-    with np.load(files["photo_attention.npz"]) as npz:
+    assert "png_value / 65535" in out["download_notes"]
+    masks, note = client.predict(api_name="/attention_masks")  # this session's last photo
+    assert Path(masks).name == "photo_attention.npz" and "stored / 255" in note
+    assert Path(masks).read_bytes() == Path(client.predict(api_name="/attention_masks")[0]).read_bytes()
+    with np.load(masks) as npz:
         meta = json.loads(str(npz["meta"]))
         assert meta["tasks"] == ["semantic", "depth"] and meta["image_size"] == [h, w]
         assert npz["semantic.encoder.0"].dtype == np.uint8 and meta["scale"] == pytest.approx(1 / 255)
         assert "stored * scale" in meta["layout"]
         assert npz["depth.decoder.4"].shape[0] == npz["semantic.encoder.0"].shape[0]  # both at full width
         assert len([k for k in npz.files if k != "meta"]) == 20
+
+
+def test_attention_masks_need_a_photo_first(app_url):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Run a photo first"):
+        Client(app_url, verbose=False).predict(api_name="/attention_masks")  # a new session has no photo
 
 
 def test_model_switching(client, models, tmp_path):
@@ -229,7 +240,10 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         assert size_of(view) == (w, h) and size_of(diff) == (w, h) and "channel 3 of" in caption
         view, _, caption = app.rerender_attention(pred, "depth", "encoder", 2, 10_000)  # channel clamped
         assert "channel 15 of 16" in caption
-        gallery, table = app.show_all_masks(pred)
+        gallery, table, masks_file, _ = app.show_all_masks(pred)
+        assert masks_file is None  # a new photo clears the masks' download of the last one
+        npz, note = app.attention_masks(pred)
+        assert npz.endswith("_attention.npz") and app.attention_masks(pred)[0] == npz  # written once
         assert len(gallery) == 3 * 10 and "decoder 4 (1/1 scale)" in gallery[-1][1]  # 3 tasks x 10 stages
         assert table.count("\n") == 11 and "most task-specific channels" in table
         assert app.rerender_main(None, 0.5, "inferno", "depth") is not None  # no prediction yet: skipped

@@ -231,7 +231,9 @@ def test_40_megapixel_photo(app, client, tmp_path, normal_photo):
     assert "7744x5163" in out["summary"] and "downscaled to 2449x1633" in out["summary"]
     files = {Path(f).name.split("_", 1)[1]: f for f in out["files"]}
     assert size_of(files["semantic_class_ids.png"]) == (w, h) and np.load(files["depth.npy"]).shape == (h, w)
-    assert Path(files["attention.npz"]).stat().st_size < 4_000_000  # masks at the processing size (128x256), not the photo's
+    assert "attention.npz" not in files  # written only when asked for:
+    masks, _ = client.predict(api_name="/attention_masks")
+    assert Path(masks).stat().st_size < 4_000_000  # masks at the processing size (128x256), not the photo's
     # Peak memory of the whole server (torch, gradio, the model) after the request; one full-size
     # RGB copy of the photo alone would be 120 MB, and views and downloads at 40 MP over a GB.
     assert peak - rss_before < 500_000, (rss_before, peak)  # measured: +190 MB here, +1.4 GB at 40 MP
