@@ -69,7 +69,7 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         (seg, depth, bar, pair, normals), (att, diff, caption) = views
         timed("encode_views", lambda: app.as_files(pred.stem, segmentation=seg, depth=depth, attention=att,
                                                    normals=normals, photo=pair[0], compare=pair[1], difference=diff))
-        timed("downloads", lambda: viz.write_downloads(pred, app.new_out_dir(), loaded.source))
+        timed("downloads", lambda: viz.write_downloads(pred, app.new_out_dir(), loaded.source, masks=False))
         timed("attention_gallery", lambda: app.show_all_masks(pred))
     h, w = pred.processing_size
     x = torch.rand(1, 3, h, w)
