@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from mtan.timing import cpu_name  # noqa: E402 (after the path above)
 
 
 def log(*args) -> None:
@@ -30,17 +31,6 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict:

@@ -45,19 +45,15 @@ else the fastest of ``allowed`` on this machine, float32 when only float32 is al
 from __future__ import annotations
 
 import copy
-import json
 import os
-import platform
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from mtan.checkpoint import atomic_write
 from mtan.model import MTAN, AttentionMask, ConvBNReLU
-from mtan.timing import fastest
+from mtan.timing import cpu_name, fastest, remember_choice, remembered_choice
 
 #: The precisions an inference copy can run in (see the module docstring); fp32 is the reference.
 PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
@@ -537,7 +533,7 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
     ``precisions.json``; see :mod:`mtan.precision`) timed on a few forward passes at ``size``, a
     reduced precision only when it is more than 10 % faster than float32. The choice is
     remembered per processor, torch version, thread count and network shape (in
-    :func:`choice_cache_path`; ``remember=False`` measures afresh and keeps nothing), so that a
+    :func:`mtan.timing.choice_cache_path`; ``remember=False`` measures afresh and keeps nothing), so that a
     restart is quick. The copy's ``choice`` and ``describe()`` say what was measured.
     ``int8_scales``: the activation scales int8 needs (:func:`int8_calibration`; in
     ``precisions.json``); without them int8 is not a candidate.
@@ -559,7 +555,7 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
         return build("fp32")
     key = choice_key(model, candidates, size, device)
     known = remembered_choice(key) if remember else None
-    if known is not None:
+    if known is not None and known.get("precision") in candidates:
         runner = build(known["precision"])
         runner.choice = dict(known, remembered=True)
         return runner
@@ -582,67 +578,21 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
 
 
 # --------------------------------------------------------------------------------------
-# Remembered precision choices (per processor and network shape)
+# What a precision measurement depends on (the choices are kept by mtan.timing)
 # --------------------------------------------------------------------------------------
-
-
-def choice_cache_path() -> Path:
-    """Where measured precision choices are kept: ``$MTAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/mtan`` or
-    ``~/.cache/mtan``, file ``precision-choices.json``."""
-    root = os.environ.get("MTAN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtan"
-    return Path(root) / "precision-choices.json"
-
-
-def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and architecture."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{name or platform.processor() or 'unknown cpu'} ({platform.machine()})"
 
 
 def choice_key(model: MTAN, candidates, size, device=None) -> str:
     """What a speed measurement depends on: the processor (or GPU), torch, the threads, the network's
     shape (architecture, width, tasks) and the input size; not the weights' values."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else processor_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     tasks = ",".join(f"{t.name}:{t.kind}:{t.out_channels}" for t in model.tasks)
     return (f"{where} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model.arch} "
             f"x{model.width:g} [{tasks}] | {size[0]}x{size[1]} | {'/'.join(candidates)}")
 
 
-def _read_choices(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def remembered_choice(key: str) -> dict | None:
-    """The choice measured earlier for ``key`` (see :func:`choice_key`), or None."""
-    found = _read_choices(choice_cache_path()).get(key)
-    if isinstance(found, dict) and found.get("precision") in PRECISIONS and isinstance(found.get("seconds"), dict):
-        return found
-    return None
-
-
-def remember_choice(key: str, choice: dict) -> None:
-    """Keep ``choice`` for ``key``; a cache that cannot be written (read-only home) is skipped."""
-    path = choice_cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        choices = _read_choices(path)
-        choices[key] = {k: v for k, v in choice.items() if k != "remembered"}
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(choices, indent=1) + "\n", encoding="utf-8"))
-    except OSError:
-        pass
-
-
 __all__ = ["optimize_for_inference", "InferenceModel", "PRECISIONS", "fold_batchnorm", "fold_conv_bn",
            "fuse_activations", "ConvAct", "cpu_bf16_support", "cpu_amx_bf16", "onednn_fusion_available",
-           "resolve_precision", "choice_cache_path", "processor_name", "int8_calibration", "int8_available",
+           "resolve_precision", "int8_calibration", "int8_available",
            "Int8ConvReLU"]

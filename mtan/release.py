@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from mtan.fast import optimize_for_inference
 from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE, PRECISIONS_FILE, allowed_precisions, int8_scales, write_record
 from mtan.precision import table as precision_table
 from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE, ResolutionAdvice
+from mtan.timing import cpu_name
 
 #: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
 REAL_PHOTOS = ("camvid",)
@@ -90,16 +90,6 @@ def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",),
     return {"size": f"{size[0]}x{size[1]}", "median_s": statistics.median(times), "min_s": min(times),
             "precision": runner.precision, "choice": runner.choice, "cpu": cpu_name(),
             "threads": torch.get_num_threads()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_datasets(config) -> list[dict]:

@@ -2,12 +2,20 @@
 
 Which precision or schedule is fastest depends on the processor (bf16 convolutions run at twice
 the float32 rate on some CPUs and half of it on others), so the project decides by measuring,
-never from CPU flags. The trainer's ``--amp auto`` uses this on a CPU.
+never from CPU flags. The trainer's ``--amp auto`` uses this on a CPU, and the inference copy
+(:mod:`mtan.fast`) its precision; the inference choice is remembered (:func:`remember_choice`) so
+that a restart on the same machine does not measure again.
 """
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Callable
+
+from mtan.checkpoint import atomic_write
 
 
 def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5,
@@ -34,3 +42,49 @@ def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: 
     if medians[best] > medians[reference] * (1 - margin):
         best = reference
     return best, medians
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choice_cache_path() -> Path:
+    """Where measured choices are kept: ``$MTAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/mtan`` or
+    ``~/.cache/mtan``, file ``precision-choices.json``."""
+    root = os.environ.get("MTAN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtan"
+    return Path(root) / "precision-choices.json"
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remembered_choice(key: str) -> dict | None:
+    """The choice measured earlier for ``key`` (what the measurement depended on, as a string),
+    or None; an entry without a ``seconds`` table is ignored."""
+    found = _read_choices(choice_cache_path()).get(key)
+    return found if isinstance(found, dict) and isinstance(found.get("seconds"), dict) else None
+
+
+def remember_choice(key: str, choice: dict) -> None:
+    """Keep ``choice`` for ``key``; a cache that cannot be written (read-only home) is skipped."""
+    path = choice_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        choices = _read_choices(path)
+        choices[key] = {k: v for k, v in choice.items() if k != "remembered"}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(choices, indent=1) + "\n", encoding="utf-8"))
+    except OSError:
+        pass

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import InferenceModel, Int8ConvReLU, choice_cache_path, int8_calibration, optimize_for_inference
+from mtan.fast import InferenceModel, Int8ConvReLU, int8_calibration, optimize_for_inference
 from mtan.model import AttentionMask, ConvBNReLU
 from mtan.precision import allowed_precisions, check_precisions, int8_scales, read_record, verdict
 from mtan.serving import ModelRegistry
+from mtan.timing import choice_cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 
