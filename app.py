@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import functools
 import hashlib
 import traceback
 import uuid
@@ -266,38 +267,32 @@ def show_attention(pred: serving.Prediction, task: str, part: str, stage: float,
 # ---- the prediction ----------------------------------------------------------------------------
 
 
-def predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-            attention_stage, attention_channel, mirror=False):
-    """Segment a street photo, estimate its depth and show one task's attention mask.
-
-    Returns the segmentation overlay, the depth view and the attention view (all at the photo's
-    size, which is the upload's up to ``--max-pixels``), then the downloads, the legend, the
-    colour bar, the normals, the before/after pair, the task-difference view, the attention
-    caption, notes on the downloads and a summary. Anything that goes wrong becomes a
-    ``gr.Error`` whose message says what (the API client sees that text too).
-
-    The event skips gradio's preprocessing (which would decode the upload, bombs included, before
-    our checks); gradio still refuses a path that was not uploaded (or is not an example).
-    """
-    try:
+def guarded(fn):
+    """``fn`` with the app's error handling: our refusals pass through; running out of memory and
+    any other exception become one plain message (the API client sees that text too), the
+    traceback in the log; the photo's temporaries go back to the OS afterwards."""
+    @functools.wraps(fn)
+    def run(*args):
         try:
-            return _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-                            attention_stage, attention_channel, bool(mirror))
-        finally:
-            serving.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
-    except gr.Error:
-        raise
-    except MemoryError:
-        raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
-                                 "processing resolution.") from None
-    except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
-        traceback.print_exc()
-        raise gr.Error("This photo could not be processed because of an error on the server (it has been "
-                       "logged): try again, or another photo.", print_exception=False) from None
+            try:
+                return fn(*args)
+            finally:
+                serving.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
+        except gr.Error:
+            raise
+        except MemoryError:
+            raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
+                                     "processing resolution.") from None
+        except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
+            traceback.print_exc()
+            raise gr.Error("This photo could not be processed because of an error on the server (it has been "
+                           "logged): try again, or another photo.", print_exception=False) from None
+    return run
 
 
-def _predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-             attention_stage, attention_channel, mirror):
+def run_photo(image, model, resolution, mirror) -> tuple[serving.Prediction, serving.LoadedModel]:
+    """The network's outputs for an upload (or an example, from the example cache) and the model
+    that ran. No view or download is drawn here."""
     if image is None:
         raise refusal("predict", "Upload a photo first (or pick an example).")
     path = image.get("path") if isinstance(image, dict) else image
@@ -313,36 +308,96 @@ def _predict(image, model, resolution, opacity, colormap, compare, attention_tas
         reason = advice.reasons.get(resolution, f"{resolution} is not a processing resolution of this app")
         raise refusal("predict", f"{reason}; choose {', '.join(advice.offered)}.")
     box = serving.parse_resolution(resolution)
-    cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * mirror)
+    cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * bool(mirror))
     pred = EXAMPLE_CACHE.get(cache_key)
-    if pred is not None and not all(os.path.exists(f) for f in pred.files):  # its downloads were cleaned up
-        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source, masks=False)
-        pred.masks_file = ""
     if pred is None:
         try:
             photo, notes = serving.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
         except serving.ImageLoadError as e:
             raise refusal("predict", str(e)) from None
         del data
-        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name), flip=mirror)
+        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name), flip=bool(mirror))
         pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
-        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), loaded.source, masks=False)
         EXAMPLE_CACHE.put(cache_key, pred)
+    pred.resolution = resolution
+    return pred, loaded
+
+
+def main_views(pred: serving.Prediction, loaded: serving.LoadedModel, opacity, colormap, compare):
+    """What the page shows first: the segmentation, depth and normals views, the legend, the
+    colour bar, the before/after pair and the summary line."""
+    resolution = pred.resolution
     seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
-    att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
     sem = pred.first("semantic")
     legend = viz.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
     h, w = pred.processing_size
     summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
-               f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if mirror else ''}) · "
+               f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if pred.mirrored else ''}) · "
                f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
     summary = "\n\n".join([summary] + notes)
-    seg, depth, att, normals, before, after, diff = as_files(
-        pred.stem, segmentation=seg, depth=depth, attention=att, normals=normals, photo=pair[0],
-        compare=pair[1], difference=diff)
-    return (seg, depth, att, pred.files, legend, bar, normals, (before, after), diff, caption,
-            "\n\n".join(n.replace("~", "≈") for n in pred.file_notes), summary, pred)
+    seg, depth, normals, before, after = as_files(pred.stem, segmentation=seg, depth=depth, normals=normals,
+                                                  photo=pair[0], compare=pair[1])
+    return seg, depth, legend, bar, normals, (before, after), summary
+
+
+def downloads_of(pred: serving.Prediction):
+    """The prediction's downloads (class ids, coloured segmentation, 16-bit depth, depth .npy),
+    written the first time they are needed (again if they were cleaned up), and their notes."""
+    if not (pred.files and all(os.path.exists(f) for f in pred.files)):
+        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), pred.model_source, masks=False)
+        pred.masks_file = ""
+    return pred.files, "\n\n".join(n.replace("~", "≈") for n in pred.file_notes)
+
+
+def attention_views(pred: serving.Prediction, attention_task, attention_part, attention_stage, attention_channel):
+    att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
+    att, diff = as_files(pred.stem, attention=att, difference=diff)
+    return att, diff, caption
+
+
+@guarded
+def predict(image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
+            attention_stage, attention_channel, mirror=False):
+    """Segment a street photo, estimate its depth and show one task's attention mask: everything
+    in one answer (``/predict``).
+
+    Returns the segmentation overlay, the depth view and the attention view (all at the photo's
+    size, which is the upload's up to ``--max-pixels``), then the downloads, the legend, the
+    colour bar, the normals, the before/after pair, the task-difference view, the attention
+    caption, notes on the downloads and a summary. Anything that goes wrong becomes a
+    ``gr.Error`` whose message says what (the API client sees that text too).
+
+    The event skips gradio's preprocessing (which would decode the upload, bombs included, before
+    our checks); gradio still refuses a path that was not uploaded (or is not an example).
+    """
+    pred, loaded = run_photo(image, model, resolution, mirror)
+    seg, depth, legend, bar, normals, pair, summary = main_views(pred, loaded, opacity, colormap, compare)
+    att, diff, caption = attention_views(pred, attention_task, attention_part, attention_stage, attention_channel)
+    files, notes = downloads_of(pred)
+    return seg, depth, att, files, legend, bar, normals, pair, diff, caption, notes, summary, pred
+
+
+@guarded
+def predict_views(image, model, resolution, opacity, colormap, compare, mirror=False):
+    """What the page shows first, as soon as the network has run (``/predict_views``): the
+    segmentation overlay, the depth view, the legend, the colour bar, the normals, the
+    before/after pair and the summary. The attention views and the downloads of the same photo
+    follow (``/details``), so the answer waits for nothing the visitor does not see yet."""
+    pred, loaded = run_photo(image, model, resolution, mirror)
+    return (*main_views(pred, loaded, opacity, colormap, compare), pred)
+
+
+@guarded
+def details(pred, attention_task, attention_part, attention_stage, attention_channel):
+    """The rest of the last photo's results (``/details``, after ``/predict_views``): the chosen
+    attention view, the task difference and its caption, the downloads (written now, the first
+    time they are asked for) and their notes."""
+    if pred is None:
+        raise refusal("details", "Run a photo first: the details are those of the last photo you ran.")
+    att, diff, caption = attention_views(pred, attention_task, attention_part, attention_stage, attention_channel)
+    files, notes = downloads_of(pred)
+    return att, diff, caption, files, notes
 
 
 def show_all_masks(pred):
@@ -370,11 +425,19 @@ def attention_masks(pred):
     return pred.masks_file, pred.masks_note
 
 
-def predict_if_image(image, *args):
+def views_if_image(image, *args):
     """For automatic re-runs (model or resolution changed): nothing to do without a photo."""
     if image is None:
-        return tuple(gr.skip() for _ in OUTPUTS)
-    return predict(image, *args)
+        return tuple(gr.skip() for _ in VIEW_OUTPUTS)
+    return predict_views(image, *args)
+
+
+def details_if_run(pred, *args):
+    """The page's second step: the details, and every mask as a small heat map with the per-stage
+    table (the masks' ``.npz`` of an earlier photo is cleared). Nothing to do before a first photo."""
+    if pred is None:
+        return tuple(gr.skip() for _ in DETAIL_OUTPUTS)
+    return (*details(pred, *args), *show_all_masks(pred))
 
 
 def rerender_main(pred, opacity, colormap, compare):
@@ -505,25 +568,33 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
         gr.Markdown(ABOUT)
         card = gr.Markdown(card_of(DEFAULT_MODEL))
 
-    INPUTS = [image, model, resolution, opacity, colormap, compare, attention_task, attention_part,
-              attention_stage, attention_channel, mirror]
+    # The page runs a photo in two steps: the views it shows first (predict_views), then the
+    # attention views, downloads and mask gallery (details). /predict answers everything at once.
+    ATTENTION = [attention_task, attention_part, attention_stage, attention_channel]
+    VIEW_INPUTS = [image, model, resolution, opacity, colormap, compare, mirror]
+    VIEW_OUTPUTS = [seg_view, depth_view, legend, colorbar, normals_view, slider, summary, state]
+    DETAIL_OUTPUTS = [attention_view, difference_view, attention_caption, downloads, download_notes,
+                      attention_gallery, attention_stats, masks_file, masks_note]
     OUTPUTS = [seg_view, depth_view, attention_view, downloads, legend, colorbar, normals_view, slider,
                difference_view, attention_caption, download_notes, summary, state]
-    run_event = dict(fn=predict, inputs=INPUTS, outputs=OUTPUTS, concurrency_limit=CONCURRENCY,
-                     concurrency_id="inference", preprocess=False)
-    auto_run = run_event | dict(fn=predict_if_image, api_visibility="private")
-    all_masks = dict(fn=show_all_masks, inputs=[state],
-                     outputs=[attention_gallery, attention_stats, masks_file, masks_note],
-                     api_visibility="private", show_progress="hidden")
+    inference = dict(concurrency_limit=CONCURRENCY, concurrency_id="inference", preprocess=False)
+    run_views = dict(fn=predict_views, inputs=VIEW_INPUTS, outputs=VIEW_OUTPUTS, **inference)
+    auto_views = run_views | dict(fn=views_if_image, api_visibility="private")
+    run_details = dict(fn=details_if_run, inputs=[state] + ATTENTION, outputs=DETAIL_OUTPUTS,
+                       api_visibility="private", show_progress="hidden")
+    everything = gr.Button(visible=False, elem_id="predict-everything")  # /predict's trigger: the API only
+    INPUTS = [image, model, resolution, opacity, colormap, compare, *ATTENTION, mirror]
+    everything.click(predict, INPUTS, OUTPUTS, api_name="predict", **inference)
+    gr.on([run.click, image.upload], api_name="predict_views", **run_views).success(**run_details)
+    gr.Button(visible=False).click(details, [state] + ATTENTION, DETAIL_OUTPUTS[:5], api_name="details")
     masks_button.click(attention_masks, [state], [masks_file, masks_note], api_name="attention_masks",
                        concurrency_id="inference", concurrency_limit=CONCURRENCY)
-    gr.on([run.click, image.upload], api_name="predict", **run_event).then(**all_masks)
     model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view, resolution],
-                api_visibility="private").then(**auto_run).then(**all_masks)
-    resolution.input(**auto_run).then(**all_masks)
-    mirror.input(**auto_run).then(**all_masks)
+                api_visibility="private").then(**auto_views).success(**run_details)
+    resolution.input(**auto_views).success(**run_details)
+    mirror.input(**auto_views).success(**run_details)
     if EXAMPLES:
-        examples.load_input_event.then(**auto_run).then(**all_masks)
+        examples.load_input_event.then(**auto_views).success(**run_details)
     gr.on([opacity.change, colormap.input, compare.input], rerender_main, [state, opacity, colormap, compare],
           [seg_view, depth_view, colorbar, slider], api_visibility="private", trigger_mode="always_last",
           show_progress="hidden")

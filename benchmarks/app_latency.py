@@ -2,11 +2,17 @@
 where a round trip's time goes.
 
 Starts the real app on a free port with the default model (or --model), waits for the page,
-then calls `/predict` with gradio_client (one warm-up call, then --calls timed calls). Then, in
+then times with gradio_client (one warm-up round, then --calls timed rounds) what a visitor
+waits for: the page's first results (``/predict_views``: upload, queue, the network, the views,
+and the images the page shows fetched over HTTP as a browser does), the page's second step
+(``/details``: the attention views and the downloads), ``/predict``'s single answer with
+everything, and gradio_client's default that also downloads every file of that answer one after
+the other (``client_all_files``). The photo is sent as a re-encoded copy: the app keeps the
+results of its own example photos, and a benchmark must time the work. Then, in
 this process, the same work piece by piece (``parts``, medians over --calls): decoding the
 upload, the network (the app's inference copy, its precision as the app chose it), bringing the
-outputs to the photo's size, drawing the views, encoding them, writing the downloads and the
-attention gallery; and, for reference, a plain eager fp32 forward of the same weights at the
+outputs to the photo's size, the first views drawn and encoded, the attention views, writing the
+downloads and the attention gallery; and, for reference, a plain eager fp32 forward of the same weights at the
 same input size (``plain_forward_s``). Prints one JSON object.
 
     python benchmarks/app_latency.py                       # a generated 1024x2048 street photo, 256x512
@@ -34,6 +40,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def upload_copy(photo: Path) -> Path:
+    """The photo re-encoded (JPEG quality 95) under /tmp: not byte-equal to an example photo, so
+    the app runs it instead of answering from its example cache."""
+    from PIL import Image
+
+    out = Path(f"/tmp/mtan_app_latency_upload_{photo.stem}.jpg")
+    Image.open(photo).convert("RGB").save(out, quality=95)
+    return out
+
+
+def file_urls(value) -> list[str]:
+    """The URLs of the files in an answer of gradio_client (download_files=False), in order."""
+    if isinstance(value, dict):
+        return ([value["url"]] if value.get("url") else []) + [u for v in value.values() if isinstance(v, (dict, list, tuple))
+                                                              for u in file_urls(v)]
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in file_urls(v)]
+    return []
+
+
+def fetch(urls: list[str]) -> None:
+    for u in urls:
+        with urllib.request.urlopen(u, timeout=30) as r:
+            r.read()
+
+
+def timed_calls(url: str, photo: Path, resolution: str, calls: int) -> dict:
+    """Median seconds of: the page's first results (``/predict_views`` answered and its images
+    fetched), the page's second step (``/details``: attention views and downloads, images fetched),
+    ``/predict``'s one answer with everything (files not fetched), and gradio_client's default
+    (``/predict`` and then every file of the answer downloaded, one after the other)."""
+    from gradio_client import Client, handle_file
+
+    lean, full = Client(url, verbose=False, download_files=False), Client(url, verbose=False)
+    times: dict[str, list[float]] = {"page_first_results": [], "page_details": [], "predict_answer": [],
+                                     "client_all_files": []}
+    for call in range(calls + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        views = lean.predict(handle_file(str(photo)), resolution=resolution, api_name="/predict_views")
+        fetch(file_urls([views[0], views[1], views[5]]))  # segmentation, depth, before/after
+        t1 = time.perf_counter()
+        fetch(file_urls(lean.predict(api_name="/details")[:2]))  # attention view, difference
+        t2 = time.perf_counter()
+        lean.predict(handle_file(str(photo)), resolution=resolution, api_name="/predict")
+        t3 = time.perf_counter()
+        full.predict(handle_file(str(photo)), resolution=resolution, api_name="/predict")
+        t4 = time.perf_counter()
+        if call:
+            for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[key].append(seconds)
+    return {f"{k}_median_s": round(statistics.median(v), 3) for k, v in times.items()} | {
+        "page_first_results_min_s": round(min(times["page_first_results"]), 3),
+        "page_first_results_max_s": round(max(times["page_first_results"]), 3)}
 
 
 def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
@@ -64,12 +125,11 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         image, _ = timed("decode", lambda: serving.load_image(data, app.ARGS.max_pixels, app.ARGS.max_image_pixels))
         pred = timed("network_and_resize", lambda: serving.predict_photo(loaded, image, box))
         times.setdefault("network", []).append(pred.seconds_network)
-        views = timed("views", lambda: (app.show_main(pred, 0.55, viz.DEFAULT_COLORMAP, "segmentation"),
-                                        app.show_attention(pred, pred.tasks[0].name, "encoder", 0, -1)))
-        (seg, depth, bar, pair, normals), (att, diff, caption) = views
-        timed("encode_views", lambda: app.as_files(pred.stem, segmentation=seg, depth=depth, attention=att,
-                                                   normals=normals, photo=pair[0], compare=pair[1], difference=diff))
-        timed("downloads", lambda: viz.write_downloads(pred, app.new_out_dir(), loaded.source, masks=False))
+        pred.resolution = resolution
+        timed("main_views", lambda: app.main_views(pred, loaded, 0.55, viz.DEFAULT_COLORMAP, "segmentation"))
+        timed("attention_views", lambda: app.attention_views(pred, pred.tasks[0].name, "encoder", 0, -1))
+        pred.files = []  # written again each round
+        timed("downloads", lambda: app.downloads_of(pred))
         timed("attention_gallery", lambda: app.show_all_masks(pred))
     h, w = pred.processing_size
     x = torch.rand(1, 3, h, w)
@@ -79,8 +139,10 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         for _ in range(calls):
             timed("plain_forward", lambda: padded_forward(plain, x))
     result = {f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()}
-    result["round_trip_in_process_s"] = round(sum(result[f"{k}_s"] for k in (
-        "decode", "network_and_resize", "views", "encode_views", "downloads")), 4)
+    first = ("decode", "network_and_resize", "main_views")
+    result["first_results_in_process_s"] = round(sum(result[f"{k}_s"] for k in first), 4)
+    result["everything_in_process_s"] = round(sum(result[f"{k}_s"] for k in first + (
+        "attention_views", "downloads")), 4)
     result["precision"] = loaded.running
     result["network_input"] = f"{h}x{w}"
     return result
@@ -96,7 +158,7 @@ def main():
     p.add_argument("--parts-only", action="store_true", help="skip the server: time the pieces in this process only")
     args = p.parse_args()
 
-    photo = Path(args.photo) if args.photo else None
+    photo = upload_copy(Path(args.photo)) if args.photo else None
     if photo is None:
         from PIL import Image
 
@@ -129,22 +191,13 @@ def main():
             except OSError:
                 time.sleep(0.05)
         ready = time.perf_counter() - t0
-        from gradio_client import Client, handle_file
-
-        client = Client(url, verbose=False)
-        client.predict(handle_file(str(photo)), resolution=args.resolution, api_name="/predict")  # warm-up
-        times = []
-        for _ in range(args.calls):
-            t = time.perf_counter()
-            client.predict(handle_file(str(photo)), resolution=args.resolution, api_name="/predict")
-            times.append(time.perf_counter() - t)
+        calls = timed_calls(url, photo, args.resolution, args.calls)
     finally:
         proc.terminate()
         proc.wait()
     print(json.dumps({
         "photo": str(photo), "resolution": args.resolution, "model": args.model or "weights/ (default)",
-        "ready_page_s": round(ready, 2), "predict_median_s": round(statistics.median(times), 3),
-        "predict_min_s": round(min(times), 3), "predict_max_s": round(max(times), 3), "calls": len(times),
+        "ready_page_s": round(ready, 2), **calls, "calls": args.calls,
         "parts": parts(photo, args.resolution, args.model, args.calls),
         "load_average": [round(v, 2) for v in os.getloadavg()], "cores": os.cpu_count(),
     }))

@@ -384,7 +384,8 @@ class InferenceModel(nn.Module):
 
     ``forward(x, return_attention=False)`` and ``predict(image, return_attention=False)`` behave
     like the model's in eval mode; outputs and masks are float32, in the standard (contiguous)
-    layout, on ``device``. Attributes ``tasks``, ``task_names``, ``arch``, ``width``, ``widths``,
+    layout, on ``device`` (``float32_masks = False``: the masks as computed, in the network's
+    precision and memory layout, for a caller that converts them itself). Attributes ``tasks``, ``task_names``, ``arch``, ``width``, ``widths``,
     ``task(name)`` and ``config()`` mirror the source model.
     """
 
@@ -437,6 +438,7 @@ class InferenceModel(nn.Module):
         self.float32_heads = bool((float32_heads or self.precision == "bf16-convs") and self.dtype != torch.float32)
         self.choice: dict | None = None  # how optimize_for_inference chose the precision, when it measured
         self.tasks, self.arch, self.width, self.widths = model.tasks, model.arch, model.width, model.widths
+        self.float32_masks = True
         self.compile_error: str | None = None
         self._compiled = None
         if compile:
@@ -504,8 +506,9 @@ class InferenceModel(nn.Module):
 
         if return_attention:
             outputs, masks = result
+            mask = out if self.float32_masks else (lambda m: m)
             return ({k: out(v) for k, v in outputs.items()},
-                    {k: {part: [out(m) for m in ms] for part, ms in v.items()} for k, v in masks.items()})
+                    {k: {part: [mask(m) for m in ms] for part, ms in v.items()} for k, v in masks.items()})
         return {k: out(v) for k, v in result.items()}
 
     # The same padding / cropping as MTAN.predict (it calls self(...), i.e. the fast forward).

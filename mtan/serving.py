@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from mtan import jpeg
+from mtan.metrics import class_ids
 from mtan.fast import optimize_for_inference, resolve_precision
 from mtan.model import MTAN, ModelConfigError, fit_size, flip_average
 from mtan.precision import PRECISIONS_FILE, allowed_precisions, read_record
@@ -244,6 +245,7 @@ class LoadedModel:
                     runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
                                                     size=parse_resolution(self.resolutions.default),
                                                     int8_scales=self.int8_scales)
+                    runner.float32_masks = False  # quantise_mask converts them (one pass fewer)
                 except Exception as e:  # never lose the demo over an optimisation
                     log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
             self.__dict__["_runner"] = runner
@@ -674,6 +676,9 @@ class Prediction:
     seconds: float = 0.0                          # the network and the outputs at the photo's size
     seconds_network: float = 0.0                  # the network alone
     notes: list[str] = field(default_factory=list)
+    resolution: str = ""                          # the processing resolution chosen ("256x512")
+    mirrored: bool = False                        # the mirror image was run too and averaged
+    model_source: str = ""                        # where the model came from (the downloads' metadata)
     files: list[str] = field(default_factory=list)         # downloads, written once
     masks_file: str = ""                                   # the masks' .npz, written when first asked for
     masks_note: str = ""
@@ -694,7 +699,7 @@ def labels_at(logits: torch.Tensor, size: tuple[int, int], max_pixels: int = 1_0
     s = min(1.0, math.sqrt(max_pixels / (H * W)))
     mid = (max(1, round(H * s)), max(1, round(W * s)))
     up = F.interpolate(logits[None].float(), size=mid, mode="bilinear", align_corners=False)[0]
-    ids = up.argmax(0).to(torch.int32).cpu().numpy()
+    ids = class_ids(up, dim=0).to(torch.int32).cpu().numpy()
     dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
     ids = ids.astype(dtype)
     if mid != (H, W):
@@ -706,9 +711,10 @@ MASK_SCALE = 1 / 255  # masks are kept (and downloaded) as uint8: value = stored
 
 
 def quantise_mask(m: torch.Tensor) -> np.ndarray:
-    """A mask (sigmoid outputs, 0..1) as uint8 ``round(value * 255)``: a quarter of float32's
-    memory, error <= 0.002. :func:`mtan.visualize.mask_values` turns it back into floats."""
-    return m.float().mul(255).clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()  # mul: a copy
+    """A mask (sigmoid outputs, 0..1, any float dtype and memory layout) as a contiguous uint8
+    array ``round(value * 255)``: a quarter of float32's memory, error <= 0.002.
+    :func:`mtan.visualize.mask_values` turns it back into floats."""
+    return m.to(torch.float32, copy=True).mul_(255).clamp_(0, 255).round_().to(torch.uint8).contiguous().cpu().numpy()
 
 
 def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
@@ -751,7 +757,7 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
             outputs = flip_average(model.tasks, outputs, loaded.runner.predict(x.flip(-1)))
         network = time.perf_counter() - start
         pred = Prediction(model_key=loaded.key, photo=photo, stem=stem, processing_size=(h, w),
-                          tasks=list(model.tasks))
+                          tasks=list(model.tasks), mirrored=bool(flip), model_source=loaded.source)
         for t in model.tasks:
             out = outputs[t.name][0]
             if t.kind == "semantic":

@@ -36,8 +36,16 @@ def colormap_lut(name: str) -> np.ndarray:
     return (rgba[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
+def lookup_colours(index: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """H x W uint8 indices -> H x W x 3 uint8 colours ``table[index]`` (table: 256 x 3), through a
+    PIL palette image: several times faster than numpy's fancy indexing on a photo."""
+    im = Image.fromarray(np.ascontiguousarray(index, np.uint8), "L")
+    im.putpalette(np.ascontiguousarray(table[:256], np.uint8).tobytes(), "RGB")
+    return np.asarray(im.convert("RGB"))
+
+
 def apply_lut(index: np.ndarray, name: str) -> np.ndarray:
-    return colormap_lut(name)[index]
+    return lookup_colours(index, colormap_lut(name))
 
 
 def _to_index(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -63,6 +71,8 @@ def colorize_labels(labels: np.ndarray, palette) -> np.ndarray:
     """H x W class ids -> H x W x 3 uint8 in the class set's standard palette (unknown ids black)."""
     table = np.zeros((max(256, len(palette)), 3), np.uint8)
     table[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+    if labels.dtype == np.uint8:
+        return lookup_colours(labels, table)
     return table[labels]
 
 

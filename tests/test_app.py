@@ -97,6 +97,31 @@ def test_downloads(client, tmp_path):
         assert len([k for k in npz.files if k != "meta"]) == 20
 
 
+def test_the_page_runs_a_photo_in_two_steps(app_url, tmp_path):
+    """/predict_views answers what the page shows first; /details then the attention views and the
+    downloads of the same photo (written only now). Together they are /predict's one answer."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="Run a photo first"):
+        client.predict(api_name="/details")  # nothing run yet in this session
+    path, size = _write("jpeg", tmp_path)
+    full = run(client, path, resolution="128x256", attention_stage=2)
+    seg, depth, legend, bar, normals, slider, summary = client.predict(
+        handle_file(str(path)), resolution="128x256", api_name="/predict_views")
+    assert Path(seg).read_bytes() == Path(full["segmentation"]).read_bytes()
+    assert Path(depth).read_bytes() == Path(full["depth"]).read_bytes()
+    assert [size_of(p) for p in slider] == [size, size] and normals is None
+    assert legend == full["legend"] and bar == full["colorbar"] and "fitted inside 128x256" in summary
+    att, diff, caption, files, notes = client.predict(attention_stage=2, api_name="/details")
+    assert Path(att).read_bytes() == Path(full["attention"]).read_bytes() and size_of(diff) == size
+    assert caption == full["caption"] and "encoder 2" in caption and notes == full["download_notes"]
+    by_name = {Path(f).name: f for f in full["files"]}
+    assert sorted(Path(f).name for f in files) == sorted(by_name)
+    assert all(Path(f).read_bytes() == Path(by_name[Path(f).name]).read_bytes() for f in files)
+
+
 def test_attention_masks_need_a_photo_first(app_url):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
