@@ -9,8 +9,9 @@ Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTA
 (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), --host /
 GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
 MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
---queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE, --threads /
-MTAN_THREADS. README.md, "Safety and limits", says what happens at each limit.
+--queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE,
+--precision / MTAN_INFERENCE_PRECISION, --compile / MTAN_COMPILE, --threads / MTAN_THREADS.
+README.md, "Safety and limits", says what happens at each limit.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import gradio as gr
 import torch
 
 from mtan import serving
+from mtan.compiled import COMPILE_MODES
 from mtan.fast import PRECISIONS
 from mtan.guard import RequestGuard, refusal
 from mtan.uploads import UploadPolicy
@@ -104,6 +106,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="what the network computes in: auto (default) times, at start, each precision the model's "
                         "precisions.json says keeps its quality and runs the fastest (remembered per CPU); fp32, "
                         "bf16 or bf16-convs force one")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=env("MTAN_COMPILE") or "auto",
+                   help="auto (default): torch.compile the network in the background at start, at low priority, and "
+                        "use it for the input sizes where it is measured faster (about a minute per size on 2 cores; "
+                        "the outcome is remembered per CPU); off: eager only")
     p.add_argument("--threads", type=_positive_int, default=env("MTAN_THREADS") or None,
                    help="CPU threads for torch (default: torch's choice, one per core)")
     return p.parse_args(argv)
@@ -116,7 +122,8 @@ serving.configure_pil(ARGS.max_image_pixels)
 serving.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
-REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision)
+REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
+                                          compile=ARGS.compile)
 try:
     DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
     print(f"mtan app: {serving.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}",
@@ -333,7 +340,7 @@ def main_views(pred: serving.Prediction, loaded: serving.LoadedModel, opacity, c
     h, w = pred.processing_size
     summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
                f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if pred.mirrored else ''}) · "
-               f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}")
+               f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}{', compiled' if pred.compiled else ''}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
     summary = "\n\n".join([summary] + notes)
     seg, depth, normals, before, after = as_files(pred.stem, segmentation=seg, depth=depth, normals=normals,

@@ -23,9 +23,8 @@ give the same dict structure, shapes and float32 dtypes) but runs faster:
   call (weights int8 per output channel, activations uint8 with the scales measured on
   calibration photos by PyTorch's histogram observers, :func:`int8_calibration`), the attention
   masks and heads in float32;
-* optionally (``compile=True``) ``torch.compile`` on top (fuses the remaining element-wise work;
-  about a minute to compile per input size on a 2-core CPU, so off by default; falls back to
-  eager execution if compiling fails);
+* optionally ``torch.compile`` on top: ``compile=True`` for every input size, or only for the
+  sizes where :mod:`mtan.compiled` measured it faster (what the app does); eager if it fails;
 * optionally (``batched_attention=True``) the tasks' attention branches batched together (see
   ``MTAN.set_batched_attention``; on a CPU at batch 1 the per-task loop is faster, so it is off).
 
@@ -438,9 +437,8 @@ class InferenceModel(nn.Module):
         self.float32_heads = bool((float32_heads or self.precision == "bf16-convs") and self.dtype != torch.float32)
         self.choice: dict | None = None  # how optimize_for_inference chose the precision, when it measured
         self.tasks, self.arch, self.width, self.widths = model.tasks, model.arch, model.width, model.widths
-        self.float32_masks = True
-        self.compile_error: str | None = None
-        self._compiled = None
+        self.float32_masks, self.compile_error, self._compiled = True, None, None
+        self.compiled_shapes: set | None = None  # input shapes the compiled network runs (None: all)
         if compile:
             try:
                 self._compiled = torch.compile(self.net)
@@ -475,7 +473,7 @@ class InferenceModel(nn.Module):
             parts.append("conv+activation fused (oneDNN)")
         parts.append("channels-last" if self.channels_last else "NCHW")
         parts.append("batched attention" if self.net.batched_attention else "per-task attention")
-        if self._compiled is not None:
+        if self._compiled is not None and self.compiled_shapes is None:
             parts.append("torch.compile")
         text = ", ".join(parts) + f", {self.device}"
         if self.choice:
@@ -492,7 +490,7 @@ class InferenceModel(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             result = None
-            if self._compiled is not None:
+            if self._compiled is not None and (self.compiled_shapes is None or tuple(x.shape) in self.compiled_shapes):
                 try:
                     result = self._compiled(x, return_attention=return_attention)
                 except Exception as e:

@@ -28,9 +28,10 @@ from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from mtan import jpeg
+from mtan.compiled import COMPILE_MODES, CompileWarmUp, warm_up_sizes
 from mtan.metrics import class_ids
 from mtan.fast import optimize_for_inference, resolve_precision
-from mtan.model import MTAN, ModelConfigError, fit_size, flip_average
+from mtan.model import MULTIPLE, MTAN, ModelConfigError, fit_size, flip_average
 from mtan.precision import PRECISIONS_FILE, allowed_precisions, read_record
 from mtan.precision import int8_scales as recorded_int8_scales
 
@@ -222,6 +223,7 @@ class LoadedModel:
     precisions: tuple[str, ...] = ("fp32",)  # those that keep the model's quality (its precisions.json)
     precision: str = "auto"                  # what to run: auto = the fastest of ``precisions`` here
     int8_scales: dict | None = None          # int8's activation scales (its precisions.json)
+    compile: str = "off"                     # auto: torch.compile warmed up in the background (mtan.compiled)
 
     @property
     def placeholder(self) -> bool:
@@ -249,7 +251,26 @@ class LoadedModel:
                 except Exception as e:  # never lose the demo over an optimisation
                     log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
             self.__dict__["_runner"] = runner
+            if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
+                try:
+                    self.__dict__["_warm_up"] = CompileWarmUp(
+                        runner, warm_up_sizes(parse_resolution(self.resolutions.default))).start(
+                        on_done=lambda warm: log.warning("mtan app: %s: compile warm-up done; %s", model_label(self.key),
+                                                        warm.describe()))
+                except Exception as e:
+                    log.warning("torch.compile unavailable (%s: %s); eager", type(e).__name__, e)
         return self.__dict__["_runner"]
+
+    @property
+    def warm_up(self) -> CompileWarmUp | None:
+        """The background torch.compile warm-up of the runner (``compile="auto"``), if one started."""
+        self.runner
+        return self.__dict__.get("_warm_up")
+
+    def compiled_for(self, shape) -> bool:
+        """Whether the compiled network runs inputs of ``shape`` (N, 3, H, W, padded) now."""
+        shapes = getattr(self.runner, "compiled_shapes", None)
+        return getattr(self.runner, "_compiled", None) is not None and (shapes is None or tuple(shape) in shapes)
 
     @property
     def running(self) -> str:
@@ -260,7 +281,8 @@ class LoadedModel:
     def runner_description(self) -> str:
         """What runs the photos and why (the app's start-up line)."""
         runner = self.runner
-        return runner.describe() if hasattr(runner, "describe") else "the plain model (fp32, eager)"
+        text = runner.describe() if hasattr(runner, "describe") else "the plain model (fp32, eager)"
+        return text + (f"; {self.warm_up.describe()}" if self.warm_up else "")
 
 
 def model_label(source: str) -> str:
@@ -282,7 +304,8 @@ class ModelRegistry:
     """
 
     def __init__(self, sources: list[str], default_local: str | Path = "weights",
-                 device: torch.device | str | None = None, hub_timeout: float = 3.0, precision: str = "auto"):
+                 device: torch.device | str | None = None, hub_timeout: float = 3.0, precision: str = "auto",
+                 compile: str = "off"):
         if not sources:
             sources = [str(default_local)]
         self.sources = list(dict.fromkeys(str(s).strip() for s in sources if str(s).strip()))
@@ -290,6 +313,9 @@ class ModelRegistry:
         self.device = pick_device(str(device) if device else None)
         self.hub_timeout = hub_timeout
         self.precision = resolve_precision(precision)
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        self.compile = compile
         self._models: dict[str, LoadedModel] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -297,7 +323,7 @@ class ModelRegistry:
 
     @classmethod
     def from_env(cls, model: str | None = None, models: str | None = None, default_local: str | None = None,
-                 device: str | None = None, precision: str = "auto") -> "ModelRegistry":
+                 device: str | None = None, precision: str = "auto", compile: str = "off") -> "ModelRegistry":
         """``model`` / ``MTAN_MODEL``: the default choice; ``models`` / ``MTAN_MODELS``: comma-separated
         dropdown choices; ``default_local`` / ``MTAN_DEFAULT_MODEL``: the offline fallback (``weights/``)."""
         default_local = default_local or os.environ.get("MTAN_DEFAULT_MODEL") or "weights"
@@ -306,7 +332,7 @@ class ModelRegistry:
         sources = ([model] if model else []) + listed
         if not sources:
             sources = [default_local]
-        return cls(sources, default_local=default_local, device=device, precision=precision)
+        return cls(sources, default_local=default_local, device=device, precision=precision, compile=compile)
 
     @property
     def default_key(self) -> str:
@@ -364,9 +390,11 @@ class ModelRegistry:
                   f"(`{self.default_local}`) instead.")
         loaded = LoadedModel(key=key, source=base.source, model=base.model, card=base.card,
                              notices=[notice] + base.notices, resolutions=base.resolutions,
-                             precisions=base.precisions, precision=base.precision, int8_scales=base.int8_scales)
-        if "_runner" in base.__dict__:  # the same weights: share the measured inference copy
-            loaded.__dict__["_runner"] = base.__dict__["_runner"]
+                             precisions=base.precisions, precision=base.precision, int8_scales=base.int8_scales,
+                             compile=base.compile)
+        for shared in ("_runner", "_warm_up"):  # the same weights: share the measured inference copy
+            if shared in base.__dict__:
+                loaded.__dict__[shared] = base.__dict__[shared]
         return loaded
 
     def _load_source(self, source: str) -> LoadedModel:
@@ -397,7 +425,7 @@ class ModelRegistry:
         loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card),
                              resolutions=ResolutionAdvice.from_record(record),
                              precisions=allowed_precisions(precisions), precision=self.precision,
-                             int8_scales=recorded_int8_scales(precisions))
+                             int8_scales=recorded_int8_scales(precisions), compile=self.compile)
         if loaded.placeholder:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")
@@ -678,6 +706,7 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     resolution: str = ""                          # the processing resolution chosen ("256x512")
     mirrored: bool = False                        # the mirror image was run too and averaged
+    compiled: bool = False                        # the network ran compiled (torch.compile)
     model_source: str = ""                        # where the model came from (the downloads' metadata)
     files: list[str] = field(default_factory=list)         # downloads, written once
     masks_file: str = ""                                   # the masks' .npz, written when first asked for
@@ -750,6 +779,8 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
     small = photo if (h, w) == (photo.height, photo.width) else photo.resize(
         (w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     x = torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    padded = (1, 3, -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE)  # as predict pads
+    compiled = loaded.compiled_for(padded)
     start = time.perf_counter()
     with torch.inference_mode():
         outputs, masks = loaded.runner.predict(x, return_attention=True)
@@ -757,7 +788,8 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
             outputs = flip_average(model.tasks, outputs, loaded.runner.predict(x.flip(-1)))
         network = time.perf_counter() - start
         pred = Prediction(model_key=loaded.key, photo=photo, stem=stem, processing_size=(h, w),
-                          tasks=list(model.tasks), mirrored=bool(flip), model_source=loaded.source)
+                          tasks=list(model.tasks), mirrored=bool(flip), model_source=loaded.source,
+                          compiled=compiled)
         for t in model.tasks:
             out = outputs[t.name][0]
             if t.kind == "semantic":

@@ -20,6 +20,9 @@ torch.set_num_threads(2)
 # Measured precision choices (mtan.fast) go to a folder of this test run, never the user's cache;
 # the apps the tests start inherit it.
 os.environ["MTAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtan-test-cache-")
+# The apps the tests start run eager: a background torch.compile would take both cores for minutes
+# (tests/test_compiled.py checks the warm-up itself).
+os.environ["MTAN_COMPILE"] = "off"
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ def test_app_latency_parts(tmp_path):
 
     model = make_models(tmp_path)["city"]
     proc = subprocess.run([sys.executable, str(BENCH / "app_latency.py"), "--parts-only", "--calls", "1", "--model", model,
+                           "--compile", "off",
                            "--photo", str(REPO / "examples" / "street_01.jpg"), "--resolution", "128x256"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,122 @@
+"""torch.compile for inference where it is measured faster (mtan.compiled): the sizes warmed up,
+the measurement and its record, compiled only for warmed sizes, eager when compiling fails."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtan import MTAN, preset_tasks
+from mtan.compiled import CompileWarmUp, compile_key, warm_up_sizes
+from mtan.fast import optimize_for_inference
+from mtan.timing import choice_cache_path, remember_choice
+
+
+@pytest.fixture(autouse=True)
+def own_choice_cache(tmp_path, monkeypatch):
+    """Each test measures afresh: no choice remembered by another test."""
+    monkeypatch.setenv("MTAN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class Counting(torch.nn.Module):
+    """The compiled network, counting the input shapes it is called with (or failing, ``error``)."""
+
+    def __init__(self, inner, error: str = ""):
+        super().__init__()
+        self.inner, self.error, self.calls = inner, error, []
+
+    def forward(self, x, **kwargs):
+        self.calls.append(tuple(x.shape))
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.inner(x, **kwargs)
+
+
+def tiny_runner():
+    torch.manual_seed(0)
+    model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16).eval()
+    return model, optimize_for_inference(model, precision="fp32")
+
+
+def test_warm_up_sizes_are_the_padded_inputs_of_common_photo_shapes():
+    assert warm_up_sizes((256, 512)) == [(256, 512), (256, 352), (256, 480)]  # 2:1, 4:3, 16:9
+    assert warm_up_sizes((128, 256), aspects=((1, 2), (1, 2))) == [(128, 256)]  # no repeats
+    assert all(h % 32 == 0 and w % 32 == 0 for h, w in warm_up_sizes((200, 300)))
+
+
+def test_compiled_for_warmed_sizes_only_and_remembered(monkeypatch):
+    model, runner = tiny_runner()
+    warm = CompileWarmUp(runner, [(64, 128)], repeats=3)
+    runner._compiled = Counting(runner._compiled)
+    calls = runner._compiled.calls
+    status = warm.run()
+    assert warm.done.is_set() and warm.error is None
+    record = status["64x128"]
+    assert set(record["seconds"]) == {"eager", "compiled"} and record["compile_s"] > 0
+    assert ((1, 3, 64, 128) in runner.compiled_shapes) == record["compiled"]
+    assert "64x128 " in warm.describe() and "eager" in warm.describe()
+    with torch.inference_mode():
+        calls.clear()
+        runner(torch.rand(1, 3, 64, 96))  # a size not warmed up: eager, never a compile on a request
+        assert calls == []
+        x = torch.rand(1, 3, 64, 128)
+        runner.compiled_shapes.add((1, 3, 64, 128))  # compiled and eager give the same outputs
+        fast = runner(x, return_attention=True)
+        assert calls == [(1, 3, 64, 128)]
+        runner.compiled_shapes.discard((1, 3, 64, 128))
+        eager = runner(x, return_attention=True)
+    for name in fast[0]:
+        assert torch.allclose(fast[0][name], eager[0][name], atol=1e-4), name
+    stored = json.loads(choice_cache_path().read_text())[compile_key(runner, (64, 128))]
+    assert stored["compiled"] == record["compiled"]
+
+    # a size remembered as not faster is not compiled again
+    remember_choice(compile_key(runner, (32, 64)), {"compiled": False, "seconds": {"eager": 0.01, "compiled": 0.02}})
+    calls.clear()
+    again = CompileWarmUp(runner, [(32, 64)])
+    assert again.run()["32x64"]["remembered"] and calls == [] and (1, 3, 32, 64) not in runner.compiled_shapes
+    assert again.describe() == ("torch.compile: 32x64 eager (compiled not faster): eager 10 ms, compiled 20 ms, "
+                                "measured earlier")
+
+
+def test_a_failing_compile_falls_back_to_eager():
+    model, runner = tiny_runner()
+
+    runner._compiled = Counting(runner.net, error="inductor: no C++ compiler")
+    warm = CompileWarmUp(runner, [(64, 128), (32, 64)])
+    warm.run()
+    assert "no C++ compiler" in warm.error and runner._compiled is None and not runner.compiled_shapes
+    assert warm.describe().startswith("torch.compile unavailable (RuntimeError: inductor: no C++ compiler")
+    with torch.inference_mode():
+        out = runner(torch.rand(1, 3, 64, 128))
+        ref = optimize_for_inference(model, precision="fp32")(torch.rand(1, 3, 64, 128))
+    assert out.keys() == ref.keys()
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch):
+    """compile="auto": the app's model starts a background warm-up of the default resolution's
+    sizes (here all remembered as not faster, so the thread finishes without compiling)."""
+    from mtan.serving import ModelRegistry
+
+    monkeypatch.setenv("MTAN_FAST_INFERENCE", "1")
+    model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
+    model.save_pretrained(tmp_path / "m")
+    probe = optimize_for_inference(model, precision="fp32")
+    for size in warm_up_sizes((256, 512)):  # the default resolution of a model without resolutions.json
+        remember_choice(compile_key(probe, size), {"compiled": False, "seconds": {"eager": 0.01, "compiled": 0.02}})
+    registry = ModelRegistry([str(tmp_path / "m")], default_local=tmp_path / "m", device="cpu", compile=mode)
+    loaded = registry.get()
+    if mode == "off":
+        assert loaded.warm_up is None and not loaded.compiled_for((1, 3, 128, 256))
+        assert "torch.compile" not in loaded.runner_description
+        return
+    warm = loaded.warm_up
+    assert warm.sizes == warm_up_sizes((256, 512)) and warm.thread.daemon
+    warm.thread.join(timeout=120)
+    assert warm.done.is_set() and set(warm.status) == {f"{h}x{w}" for h, w in warm.sizes}
+    assert all(s["remembered"] for s in warm.status.values()) and not loaded.compiled_for((1, 3, 256, 512))
+    assert "torch.compile: 256x512 eager (compiled not faster)" in loaded.runner_description
+    with pytest.raises(ValueError, match="compile must be one of auto, off"):
+        ModelRegistry([str(tmp_path / "m")], compile="always")
