@@ -157,6 +157,8 @@ def main(argv=None) -> int:
         config = TrainConfig(data="synthetic", data_root=str(cache), size=f"{h}x{w}", train_frames=n_train,
                              val_frames=n_val, arch="mtan", width=width, weighting="dwa", batch_size=args.batch_size,
                              augment=True, epochs=2, seed=args.seed, device=device_name, compile=compile_model,
+                             # fp32 on a CPU: the path compared with the naive one, whatever --amp auto would time
+                             amp="auto" if cuda else "off",
                              batched_attention=args.batched_attention,
                              out=out, progress=False, command="benchmarks/epoch_time.py")
         t0 = time.perf_counter()
