@@ -21,8 +21,8 @@ Paths, on the same weights and the same input (a generated 256x512 street frame)
   the ``--calibration-frames`` generated frames); ``auto_choice`` says which of the three ``precision="auto"`` picks on
   this machine when all three keep the model's quality (the app picks among those its
   ``precisions.json`` keeps);
-* ``fast_compiled`` (``--compile``): ``optimize_for_inference(model, compile=True)``; its
-  compile time (minutes on 2 cores, per input size) is reported apart.
+* ``fast_compiled`` (``--compile``): ``optimize_for_inference(model, precision=<auto's choice>,
+  compile=True)``; its compile time (minutes on 2 cores, per input size) is reported apart.
 
 The paths run interleaved, ``--repeats`` times each after one warm-up run; the JSON has the
 median and minimum wall time, the median CPU time of the process, the speed-ups and the
@@ -150,7 +150,8 @@ def bench_model(model: MTAN, info: dict, x: torch.Tensor, args, calib: torch.Ten
                            "median_s": {p: round(t, 4) for p, t in auto.choice["seconds"].items()},
                            "note": "what precision=auto picks here if the model's precisions.json keeps every precision"}
     if args.compile:
-        compiled = optimize_for_inference(model, device="cpu", compile=True)
+        compiled = optimize_for_inference(model, device="cpu", precision=auto.precision, compile=True,
+                                          int8_scales=scales)  # what auto picked, compiled
         t0 = time.perf_counter()
         with torch.no_grad():
             compiled(x, return_attention=True)
