@@ -87,7 +87,7 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
                        ("cpu" if device == "auto" else device))
     if not isinstance(model, MTAN):
         if precision == "int8" and int8_scales is None:
-            from mtan.precision import int8_scales as recorded_scales, read_record
+            from mtan.records import int8_scales as recorded_scales, read_record
 
             int8_scales = recorded_scales(read_record(model)) if Path(str(model)).is_dir() else None
             if int8_scales is None:

@@ -9,7 +9,13 @@ import os
 import re
 from pathlib import Path
 
-from mtan.model import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelConfigError(ValueError):
+    """A model config (or a saved model folder) is invalid; the message names what is wrong."""
+
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -192,8 +198,6 @@ def model_card(model, *, training_command: str | None = None, data: str | None =
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from mtan.model import count_parameters
-
     name = repo_id or "mtan-model"
     if evaluations is None and results and dataset_name:
         evaluations = [{"name": dataset_name, "type": dataset_type or dataset_name.lower(), "results": results}]
@@ -219,7 +223,7 @@ def model_card(model, *, training_command: str | None = None, data: str | None =
              *([summary, ""] if summary else []),
              "| field | value |", "|---|---|",
              f"| architecture | `{model.arch}` (SegNet backbone, width x{model.width:g}: {model.widths}) |",
-             f"| parameters | {count_parameters(model):,} |"]
+             f"| parameters | {sum(p.numel() for p in model.parameters()):,} |"]
     for t in model.tasks:
         if t.kind == "semantic":
             lines.append(f"| {t.name} | {t.num_classes} classes ({t.class_set.name}): {', '.join(t.class_set.classes)} |")

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
+from mtan.hub import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError, model_card, resolve_model_files  # noqa: F401
 from mtan.tasks import Task, tasks_from_config
 
 ARCHITECTURES = ("mtan", "split", "single")
@@ -349,10 +350,6 @@ def _shared_conv(x: torch.Tensor, tasks: int, block: ConvBNReLU) -> torch.Tensor
 # --------------------------------------------------------------------------------------
 
 
-class ModelConfigError(ValueError):
-    """A model config (or a saved model folder) is invalid; the message names what is wrong."""
-
-
 class MTAN(
     nn.Module,
     PyTorchModelHubMixin,
@@ -597,8 +594,6 @@ class MTAN(
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n")
 
     def generate_model_card(self, *args, **kwargs):
-        from mtan.hub import model_card
-
         return model_card(self, **kwargs)
 
     @classmethod
@@ -613,8 +608,6 @@ class MTAN(
         match the architecture exactly (missing, unexpected or mis-shaped tensors are named).
         ``overrides`` replace config fields (rarely needed).
         """
-        from mtan.hub import resolve_model_files
-
         config_file, weights_file = resolve_model_files(
             pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
             force_download=force_download, local_files_only=local_files_only)
@@ -630,8 +623,6 @@ class MTAN(
         return model
 
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CONFIG_FIELDS = {"tasks", "arch", "width"}
 
 

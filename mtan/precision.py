@@ -16,15 +16,13 @@ and run the fastest. A folder without the file runs in float32.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from mtan.fast import PRECISIONS, int8_available, int8_calibration
+from mtan.records import ResolutionAdvice, write_record
 
-PRECISIONS_FILE = "precisions.json"
 MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's
 ERROR_TOLERANCE = 0.02      # relative, depth errors above float32's
 ERROR_METRICS = ("abs_err", "rel_err")   # a depth task's <task>.abs_err, <task>.rel_err
@@ -108,38 +106,6 @@ def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, cali
     return record
 
 
-def write_record(folder: str | Path, record: dict) -> Path:
-    path = Path(folder) / PRECISIONS_FILE
-    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return path
-
-
-def allowed_precisions(record: dict | None) -> tuple[str, ...]:
-    """The precisions a ``precisions.json`` record keeps (float32 always; only float32 without one)."""
-    kept = {"fp32"}
-    if isinstance(record, dict) and isinstance(record.get("precisions"), dict):
-        kept |= {p for p, r in record["precisions"].items() if p in PRECISIONS and isinstance(r, dict) and r.get("kept")}
-    return tuple(p for p in PRECISIONS if p in kept)
-
-
-def int8_scales(record: dict | None) -> dict | None:
-    """int8's activation scales from a ``precisions.json`` record (None when it has none)."""
-    try:
-        scales = record["precisions"]["int8"]["calibration"]
-    except (KeyError, TypeError):
-        return None
-    return scales if isinstance(scales, dict) else None
-
-
-def read_record(folder: str | Path) -> dict | None:
-    """``precisions.json`` of a model folder, or None (missing or unreadable)."""
-    try:
-        record = json.loads((Path(folder) / PRECISIONS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def table(record: dict) -> str:
     """The record as a Markdown table (the model card's *Precision* section)."""
     names = record["evaluations"]
@@ -173,11 +139,7 @@ def main(argv=None) -> int:
     try:
         model = MTAN.from_pretrained(args.model).eval()
         if args.app_resolution is None:
-            from mtan.serving import RESOLUTIONS_FILE, ResolutionAdvice
-
-            measured = Path(args.model) / RESOLUTIONS_FILE
-            record = json.loads(measured.read_text()) if measured.is_file() else None
-            args.app_resolution = ResolutionAdvice.from_record(record).default if record else "256x512"
+            args.app_resolution = ResolutionAdvice.of_folder(args.model).default
         from mtan.data.camvid import default_root
 
         data = args.data or (["synthetic", "camvid"] if default_root() else ["synthetic"])

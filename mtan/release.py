@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from mtan.fast import optimize_for_inference
-from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE, PRECISIONS_FILE, allowed_precisions, int8_scales, write_record
+from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
 from mtan.precision import table as precision_table
-from mtan.serving import RESOLUTION_TOLERANCE, RESOLUTIONS_FILE, ResolutionAdvice
+from mtan.records import (PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS, RESOLUTIONS_FILE, ResolutionAdvice,
+                          allowed_precisions, int8_scales, write_record)
 from mtan.timing import cpu_name
 
 #: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
@@ -193,7 +194,6 @@ def measure_resolutions(model, config) -> dict | None:
     validation photos of the run's real data (CamVid when it is part of it, else its first part)."""
     from mtan.engine import _builder_options
     from mtan.evaluate import evaluate
-    from mtan.serving import RESOLUTIONS
 
     parts = config.data.split("+")
     part = "camvid" if "camvid" in parts else parts[0]

@@ -32,8 +32,9 @@ from mtan.compiled import COMPILE_MODES, CompileWarmUp, warm_up_sizes
 from mtan.metrics import class_ids
 from mtan.fast import optimize_for_inference, resolve_precision
 from mtan.model import MULTIPLE, MTAN, ModelConfigError, fit_size, flip_average
-from mtan.precision import PRECISIONS_FILE, allowed_precisions, read_record
-from mtan.precision import int8_scales as recorded_int8_scales
+from mtan.records import (DEFAULT_RESOLUTION, PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS,  # noqa: F401
+                          RESOLUTIONS_FILE, ResolutionAdvice, allowed_precisions, read_record)
+from mtan.records import int8_scales as recorded_int8_scales
 
 log = logging.getLogger("mtan.app")
 
@@ -42,13 +43,6 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "weights"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
-# Processing resolutions offered in the app (height x width); photos are fitted inside them.
-RESOLUTIONS = ("128x256", "256x512", "512x1024")
-DEFAULT_RESOLUTION = "256x512"
-# A model folder's resolutions.json (written by mtan.release) holds its measured mIoU at each of
-# them; the app offers those within this much of the best, and the best by default.
-RESOLUTIONS_FILE = "resolutions.json"
-RESOLUTION_TOLERANCE = 0.03
 
 
 class ImageLoadError(ValueError):
@@ -184,32 +178,6 @@ def strip_front_matter(text: str) -> str:
         if end != -1:
             return text[end + 4:].lstrip("\n")
     return text
-
-
-@dataclass
-class ResolutionAdvice:
-    """Which processing resolutions to offer for a model, and why the others are not."""
-
-    offered: list[str]
-    default: str
-    reasons: dict[str, str] = field(default_factory=dict)   # resolution not offered -> why (for the page)
-
-    @classmethod
-    def from_record(cls, record: dict | None) -> "ResolutionAdvice":
-        """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...}}``):
-        every resolution within ``RESOLUTION_TOLERANCE`` of the best; all of them without a record."""
-        scores = {r: v for r, v in ((record or {}).get("scores") or {}).items()
-                  if r in RESOLUTIONS and isinstance(v, (int, float)) and math.isfinite(v)}
-        if not scores:
-            return cls(list(RESOLUTIONS), DEFAULT_RESOLUTION)
-        best = max(scores, key=scores.get)
-        offered = [r for r in RESOLUTIONS if r in scores and scores[r] >= scores[best] - RESOLUTION_TOLERANCE]
-        where = (record or {}).get("dataset") or "its validation photos"
-        reasons = {r: (f"{r} is not offered: this model scores {scores[r]:.2f} mIoU there, against "
-                       f"{scores[best]:.2f} at {best} ({where})") if r in scores else
-                      f"{r} is not offered: it was not measured for this model"
-                   for r in RESOLUTIONS if r not in offered}
-        return cls(offered, best, reasons)
 
 
 @dataclass

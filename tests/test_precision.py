@@ -14,7 +14,8 @@ import torch
 from mtan import MTAN, preset_tasks
 from mtan.fast import InferenceModel, Int8ConvReLU, int8_calibration, optimize_for_inference
 from mtan.model import AttentionMask, ConvBNReLU
-from mtan.precision import allowed_precisions, check_precisions, int8_scales, read_record, verdict
+from mtan.precision import check_precisions, verdict
+from mtan.records import allowed_precisions, int8_scales, read_record
 from mtan.serving import ModelRegistry
 from mtan.timing import choice_cache_path
 

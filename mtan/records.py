@@ -1,0 +1,90 @@
+"""What a model folder records of its own measurements, read by the app and written by the release.
+
+* ``resolutions.json``: the model's mIoU at each processing resolution the app offers, measured by
+  ``mtan.release``; the app offers those within ``RESOLUTION_TOLERANCE`` of the best and starts at
+  the best (:class:`ResolutionAdvice`).
+* ``precisions.json``: which reduced precisions keep the model's quality, measured by
+  ``mtan.precision`` (:func:`read_record`, :func:`allowed_precisions`, :func:`int8_scales`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtan.fast import PRECISIONS
+
+# Processing resolutions offered in the app (height x width); photos are fitted inside them.
+RESOLUTIONS = ("128x256", "256x512", "512x1024")
+DEFAULT_RESOLUTION = "256x512"
+RESOLUTIONS_FILE = "resolutions.json"
+RESOLUTION_TOLERANCE = 0.03
+PRECISIONS_FILE = "precisions.json"
+
+
+@dataclass
+class ResolutionAdvice:
+    """Which processing resolutions to offer for a model, and why the others are not."""
+
+    offered: list[str]
+    default: str
+    reasons: dict[str, str] = field(default_factory=dict)   # resolution not offered -> why (for the page)
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "ResolutionAdvice":
+        """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...}}``):
+        every resolution within ``RESOLUTION_TOLERANCE`` of the best; all of them without a record."""
+        scores = {r: v for r, v in ((record or {}).get("scores") or {}).items()
+                  if r in RESOLUTIONS and isinstance(v, (int, float)) and math.isfinite(v)}
+        if not scores:
+            return cls(list(RESOLUTIONS), DEFAULT_RESOLUTION)
+        best = max(scores, key=scores.get)
+        offered = [r for r in RESOLUTIONS if r in scores and scores[r] >= scores[best] - RESOLUTION_TOLERANCE]
+        where = (record or {}).get("dataset") or "its validation photos"
+        reasons = {r: (f"{r} is not offered: this model scores {scores[r]:.2f} mIoU there, against "
+                       f"{scores[best]:.2f} at {best} ({where})") if r in scores else
+                      f"{r} is not offered: it was not measured for this model"
+                   for r in RESOLUTIONS if r not in offered}
+        return cls(offered, best, reasons)
+
+    @classmethod
+    def of_folder(cls, folder: str | Path) -> "ResolutionAdvice":
+        """From a model folder's ``resolutions.json`` (all resolutions without a readable one)."""
+        return cls.from_record(_read_json(Path(folder) / RESOLUTIONS_FILE))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_record(folder: str | Path) -> dict | None:
+    """``precisions.json`` of a model folder, or None (missing or unreadable)."""
+    return _read_json(Path(folder) / PRECISIONS_FILE)
+
+
+def write_record(folder: str | Path, record: dict) -> Path:
+    path = Path(folder) / PRECISIONS_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def allowed_precisions(record: dict | None) -> tuple[str, ...]:
+    """The precisions a ``precisions.json`` record keeps (float32 always; only float32 without one)."""
+    kept = {"fp32"}
+    if isinstance(record, dict) and isinstance(record.get("precisions"), dict):
+        kept |= {p for p, r in record["precisions"].items() if p in PRECISIONS and isinstance(r, dict) and r.get("kept")}
+    return tuple(p for p in PRECISIONS if p in kept)
+
+
+def int8_scales(record: dict | None) -> dict | None:
+    """int8's activation scales from a ``precisions.json`` record (None when it has none)."""
+    try:
+        scales = record["precisions"]["int8"]["calibration"]
+    except (KeyError, TypeError):
+        return None
+    return scales if isinstance(scales, dict) else None
