@@ -21,8 +21,8 @@ Paths:
 Measured per (path, batch): images/s over ``--steps`` steps after ``--warmup`` steps, peak GPU
 memory, and the fraction of the GPU's bf16 peak reached by the FLOPs counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward (per image). The peak
-divided by is ``--peak-tflops`` (default 989.4: the H100 SXM dense bf16 spec; DESIGN.md uses
-about 800 as the achievable figure; pass ``--peak-tflops 800`` for that). In the tiny CPU mode
+divided by is ``--peak-tflops`` (default 989.4: the H100 SXM dense bf16 spec; about 800 is
+an achievable figure; pass ``--peak-tflops 800`` for that). In the tiny CPU mode
 the same code runs a width-1/16 model at 32x64 for 2 steps (for the tests) and checks that
 both paths give the same losses before and after one optimiser step.
 """
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
                         "or both to compare")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                    help="bf16 peak the achieved FLOP rate is divided by (default 989.4, H100 SXM dense spec; "
-                        "DESIGN.md's achievable figure is about 800)")
+                        "about 800 is achievable)")
     p.add_argument("--width", type=float, default=None, help="model width (default 1.0; tiny 1/16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

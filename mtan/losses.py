@@ -1,4 +1,4 @@
-"""Per-task losses with valid-pixel masks (DESIGN.md section 4).
+"""Per-task losses with valid-pixel masks.
 
 Every loss is a sum over the valid pixels of the batch divided by their count, so a batch
 without any valid pixel for a task gives exactly zero (never NaN), and no value ever has to

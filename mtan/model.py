@@ -10,7 +10,7 @@ masks are shared by all tasks. Architectures:
 - ``single``: one task, plain SegNet + its head.
 
 Widths are ``[64, 128, 256, 512, 512]`` times ``width``. Inputs are images in [0, 1], N x 3 x H x W
-with H and W multiples of 32 (``predict`` pads any size). See DESIGN.md section 2.
+with H and W multiples of 32 (``predict`` pads any size).
 """
 from __future__ import annotations
 

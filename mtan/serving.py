@@ -198,10 +198,6 @@ class LoadedModel:
         return "placeholder" in self.card.lower()
 
     @property
-    def has_attention(self) -> bool:
-        return self.model.arch == "mtan"
-
-    @property
     def runner(self):
         """What runs the photos: the inference copy of ``mtan.fast`` (BatchNorm folded, fused
         convolutions, channels-last), built once, in ``precision`` (``auto``: the fastest on this

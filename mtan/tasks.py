@@ -115,7 +115,7 @@ def class_set_for(num_classes: int) -> ClassSet:
 # --------------------------------------------------------------------------------------
 
 # CityScapes release convention: stored value v = disparity PNG value / 65535 ~ 1.85 / metres
-# (baseline 0.209 m x fx 2262 px / 256, see DESIGN.md section 6).
+# (baseline 0.209 m x fx 2262 px / 256: the CityScapes stereo rig).
 CITYSCAPES_INVERSE_DEPTH_SCALE = 1.85
 
 KINDS = ("semantic", "depth", "normal")

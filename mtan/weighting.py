@@ -1,4 +1,4 @@
-"""How the task losses are combined into one training loss (DESIGN.md section 5).
+"""How the task losses are combined into one training loss.
 
 - ``equal``: the plain sum of the task losses.
 - ``dwa`` (Dynamic Weight Average, the MTAN paper's proposal): from the epoch-mean unweighted

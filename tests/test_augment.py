@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtan.data.augment import AugmentParams, BatchAugment, SampleAugment, apply_augment, augment_batch
+from mtan.data.augment import AugmentParams, BatchAugment, apply_augment, augment_batch
 
 H, W = 16, 32
 INVERSE = {"name": "depth", "kind": "depth", "depth_kind": "inverse"}
@@ -103,21 +103,3 @@ def test_random_batches_are_aligned_and_reproducible():
     assert torch.isin(params.scale, torch.tensor([1.0, 1.2, 1.5])).all()
     check_aligned(a, params.scale)
     assert params.flip.any() and not params.flip.all()
-
-
-def test_sample_augment_with_transforms_v2_is_aligned():
-    tasks = [SEMANTIC, INVERSE, NORMAL]
-    batch = coded_batch(1)
-    sample = {k: v[0] for k, v in batch.items() if k != "name"}
-    augment = SampleAugment(tasks, generator=torch.Generator().manual_seed(3))
-    flips = 0
-    for _ in range(8):
-        out = augment(sample)
-        # The scale drawn is the one that turns the depth back into whole source codes.
-        scales = [s for s in (1.0, 1.2, 1.5) if torch.allclose(out["depth"] / s, (out["depth"] / s).round(), atol=1e-3)]
-        assert len(scales) == 1
-        check_aligned({k: v[None] for k, v in out.items()}, torch.tensor(scales))
-        flipped = bool(out["normal"][0, 0, 0] < 0)
-        flips += flipped
-        assert (out["semantic"][0, -1] < out["semantic"][0, 0]) == flipped
-    assert 0 < flips < 8

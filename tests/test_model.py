@@ -14,7 +14,7 @@ def test_parameter_counts_match_the_original(nyuv2_tasks, cityscapes_tasks):
     assert count_parameters(nyu) + count_parameters(UncertaintyWeighting(nyu.task_names)) == 44_229_076
     single = MTAN([{"name": "semantic", "kind": "semantic", "class_set": "nyuv2-13"}], arch="single")
     assert count_parameters(single) == 24_981_069
-    assert count_parameters(MTAN(cityscapes_tasks)) == 41_206_984  # DESIGN.md section 8
+    assert count_parameters(MTAN(cityscapes_tasks)) == 41_206_984  # the paper's full-width network
     # the state_dict has the original's 685 tensors minus logsigma
     assert len(nyu.state_dict()) == 684
 

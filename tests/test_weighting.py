@@ -1,4 +1,4 @@
-"""Equal, DWA and uncertainty weighting (DESIGN.md section 5)."""
+"""Equal, DWA and uncertainty weighting."""
 import math
 
 import pytest

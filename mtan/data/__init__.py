@@ -21,7 +21,7 @@ import inspect
 import os
 from pathlib import Path
 
-from mtan.data.augment import AugmentParams, BatchAugment, SampleAugment, TransformedDataset, augment_batch
+from mtan.data.augment import AugmentParams, BatchAugment, augment_batch
 from mtan.data.camvid import CamVidDataset
 from mtan.data.cityscapes import CityScapesDataset, PrepareReport, is_prepared
 from mtan.data.cityscapes import prepare as prepare_cityscapes
@@ -157,5 +157,5 @@ __all__ = [
     "CityScapesDataset", "NYUv2Dataset", "CamVidDataset", "SyntheticDataset", "MixtureDataset",
     "ReleaseDataset", "synthetic_dataset", "prepare_cityscapes", "PrepareReport", "is_prepared",
     "InMemoryDataset", "to_memory", "bytes_per_frame",
-    "AugmentParams", "BatchAugment", "SampleAugment", "TransformedDataset", "augment_batch",
+    "AugmentParams", "BatchAugment", "augment_batch",
 ]

@@ -15,14 +15,10 @@ Geometry is shared by the image and all targets, so they stay aligned:
   pixels stay 0;
 * normals: a flip mirrors the scene, so the x component changes sign; invalid (0, 0, 0) stays 0.
 
-Two implementations:
-
-* :class:`BatchAugment` / :func:`augment_batch` work on whole batches on any device (the
-  trainer runs it on the GPU): one ``affine_grid`` plus one ``grid_sample`` per target type,
-  per-sample parameters drawn on the device from a ``torch.Generator``, no host sync.
-  The window is placed at a continuous position and the zoom is exactly ``s``.
-* :class:`SampleAugment` works on one sample with torchvision transforms v2 (for DataLoader
-  workers); its window is rounded to whole pixels.
+:class:`BatchAugment` / :func:`augment_batch` work on whole batches on any device (the trainer
+runs it on the GPU): one ``affine_grid`` plus one ``grid_sample`` per target type, per-sample
+parameters drawn on the device from a ``torch.Generator``, no host sync. The window is placed at
+a continuous position and the zoom is exactly ``s``.
 """
 from __future__ import annotations
 
@@ -186,76 +182,3 @@ class BatchAugment:
     def __repr__(self) -> str:
         scales = f"scale_range={self.scale_range}" if self.scale_range else f"scales={self.scales}"
         return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size})"
-
-
-# --------------------------------------------------------------------------------------
-# Per-sample augmentation with torchvision transforms v2 (for DataLoader workers)
-# --------------------------------------------------------------------------------------
-
-
-class SampleAugment:
-    """Zoom-crop + flip one sample (the same recipe as :class:`BatchAugment`) with transforms v2.
-
-    Use it as a dataset transform inside DataLoader workers, e.g.
-    ``TransformedDataset(dataset, SampleAugment(dataset.tasks))``. The window is
-    ``round(H/s) x round(W/s)`` pixels at a whole-pixel position; depth is scaled by the
-    nominal ``s``. In DataLoader workers leave ``generator=None``: torch seeds every worker's
-    global generator differently, whereas a generator object would be copied into all workers
-    with the same state (and they would all draw the same parameters).
-    """
-
-    def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
-                 generator: torch.Generator | None = None):
-        self.tasks = _as_tasks(tasks)
-        self.scales, self.flip_p, self.generator = tuple(float(s) for s in scales), float(flip_p), generator
-
-    def __call__(self, sample: dict) -> dict:
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-
-        g = self.generator
-        h, w = sample["image"].shape[-2:]
-        s = self.scales[int(torch.randint(len(self.scales), (1,), generator=g))]
-        ch, cw = max(1, round(h / s)), max(1, round(w / s))
-        top = int(torch.randint(h - ch + 1, (1,), generator=g))
-        left = int(torch.randint(w - cw + 1, (1,), generator=g))
-        flip = bool(torch.rand(1, generator=g) < self.flip_p)
-
-        def geometry(x, interpolation):
-            x = TF.resized_crop(x, top, left, ch, cw, [h, w], interpolation=interpolation, antialias=False)
-            return TF.horizontal_flip(x) if flip else x
-
-        # Targets go through as plain tensors with NEAREST_EXACT (the source pixel under each output
-        # pixel's centre): tv_tensors.Mask would force NEAREST, which sits half a pixel off the image.
-        out = dict(sample)
-        out["image"] = geometry(sample["image"], InterpolationMode.BILINEAR)
-        for task in self.tasks:
-            if task.name not in sample:
-                continue
-            target = sample[task.name]
-            moved = geometry(target[None] if task.kind == "semantic" else target, InterpolationMode.NEAREST_EXACT)
-            if task.kind == "semantic":
-                moved = moved[0]
-            elif task.kind == "depth":
-                moved = moved * (s if task.depth_kind == "inverse" else 1.0 / s)
-            elif task.kind == "normal" and flip:
-                moved = moved.clone()
-                moved[0] = -moved[0]
-            out[task.name] = moved
-        return out
-
-
-class TransformedDataset(torch.utils.data.Dataset):
-    """A dataset whose items pass through ``transform``; keeps ``task_configs``, ``name``, ``size``."""
-
-    def __init__(self, dataset, transform):
-        self.dataset, self.transform = dataset, transform
-        for attr in ("task_configs", "tasks", "name", "size"):
-            if hasattr(dataset, attr):
-                setattr(self, attr, getattr(dataset, attr))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.transform(self.dataset[index])

@@ -28,13 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mtan.tasks import CITYSCAPES_INVERSE_DEPTH_SCALE
+
 #: CityScapes 7 categories (``mtan.tasks.CITYSCAPES_7``).
 FLAT, SKY = 0, 4
 #: Inverse depth used as the target for sky pixels in training (1.85 / 1e-4 = 18.5 km: farther than
 #: any surface of a generated scene, whose ground ends at 2 km = 9.25e-4).
 SKY_INVERSE_DEPTH = 1e-4
-#: The inverse-depth convention (``v = 1.85 / metres``) and its clip (CityScapes never stores more).
-INVERSE_DEPTH_SCALE = 1.85
+#: The inverse-depth convention (``v = 1.85 / metres``, from :mod:`mtan.tasks`) and its clip
+#: (CityScapes never stores more).
+INVERSE_DEPTH_SCALE = CITYSCAPES_INVERSE_DEPTH_SCALE
 MAX_INVERSE_DEPTH = 0.49
 #: Assumed camera: the middle of the generated scenes' ranges (see the module docstring).
 CAMERA_HEIGHT_M = 1.45

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtan.tasks import CITYSCAPES_INVERSE_DEPTH_SCALE
 
 
 # --------------------------------------------------------------------------------------
@@ -19,7 +20,7 @@ FLAT, CONSTRUCTION, OBJECT, NATURE, SKY, HUMAN, VEHICLE = range(7)
 NUM_CLASSES = 7
 
 #: Stored inverse depth is ``INVERSE_DEPTH_SCALE / metres`` (CityScapes release convention).
-INVERSE_DEPTH_SCALE = 1.85
+INVERSE_DEPTH_SCALE = CITYSCAPES_INVERSE_DEPTH_SCALE
 #: CityScapes never stores more than 0.4922; nearer geometry is clipped to this value (~3.8 m).
 MAX_INVERSE_DEPTH = 0.49
 
