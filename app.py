@@ -458,9 +458,7 @@ def rerender_main(pred, opacity, colormap, compare):
 def rerender_attention(pred, task, part, stage, channel):
     if pred is None:
         return gr.skip(), gr.skip(), gr.skip()
-    view, diff, caption = show_attention(pred, task, part, stage, channel)
-    view, diff = as_files(pred.stem, attention=view, difference=diff)
-    return view, diff, caption
+    return attention_views(pred, task, part, stage, channel)
 
 
 def resolution_info(loaded: serving.LoadedModel | None) -> str:
