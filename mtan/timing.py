@@ -19,23 +19,29 @@ from mtan.checkpoint import atomic_write
 
 
 def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5,
-            margin: float = 0.1) -> tuple[str, dict[str, float]]:
+            margin: float = 0.1, give_up: float = 2.0) -> tuple[str, dict[str, float]]:
     """Run each option ``warmup`` times untimed, then ``repeats`` times interleaved (so that a
     change in the machine's load hits every option alike); return the name of the fastest by
     median time and every option's median in seconds. The first option is the reference: another
     is chosen only if it is faster by more than ``margin`` (10 %), so that noise does not flip the
-    choice between options that are about as fast."""
+    choice between options that are about as fast. An option whose first timed run is more than
+    ``give_up`` times the fastest first run is not run again (it cannot win, and on some CPUs bf16
+    runs 15x slower than float32: timing it five more times would cost minutes)."""
     if not options:
         raise ValueError("fastest() needs at least one option")
     for run in options.values():
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {name: [] for name in options}
-    for _ in range(max(1, repeats)):
-        for name, run in options.items():
+    running = list(options)
+    for round_ in range(max(1, repeats)):
+        for name in running:
             start = time.perf_counter()
-            run()
+            options[name]()
             times[name].append(time.perf_counter() - start)
+        if round_ == 0:
+            best_first = min(times[name][0] for name in running)
+            running = [name for name in running if times[name][0] <= give_up * best_first]
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     reference = next(iter(options))
     best = min(medians, key=lambda name: medians[name])

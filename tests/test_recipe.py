@@ -147,6 +147,23 @@ def test_fastest_keeps_the_reference_unless_another_is_clearly_faster():
     assert name == "b"
 
 
+def test_fastest_stops_timing_an_option_that_cannot_win():
+    import time
+
+    calls = {"quick": 0, "slow": 0}
+
+    def run(name, seconds):
+        def go():
+            calls[name] += 1
+            time.sleep(seconds)
+        return go
+
+    name, times = fastest({"quick": run("quick", 0.002), "slow": run("slow", 0.03)}, warmup=1, repeats=5)
+    assert name == "quick" and set(times) == {"quick", "slow"}
+    assert calls == {"quick": 6, "slow": 2}  # warm-up and one timed run, then dropped
+    assert times["slow"] > 5 * times["quick"]
+
+
 def test_amp_auto_is_timed_on_the_cpu_logged_and_kept_on_resume(tmp_path):
     from mtan.checkpoint import list_checkpoints, load_checkpoint
     from mtan.engine import train
