@@ -112,31 +112,34 @@ def infer_config(state: dict, class_set: str | None = None, depth_kind: str | No
                                   f"(1 semantic, 2 depth, 3 normals)")
         arch = "mtan" if any(k.startswith("encoder_att.") for k in state) else "split"
         kinds = list(TASK_ORDER[: len(heads)])
+    def semantic(key: str, channels: int) -> dict:
+        if class_set:
+            if class_set not in CLASS_SETS:
+                raise ConversionError(f"--class-set {class_set!r} unknown; known: {', '.join(CLASS_SETS)}")
+            if CLASS_SETS[class_set].num_classes != channels:
+                raise ConversionError(f"--class-set {class_set} has {CLASS_SETS[class_set].num_classes} classes "
+                                      f"but {key} predicts {channels}")
+            cs = CLASS_SETS[class_set]
+        else:
+            cs = class_set_for(channels)
+        cfg = {"name": "semantic", "kind": "semantic"}
+        if cs.name in CLASS_SETS:
+            cfg["class_set"] = cs.name
+        else:
+            cfg["num_classes"] = channels
+        return cfg
+
+    def depth(key: str, channels: int) -> dict:
+        return {"name": "depth", "kind": "depth", "depth_kind": depth_kind or ("metric" if len(kinds) == 3 else "inverse")}
+
+    def normal(key: str, channels: int) -> dict:
+        return {"name": "normal", "kind": "normal"}
+
+    config_of = {"semantic": semantic, "depth": depth, "normal": normal}
     tasks = []
     for n, kind in enumerate(kinds, start=1):
         key = "pred_task.1.weight" if arch == "single" else f"pred_task{n}.1.weight"
-        channels = state[key].shape[0]
-        if kind == "semantic":
-            if class_set:
-                if class_set not in CLASS_SETS:
-                    raise ConversionError(f"--class-set {class_set!r} unknown; known: {', '.join(CLASS_SETS)}")
-                if CLASS_SETS[class_set].num_classes != channels:
-                    raise ConversionError(f"--class-set {class_set} has {CLASS_SETS[class_set].num_classes} classes "
-                                          f"but {key} predicts {channels}")
-                cs = CLASS_SETS[class_set]
-            else:
-                cs = class_set_for(channels)
-            cfg = {"name": "semantic", "kind": "semantic"}
-            if cs.name in CLASS_SETS:
-                cfg["class_set"] = cs.name
-            else:
-                cfg["num_classes"] = channels
-            tasks.append(cfg)
-        elif kind == "depth":
-            dk = depth_kind or ("metric" if len(kinds) == 3 else "inverse")
-            tasks.append({"name": "depth", "kind": "depth", "depth_kind": dk})
-        else:
-            tasks.append({"name": "normal", "kind": "normal"})
+        tasks.append(config_of[kind](key, state[key].shape[0]))
     return {"tasks": tasks, "arch": arch, "width": width}
 
 
@@ -193,7 +196,7 @@ def convert(checkpoint: str | Path, out_dir: str | Path, class_set: str | None =
     config = infer_config(state, class_set=class_set, depth_kind=depth_kind, single_task=single_task)
     model, notes = convert_state_dict(state, config)
     data = {"cityscapes-7": "CityScapes (7 categories)", "cityscapes-19": "CityScapes (19 classes)",
-            "nyuv2-13": "NYUv2 (13 classes)"}.get(model.tasks[0].class_set.name if model.tasks[0].kind == "semantic" else "", None)
+            "nyuv2-13": "NYUv2 (13 classes)"}.get(config["tasks"][0].get("class_set", ""))
     model.save_pretrained(out_dir, model_card_kwargs={
         "training_command": None,
         "data": (data + ", " if data else "") + f"converted from the original implementation's checkpoint "

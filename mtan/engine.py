@@ -37,7 +37,6 @@ from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_tem
                              list_checkpoints, prune_checkpoints, read_header, restore, save_checkpoint)
 from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
-from mtan.losses import edge_aware_smoothness, semantic_loss
 from mtan.model import MTAN, count_parameters
 from mtan.tasks import Task, tasks_from_config
 from mtan.weighting import build_weighting
@@ -509,12 +508,11 @@ class Engine:
         """Per-class weights of the semantic training losses (``--class-weights``), from the training labels."""
         if self.config.class_weights == "none":
             return {}
-        from mtan.losses import median_frequency_weights
-
         out = {}
         for t in self.tasks:
-            if t.kind == "semantic" and t.name in self.train_data.targets:
-                out[t.name] = median_frequency_weights(self.train_data.targets[t.name], t.num_classes)
+            weights = t.class_weights(self.train_data.targets[t.name]) if t.name in self.train_data.targets else None
+            if weights is not None:
+                out[t.name] = weights
                 pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(t.class_set.classes, out[t.name].tolist()))
                 self.log(f"class weights ({self.config.class_weights}) for {t.name}: {pairs}")
         return out
@@ -573,15 +571,10 @@ class Engine:
         losses, has_valid = {}, []
         for t in self.tasks:
             target = batch[t.name]
-            if t.kind == "semantic" and (t.name in self.class_weights or cfg.label_smoothing):
-                losses[t.name] = semantic_loss(outputs[t.name], target, weight=self.class_weights.get(t.name),
-                                               label_smoothing=cfg.label_smoothing)
-            else:
-                losses[t.name] = t.loss(outputs[t.name], target)
-            if t.kind == "depth" and cfg.depth_smoothness:
-                losses[t.name] = losses[t.name] + cfg.depth_smoothness * edge_aware_smoothness(
-                    outputs[t.name], batch["image"])
-            has_valid.append(valid_any(t, target))
+            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"],
+                                    class_weight=self.class_weights.get(t.name),
+                                    label_smoothing=cfg.label_smoothing, smoothness=cfg.depth_smoothness)
+            has_valid.append(t.has_valid(target))
         return losses, torch.stack(has_valid)
 
     def _forward_backward(self, model, batch: dict):
@@ -815,15 +808,6 @@ class NonFiniteLossError(RuntimeError):
     """A task's training loss became NaN or infinite."""
 
 
-def valid_any(task: Task, target: torch.Tensor) -> torch.Tensor:
-    """Whether a batch has at least one valid pixel for ``task`` (a device tensor, no sync)."""
-    if task.kind == "semantic":
-        return (target >= 0).any()
-    if task.kind == "depth":
-        return (target != 0).any()
-    return (target != 0).any()
-
-
 def compile_or_eager(model, log):
     try:
         return torch.compile(model)
@@ -864,7 +848,7 @@ def evaluate_model(model: MTAN, data, batch_size: int, runtime: Runtime | None =
             for k, t in enumerate(tasks):
                 pred = outputs[t.name].float()
                 metrics[t.name].update(pred, batch[t.name])
-                has = valid_any(t, batch[t.name])
+                has = t.has_valid(batch[t.name])
                 loss_sums[k] += torch.where(has, t.loss(pred, batch[t.name]).double(), torch.zeros((), dtype=torch.float64, device=device))
                 loss_counts[k] += has.double()
     model.train(was_training)

@@ -224,13 +224,7 @@ def model_card(model, *, training_command: str | None = None, data: str | None =
              "| field | value |", "|---|---|",
              f"| architecture | `{model.arch}` (SegNet backbone, width x{model.width:g}: {model.widths}) |",
              f"| parameters | {sum(p.numel() for p in model.parameters()):,} |"]
-    for t in model.tasks:
-        if t.kind == "semantic":
-            lines.append(f"| {t.name} | {t.num_classes} classes ({t.class_set.name}): {', '.join(t.class_set.classes)} |")
-        elif t.kind == "depth":
-            lines.append(f"| {t.name} | depth, {t.units} |")
-        else:
-            lines.append(f"| {t.name} | surface normals (unit vectors) |")
+    lines += [f"| {t.name} | {t.describe()} |" for t in model.tasks]
     lines += ["", "## Use", "", "```python", "from mtan import MTAN", "",
               f"model = MTAN.from_pretrained(\"{repo_id or 'path/to/this/folder'}\")",
               "outputs = model.predict(image)  # image: 3 x H x W float tensor in [0, 1], any size",

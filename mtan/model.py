@@ -56,9 +56,7 @@ def flip_average(tasks, out: dict, mirrored: dict) -> dict:
     normal's x component changes sign in the mirror. Test-time augmentation."""
     result = {}
     for t in tasks:
-        back = mirrored[t.name].flip(-1)
-        if t.kind == "normal":
-            back = back * torch.tensor([-1.0, 1.0, 1.0], dtype=back.dtype, device=back.device).view(1, 3, 1, 1)
+        back = t.mirror_values(mirrored[t.name].flip(-1))
         result[t.name] = (out[t.name] + back) / 2
     return result
 

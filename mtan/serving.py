@@ -755,17 +755,21 @@ def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int
                           tasks=list(model.tasks), mirrored=bool(flip), model_source=loaded.source,
                           compiled=compiled)
         for t in model.tasks:
-            out = outputs[t.name][0]
-            if t.kind == "semantic":
-                pred.labels[t.name] = labels_at(out, pred.size)
-            elif t.kind == "depth":
-                pred.depth[t.name] = out[0].float().cpu().numpy()
-            elif t.kind == "normal":
-                pred.normals[t.name] = out.float().cpu().numpy()
+            field_name, finish = PREDICTION_FIELDS[t.kind]
+            getattr(pred, field_name)[t.name] = finish(outputs[t.name][0], pred.size)
         pred.masks, pred.mask_downsampled = shrink_masks(masks, mask_budget_values)
     pred.seconds = time.perf_counter() - start
     pred.seconds_network = network
     return pred
+
+
+# Where each kind of task's output goes in a Prediction, and how it gets there from the
+# network's C x h x w output: class ids at the photo's size; depth and normals as they are.
+PREDICTION_FIELDS = {
+    "semantic": ("labels", labels_at),
+    "depth": ("depth", lambda out, size: out[0].float().cpu().numpy()),
+    "normal": ("normals", lambda out, size: out.float().cpu().numpy()),
+}
 
 
 class ExampleCache:

@@ -1,8 +1,11 @@
 """The tasks MTAN predicts: semantic segmentation, depth and surface normals.
 
-A task knows its output channels, how its prediction is finished (normals are made unit
-length), its loss, its metrics, and what an "unknown" target looks like (so that datasets
-which lack a task, such as CamVid's depth, can be mixed with those that have it).
+A task knows everything that differs between the kinds, so that the rest of the code never asks
+which kind it holds: its output channels, how its prediction is finished (normals are made unit
+length), its loss and the training options that apply to it, its metrics, what an "unknown"
+target looks like (so that datasets which lack a task, such as CamVid's depth, can be mixed with
+those that have it), what makes a target invalid, how its values change when a view is zoomed or
+mirrored, and how it is described on a model card.
 
 Tasks are described by small JSON-friendly dicts (they live in a model's ``config.json``)::
 
@@ -13,6 +16,7 @@ Tasks are described by small JSON-friendly dicts (they live in a model's ``confi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +132,8 @@ class Task:
 
     name: str
     kind: str = field(init=False, default="")
+    #: the value of a target pixel without ground truth (a zoomed-out view's border, a missing task)
+    missing_value: ClassVar[float] = 0.0
 
     @property
     def out_channels(self) -> int:
@@ -137,14 +143,44 @@ class Task:
         """Turn the head's raw output into the task's prediction."""
         return raw
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, *, image: torch.Tensor | None = None,
+             class_weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+             smoothness: float = 0.0) -> torch.Tensor:
+        """The training loss. The keyword options are the trainer's: each task uses those that
+        apply to it (class weights and label smoothing: segmentation; an edge-aware smoothness
+        term, which needs the ``image``: depth) and ignores the others."""
         raise NotImplementedError
 
-    def new_metric(self, device: torch.device | str = "cpu") -> metrics.Metric:
-        raise NotImplementedError
+    def class_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Per-class loss weights from the training targets; None where the task has no classes."""
+        return None
+
+    def has_valid(self, target: torch.Tensor) -> torch.Tensor:
+        """Whether ``target`` has at least one valid pixel (a device tensor: no host sync)."""
+        return (target != self.missing_value).any()
+
+    def target_problem(self, target: torch.Tensor, full: bool = True) -> str | None:
+        """What is wrong with a dataset's target values (a sentence that says what to store
+        instead), or None when they are valid. ``full=False``: only the checks cheap enough for
+        every item read (a label outside the classes would otherwise surface as an obscure
+        device-side assert inside the loss)."""
+        return None
+
+    def zoom_values(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Values of a B x C x H x W target whose view was zoomed in by ``scale`` (B factors)."""
+        return values
+
+    def mirror_values(self, values: torch.Tensor, mirrored: torch.Tensor | bool = True) -> torch.Tensor:
+        """Values of a B x C x H x W target whose pixels were mirrored left-right (where
+        ``mirrored``: a bool or B bools); the pixels themselves are moved by the caller."""
+        return values
 
     def missing_target(self, height: int, width: int) -> torch.Tensor:
         """A target of the right shape whose pixels are all invalid (for samples lacking the task)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the task predicts, in a few words (the model card's table)."""
         raise NotImplementedError
 
     def to_config(self) -> dict:
@@ -164,14 +200,36 @@ class SemanticTask(Task):
     def out_channels(self) -> int:
         return self.num_classes
 
-    def loss(self, pred, target):
-        return losses.semantic_loss(pred, target)
+    missing_value: ClassVar[float] = -1.0
+
+    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
+        return losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing)
+
+    def class_weights(self, labels):
+        return losses.median_frequency_weights(labels, self.num_classes)
+
+    def has_valid(self, target):
+        return (target >= 0).any()
+
+    def target_problem(self, target, full=True):
+        if target.numel() == 0:
+            return None
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        if lo >= -1 and hi < self.num_classes:
+            return None
+        outside = target[(target < -1) | (target >= self.num_classes)]
+        bad = sorted(set(torch.unique(outside).tolist()))[:10]
+        return (f"label value(s) {bad} outside the {self.num_classes} classes (valid: 0..{self.num_classes - 1}, "
+                "-1 = void). Is this the right label folder / class set for the data?")
 
     def new_metric(self, device="cpu"):
         return metrics.SegmentationMetric(self.num_classes, device=device, class_names=self.class_set.classes)
 
     def missing_target(self, height, width):
         return torch.full((height, width), -1, dtype=torch.long)
+
+    def describe(self):
+        return f"{self.num_classes} classes ({self.class_set.name}): {', '.join(self.class_set.classes)}"
 
     def to_config(self):
         cfg = super().to_config()
@@ -210,14 +268,57 @@ class DepthTask(Task):
     def units(self) -> str:
         return "metres" if self.depth_kind == "metric" else f"inverse depth (~{self.scale:g} / metres)"
 
-    def loss(self, pred, target):
-        return losses.depth_loss(pred, target)
+    @property
+    def nearer_is_larger(self) -> bool:
+        """Inverse depth grows as things come nearer; metric depth as they go away."""
+        return self.depth_kind == "inverse"
+
+    @property
+    def metres_formula(self) -> str | None:
+        """How a value becomes metres, when it is not already in metres (``1.85 / value``)."""
+        return f"{self.scale:g} / value" if self.nearer_is_larger else None
+
+    @property
+    def meaning(self) -> str:
+        """One sentence on how to read the values (the depth colour bar's note)."""
+        if self.nearer_is_larger:
+            return (f"Inverse depth in the CityScapes convention: larger values are nearer; "
+                    f"distance ≈ {self.scale:g} / value metres (approximate).")
+        return "Depth in metres: larger values are farther."
+
+    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
+        loss = losses.depth_loss(pred, target)
+        if smoothness:
+            if image is None:
+                raise ValueError(f"task {self.name!r}: the smoothness term needs the image")
+            loss = loss + smoothness * losses.edge_aware_smoothness(pred, image)
+        return loss
+
+    def target_problem(self, target, full=True):
+        if not full:
+            return None
+        lo, hi = (float(v) for v in torch.aminmax(target))
+        if lo != lo or hi != hi:
+            return "the depth map contains NaN; store 0 for pixels without depth."
+        if hi == float("inf"):
+            return "the depth map contains inf; store 0 for pixels without depth."
+        if lo < 0:
+            return f"the depth map has negative values (min {lo:.4g}); depth must be >= 0, 0 = invalid."
+        return None
+
+    def zoom_values(self, values, scale):
+        """Zooming in by s brings everything s times nearer: inverse depth x s, metres / s."""
+        factor = scale if self.nearer_is_larger else 1.0 / scale
+        return values * factor.to(values.dtype).view(-1, 1, 1, 1)
 
     def new_metric(self, device="cpu"):
         return metrics.DepthMetric(device=device)
 
     def missing_target(self, height, width):
         return torch.zeros((1, height, width), dtype=torch.float32)
+
+    def describe(self):
+        return f"depth, {self.units}"
 
     def to_config(self):
         cfg = super().to_config()
@@ -238,14 +339,34 @@ class NormalTask(Task):
     def finish(self, raw):
         return F.normalize(raw, p=2, dim=1)
 
-    def loss(self, pred, target):
+    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
         return losses.normal_loss(pred, target)
+
+    def target_problem(self, target, full=True):
+        if not full:
+            return None
+        if not torch.isfinite(target).all():
+            return "the normal map contains NaN or inf; store (0, 0, 0) for pixels without a normal."
+        if target.abs().max() > 1.01:
+            return (f"normal components must lie in [-1, 1] (found {target.abs().max().item():.4g}); "
+                    "store unit vectors.")
+        return None
+
+    def mirror_values(self, values, mirrored=True):
+        """A mirrored view turns a normal's x component round."""
+        flip = torch.as_tensor(mirrored, device=values.device).reshape(-1, 1, 1, 1)
+        sign = torch.ones(flip.shape[0], 3, 1, 1, dtype=values.dtype, device=values.device)
+        sign[:, :1] = torch.where(flip, -1.0, 1.0).to(values.dtype)
+        return values * sign
 
     def new_metric(self, device="cpu"):
         return metrics.NormalMetric(device=device)
 
     def missing_target(self, height, width):
         return torch.zeros((3, height, width), dtype=torch.float32)
+
+    def describe(self):
+        return "surface normals (unit vectors)"
 
 
 def task_from_config(cfg: dict) -> Task:

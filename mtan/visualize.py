@@ -157,17 +157,13 @@ def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMA
     labels = []
     for v, m in zip(values, metres):
         extra = ""
-        if task.depth_kind == "inverse":
+        if task.metres_formula:
             if not math.isfinite(m) or m <= 0:
                 extra = "<br>–"
             else:
                 extra = f"<br><span class='mtan-metres'>{'> 1 km' if m > 1000 else f'≈ {_fmt(m)} m'}</span>"
         labels.append(f"<span>{_fmt(v)}{extra}</span>")
-    if task.depth_kind == "inverse":
-        note = (f"Inverse depth in the CityScapes convention: larger values are nearer; "
-                f"distance ≈ {task.scale:g} / value metres (approximate).")
-    else:
-        note = "Depth in metres: larger values are farther."
+    note = task.meaning
     return (f'<div class="mtan-colorbar" data-units="{html.escape(task.units)}">'
             f'<div class="mtan-colorbar-title">{html.escape(task.name)}: {html.escape(task.units)}</div>'
             f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'
@@ -325,8 +321,8 @@ def depth_to_png16(depth: np.ndarray, task) -> tuple[np.ndarray, float, str]:
     np.clip(np.round(d, out=d), 0, 65535, out=d)
     png = d.astype(np.uint16)
     text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 0 = invalid"
-    if task.depth_kind == "inverse":
-        text += f"; metres ~ {task.scale:g} / {task.name}"
+    if task.metres_formula:
+        text += f"; metres ~ {task.metres_formula.replace('value', task.name)}"
     return png, top, text
 
 
@@ -392,14 +388,14 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
     files, notes = [], []
     meta = {"Software": "mtan app", "Model": model_name}
     for task in pred.tasks:
-        if task.kind == "semantic" and task.name in pred.labels:
+        if task.name in pred.labels:
             labels = pred.labels[task.name]
             classes = ", ".join(f"{i}={c}" for i, c in enumerate(task.class_set.classes))
             files.append(str(save_png(out / f"{stem}_{task.name}_class_ids.png", labels,
                                       meta | {"Classes": classes, "ClassSet": task.class_set.name})))
             files.append(str(save_png(out / f"{stem}_{task.name}_colour.png",
                                       colorize_labels(labels, task.class_set.palette), meta | {"Classes": classes})))
-        elif task.kind == "depth" and task.name in pred.depth:
+        elif task.name in pred.depth:
             small = Image.fromarray(pred.depth[task.name].astype(np.float32), "F")
             full = np.asarray(small.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
             png, top, text = depth_to_png16(full, task)
@@ -409,7 +405,7 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
             np.save(out / f"{stem}_{task.name}.npy", full)
             files.append(str(out / f"{stem}_{task.name}.npy"))
             notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}.npy`: float32 {task.units}.")
-        elif task.kind == "normal" and task.name in pred.normals:
+        elif task.name in pred.normals:
             files.append(str(save_png(out / f"{stem}_{task.name}.png",
                                       np.asarray(normals_to_rgb(pred.normals[task.name], size)),
                                       meta | {"Encoding": "RGB = (n + 1) / 2 * 255"})))

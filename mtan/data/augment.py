@@ -38,11 +38,6 @@ def _as_tasks(tasks) -> list[Task]:
     return [t if isinstance(t, Task) else tasks_from_config([t])[0] for t in tasks]
 
 
-def _depth_factor(task: Task, scale: torch.Tensor) -> torch.Tensor:
-    """What a depth map is multiplied by when the view is zoomed in by ``scale``."""
-    return scale if task.depth_kind == "inverse" else 1.0 / scale
-
-
 # --------------------------------------------------------------------------------------
 # Batched, device-side augmentation
 # --------------------------------------------------------------------------------------
@@ -125,23 +120,16 @@ def apply_augment(batch: dict, tasks, params: AugmentParams, out_size: tuple[int
     out = dict(batch)
     out["image"] = _sample(image if image.is_floating_point() else image.float(), grid, "bilinear")
     out["image"] = out["image"].masked_fill(outside, 0.0)
-    per_sample = (b, 1, 1, 1)
     for task in tasks:
         target = batch.get(task.name)
         if target is None:
             continue
-        if task.kind == "semantic":  # B x H x W integers; exact in float32 for any class index
-            moved = _sample(target[:, None].float(), grid, "nearest").masked_fill(outside, -1.0)
-            out[task.name] = moved[:, 0].to(target.dtype)
-        elif task.kind == "depth":
-            factor = _depth_factor(task, params.scale).to(target.dtype).view(per_sample)
-            out[task.name] = _sample(target, grid, "nearest") * factor
-        elif task.kind == "normal":
-            sign = torch.ones(b, 3, 1, 1, dtype=target.dtype, device=target.device)
-            sign[:, 0, 0, 0] = torch.where(params.flip, -1.0, 1.0).to(target.dtype)
-            out[task.name] = _sample(target, grid, "nearest") * sign
-        if task.kind != "semantic":
-            out[task.name] = out[task.name].masked_fill(outside, 0.0)
+        # labels are B x H x W integers (exact in float32 for any class index); maps B x C x H x W
+        values = target.reshape(b, -1, h, w)
+        moved = _sample(values if values.is_floating_point() else values.float(), grid, "nearest")
+        moved = task.mirror_values(task.zoom_values(moved, params.scale), params.flip)
+        moved = moved.masked_fill(outside, task.missing_value)
+        out[task.name] = moved.reshape(*target.shape[:-2], oh, ow).to(target.dtype)
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtan.data.common import (DatasetError, center_crop_box, check_labels_in_range, check_sample_values,
+from mtan.data.common import (DatasetError, center_crop_box, check_sample_values, check_target,
                               crop_sample, parse_size, resize_sample)
 from mtan.tasks import tasks_from_config
 
@@ -170,7 +170,7 @@ class CamVidDataset(torch.utils.data.Dataset):
             bad = sorted(set(raw[labels == 255].tolist()))[:10]
             raise DatasetError(f"{self.label_path(index)}: label value(s) {bad} are not CamVid classes "
                                f"(0..10, 11 = unlabelled).")
-        check_labels_in_range(labels, self.tasks[0].num_classes, str(self.label_path(index)))
+        check_target(self.tasks[0], labels, str(self.label_path(index)))
         sample = {"image": image, "semantic": labels}
         h, w = labels.shape
         for task in self.tasks[1:]:

@@ -25,7 +25,6 @@ The preprocessed CityScapes and NYUv2 releases store one ``.npy`` file per frame
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtan.tasks import SemanticTask, Task, tasks_from_config
+from mtan.tasks import Task, tasks_from_config
 
 
 class DatasetError(ValueError):
@@ -64,10 +63,6 @@ def parse_size(size) -> tuple[int, int] | None:
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     return h, w
-
-
-def semantic_tasks(tasks: Sequence[Task]) -> list[SemanticTask]:
-    return [t for t in tasks if t.kind == "semantic"]
 
 
 def numeric_sort_key(name: str):
@@ -158,14 +153,12 @@ TENSOR_FROM_ARRAY: dict[str, Callable[[np.ndarray, str], torch.Tensor]] = {
 # --------------------------------------------------------------------------------------
 
 
-def check_labels_in_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
-    """Cheap: labels must lie in [-1, num_classes). Called on every item (a wrong label would
-    otherwise surface as an obscure device-side assert inside the loss)."""
-    if labels.numel() and int(labels.max()) >= num_classes:
-        bad = sorted(set(torch.unique(labels[labels >= num_classes]).tolist()))[:10]
-        raise DatasetError(f"{where}: label value(s) {bad} outside the {num_classes} classes "
-                           f"(valid: 0..{num_classes - 1}, -1 = void). Is this the right label "
-                           "folder / class set for the data?")
+def check_target(task: Task, target: torch.Tensor, where: str, full: bool = False) -> None:
+    """Raise a :class:`DatasetError` naming ``where`` if ``target`` holds values the task cannot
+    learn from. ``full=False``: the cheap checks made on every item (labels within the classes)."""
+    problem = task.target_problem(target, full=full)
+    if problem:
+        raise DatasetError(f"{where}: {problem}")
 
 
 def check_sample_values(sample: dict, tasks: Sequence[Task], where: Callable[[str], str]) -> None:
@@ -176,27 +169,7 @@ def check_sample_values(sample: dict, tasks: Sequence[Task], where: Callable[[st
                            f"(found min {lo:.4g}, max {hi:.4g}). "
                            "If the file holds 0..255 values, divide by 255 when writing it.")
     for task in tasks:
-        target = sample[task.name]
-        if task.kind == "semantic":
-            check_labels_in_range(target, task.num_classes, where(task.name))
-        elif task.kind == "depth":
-            lo, hi = (float(v) for v in torch.aminmax(target))
-            if math.isnan(lo) or math.isnan(hi):
-                raise DatasetError(f"{where(task.name)}: the depth map contains NaN; "
-                                   "store 0 for pixels without depth.")
-            if math.isinf(hi):
-                raise DatasetError(f"{where(task.name)}: the depth map contains inf; "
-                                   "store 0 for pixels without depth.")
-            if lo < 0:
-                raise DatasetError(f"{where(task.name)}: the depth map has negative values "
-                                   f"(min {lo:.4g}); depth must be >= 0, 0 = invalid.")
-        elif task.kind == "normal":
-            if not torch.isfinite(target).all():
-                raise DatasetError(f"{where(task.name)}: the normal map contains NaN or inf; "
-                                   "store (0, 0, 0) for pixels without a normal.")
-            if target.abs().max() > 1.01:
-                raise DatasetError(f"{where(task.name)}: normal components must lie in [-1, 1] "
-                                   f"(found {target.abs().max().item():.4g}); store unit vectors.")
+        check_target(task, sample[task.name], where(task.name), full=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -217,11 +190,9 @@ def resize_sample(sample: dict, tasks: Sequence[Task], size: tuple[int, int]) ->
     out["image"] = F.interpolate(sample["image"][None], size=size, mode="bilinear",
                                  align_corners=False, antialias=True)[0].clamp_(0, 1)
     for task in tasks:
-        t = sample[task.name]
-        if task.kind == "semantic":
-            out[task.name] = F.interpolate(t[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
-        else:
-            out[task.name] = F.interpolate(t[None], size=size, mode="nearest-exact")[0]
+        t = sample[task.name]  # H x W labels or C x H x W maps
+        moved = F.interpolate(t.reshape(1, -1, *t.shape[-2:]).float(), size=size, mode="nearest-exact")
+        out[task.name] = moved.reshape(*t.shape[:-2], *size).to(t.dtype)
     return out
 
 
@@ -385,8 +356,8 @@ class ReleaseDataset(torch.utils.data.Dataset):
                 hh, ww = sample[f.key].shape[-2:]
                 raise DatasetError(f"{self.path(index, f.key)} is {hh}x{ww} but its image is {h}x{w}; "
                                    "every field of a frame must have the image's size.")
-        for task in semantic_tasks(self.tasks):
-            check_labels_in_range(sample[task.name], task.num_classes, str(self.path(index, task.name)))
+        for task in self.tasks:
+            check_target(task, sample[task.name], str(self.path(index, task.name)))
         return sample
 
     def __getitem__(self, index: int) -> dict:

@@ -48,14 +48,7 @@ def _label_dtype(num_classes: int) -> torch.dtype:
 
 def bytes_per_frame(height: int, width: int, tasks, normal_dtype: torch.dtype = torch.int8) -> int:
     """Bytes one frame takes in memory: 3 (uint8 RGB) + per task (1-2 labels, 2 depth, 3 or 6 normals)."""
-    per_pixel = 3
-    for task in tasks_from_config(tasks):
-        if task.kind == "semantic":
-            per_pixel += _label_dtype(task.num_classes).itemsize
-        elif task.kind == "depth":
-            per_pixel += 2  # 16-bit codes or float16
-        elif task.kind == "normal":
-            per_pixel += 3 * normal_dtype.itemsize
+    per_pixel = 3 + sum(storage_for(t, normal_dtype).bytes_per_pixel for t in tasks_from_config(tasks))
     return per_pixel * height * width
 
 
@@ -103,6 +96,86 @@ def decode_normal(stored: torch.Tensor) -> torch.Tensor:
     return stored.float()
 
 
+class LabelStorage:
+    """Class ids as int8 (int16 beyond 127 classes): N x H x W."""
+
+    def __init__(self, task, normal_dtype: torch.dtype = torch.int8):
+        self.dtype = _label_dtype(task.num_classes)
+        self.bytes_per_pixel = self.dtype.itemsize
+
+    def empty(self, n: int, h: int, w: int) -> torch.Tensor:
+        return torch.empty(n, h, w, dtype=self.dtype)
+
+    def write(self, store: torch.Tensor, start: int, end: int, value: torch.Tensor) -> torch.Tensor:
+        store[start:end] = value.to(store.dtype)
+        return store
+
+    @staticmethod
+    def read(stored: torch.Tensor) -> torch.Tensor:
+        return stored.long()
+
+    @staticmethod
+    def describe(dtype: torch.dtype) -> str:
+        return str(dtype).replace("torch.", "")
+
+
+class DepthStorage:
+    """Depth as 16-bit codes p (value p / 65535) while every value is one exactly, else float16: N x 1 x H x W."""
+
+    bytes_per_pixel = 2
+
+    def __init__(self, task=None, normal_dtype: torch.dtype = torch.int8):
+        pass
+
+    @staticmethod
+    def empty(n: int, h: int, w: int) -> torch.Tensor:
+        return torch.empty(n, 1, h, w, dtype=torch.int16)
+
+    @staticmethod
+    def write(store: torch.Tensor, start: int, end: int, depth: torch.Tensor) -> torch.Tensor:
+        """Write depth rows; on the first value that 16-bit codes cannot hold exactly, switch to float16."""
+        if store.dtype == torch.int16:
+            p = encode_depth_codes(depth)
+            if p is not None:
+                store[start:end] = p
+                return store
+            store = decode_depth(store).half()  # rows [0, start) were exact: convert them
+        store[start:end] = depth.half()
+        return store
+
+    read = staticmethod(decode_depth)
+
+    @staticmethod
+    def describe(dtype: torch.dtype) -> str:
+        return "uint16 p/65535" if dtype == torch.int16 else str(dtype).replace("torch.", "")
+
+
+class NormalStorage:
+    """Unit normals as int8 (x * 127) or ``normal_dtype``: N x 3 x H x W."""
+
+    def __init__(self, task=None, normal_dtype: torch.dtype = torch.int8):
+        self.dtype = normal_dtype
+        self.bytes_per_pixel = 3 * normal_dtype.itemsize
+
+    def empty(self, n: int, h: int, w: int) -> torch.Tensor:
+        return torch.empty(n, 3, h, w, dtype=self.dtype)
+
+    def write(self, store: torch.Tensor, start: int, end: int, value: torch.Tensor) -> torch.Tensor:
+        store[start:end] = encode_normal(value, store.dtype)
+        return store
+
+    read = staticmethod(decode_normal)
+    describe = LabelStorage.describe
+
+
+STORAGE = {"semantic": LabelStorage, "depth": DepthStorage, "normal": NormalStorage}
+
+
+def storage_for(task, normal_dtype: torch.dtype = torch.int8):
+    """How the targets of ``task`` are kept in memory."""
+    return STORAGE[task.kind](task, normal_dtype)
+
+
 # --------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------
@@ -122,6 +195,7 @@ class InMemoryDataset(torch.utils.data.Dataset):
         self.targets = dict(targets)
         self.task_configs = [dict(t) for t in task_configs]
         self.tasks = tasks_from_config(self.task_configs)
+        self.storages = {t.name: storage_for(t) for t in self.tasks}
         self.name = name
         self.size = tuple(images.shape[-2:])
         missing = [t.name for t in self.tasks if t.name not in self.targets]
@@ -144,43 +218,19 @@ class InMemoryDataset(torch.utils.data.Dataset):
         n = len(dataset)
         h, w = getattr(dataset, "size", None) or dataset[0]["image"].shape[-2:]
         images = torch.empty(n, 3, h, w, dtype=torch.uint8)
-        targets = {}
-        for t in tasks:
-            if t.kind == "semantic":
-                targets[t.name] = torch.empty(n, h, w, dtype=_label_dtype(t.num_classes))
-            elif t.kind == "depth":
-                targets[t.name] = torch.empty(n, 1, h, w, dtype=torch.int16)  # 16-bit codes p
-            else:
-                targets[t.name] = torch.empty(n, 3, h, w, dtype=normal_dtype)
+        storages = {t.name: storage_for(t, normal_dtype) for t in tasks}
+        targets = {name: storage.empty(n, h, w) for name, storage in storages.items()}
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
         start = 0
         for batch in tqdm(loader, desc=f"loading {getattr(dataset, 'name', 'dataset')} into memory",
                           unit="batch", disable=not progress):
             end = start + batch["image"].shape[0]
             images[start:end] = encode_image(batch["image"])
-            for t in tasks:
-                value = batch[t.name]
-                if t.kind == "semantic":
-                    targets[t.name][start:end] = value.to(targets[t.name].dtype)
-                elif t.kind == "depth":
-                    targets[t.name] = cls._store_depth(targets[t.name], start, end, value)
-                else:
-                    targets[t.name][start:end] = encode_normal(value, normal_dtype)
+            for name, storage in storages.items():
+                targets[name] = storage.write(targets[name], start, end, batch[name])
             start = end
         memory = cls(images, targets, dataset.task_configs, getattr(dataset, "name", "in-memory"))
         return memory.to(device)
-
-    @staticmethod
-    def _store_depth(store: torch.Tensor, start: int, end: int, depth: torch.Tensor) -> torch.Tensor:
-        """Write depth rows; on the first value that 16-bit codes cannot hold exactly, switch to float16."""
-        if store.dtype == torch.int16:
-            p = encode_depth_codes(depth)
-            if p is not None:
-                store[start:end] = p
-                return store
-            store = decode_depth(store).half()  # rows [0, start) were exact: convert them
-        store[start:end] = depth.half()
-        return store
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -199,8 +249,7 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
     def storage_formats(self) -> dict[str, str]:
         """Readable storage format of each field, e.g. ``{"depth": "uint16 p/65535"}``."""
-        depth_names = {t.name for t in self.tasks if t.kind == "depth"}
-        return {k: "uint16 p/65535" if k in depth_names and d == torch.int16 else str(d).replace("torch.", "")
+        return {k: (self.storages[k].describe(d) if k in self.storages else LabelStorage.describe(d))
                 for k, d in self.storage_dtypes().items()}
 
     def to(self, device) -> "InMemoryDataset":
@@ -241,13 +290,7 @@ class InMemoryDataset(torch.utils.data.Dataset):
         """Decode the frames at ``index`` (a 1-D index tensor on the storage device) to a float batch."""
         out = {"image": decode_image(self.images.index_select(0, index))}
         for task in self.tasks:
-            stored = self.targets[task.name].index_select(0, index)
-            if task.kind == "semantic":
-                out[task.name] = stored.long()
-            elif task.kind == "depth":
-                out[task.name] = decode_depth(stored)
-            else:
-                out[task.name] = decode_normal(stored)
+            out[task.name] = self.storages[task.name].read(self.targets[task.name].index_select(0, index))
         return out
 
     def __getitem__(self, index: int) -> dict:

@@ -32,12 +32,13 @@ def union_tasks(datasets: Sequence) -> list[dict]:
                 continue
             _, seen, owner = union[task.name]
             if seen.to_config() != task.to_config():
+                difference = _difference(seen, task)
                 hint = ""
-                if task.kind == "semantic":
+                if "class" in difference:
                     hint = (" Class sets must agree: e.g. use camvid with classes=7 to mix it with "
                             "CityScapes 7-class labels or synthetic scenes.")
                 raise DatasetError(f"cannot mix {owner!r} and {ds.name!r}: their task {task.name!r} differs "
-                                   f"({_difference(seen, task)}).{hint}")
+                                   f"({difference}).{hint}")
     return [dict(cfg) for cfg, _, _ in union.values()]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mtan.data.common import DatasetError, check_labels_in_range, check_sample_values, parse_size
+from mtan.data.common import DatasetError, check_sample_values, check_target, parse_size
 from mtan.tasks import preset_tasks, tasks_from_config
 
 DEFAULT_FRAMES = {"train": 500, "val": 100}
@@ -88,7 +88,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{where}: render_frame returned shapes image {image.shape}, label {label.shape}, "
                                f"depth {depth.shape}; expected {h}x{w}(x3).")
         labels = torch.from_numpy(np.asarray(label)).long().clamp_(min=-1)
-        check_labels_in_range(labels, self.tasks[0].num_classes, where)
+        check_target(self.tasks[0], labels, where)
         depth = torch.from_numpy(np.array(depth, dtype=np.float32).reshape(h, w))[None]
         if self.sky_depth is not None:
             from mtan.data.synthetic import SKY
