@@ -15,125 +15,46 @@ README.md, "Safety and limits", says what happens at each limit.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import threading
-import time
 import functools
 import hashlib
 import traceback
-import uuid
 from pathlib import Path
 
 import gradio as gr
 import torch
 
-from mtan import serving
-from mtan.compiled import COMPILE_MODES
-from mtan.fast import PRECISIONS
-from mtan.guard import RequestGuard, refusal
-from mtan.uploads import UploadPolicy
-from mtan import visualize as viz
-
-
-def _positive_int(text: str) -> int:
-    """An integer > 0; underscores and commas allowed (``4_000_000``, ``4,000,000``)."""
-    try:
-        value = int(str(text).replace(",", "").replace("_", "").strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-
-
-def _size(text: str) -> tuple[int, str]:
-    """``25mb`` -> (25, "mb"); a bare number is bytes. An argparse error for anything else."""
-    m = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*", str(text), flags=re.I)
-    if not m or int(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size such as 25mb, 500kb or 1gb, got {text!r}")
-    return int(m.group(1)), (m.group(2) or "b").lower()
-
-
-def _file_size(text: str) -> str:
-    """An upload limit gradio understands: ``25mb``, ``500kb``, ``1gb`` or a number of bytes."""
-    number, unit = _size(text)
-    return f"{number}{unit}"
-
-
-def _bytes(text: str) -> int:
-    """A size such as ``4gb`` or ``500mb`` (or a number of bytes) in bytes."""
-    number, unit = _size(text)
-    return number * _UNITS[unit]
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    env = os.environ.get
-    p = argparse.ArgumentParser(description="MTAN demo app (Gradio).")
-    p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
-    p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
-    p.add_argument("--host", default=env("GRADIO_SERVER_NAME"), help="e.g. 0.0.0.0 to listen on all interfaces")
-    p.add_argument("--port", type=_positive_int, default=env("GRADIO_SERVER_PORT") or None)
-    p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
-    p.add_argument("--device", default=env("MTAN_DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    p.add_argument("--max-pixels", type=_positive_int,
-                   default=env("MTAN_MAX_PIXELS") or str(serving.DEFAULT_MAX_PIXELS),
-                   help="larger photos are downscaled to this many pixels; views and downloads are at that size")
-    p.add_argument("--max-image-pixels", type=_positive_int,
-                   default=env("MTAN_MAX_IMAGE_PIXELS") or str(serving.DEFAULT_MAX_IMAGE_PIXELS),
-                   help="images that would decode to more pixels are refused (read from the header, before "
-                        "decoding; JPEGs count at the 1/2, 1/4 or 1/8 scale they are decoded at)")
-    p.add_argument("--max-file-size", type=_file_size, default=env("MTAN_MAX_FILE_SIZE") or "25mb",
-                   help="upload limit, e.g. 25mb")
-    p.add_argument("--concurrency", type=_positive_int, default=env("MTAN_CONCURRENCY") or None,
-                   help="predictions run at once (default: 1 on CPU, 2 on GPU)")
-    p.add_argument("--queue-size", type=_positive_int, default=env("MTAN_QUEUE_SIZE") or "32",
-                   help="requests waiting at most; more are refused with 'the queue is full'")
-    p.add_argument("--max-sessions", type=_positive_int, default=env("MTAN_MAX_SESSIONS") or "32",
-                   help="visitors whose last prediction is kept for redraws (oldest dropped first)")
-    p.add_argument("--downloads-space", type=_bytes, default=env("MTAN_DOWNLOADS_SPACE") or "4gb",
-                   help="disk kept for the views and downloads of recent predictions (about 14 MB each at "
-                        "256x512); beyond it the oldest are removed, and so are any over an hour old")
-    p.add_argument("--precision", choices=("auto",) + PRECISIONS, default=env("MTAN_INFERENCE_PRECISION") or "auto",
-                   help="what the network computes in: auto (default) times, at start, each precision the model's "
-                        "precisions.json says keeps its quality and runs the fastest (remembered per CPU); fp32, "
-                        "bf16 or bf16-convs force one")
-    p.add_argument("--compile", choices=COMPILE_MODES, default=env("MTAN_COMPILE") or "auto",
-                   help="auto (default): torch.compile the network in the background at start, at low priority, and "
-                        "use it for the input sizes where it is measured faster (about a minute per size on 2 cores; "
-                        "the outcome is remembered per CPU); off: eager only")
-    p.add_argument("--threads", type=_positive_int, default=env("MTAN_THREADS") or None,
-                   help="CPU threads for torch (default: torch's choice, one per core)")
-    return p.parse_args(argv)
+from mtan import serve
+from mtan.serve import render
+from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
+from mtan.serve.guard import RequestGuard, refusal
+from mtan.serve.settings import byte_size, parse_args
+from mtan.serve.uploads import UploadPolicy
 
 
 ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 
 # ---- models: the default one loads now (the only heavy work at import), others on first use ----
-serving.configure_pil(ARGS.max_image_pixels)
-serving.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
+serve.configure_pil(ARGS.max_image_pixels)
+serve.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
-REGISTRY = serving.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
+REGISTRY = serve.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
                                           compile=ARGS.compile)
 try:
     DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
-    print(f"mtan app: {serving.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}",
+    print(f"mtan app: {serve.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}",
           file=sys.stderr, flush=True)
-except serving.ModelUnavailableError as e:
+except serve.ModelUnavailableError as e:
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
-EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serving.EXAMPLES_DIR)
-EXAMPLES = serving.example_files(EXAMPLES_DIR)
-EXAMPLE_CACHE = serving.ExampleCache(EXAMPLES)
+EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serve.EXAMPLES_DIR)
+EXAMPLES = serve.example_files(EXAMPLES_DIR)
+EXAMPLE_CACHE = serve.ExampleCache(EXAMPLES)
 # Each prediction's views and downloads go to a fresh folder in gradio's cache: gradio then serves
 # them without copying them (and its delete_cache removes them by age, as we do).
 OUT_ROOT = Path(gr.utils.get_upload_folder()) / "mtan-app"
@@ -143,72 +64,37 @@ SESSION_TTL_S = 1800        # a visitor's cached prediction (for redraws) is dro
 GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 min, delete those over 1 h old
 # The only files a request may make the app read: regular files gradio stored from an upload (or
 # its copies of the examples), within the upload limit; never the app's own outputs (mtan/uploads.py).
-UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), _bytes(ARGS.max_file_size), excluded=[OUT_ROOT])
+UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_file_size), excluded=[OUT_ROOT])
+DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 
 
-def get_model(key: str | None) -> serving.LoadedModel:
+def get_model(key: str | None) -> serve.LoadedModel:
     try:
         return REGISTRY.get(key or REGISTRY.default_key)
-    except serving.ModelUnavailableError as e:
-        raise refusal("model", serving.without_paths(str(e))) from None
+    except serve.ModelUnavailableError as e:
+        raise refusal("model", serve.without_paths(str(e))) from None
 
 
-def notices_of(loaded: serving.LoadedModel | None) -> str:
+def notices_of(loaded: serve.LoadedModel | None) -> str:
     lines = ([STARTUP_ERROR] if STARTUP_ERROR and loaded is None else []) + (loaded.notices if loaded else [])
-    return "\n\n".join(f"⚠️ {serving.without_paths(line)}" for line in lines)
+    return "\n\n".join(f"⚠️ {serve.without_paths(line)}" for line in lines)
 
 
-def card_of(loaded: serving.LoadedModel | None) -> str:
+def card_of(loaded: serve.LoadedModel | None) -> str:
     if loaded is None:
         return "*No model loaded.*"
     card = re.sub(r"^(#+) ", r"\1## ", loaded.card, flags=re.M) if loaded.card else "*This model has no card.*"
-    return f"**Loaded from** `{serving.model_label(loaded.source)}` on {REGISTRY.device}.\n\n{card}"
+    return f"**Loaded from** `{serve.model_label(loaded.source)}` on {REGISTRY.device}.\n\n{card}"
 
 
-def compare_choices(loaded: serving.LoadedModel | None) -> list[str]:
-    kinds = {t.kind for t in loaded.model.tasks} if loaded else {"semantic", "depth"}
-    return [name for kind, name in (("semantic", "segmentation"), ("depth", "depth"), ("normal", "normals"))
-            if kind in kinds]
+def compare_choices(loaded: serve.LoadedModel | None) -> list[str]:
+    if loaded is None:
+        return ["segmentation", "depth"]
+    return list(dict.fromkeys(serve.TASK_OUTPUTS[t.kind].view for t in loaded.model.tasks))
 
 
-def task_choices(loaded: serving.LoadedModel | None) -> list[str]:
+def task_choices(loaded: serve.LoadedModel | None) -> list[str]:
     return loaded.model.task_names if loaded else ["semantic", "depth"]
-
-
-_CLEANUP = {"last": 0.0, "lock": threading.Lock()}
-
-
-def clean_out_root(max_age_s: float = OUT_MAX_AGE_S, max_bytes: int = OUT_MAX_BYTES) -> None:
-    """Remove prediction folders older than ``max_age_s``, then the oldest until ``max_bytes`` remain."""
-    now, folders = time.time(), []
-    for folder in OUT_ROOT.iterdir():
-        try:
-            mtime = folder.stat().st_mtime
-            if now - mtime > max_age_s:
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-        except OSError:
-            continue
-        folders.append((mtime, size, folder))
-    total = sum(size for _, size, _ in folders)
-    for _, size, folder in sorted(folders, key=lambda t: t[0]):
-        if total <= max_bytes:
-            break
-        shutil.rmtree(folder, ignore_errors=True)
-        total -= size
-
-
-def new_out_dir() -> Path:
-    """A fresh folder for one prediction's views and downloads (old ones cleaned at most once a minute)."""
-    OUT_ROOT.mkdir(parents=True, exist_ok=True)
-    with _CLEANUP["lock"]:
-        if time.time() - _CLEANUP["last"] > 60:
-            _CLEANUP["last"] = time.time()
-            clean_out_root()
-    out = OUT_ROOT / uuid.uuid4().hex
-    out.mkdir()
-    return out
 
 
 def as_files(stem: str, **images):
@@ -225,7 +111,7 @@ def as_files(stem: str, **images):
         if im is None:
             paths.append(None)
             continue
-        folder = folder or new_out_dir()
+        folder = folder or DOWNLOADS.new()
         path = folder / f"{stem}_{name}.jpg"
         im.save(path, "JPEG")
         paths.append(str(path))
@@ -235,37 +121,37 @@ def as_files(stem: str, **images):
 # ---- rendering from a cached prediction (no network run) -------------------------------------
 
 
-def show_main(pred: serving.Prediction, opacity: float, colormap: str, compare: str):
+def show_main(pred: serve.Prediction, opacity: float, colormap: str, compare: str):
     """Segmentation overlay, coloured depth, colour bar and the before/after pair."""
     size = pred.size
     sem, dep, nor = pred.first("semantic"), pred.first("depth"), pred.first("normal")
-    seg = viz.overlay(pred.photo, viz.colorize_labels(pred.labels[sem.name], sem.class_set.palette),
+    seg = render.overlay(pred.photo, render.colorize_labels(pred.labels[sem.name], sem.class_set.palette),
                       opacity) if sem else None
-    colormap = colormap if colormap in viz.COLORMAPS else viz.DEFAULT_COLORMAP
+    colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
     depth, bar = None, ""
     if dep:
-        limits = viz.depth_limits(pred.depth[dep.name])
-        depth = viz.colorize_depth(pred.depth[dep.name], size, colormap, limits)
-        bar = viz.colorbar_html(dep, limits, colormap)
-    normals = viz.normals_to_rgb(pred.normals[nor.name], size) if nor else None
+        limits = render.depth_limits(pred.depth[dep.name])
+        depth = render.colorize_depth(pred.depth[dep.name], size, colormap, limits)
+        bar = render.colorbar_html(dep, limits, colormap)
+    normals = render.normals_to_rgb(pred.normals[nor.name], size) if nor else None
     after = {"segmentation": seg, "depth": depth, "normals": normals}.get(compare) or seg or depth or normals
     return seg, depth, bar, (pred.photo, after), normals
 
 
-def show_attention(pred: serving.Prediction, task: str, part: str, stage: float, channel: float):
+def show_attention(pred: serve.Prediction, task: str, part: str, stage: float, channel: float):
     """The chosen mask as a heat map, where the tasks' masks differ, and a caption."""
     if not pred.masks:
         return None, None, "This model has no attention masks (it is a `split` or `single` network)."
     task = task if task in pred.masks else next(iter(pred.masks))
-    part = part if part in viz.PARTS else "encoder"
+    part = part if part in render.PARTS else "encoder"
     stage = int(min(4, max(0, stage or 0)))
-    values, what = viz.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
-    view, (lo, hi) = viz.heatmap(values, pred.photo)
-    caption = f"**{task}**, {viz.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
-    diff = viz.task_difference(pred.masks, part, stage)
+    values, what = render.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
+    view, (lo, hi) = render.heatmap(values, pred.photo)
+    caption = f"**{task}**, {render.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
+    diff = render.task_difference(pred.masks, part, stage)
     if diff is None:
         return view, None, caption
-    diff_view, (dlo, dhi) = viz.heatmap(diff, pred.photo, cmap=viz.DIFFERENCE_COLORMAP)
+    diff_view, (dlo, dhi) = render.heatmap(diff, pred.photo, cmap=render.DIFFERENCE_COLORMAP)
     caption += (f" Right: mean |difference| between the tasks' masks at this stage, {dlo:.3f} to {dhi:.3f}: "
                 f"bright where the tasks select different features.")
     return view, diff_view, caption
@@ -284,7 +170,7 @@ def guarded(fn):
             try:
                 return fn(*args)
             finally:
-                serving.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
+                serve.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
         except gr.Error:
             raise
         except MemoryError:
@@ -297,7 +183,7 @@ def guarded(fn):
     return run
 
 
-def run_photo(image, model, resolution, mirror) -> tuple[serving.Prediction, serving.LoadedModel]:
+def run_photo(image, model, resolution, mirror) -> tuple[serve.Prediction, serve.LoadedModel]:
     """The network's outputs for an upload (or an example, from the example cache) and the model
     that ran. No view or download is drawn here."""
     if image is None:
@@ -314,31 +200,31 @@ def run_photo(image, model, resolution, mirror) -> tuple[serving.Prediction, ser
     if resolution not in advice.offered:
         reason = advice.reasons.get(resolution, f"{resolution} is not a processing resolution of this app")
         raise refusal("predict", f"{reason}; choose {', '.join(advice.offered)}.")
-    box = serving.parse_resolution(resolution)
+    box = serve.parse_resolution(resolution)
     cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * bool(mirror))
     pred = EXAMPLE_CACHE.get(cache_key)
     if pred is None:
         try:
-            photo, notes = serving.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
-        except serving.ImageLoadError as e:
+            photo, notes = serve.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
+        except serve.ImageLoadError as e:
             raise refusal("predict", str(e)) from None
         del data
-        pred = serving.predict_photo(loaded, photo, box, stem=viz.safe_stem(name), flip=bool(mirror))
-        pred.notes = notes + serving.processing_notes(pred.size, pred.processing_size)
+        pred = serve.predict_photo(loaded, photo, box, stem=safe_stem(name), flip=bool(mirror))
+        pred.notes = notes + serve.processing_notes(pred.size, pred.processing_size)
         EXAMPLE_CACHE.put(cache_key, pred)
     pred.resolution = resolution
     return pred, loaded
 
 
-def main_views(pred: serving.Prediction, loaded: serving.LoadedModel, opacity, colormap, compare):
+def main_views(pred: serve.Prediction, loaded: serve.LoadedModel, opacity, colormap, compare):
     """What the page shows first: the segmentation, depth and normals views, the legend, the
     colour bar, the before/after pair and the summary line."""
     resolution = pred.resolution
     seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
     sem = pred.first("semantic")
-    legend = viz.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
+    legend = render.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
     h, w = pred.processing_size
-    summary = (f"**{serving.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
+    summary = (f"**{serve.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
                f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if pred.mirrored else ''}) · "
                f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}{', compiled' if pred.compiled else ''}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
@@ -348,16 +234,16 @@ def main_views(pred: serving.Prediction, loaded: serving.LoadedModel, opacity, c
     return seg, depth, legend, bar, normals, (before, after), summary
 
 
-def downloads_of(pred: serving.Prediction):
+def downloads_of(pred: serve.Prediction):
     """The prediction's downloads (class ids, coloured segmentation, 16-bit depth, depth .npy),
     written the first time they are needed (again if they were cleaned up), and their notes."""
     if not (pred.files and all(os.path.exists(f) for f in pred.files)):
-        pred.files, pred.file_notes = viz.write_downloads(pred, new_out_dir(), pred.model_source, masks=False)
+        pred.files, pred.file_notes = write_downloads(pred, DOWNLOADS.new(), pred.model_source, masks=False)
         pred.masks_file = ""
     return pred.files, "\n\n".join(n.replace("~", "≈") for n in pred.file_notes)
 
 
-def attention_views(pred: serving.Prediction, attention_task, attention_part, attention_stage, attention_channel):
+def attention_views(pred: serve.Prediction, attention_task, attention_part, attention_stage, attention_channel):
     att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
     att, diff = as_files(pred.stem, attention=att, difference=diff)
     return att, diff, caption
@@ -412,9 +298,9 @@ def show_all_masks(pred):
     the masks' download of an earlier photo is cleared."""
     if pred is None or not pred.masks:
         return [], "", None, ""
-    items = viz.attention_gallery(pred.masks, pred.photo)
+    items = render.attention_gallery(pred.masks, pred.photo)
     paths = as_files(pred.stem, **{f"mask{i:02d}": im for i, (im, _) in enumerate(items)})
-    return ([(path, caption) for path, (_, caption) in zip(paths, items)], viz.attention_table(pred.masks),
+    return ([(path, caption) for path, (_, caption) in zip(paths, items)], render.attention_table(pred.masks),
             None, "")
 
 
@@ -426,8 +312,8 @@ def attention_masks(pred):
     if not pred.masks:
         raise refusal("attention_masks", "This model has no attention masks (it is not an MTAN).")
     if not (pred.masks_file and os.path.exists(pred.masks_file)):
-        folder = Path(pred.files[0]).parent if pred.files and os.path.exists(pred.files[0]) else new_out_dir()
-        path, note = viz.write_masks(pred, folder)
+        folder = Path(pred.files[0]).parent if pred.files and os.path.exists(pred.files[0]) else DOWNLOADS.new()
+        path, note = write_masks(pred, folder)
         pred.masks_file, pred.masks_note = str(path), note
     return pred.masks_file, pred.masks_note
 
@@ -461,7 +347,7 @@ def rerender_attention(pred, task, part, stage, channel):
     return attention_views(pred, task, part, stage, channel)
 
 
-def resolution_info(loaded: serving.LoadedModel | None) -> str:
+def resolution_info(loaded: serve.LoadedModel | None) -> str:
     """The resolution control's note: the photo is fitted inside; why a resolution is missing."""
     reasons = loaded.resolutions.reasons.values() if loaded else []
     return " ".join(["The photo is fitted inside, aspect kept.", *(f"{r}." for r in reasons)])
@@ -517,7 +403,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                              label="Street photo", elem_id="input-image", height=300)
             model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
                                 interactive=len(REGISTRY.sources) > 1, elem_id="model")
-            first_resolutions = DEFAULT_MODEL.resolutions if DEFAULT_MODEL else serving.ResolutionAdvice.from_record(None)
+            first_resolutions = DEFAULT_MODEL.resolutions if DEFAULT_MODEL else serve.ResolutionAdvice.from_record(None)
             resolution = gr.Radio(first_resolutions.offered, value=first_resolutions.default,
                                   label="Processing resolution", info=resolution_info(DEFAULT_MODEL),
                                   elem_id="resolution")
@@ -538,7 +424,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                     legend = gr.HTML(label="legend", elem_id="legend")
                 with gr.Column():
                     depth_view = gr.Image(label="Depth", format="jpeg", elem_id="depth")
-                    colormap = gr.Dropdown(list(viz.COLORMAPS), value=viz.DEFAULT_COLORMAP, label="Colormap")
+                    colormap = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colormap")
                     colorbar = gr.HTML(label="colour bar", elem_id="colorbar")
             normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
                                     visible=bool(DEFAULT_MODEL and "normals" in first_compare))
@@ -550,7 +436,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                     "Decoder stage 0 is the deepest (1/16 scale), decoder stage 4 the finest.")
         with gr.Row():
             attention_task = gr.Dropdown(first_tasks, value=first_tasks[0] if first_tasks else None, label="Task")
-            attention_part = gr.Radio(list(viz.PARTS), value="encoder", label="Part")
+            attention_part = gr.Radio(list(render.PARTS), value="encoder", label="Part")
             attention_stage = gr.Slider(0, 4, value=0, step=1, label="Stage")
             attention_channel = gr.Slider(-1, 511, value=-1, step=1, label="Channel (-1 = mean over channels)")
         with gr.Row():
@@ -630,7 +516,7 @@ def _stop(signum, frame):
 if __name__ == "__main__":
     print("mtan app limits: " + json.dumps(LIMITS), flush=True)
     share = ARGS.share
-    if share and not serving.host_reachable("api.gradio.app", 443, timeout=3.0):
+    if share and not serve.host_reachable("api.gradio.app", 443, timeout=3.0):
         print("--share: no internet connection (api.gradio.app is unreachable), so no public link; "
               "the app runs locally only.", flush=True)
         share = False

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtan.engine import PRESETS, TrainConfig, apply_preset, command_line, train
+from mtan.train import PRESETS, NonFiniteLossError, TrainConfig, apply_preset, command_line, train
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -142,7 +142,6 @@ def main(argv=None) -> int:
 
     from mtan.checkpoint import CheckpointError
     from mtan.data import DatasetError
-    from mtan.engine import NonFiniteLossError
     from mtan.model import ModelConfigError
 
     config = None

@@ -67,11 +67,6 @@ def summary(times: list[float]) -> dict:
     return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "runs": len(times)}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
 # --------------------------------------------------------------------------------------
 # The original's per-batch bookkeeping (host syncs every step)
 # --------------------------------------------------------------------------------------

@@ -104,15 +104,15 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
     import torch
 
     import app
-    from mtan import serving
-    from mtan import visualize as viz
+    from mtan import serve
+    from mtan.serve import render
     from mtan.model import padded_forward
 
     loaded = app.REGISTRY.get()
     if loaded.warm_up is not None:  # time what runs once the app's torch.compile warm-up is over
         loaded.warm_up.done.wait()
     data = photo.read_bytes()
-    box = serving.parse_resolution(resolution)
+    box = serve.parse_resolution(resolution)
     times: dict[str, list[float]] = {}
 
     def timed(name, run):
@@ -124,11 +124,11 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
     for call in range(calls + 1):  # the first is a warm-up
         if call == 1:
             times.clear()
-        image, _ = timed("decode", lambda: serving.load_image(data, app.ARGS.max_pixels, app.ARGS.max_image_pixels))
-        pred = timed("network_and_resize", lambda: serving.predict_photo(loaded, image, box))
+        image, _ = timed("decode", lambda: serve.load_image(data, app.ARGS.max_pixels, app.ARGS.max_image_pixels))
+        pred = timed("network_and_resize", lambda: serve.predict_photo(loaded, image, box))
         times.setdefault("network", []).append(pred.seconds_network)
         pred.resolution = resolution
-        timed("main_views", lambda: app.main_views(pred, loaded, 0.55, viz.DEFAULT_COLORMAP, "segmentation"))
+        timed("main_views", lambda: app.main_views(pred, loaded, 0.55, render.DEFAULT_COLORMAP, "segmentation"))
         timed("attention_views", lambda: app.attention_views(pred, pred.tasks[0].name, "encoder", 0, -1))
         pred.files = []  # written again each round
         timed("downloads", lambda: app.downloads_of(pred))

@@ -44,9 +44,10 @@ import statistics
 import time
 
 import torch
-from _common import REPO, emit, load_average, log, machine, parse_size
+from _common import REPO, emit, load_average, log, machine
 
 from mtan import MTAN, count_parameters, preset_tasks
+from mtan.data.common import parse_size
 from mtan.fast import (
     PRECISIONS,
     cpu_amx_bf16,

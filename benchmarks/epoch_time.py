@@ -9,7 +9,7 @@ written once in the CityScapes release layout to ``--cache`` (default
 ``~/.cache/mtan/epoch-time-HxW-seedS``; generating 3,475 frames takes minutes on a CPU, about a
 minute with 16 worker processes) and read by the trainer exactly as a real release would be.
 
-Fast path = what ``train.py`` does: a :class:`mtan.engine.Engine` (data validated and held in
+Fast path = what ``train.py`` does: a :class:`mtan.train.Engine` (data validated and held in
 memory on the device, ``BatchAugment`` on whole batches, bf16 autocast + channels-last + fused
 Adam on CUDA, ``torch.compile`` with ``--compile`` (default on CUDA), losses and metrics kept on
 the device), with the batched attention branches (``MTAN.set_batched_attention``) on CUDA as train.py; one
@@ -53,7 +53,9 @@ from _common import (
     sync,
 )
 
-from mtan.engine import Engine, TrainConfig, evaluate_model
+from mtan.scoring import evaluate_model
+from mtan.train import Engine, TrainConfig
+from mtan.runtime import pick_device
 from mtan.weighting import build_weighting
 
 FULL = {"train": 2975, "val": 500, "size": (128, 256)}
@@ -146,8 +148,7 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     gen_s = ensure_frames(cache, n_train, n_val, h, w, args.seed, args.workers or os.cpu_count() or 1)
 
-    device_name = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        "cpu" if args.device == "auto" else args.device
+    device_name = str(pick_device(args.device))
     cuda = device_name.startswith("cuda")
     compile_model = cuda if args.compile is None else args.compile
     if cuda:

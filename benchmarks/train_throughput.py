@@ -41,9 +41,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import emit, log, machine, naive_batch_metrics, parse_size, sync
+from _common import emit, log, machine, naive_batch_metrics, sync
 
 from mtan import MTAN, count_parameters, preset_tasks
+from mtan.data.common import parse_size
+from mtan.runtime import pick_device
 from mtan.weighting import build_weighting
 
 CONFIGS = {
@@ -282,8 +284,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     tiny = args.tiny or device.type != "cuda"
     args.steps = args.steps or (TINY["steps"] if tiny else 20)
     args.warmup = args.warmup if args.warmup is not None else (TINY["warmup"] if tiny else 5)

@@ -74,17 +74,17 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
              precision: str | None = None, int8_scales: dict | None = None) -> dict:
     """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split, at the data's
     own size (or ``size``), or as the app sees photos with ``app_resolution`` ("256x512").
-    ``metrics_out`` receives each task's metric object (see :func:`mtan.engine.evaluate_model`).
+    ``metrics_out`` receives each task's metric object (see :func:`mtan.scoring.evaluate_model`).
     ``precision``: run through the app's inference copy (:mod:`mtan.fast`) in this precision
     (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
     activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
     from mtan.data import build_dataset, parse_size, to_memory, validate
-    from mtan.engine import evaluate_model
+    from mtan.scoring import evaluate_model
     from mtan.fast import optimize_for_inference
     from mtan.model import MTAN
+    from mtan.runtime import pick_device
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = pick_device(device)
     if not isinstance(model, MTAN):
         if precision == "int8" and int8_scales is None:
             from mtan.records import int8_scales as recorded_scales, read_record
@@ -134,8 +134,10 @@ class DepthOrder:
 
     @classmethod
     def of(cls, model, memory) -> "DepthOrder | None":
-        semantic = next((t for t in model.tasks if t.kind == "semantic" and t.class_set.name == "cityscapes-7"), None)
-        depth = next((t for t in model.tasks if t.kind == "depth" and t.depth_kind == "inverse"), None)
+        from mtan.tasks import CITYSCAPES_7, find_task
+
+        semantic = find_task(model.tasks, "semantic", class_set=CITYSCAPES_7)
+        depth = find_task(model.tasks, "depth", depth_kind="inverse")
         if semantic is None or depth is None or semantic.name not in memory.targets:
             return None
         return cls(semantic, depth)

@@ -170,12 +170,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in folded.modules():
         if not isinstance(module, nn.Sequential):
             continue
-        names = list(module._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = module._modules[a], module._modules[b]
+        children = list(module.named_children())
+        for (a, conv), (b, bn) in zip(children, children[1:]):
             if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.running_mean is not None:
-                module._modules[a] = fold_conv_bn(conv, bn)
-                module._modules[b] = nn.Identity()
+                setattr(module, a, fold_conv_bn(conv, bn))
+                setattr(module, b, nn.Identity())
     return folded
 
 
@@ -187,19 +186,20 @@ _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 
 
 @lru_cache(maxsize=None)
-def onednn_fusion_available() -> bool:
+def onednn_fusion_available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether ``torch.ops.mkldnn._convolution_pointwise`` (oneDNN convolution with a fused
-    activation, what torch.compile uses on CPUs) exists and gives the right answer here."""
+    activation, what torch.compile uses on CPUs) exists and gives the right answer here in
+    ``dtype`` (oneDNN's bf16 convolution needs AVX-512 or AVX-NE-CONVERT, which some CPUs lack)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
-        x = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
-        w = torch.linspace(-1, 1, 5 * 3 * 3 * 3).view(5, 3, 3, 3)
-        b = torch.linspace(-0.5, 0.5, 5)
+        x = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4).to(dtype)
+        w = torch.linspace(-1, 1, 5 * 3 * 3 * 3).view(5, 3, 3, 3).to(dtype)
+        b = torch.linspace(-0.5, 0.5, 5).to(dtype)
         got = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
-        want = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
-        return bool(torch.allclose(got, want, atol=1e-5))
-    except Exception:  # the op is missing from this build, or refuses: use the plain ops
+        want = torch.relu(torch.nn.functional.conv2d(x.float(), w.float(), b.float(), padding=1))
+        return bool(torch.allclose(got.float(), want, atol=1e-5 if dtype == torch.float32 else 5e-2))
+    except Exception:  # the op is missing from this build, or refuses this dtype here: use the plain ops
         return False
 
 
@@ -217,7 +217,7 @@ class ConvAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-                and c.weight.dtype == x.dtype and not torch.is_grad_enabled():
+                and c.weight.dtype == x.dtype and not torch.is_grad_enabled() and onednn_fusion_available(x.dtype):
             return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, list(c.padding), list(c.stride),
                                                            list(c.dilation), c.groups, self.act, [], "")
         y = c(x)
@@ -231,17 +231,17 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
             continue
-        names = list(module._modules)
+        children = list(module.named_children())
         k = 0
-        while k < len(names):
-            conv = module._modules[names[k]]
+        while k < len(children):
+            name, conv = children[k]
             if type(conv) is nn.Conv2d:
                 m = k + 1
-                while m < len(names) and type(module._modules[names[m]]) is nn.Identity:
+                while m < len(children) and type(children[m][1]) is nn.Identity:
                     m += 1
-                if m < len(names) and type(module._modules[names[m]]) in _ACTIVATIONS:
-                    module._modules[names[k]] = ConvAct(conv, _ACTIVATIONS[type(module._modules[names[m]])])
-                    module._modules[names[m]] = nn.Identity()
+                if m < len(children) and type(children[m][1]) in _ACTIVATIONS:
+                    setattr(module, name, ConvAct(conv, _ACTIVATIONS[type(children[m][1])]))
+                    setattr(module, children[m][0], nn.Identity())
                     k = m
             k += 1
     return model

@@ -96,14 +96,14 @@ def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",),
 def run_datasets(config) -> list[dict]:
     """The validation split of every part of the run's data: ``evaluate`` keyword arguments (real
     photos at their own size, generated scenes at the run's) and the command that scores it."""
-    from mtan.engine import _builder_options
+    from mtan.train.datasets import builder_options
 
     parts = config.data.split("+")
     roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
     roots = roots if len(roots) == len(parts) else [None] * len(parts)
     datasets = []
     for part, root in zip(parts, roots):
-        options = _builder_options(config, part, "val")
+        options = builder_options(config, part, "val")
         size = None if part in REAL_PHOTOS else config.size  # real photos are scored at their own size
         command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
         if root:
@@ -176,7 +176,7 @@ def training_facts(run: Path) -> dict:
 def training_stages(run: Path, config) -> list[tuple[object, dict]]:
     """(config, facts) of the run and of the runs it was initialised from (``--init-from`` a run
     folder), oldest first."""
-    from mtan.engine import TrainConfig
+    from mtan.train import TrainConfig
 
     stages = [(config, training_facts(run))]
     seen = {run.resolve()}
@@ -192,14 +192,14 @@ def training_stages(run: Path, config) -> list[tuple[object, dict]]:
 def measure_resolutions(model, config) -> dict | None:
     """mIoU at each of the app's processing resolutions, scored as the app sees photos, on the
     validation photos of the run's real data (CamVid when it is part of it, else its first part)."""
-    from mtan.engine import _builder_options
+    from mtan.train.datasets import builder_options
     from mtan.evaluate import evaluate
 
     parts = config.data.split("+")
     part = "camvid" if "camvid" in parts else parts[0]
     roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
     root = roots[parts.index(part)] if len(roots) == len(parts) else None
-    options = _builder_options(config, part, "val")
+    options = builder_options(config, part, "val")
     size = None if part == "camvid" else config.size  # real photos at their own size
     scores = {}
     for resolution in RESOLUTIONS:
@@ -216,7 +216,7 @@ def measure_resolutions(model, config) -> dict | None:
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
             latency: bool = True, check_precision: bool = True, log=print) -> dict:
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
-    from mtan.engine import TrainConfig
+    from mtan.train import TrainConfig
     from mtan.model import MTAN, count_parameters
 
     run, out = Path(run), Path(out)

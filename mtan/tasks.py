@@ -421,6 +421,13 @@ def tasks_from_config(cfgs) -> list[Task]:
     return tasks
 
 
+def find_task(tasks, kind: str, **settings) -> Task | None:
+    """The first of ``tasks`` of this ``kind`` whose attributes equal ``settings``
+    (``find_task(model.tasks, "depth", depth_kind="inverse")``), or None."""
+    return next((t for t in tasks if t.kind == kind and all(getattr(t, k, None) == v for k, v in settings.items())),
+                None)
+
+
 # Task sets of the datasets MTAN is trained on.
 TASK_PRESETS: dict[str, list[dict]] = {
     "cityscapes-7": [{"name": "semantic", "kind": "semantic", "class_set": "cityscapes-7"},

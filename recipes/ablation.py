@@ -40,7 +40,7 @@ TINY = dict(data="synthetic", size="64x96", crop="32x64", train_frames=16, val_f
 
 
 def run_variant(name: str, change: dict, args) -> Path:
-    from mtan.engine import apply_preset, train
+    from mtan.train import apply_preset, train
 
     out = Path(args.out) / name
     if (out / "model.safetensors").is_file() and (out / "train_config.json").is_file():

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--hardware", default=None, help="what it trains on, for the card (default: this machine)")
     args = p.parse_args(argv)
 
-    from mtan.engine import apply_preset, train
+    from mtan.train import apply_preset, train
     from mtan.release import release
 
     overrides = dict(TINY if args.tiny else GPU, out=args.out)

@@ -223,7 +223,7 @@ def test_hub_unreachable_falls_back_to_the_local_default(models, tmp_path):
 
 def test_placeholder_model_shows_a_notice(tmp_path):
     """In-process: the registry reads the card; 'placeholder' in it becomes a visible notice."""
-    from mtan.serving import ModelRegistry
+    from mtan.serve import ModelRegistry
 
     MTAN(preset_tasks("cityscapes-7"), width=1 / 16).save_pretrained(
         tmp_path / "m", model_card_kwargs={"notes": "placeholder: untrained"})
@@ -287,8 +287,8 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         assert [p.name for p in (tmp_path / "out").iterdir()] == []  # f2 first, then f3 alone is still over
 
         # other task sets and architectures: a split network (no masks), a depth-only single network
-        from mtan.serving import LoadedModel, predict_photo
-        from mtan.visualize import write_downloads
+        from mtan.serve import LoadedModel, predict_photo
+        from mtan.serve.downloads import write_downloads
 
         photo = Image.open(path).convert("RGB")
         split = LoadedModel("s", "s", MTAN(preset_tasks("cityscapes-7"), arch="split", width=1 / 16).eval())
@@ -309,7 +309,7 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
 
 
 def test_image_modes_become_rgb(tmp_path):
-    from mtan.serving import load_image, to_rgb
+    from mtan.serve import load_image, to_rgb
 
     twelve_bit = Image.fromarray(np.array([[0, 4095]], np.uint16))
     assert to_rgb(twelve_bit).getpixel((1, 0)) == (255, 255, 255)
@@ -322,7 +322,8 @@ def test_image_modes_become_rgb(tmp_path):
 
 
 def test_fit_and_resolution():
-    from mtan.serving import fit_size, parse_resolution
+    from mtan.model import fit_size
+    from mtan.serve import parse_resolution
 
     assert parse_resolution("256x512") == (256, 512)
     with pytest.raises(ValueError):
@@ -334,7 +335,8 @@ def test_fit_and_resolution():
 
 def test_colorbar_and_depth_png():
     from mtan.tasks import DepthTask
-    from mtan.visualize import colorbar_html, depth_to_png16
+    from mtan.serve.downloads import depth_to_png16
+    from mtan.serve.render import colorbar_html
 
     inverse, metric = DepthTask("depth", "inverse"), DepthTask("depth", "metric")
     bar = colorbar_html(inverse, (0.0185, 0.185))

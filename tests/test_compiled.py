@@ -98,7 +98,7 @@ def test_a_failing_compile_falls_back_to_eager():
 def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch):
     """compile="auto": the app's model starts a background warm-up of the default resolution's
     sizes (here all remembered as not faster, so the thread finishes without compiling)."""
-    from mtan.serving import ModelRegistry
+    from mtan.serve import ModelRegistry
 
     monkeypatch.setenv("MTAN_FAST_INFERENCE", "1")
     model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)

@@ -179,13 +179,13 @@ def test_batched_attention_falls_back_to_the_loop_when_it_cannot_be_exact():
 
 
 def test_batched_batch_norm_needs_more_than_one_value_per_channel_when_training():
-    from mtan.model import _task_batch_norm
+    from mtan.model.batched import task_batch_norm
 
     norm = nn.BatchNorm2d(4).train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         norm(torch.rand(1, 4, 1, 1))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        _task_batch_norm(torch.rand(2, 4, 1, 1), 2, norm)  # two tasks, one value each
+        task_batch_norm(torch.rand(2, 4, 1, 1), 2, norm)  # two tasks, one value each
 
 
 # --------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ import torch
 
 from mtan import MTAN, ModelConfigError
 from mtan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from mtan.engine import Engine, read_metrics
+from mtan.train import Engine
+from mtan.train.run_folder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data", "synthetic", "--size", "32x64", "--train-frames", "8", "--val-frames", "4", "--width", "0.0625",

@@ -29,7 +29,7 @@ import rawprotocol as rp
 from apphelpers import REPO, app_process, predict, proc_status_kb, size_of, street_image
 from PIL import Image
 
-from mtan.uploads import NOT_UPLOADED
+from mtan.serve.uploads import NOT_UPLOADED
 
 MAX_FILE_SIZE = 10 * 1024 * 1024
 FAST = 5.0  # seconds: every refusal comes at least this fast (measured: well under 1 s)
@@ -433,7 +433,7 @@ def test_sigterm_stops_the_app_with_a_prediction_in_flight(models, tmp_path):
 
 
 def test_jpeg_layout_counts_scans_not_restart_markers():
-    from mtan.jpeg import JpegStructureError, read_layout
+    from mtan.serve.jpeg import JpegStructureError, read_layout
 
     im = street_image(240, 320)
     baseline_jpeg = read_layout(_jpeg(im, restart_marker_blocks=1), max_scans=32)  # a restart marker per block
@@ -447,7 +447,7 @@ def test_jpeg_layout_counts_scans_not_restart_markers():
 
 
 def test_progressive_jpegs_count_at_full_size_and_long_sides_get_their_own_note(tmp_path):
-    from mtan.serving import ImageLoadError, load_image
+    from mtan.serve import ImageLoadError, load_image
 
     im = street_image(1000, 1600)
     data = _jpeg(im, progressive=True)

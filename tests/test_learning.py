@@ -12,7 +12,7 @@ On 2 idle CPU cores the run takes well under 2 minutes.
 import torch
 
 from mtan.data import build_dataset, to_memory
-from mtan.engine import apply_preset, train
+from mtan.train import apply_preset, train
 from mtan.metrics import DepthMetric, SegmentationMetric
 
 SIZE, TRAIN, VAL = "64x128", 96, 24

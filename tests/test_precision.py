@@ -16,7 +16,7 @@ from mtan.fast import InferenceModel, Int8ConvReLU, int8_calibration, optimize_f
 from mtan.model import AttentionMask, ConvBNReLU
 from mtan.precision import check_precisions, verdict
 from mtan.records import allowed_precisions, int8_scales, read_record
-from mtan.serving import ModelRegistry
+from mtan.serve import ModelRegistry
 from mtan.timing import choice_cache_path
 
 REPO = Path(__file__).resolve().parents[1]

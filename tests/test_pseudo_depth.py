@@ -11,7 +11,8 @@ from mtan.data.common import DatasetError
 from mtan.data.pseudo_depth import (HORIZON_MARGIN, MAX_INVERSE_DEPTH, SKY_INVERSE_DEPTH, estimate_horizon,
                                     ground_plane_depth, ground_scale)
 from mtan.data.synthetic_dataset import SyntheticDataset, synthetic_dataset
-from mtan.engine import PRESETS, TrainConfig, _builder_options
+from mtan.train import PRESETS, TrainConfig
+from mtan.train.datasets import builder_options
 from mtan.metrics import DepthOrderMetric, average_ranks, spearman
 
 FLAT, CONSTRUCTION, OBJECT, NATURE, SKY, HUMAN, VEHICLE = range(7)
@@ -142,11 +143,11 @@ def test_synthetic_sky_depth_fills_only_sky():
 
 def test_pseudo_depth_reaches_the_training_split_only():
     config = TrainConfig(data="synthetic+camvid", pseudo_depth=True)
-    assert _builder_options(config, "camvid", "train")["pseudo_depth"] is True
-    assert _builder_options(config, "synthetic", "train")["sky_depth"] == SKY_INVERSE_DEPTH
-    assert "pseudo_depth" not in _builder_options(config, "camvid", "val")
-    assert "sky_depth" not in _builder_options(config, "synthetic", "val")
-    assert "pseudo_depth" not in _builder_options(TrainConfig(data="synthetic+camvid"), "camvid", "train")
+    assert builder_options(config, "camvid", "train")["pseudo_depth"] is True
+    assert builder_options(config, "synthetic", "train")["sky_depth"] == SKY_INVERSE_DEPTH
+    assert "pseudo_depth" not in builder_options(config, "camvid", "val")
+    assert "sky_depth" not in builder_options(config, "synthetic", "val")
+    assert "pseudo_depth" not in builder_options(TrainConfig(data="synthetic+camvid"), "camvid", "train")
     with pytest.raises(ValueError, match="--pseudo-depth .*camvid and synthetic"):
         TrainConfig(data="cityscapes", pseudo_depth=True)
     demo = PRESETS["demo"]

@@ -15,7 +15,8 @@ import torch
 from mtan import MTAN, preset_tasks
 from mtan.data.augment import AugmentParams, BatchAugment, apply_augment
 from mtan.data.photometric import PhotometricConfig, _jpeg, photometric
-from mtan.engine import TrainConfig, apply_preset, build_schedule
+from mtan.train import TrainConfig, apply_preset
+from mtan.train.schedule import build_schedule
 from mtan.losses import edge_aware_smoothness, semantic_loss
 from mtan.metrics import DepthOrderMetric, SegmentationMetric, laplacian_roughness
 from mtan.timing import fastest
@@ -166,7 +167,7 @@ def test_fastest_stops_timing_an_option_that_cannot_win():
 
 def test_amp_auto_is_timed_on_the_cpu_logged_and_kept_on_resume(tmp_path):
     from mtan.checkpoint import list_checkpoints, load_checkpoint
-    from mtan.engine import train
+    from mtan.train import train
 
     out = tmp_path / "run"
     lines = []

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.engine import TrainConfig, apply_preset, read_metrics, train
+from mtan.train import TrainConfig, apply_preset, train
+from mtan.train.run_folder import read_metrics
 from mtan.weighting import dwa_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,7 +311,7 @@ def test_batched_attention_differs_from_the_task_loop_by_round_off_only(dtype, b
 
 
 def test_init_from_and_class_weights(tmp_path, dwa_run):
-    from mtan.engine import Engine
+    from mtan.train import Engine
 
     base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
                 epochs=1, progress=False, out=str(tmp_path / "ft"))

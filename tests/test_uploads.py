@@ -248,7 +248,7 @@ def test_40_megapixel_photo(app, client, tmp_path, normal_photo):
 def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 
-    from mtan.serving import load_image
+    from mtan.serve import load_image
 
     p = tmp_path / "big.jpg"
     street_image(1000, 1600).save(p, quality=80)

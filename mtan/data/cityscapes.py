@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtan.data.common import DatasetError, Field, ReleaseDataset, parse_size, save_npy_atomic
+from mtan.checkpoint import atomic_save_npy
+from mtan.data.common import DatasetError, Field, ReleaseDataset, parse_size
 from mtan.tasks import CITYSCAPES_INVERSE_DEPTH_SCALE
 
 LABEL_FOLDERS = {"label_7": "cityscapes-7", "label_19": "cityscapes-19", "label_2": "cityscapes-2"}
@@ -281,7 +282,7 @@ def _convert_job(job) -> tuple[int, str | None, bool]:
     except DatasetError as e:
         return index, str(e), False
     for folder, array in arrays.items():
-        save_npy_atomic(split_dir / folder / f"{index}.npy", array)
+        atomic_save_npy(split_dir / folder / f"{index}.npy", array)
     return index, None, used_default
 
 

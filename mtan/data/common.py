@@ -47,12 +47,14 @@ class DatasetError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def parse_size(size) -> tuple[int, int] | None:
-    """``None``, ``(H, W)``, ``[H, W]``, ``"128x256"`` or ``"128,256"`` -> ``(H, W)`` or ``None``."""
+def parse_size(size, minimum: int = 1) -> tuple[int, int] | None:
+    """``None``, ``(H, W)``, ``[H, W]``, ``"128x256"`` or ``"128,256"`` -> ``(H, W)`` or ``None``.
+    The project's one reader of sizes: the trainer's, the evaluator's, the app's and the tools'."""
     if size is None:
         return None
+    given = size
     if isinstance(size, str):
-        parts = re.split(r"[x,X* ]+", size.strip())
+        parts = re.split(r"[x,X*× ]+", size.strip())
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise ValueError(f"size must look like '128x256' (height x width), got {size!r}")
         size = (int(parts[0]), int(parts[1]))
@@ -60,8 +62,9 @@ def parse_size(size) -> tuple[int, int] | None:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
         raise ValueError(f"size must be (height, width), got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+    if h < minimum or w < minimum:
+        raise ValueError(f"size must be positive, got {given!r}" if minimum == 1 else
+                         f"height and width must be at least {minimum}, got {given!r}")
     return h, w
 
 
@@ -76,14 +79,6 @@ def list_npy(folder: Path) -> list[str]:
     with os.scandir(folder) as it:
         names = [e.name for e in it if e.name.endswith(".npy") and e.is_file()]
     return sorted(names, key=numeric_sort_key)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` via a temporary file, so an interrupted run leaves no half file."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------

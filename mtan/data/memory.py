@@ -303,7 +303,9 @@ class InMemoryDataset(torch.utils.data.Dataset):
         check_sample_values(self[index], self.tasks, lambda key: f"{self.name} (in memory) frame {index}, {key}")
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return len(self) // batch_size if drop_last else math.ceil(len(self) / batch_size)
+        if drop_last and len(self) >= batch_size:
+            return len(self) // batch_size
+        return math.ceil(len(self) / batch_size)
 
     def iter_batches(self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
                      augment: bool | Callable[[dict], dict] = False, drop_last: bool = False) -> Iterator[dict]:
@@ -314,16 +316,23 @@ class InMemoryDataset(torch.utils.data.Dataset):
         taking and returning a batch. With a CPU generator and GPU storage, one seed is taken
         from the generator per epoch to drive a device generator, so batches need no host sync.
         """
-        n, device = len(self), self.device
+        device = self.device
         if shuffle:
             gen_device = generator.device if generator is not None else device
-            order = torch.randperm(n, generator=generator, device=gen_device).to(device)
+            order = torch.randperm(len(self), generator=generator, device=gen_device).to(device)
         else:
-            order = torch.arange(n, device=device)
-        transform = self._augmenter(augment, generator)
-        for start in range(0, n, batch_size):
+            order = torch.arange(len(self), device=device)
+        yield from self.batches(order, batch_size, drop_last, self._augmenter(augment, generator))
+
+    def batches(self, order: torch.Tensor, batch_size: int, drop_last: bool = False,
+                transform: Callable[[dict], dict] | None = None) -> Iterator[dict]:
+        """The batching loop of the project (training, validation, scoring): float batches of the
+        frames at ``order`` (a 1-D index tensor on the storage device), ``batch_size`` at a time,
+        each passed through ``transform``. ``drop_last``: a last batch smaller than the others is
+        left out (BatchNorm dislikes tiny batches), unless it is the only one."""
+        for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            if drop_last and min(batch_size, n - start) < batch_size:
+            if drop_last and len(index) < batch_size and len(order) >= batch_size:
                 break
             batch = self.batch(index)
             yield transform(batch) if transform else batch

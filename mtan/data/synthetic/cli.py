@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 
+from mtan.data.common import parse_size
 from mtan.data.synthetic.frames import preview, write_release
 
 
@@ -15,13 +17,12 @@ from mtan.data.synthetic.frames import preview, write_release
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if not re.fullmatch(r"\s*\d+\s*[xX×]\s*\d+\s*", text):
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 128x256, got {text!r}")
-    h, w = int(parts[0]), int(parts[1])
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"height and width must be at least 8, got {text!r}")
-    return h, w
+    try:
+        return parse_size(text, minimum=8)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _non_negative(text: str) -> int:

@@ -3,12 +3,11 @@ sheet."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from mtan.checkpoint import atomic_save_npy
 from mtan.data.synthetic.scene import (
     GENERATOR_VERSION, GROUND_MAX_DISTANCE, INVERSE_DEPTH_SCALE, MAX_INVERSE_DEPTH)
 from mtan.data.synthetic.street import _build_scene
@@ -108,19 +107,6 @@ RELEASE_FIELDS = ("image", "label_7", "depth")
 SPLIT_STREAMS = {"train": 0, "val": 1}
 
 
-def _save_atomic(path: Path, array: np.ndarray):
-    """np.save to a temporary file then rename, so an interrupted run leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_frame(args):
     """Render one frame and write its three release files (skipped when all exist)."""
     root, split, index, seed, height, width = args
@@ -128,9 +114,9 @@ def _write_frame(args):
     if all(p.exists() for p in paths):
         return False
     fr = render_frame(seed, index, height, width, stream=SPLIT_STREAMS[split])
-    _save_atomic(paths[0], fr["image"].astype(np.float32) / 255.0)
-    _save_atomic(paths[1], fr["label"].astype(np.float32))
-    _save_atomic(paths[2], fr["depth"][..., None])
+    atomic_save_npy(paths[0], fr["image"].astype(np.float32) / 255.0)
+    atomic_save_npy(paths[1], fr["label"].astype(np.float32))
+    atomic_save_npy(paths[2], fr["depth"][..., None])
     return True
 
 

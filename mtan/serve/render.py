@@ -1,5 +1,5 @@
 """Pictures of MTAN's outputs: segmentation overlays and legends, coloured depth with a colour
-bar, surface normals, attention-mask heat maps, and the files the app offers for download.
+bar, surface normals and attention-mask heat maps (the files to download: :mod:`mtan.serve.downloads`).
 
 Everything works on numpy arrays and PIL images (no gradio), at the photo's size; rendering is
 cheap enough to redo whenever a display option changes.
@@ -7,17 +7,13 @@ cheap enough to redo whenever a display option changes.
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
-import re
-import threading
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+
+from mtan.serve.prediction import MASK_SCALE
 
 COLORMAPS = ("inferno", "magma", "viridis", "plasma", "turbo", "Spectral_r", "gray")
 DEFAULT_COLORMAP = "inferno"
@@ -197,7 +193,6 @@ def stage_label(part: str, stage: int) -> str:
     return f"{part} {stage} (1/{stage_scale(part, stage)} scale)"
 
 
-MASK_SCALE = 1 / 255  # uint8 masks (as the app keeps and downloads them) hold round(value * 255)
 
 
 def mask_values(m: np.ndarray) -> np.ndarray:
@@ -299,118 +294,3 @@ def attention_table(masks: dict, top: int = 3) -> str:
                 cells += [f"{per_channel.mean():.3f}", ", ".join(f"{c} ({per_channel[c]:.2f})" for c in best)]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-# --------------------------------------------------------------------------------------
-# Downloads
-# --------------------------------------------------------------------------------------
-
-
-def safe_stem(name: str | None, default: str = "photo") -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name or "").stem).strip("._")
-    return stem[:60] or default
-
-
-def depth_to_png16(depth: np.ndarray, task) -> tuple[np.ndarray, float, str]:
-    """Depth -> uint16 with ``value = png / 65535 * max`` (values <= 0 or not finite -> 0, which
-    the datasets use for 'invalid'). Returns the array, ``max`` and that sentence."""
-    d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # one full-size copy
-    np.clip(d, 0, None, out=d)
-    top = float(d.max()) if d.size and d.max() > 0 else 1.0
-    d *= np.float32(65535 / top)
-    np.clip(np.round(d, out=d), 0, 65535, out=d)
-    png = d.astype(np.uint16)
-    text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 0 = invalid"
-    if task.metres_formula:
-        text += f"; metres ~ {task.metres_formula.replace('value', task.name)}"
-    return png, top, text
-
-
-def save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None, mode: str | None = None) -> Path:
-    info = PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    im.save(path, pnginfo=info, compress_level=1)
-    return path
-
-
-MASKS_LAYOUT = ("key '<task>.<encoder|decoder>.<stage>' -> C x h x w at the processing resolution "
-                "(1/2**stage of it for the encoder, 1/2**(4 - stage) for the decoder); decoder stage 0 is "
-                "the deepest; mask value = stored * scale (the app stores uint8: scale 1/255)")
-
-
-def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level: int = 0) -> Path:
-    """Masks as an ``.npz`` readable with ``np.load``: one ``.npy`` per mask in a ZIP, and ``meta``,
-    a JSON string with ``info``, the layout, dtype and scale. ``level`` 0 (the default) stores the
-    masks uncompressed: a trained model's uint8 masks are fine-grained enough that deflate (level 1)
-    saves only about 12 % of the bytes (12.5 MB against 14.2 MB at 256x512) for 40 times the time
-    (1 s against 25 ms on a 2-core CPU); 1-9 deflate at that level."""
-    import zipfile
-
-    meta = dict(info, layout=MASKS_LAYOUT, dtype=str(next(iter(arrays.values())).dtype) if arrays else "",
-                scale=MASK_SCALE if all(a.dtype == np.uint8 for a in arrays.values()) else 1.0)
-    method, extra = (zipfile.ZIP_DEFLATED, {"compresslevel": level}) if level else (zipfile.ZIP_STORED, {})
-    with zipfile.ZipFile(path, "w", method, **extra) as z:
-        for key, array in {"meta": np.array(json.dumps(meta)), **arrays}.items():
-            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
-    return path
-
-
-def write_masks(pred, out_dir: str | os.PathLike) -> tuple[Path, str]:
-    """Every attention mask of one prediction as ``<stem>_attention.npz`` (see :func:`save_masks_npz`),
-    and a line describing it."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
-              for i, m in enumerate(ms)}
-    name = f"{pred.stem}_attention.npz"
-    part = out / f".{name}.{os.getpid()}.{threading.get_ident()}.part"  # two requests at once: each its own
-    save_masks_npz(part, arrays, {"tasks": list(pred.masks), "image_size": list(pred.size),
-                                 "processing_size": list(pred.processing_size),
-                                 "downsampled": bool(pred.mask_downsampled)})
-    os.replace(part, out / name)
-    shrunk = " (area-averaged to fit)" if pred.mask_downsampled else ""
-    return out / name, (f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.<stage>']`, "
-                        f"uint8 C x h x w at the processing resolution{shrunk}: mask value = stored / 255; "
-                        f"decoder stage 0 is the deepest. Its `meta` entry (JSON) says so too.")
-
-
-def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
-                    masks: bool = True) -> tuple[list[str], list[str]]:
-    """The downloads for one prediction, at the photo's size. Returns the file paths and lines
-    describing them (the depth PNG's scale among them). ``masks``: the attention masks' ``.npz``
-    too (the app writes it only when asked: :func:`write_masks`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem, size = pred.stem, pred.size
-    files, notes = [], []
-    meta = {"Software": "mtan app", "Model": model_name}
-    for task in pred.tasks:
-        if task.name in pred.labels:
-            labels = pred.labels[task.name]
-            classes = ", ".join(f"{i}={c}" for i, c in enumerate(task.class_set.classes))
-            files.append(str(save_png(out / f"{stem}_{task.name}_class_ids.png", labels,
-                                      meta | {"Classes": classes, "ClassSet": task.class_set.name})))
-            files.append(str(save_png(out / f"{stem}_{task.name}_colour.png",
-                                      colorize_labels(labels, task.class_set.palette), meta | {"Classes": classes})))
-        elif task.name in pred.depth:
-            small = Image.fromarray(pred.depth[task.name].astype(np.float32), "F")
-            full = np.asarray(small.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
-            png, top, text = depth_to_png16(full, task)
-            files.append(str(save_png(out / f"{stem}_{task.name}_16bit.png", png,
-                                      meta | {"DepthScale": text, "DepthMax": f"{top:.9g}",
-                                              "DepthKind": task.depth_kind, "Units": task.units})))
-            np.save(out / f"{stem}_{task.name}.npy", full)
-            files.append(str(out / f"{stem}_{task.name}.npy"))
-            notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}.npy`: float32 {task.units}.")
-        elif task.name in pred.normals:
-            files.append(str(save_png(out / f"{stem}_{task.name}.png",
-                                      np.asarray(normals_to_rgb(pred.normals[task.name], size)),
-                                      meta | {"Encoding": "RGB = (n + 1) / 2 * 255"})))
-    if masks and pred.masks:
-        path, note = write_masks(pred, out)
-        files.append(str(path))
-        notes.append(note)
-    return files, notes

@@ -5,7 +5,7 @@ with an ``fn_index``), private ones included, with any JSON as its values. Gradi
 depend on what the request claims (a file value without ``meta`` is not treated as a file at
 all) and run after it has already hashed, copied or decoded what it was given. So the app wraps
 gradio's input processing with :class:`RequestGuard`: each value is checked against its
-component (a file must be an upload, see :mod:`mtan.uploads`; a number must lie within its
+component (a file must be an upload, see :mod:`mtan.serve.uploads`; a number must lie within its
 slider; a choice must be one of the choices; an example must be an index of the examples) and
 replaced by a clean copy, or the request is refused with one short message, logged in one line.
 """
@@ -18,7 +18,7 @@ import sys
 
 import gradio as gr
 
-from mtan.uploads import UploadPolicy, UploadRefused
+from mtan.serve.uploads import UploadPolicy, UploadRefused
 
 log = logging.getLogger("mtan.app.requests")
 if not log.handlers:

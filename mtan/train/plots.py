@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
-    """Draw ``curves.png`` from the records of ``metrics.jsonl`` (see ``mtan.engine``)."""
+    """Draw ``curves.png`` from the records of ``metrics.jsonl`` (see :mod:`mtan.train.engine`)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,0 +1,47 @@
+"""Training: one config object, one ``train(config)`` that runs a whole experiment.
+
+==================  ====================================================================
+module              job
+==================  ====================================================================
+``config``          :class:`TrainConfig`, its checks, the presets
+``datasets``        the run's training split and validation sets, held in memory
+``schedule``        the learning-rate schedule
+``engine``          :class:`Engine`: the model, optimiser and data of one run, and its loop
+``run_folder``      the run folder's checks, ``metrics.jsonl``, the best epoch, the exported model
+``plots``           ``curves.png``
+==================  ====================================================================
+
+Checkpoints are :mod:`mtan.checkpoint`; scoring a model on a dataset is :mod:`mtan.scoring`; the
+device and the processes of a distributed run are :mod:`mtan.runtime`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from mtan.train.config import PRESETS, TrainConfig, apply_preset
+from mtan.train.engine import Engine, NonFiniteLossError
+from mtan.train.run_folder import check_run_folder, command_line
+
+__all__ = ["PRESETS", "Engine", "NonFiniteLossError", "TrainConfig", "apply_preset", "command_line", "train"]
+
+
+def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
+    """Run (or resume) a training run; returns the per-epoch records."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_folder(Path(config.out), resume)
+    engine = Engine(config, log=log)
+    if resume:
+        engine.resume()
+    try:
+        history = engine.fit()
+    finally:
+        if engine.runtime.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    if config.push_to_hub and engine.runtime.is_main:
+        from mtan.hub import push_run  # the Hub client is loaded only for a run that pushes
+
+        push_run(engine.out, config.push_to_hub, private=config.private, log=log)
+    return history

@@ -1,0 +1,53 @@
+"""A run's data: the training split and one validation set per part of a mixture, with the
+options each builder takes, held in memory on the training device."""
+from __future__ import annotations
+
+import torch
+
+from mtan.data import build_dataset, to_memory
+from mtan.data.pseudo_depth import SKY_INVERSE_DEPTH
+from mtan.train.config import TrainConfig
+
+
+def builder_options(config: TrainConfig, part: str, split: str) -> dict:
+    options = {}
+    if part in ("cityscapes", "cityscapes-raw"):
+        options["labels"] = config.labels
+    if part == "synthetic":
+        frames = config.train_frames if split == "train" else config.val_frames
+        if frames is not None:
+            options["num_frames"] = frames
+        options["seed"] = config.seed if split == "train" else 0
+    if config.pseudo_depth and split == "train":  # validation keeps the release convention (sky = invalid)
+        if part == "camvid":
+            options["pseudo_depth"] = True
+        if part == "synthetic":
+            options["sky_depth"] = SKY_INVERSE_DEPTH
+    options.update(config.data_options.get(part, {}))
+    return options
+
+
+def build_split(config: TrainConfig, split: str, name: str | None = None, root="config"):
+    """``split`` of the run's data (or of one part ``name`` of a mixture, with its own ``root``)."""
+    name = name or config.data
+    root = config.data_root if root == "config" else root
+    parts = name.split("+")
+    if len(parts) == 1:
+        options = builder_options(config, name, split)
+    else:  # per-part options, e.g. synthetic={"num_frames": 96}
+        options = {p: builder_options(config, p, split) for p in parts}
+    return build_dataset(name, root=root, split=split, size=config.size, **options)
+
+
+def validation_sets(config: TrainConfig) -> dict[str, object]:
+    """One validation set per part of the training data (``synthetic+camvid`` -> both, reported apart)."""
+    parts = config.data.split("+")
+    if len(parts) == 1:
+        return {config.data: build_split(config, "val")}
+    roots = (config.data_root or "").split("+") if isinstance(config.data_root, str) else [None] * len(parts)
+    roots = roots if len(roots) == len(parts) else [None] * len(parts)
+    return {p: build_split(config, "val", name=p, root=r or None) for p, r in zip(parts, roots)}
+
+
+def load_into_memory(dataset, device: torch.device, progress: bool, workers: int = 0):
+    return to_memory(dataset, device=device, progress=progress, workers=workers)

@@ -1,0 +1,476 @@
+"""The training engine: :class:`Engine` holds one run's model, optimiser, data and settings, and
+``fit()`` trains it.
+
+Per epoch: train on the (optionally augmented) training split, evaluate on every validation
+set, log one line to ``metrics.jsonl``, redraw ``curves.png``, export the model (``config.json``
++ ``model.safetensors`` + model card) with ``save_pretrained`` and, last, write an atomic checkpoint.
+
+Faults: a NaN or infinite training loss stops the run (``NonFiniteLossError``, naming the task)
+before anything of that epoch is saved; a failed write (a full disk) stops it with a
+``CheckpointError`` saying what is intact and how to continue; ``--resume`` skips damaged
+checkpoints (with a warning naming them) and removes temporary files left by a killed writer.
+
+Fast by default where it helps: data held in memory on the training device (uint8 images,
+compact targets), augmentation on whole batches on that device, bf16 autocast (on a CPU where it
+is measured faster), channels-last and fused Adam on CUDA, optional ``torch.compile``; losses and
+metrics are accumulated on the device and read once per epoch (plus a throttled read for the
+progress bar).
+
+Multi-GPU / multi-node: run the same script under ``torchrun``; each process trains on its
+shard of every epoch's permutation with DistributedDataParallel, metrics are summed across
+processes, and only rank 0 writes files and logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
+                             list_checkpoints, prune_checkpoints, read_header, restore, save_checkpoint)
+from mtan.data import validate
+from mtan.data.augment import BatchAugment
+from mtan.data.common import parse_size
+from mtan.data.photometric import photometric
+from mtan.model import MTAN, ModelConfigError, count_parameters
+from mtan.runtime import all_reduce_, setup_runtime, shard_order
+from mtan.scoring import evaluate_model
+from mtan.tasks import Task, tasks_from_config
+from mtan.timing import fastest
+from mtan.train.config import TrainConfig
+from mtan.train.datasets import build_split, load_into_memory, validation_sets
+from mtan.train.plots import plot_curves
+from mtan.train.run_folder import export, monitor_score, read_metrics, summary_line
+from mtan.train.schedule import build_schedule
+from mtan.weighting import build_weighting
+
+
+class Engine:
+    """Holds the model, optimiser, data and settings of one run; ``fit()`` trains it."""
+
+    def __init__(self, config: TrainConfig, log=print):
+        self.config = config
+        self.runtime = setup_runtime(config.device)
+        self.log = log if self.runtime.is_main else (lambda *a, **k: None)
+        self.out = Path(config.out)
+        # progress bars on an interactive terminal only (logs and CI get the per-epoch lines)
+        self.show_progress = config.progress and self.runtime.is_main and sys.stderr.isatty()
+        torch.manual_seed(config.seed)
+        device = self.runtime.device
+        cuda = device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
+        self.amp_measured: dict | None = None  # the CPU timing behind --amp auto's choice
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+
+        # data: validated before the first step, held in memory on the device
+
+        train_set = build_split(config, "train")
+        self.val_raw = validation_sets(config)
+        if config.data_workers:  # generated frames: render them in parallel before the checks read them
+            for ds in [train_set, *self.val_raw.values()]:
+                for part in getattr(ds, "datasets", [ds]):
+                    if hasattr(part, "render_all"):
+                        part.render_all(config.data_workers, progress=self.show_progress)
+        for ds in [train_set, *self.val_raw.values()]:
+            validate(ds, full=True, progress=self.show_progress)
+        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data_workers)
+        self.val_data = {k: load_into_memory(v, device, False, config.data_workers) for k, v in self.val_raw.items()}
+        self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
+
+        # model
+        task_cfgs = [t.to_config() for t in self.data_tasks]
+        if config.arch == "single":
+            if config.task is None:
+                raise ValueError(f"arch 'single' needs --task (one of {[t.name for t in self.data_tasks]})")
+            task_cfgs = [t for t in task_cfgs if t["name"] == config.task]
+            if not task_cfgs:
+                raise ValueError(f"--task {config.task!r} is not a task of {config.data} "
+                                 f"({[t.name for t in self.data_tasks]})")
+        self.model = MTAN(task_cfgs, arch=config.arch, width=config.width).to(device)
+        if config.init_from:
+            self._init_from(config.init_from)
+        # same math either way (tested); fewer, larger kernels pay off on a GPU
+        self.model.set_batched_attention(config.batched_attention == "on" or (config.batched_attention == "auto" and cuda))
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.tasks = self.model.tasks
+        self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature).to(device)
+        self.class_weights = self._class_weights()
+        params = list(self.model.parameters()) + list(self.weighting.parameters())
+        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(params, lr=config.lr, weight_decay=config.weight_decay,
+                                   **({"fused": True} if cuda else {}))
+        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.batch_size)
+        self.scheduler = build_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.step_schedule_per_batch = config.schedule != "step"
+
+        if config.amp == "auto" and not cuda:
+            self._choose_cpu_amp()
+        # the module that runs the steps: compiled and/or wrapped for DDP
+        self.forward_module = self._wrap(config.compile)
+        self.compile_unproven = config.compile  # torch.compile fails at the first call, not when wrapping
+        self.start_epoch = 0
+        self.best_score = -math.inf
+        self.history: list[dict] = []
+
+    def _choose_cpu_amp(self) -> None:
+        """``--amp auto`` on a CPU: time a few training steps in float32 and in bf16 autocast on this
+        machine and keep the faster (bf16 is twice as fast as float32 on some CPUs and half as fast
+        on others). A resumed run keeps the choice its checkpoints record."""
+        recorded = self._recorded_amp()
+        if recorded is not None:
+            self.amp_dtype = torch.bfloat16 if recorded == "bf16" else None
+            self.log(f"amp {recorded} (as the run being resumed chose)")
+            return
+        batch = next(self._batches(self.train_data, self.config.batch_size, 0, self.config.augment))
+        saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state())
+
+        def step(dtype):
+            self.amp_dtype = dtype
+            self._forward_backward(self.model, batch)
+
+        choice, seconds = fastest({"off": lambda: step(None), "bf16": lambda: step(torch.bfloat16)})
+        self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics)
+        torch.set_rng_state(saved[1])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.amp_dtype = torch.bfloat16 if choice == "bf16" else None
+        self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
+        self.log(f"amp auto: {choice} (seconds per training step on this CPU: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
+
+    def _recorded_amp(self) -> str | None:
+        found = list_checkpoints(self.out / "checkpoints")
+        if not found:
+            return None
+        try:
+            return read_header(found[0][1]).get("amp")  # the header alone: resume() reads the tensors
+        except CheckpointError:
+            return None
+
+    def _init_from(self, source: str) -> None:
+        """Copy the weights of a saved model with the same architecture, tasks and width."""
+        try:
+            other = MTAN.from_pretrained(source)
+        except ModelConfigError as e:
+            raise ValueError(f"--init-from {source}: {e}") from None
+        mine = (self.model.arch, self.model.width, [t.to_config() for t in self.model.tasks])
+        theirs = (other.arch, other.width, [t.to_config() for t in other.tasks])
+        if mine != theirs:
+            raise ValueError(f"--init-from {source}: that model is {theirs[0]} width {theirs[1]:g} with tasks "
+                             f"{[t['name'] for t in theirs[2]]}; this run builds {mine[0]} width {mine[1]:g} with "
+                             f"{[t['name'] for t in mine[2]]} (and their classes must match too)")
+        self.model.load_state_dict(other.state_dict())
+        self.log(f"initialised from {source}")
+
+    def _class_weights(self) -> dict[str, torch.Tensor]:
+        """Per-class weights of the semantic training losses (``--class-weights``), from the training labels."""
+        if self.config.class_weights == "none":
+            return {}
+        out = {}
+        for t in self.tasks:
+            weights = t.class_weights(self.train_data.targets[t.name]) if t.name in self.train_data.targets else None
+            if weights is not None:
+                out[t.name] = weights
+                pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(t.class_set.classes, out[t.name].tolist()))
+                self.log(f"class weights ({self.config.class_weights}) for {t.name}: {pairs}")
+        return out
+
+    def _wrap(self, compile: bool):
+        module = compile_or_eager(self.model, self.log) if compile else self.model
+        if self.runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            cuda = self.runtime.device.type == "cuda"
+            module = DDP(module, device_ids=[self.runtime.device.index] if cuda else None)
+        return module
+
+    # ---- one pass ---------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.runtime.device.type, enabled=False)
+        return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, batch: dict) -> dict:
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _batches(self, data, batch_size: int, epoch: int | None, augment: bool):
+        """Batches of ``data`` for this process. ``epoch`` seeds the shuffle and augmentation
+        (so a resumed run sees exactly the same batches); ``None`` = evaluation order."""
+        cfg = self.config
+        generator = augmenter = None
+        if epoch is not None:
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = shard_order(len(data), self.runtime, generator, data.device, drop_last=epoch is not None)
+        photo_gen = None
+        if augment:
+            aug_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 7_919)
+            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.scale_bounds(),
+                                     out_size=parse_size(cfg.crop) if cfg.crop else None)
+        if epoch is not None and cfg.photometric:
+            photo_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 15_013)
+        def transform(batch: dict) -> dict:
+            if augmenter is not None:
+                batch = augmenter(batch)
+            if photo_gen is not None:
+                batch["image"] = photometric(batch["image"], photo_gen)
+            return self._prepare(batch)
+
+        return data.batches(order, batch_size, drop_last=epoch is not None, transform=transform)
+
+    def _task_losses(self, outputs: dict, batch: dict) -> tuple[dict, torch.Tensor]:
+        cfg = self.config
+        losses, has_valid = {}, []
+        for t in self.tasks:
+            target = batch[t.name]
+            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"],
+                                    class_weight=self.class_weights.get(t.name),
+                                    label_smoothing=cfg.label_smoothing, smoothness=cfg.depth_smoothness)
+            has_valid.append(t.has_valid(target))
+        return losses, torch.stack(has_valid)
+
+    def _forward_backward(self, model, batch: dict):
+        """Forward, weighted loss and backward of one batch (gradients zeroed first)."""
+        with self._autocast():
+            outputs = model(batch["image"])
+        losses, has_valid = self._task_losses(outputs, batch)
+        total = self.weighting.combine(losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        return losses, has_valid
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, model = self.config, self.forward_module
+        self.model.train()
+        n_tasks = len(self.tasks)
+        device = self.runtime.device
+        loss_sums = torch.zeros(n_tasks, dtype=torch.float64, device=device)
+        loss_batches = torch.zeros(n_tasks, dtype=torch.float64, device=device)
+        nonfinite = torch.zeros(n_tasks, dtype=torch.bool, device=device)
+        images = 0
+        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.batch_size)
+        bar = tqdm(self._batches(self.train_data, cfg.batch_size, epoch, cfg.augment), total=n_batches,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
+                   disable=not self.show_progress)
+        t0, last_shown = time.perf_counter(), 0.0
+        last_checked = t0
+        for step, batch in enumerate(bar):
+            if self.compile_unproven:  # the first compiled step: fall back to eager if compiling fails
+                try:
+                    losses, has_valid = self._forward_backward(model, batch)
+                except Exception as e:  # noqa: BLE001 (inductor, missing compiler, unsupported op...)
+                    self.log(f"warning: torch.compile failed at the first step ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''}); continuing eagerly")
+                    self.forward_module = model = self._wrap(False)
+                    losses, has_valid = self._forward_backward(model, batch)
+                self.compile_unproven = False
+            else:
+                losses, has_valid = self._forward_backward(model, batch)
+            if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
+                for p in self.weighting.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.runtime.world
+            self.optimizer.step()
+            if self.step_schedule_per_batch:
+                self.scheduler.step()
+            stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
+            bad_now = ~torch.isfinite(stacked)
+            # the tasks that went bad first (one bad step makes every task's loss NaN after it)
+            nonfinite = torch.where(nonfinite.any(), nonfinite, bad_now)
+            loss_sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
+            loss_batches += has_valid.double()
+            images += batch["image"].shape[0]
+            now = time.perf_counter()
+            if bar.disable is False and now - last_shown > 1.0:  # a host read at most once a second
+                means = (loss_sums / loss_batches.clamp_min(1)).tolist()
+                bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, means)})
+                last_shown = now
+            if not self.runtime.distributed and now - last_checked > 2.0:
+                last_checked = now  # a diverged run stops within seconds, not at the end of the epoch
+                if bool(nonfinite.any()):
+                    break
+        bar.close()
+        all_reduce_([loss_sums, loss_batches], self.runtime)
+        if self.runtime.distributed:
+            flags = nonfinite.int()
+            dist.all_reduce(flags)
+            nonfinite = flags > 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        bad = [t.name for t, b in zip(self.tasks, nonfinite.tolist()) if b]
+        means = (loss_sums / loss_batches.clamp_min(1)).tolist()
+        result = {"loss": {t.name: m for t, m in zip(self.tasks, means)}, "seconds": seconds,
+                  "images": images * self.runtime.world, "nonfinite": bad}
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, data) -> dict:
+        """Losses and metrics of the current model on a validation set (on the device)."""
+        return evaluate_model(self.model, data, self.config.eval_batch_size or self.config.batch_size,
+                              runtime=self.runtime, autocast=self._autocast, prepare=self._prepare,
+                              batches=lambda d, bs: self._batches(d, bs, None, False))
+
+    # ---- the run ------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        if self.runtime.is_main:
+            clean_stale_temporaries([self.out, self.out / "checkpoints", self.out / "best"], log=self.log)
+        found = latest_good_checkpoint(self.out / "checkpoints", log=self.log)
+        if found is None:
+            raise CheckpointError(f"{self.out}: no readable checkpoint to resume from (checkpoints/epoch_*.safetensors); "
+                                  f"start the run again without --resume")
+        epoch, tensors, header = found
+        restore(tensors, header, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                weighting=self.weighting)
+        self.start_epoch = epoch + 1
+        self.best_score = header.get("best_score", -math.inf)
+        self.history = read_metrics(self.out / "metrics.jsonl")[: epoch + 1]
+        if self.runtime.is_main:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.log(f"resumed {self.out} after epoch {epoch + 1} (checkpoint epoch_{epoch:04d})")
+
+    def fit(self) -> list[dict]:
+        cfg = self.config
+        if self.runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "train_config.json", cfg.to_json() + "\n")
+            if self.start_epoch == 0:  # a new run: no metrics from a run that stopped before its first checkpoint
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.log(f"training {cfg.arch} x{cfg.width:g} ({count_parameters(self.model):,} parameters) on "
+                 f"{cfg.data}: {len(self.train_data)} train frames, val "
+                 f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
+                 f"{f' x {self.runtime.world} processes' if self.runtime.distributed else ''}, "
+                 f"amp {'bf16' if self.amp_dtype is not None else 'off'}, out {self.out}")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
+            weights = self.weighting.weights() if cfg.weighting != "uncertainty" else None
+            train = self.train_epoch(epoch)
+            if train["nonfinite"]:
+                raise NonFiniteLossError(self._nonfinite_message(epoch, train["nonfinite"]))
+            if weights is None:  # uncertainty: the weights the epoch ended with
+                weights = self.weighting.weights()
+            self.weighting.end_epoch(train["loss"])
+            if not self.step_schedule_per_batch:
+                self.scheduler.step()
+            record = {"epoch": epoch + 1, "lr": lr, "weights": weights,
+                      "train": {f"loss.{k}": v for k, v in train["loss"].items()},
+                      "epoch_seconds": round(train["seconds"], 3),
+                      "images_per_second": round(train["images"] / max(train["seconds"], 1e-9), 2)}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                t_eval = time.perf_counter()
+                record["val"] = {name: self.evaluate(data) for name, data in self.val_data.items()}
+                record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
+            self.history.append(record)
+            if self.runtime.is_main:
+                try:
+                    self._write_epoch(epoch, record)
+                except (CheckpointError, OSError) as e:
+                    raise CheckpointError(self._write_failed_message(epoch, e)) from None
+            self.log(summary_line(record, cfg.epochs))
+        if self.runtime.distributed:
+            dist.barrier()
+        return self.history
+
+    def _last_checkpoint(self, before: int) -> Path | None:
+        found = [p for e, p in list_checkpoints(self.out / "checkpoints") if e < before]
+        return found[0] if found else None
+
+    def _nonfinite_message(self, epoch: int, tasks: list[str]) -> str:
+        last = self._last_checkpoint(epoch)
+        kept = (f"The last good checkpoint, {last} (epoch {int(last.stem.split('_')[1]) + 1}), and the model "
+                f"exported from it are kept; try a lower --lr or check the data for bad values, then continue "
+                f"with: python train.py --resume {self.out}") if last else (
+                "No checkpoint had been written yet; try a lower --lr or check the data for bad values, then "
+                "start the run again")
+        which = " and ".join(f"'{t}'" for t in tasks) + (" task's" if len(tasks) == 1 else " tasks'")
+        return (f"epoch {epoch + 1}: the {which} training loss became NaN or infinite; training stopped "
+                f"before saving anything from this epoch. {kept}")
+
+    def _write_failed_message(self, epoch: int, error: Exception) -> str:
+        if isinstance(error, CheckpointError):
+            reason = error.short
+        else:
+            where = getattr(error, "filename", None) or self.out
+            reason = f"could not write {where}: {getattr(error, 'strerror', None) or error}"
+        last = self._last_checkpoint(epoch + 1)
+        saved = last is not None and last.name == f"epoch_{epoch:04d}.safetensors"
+        then = (f"the newest complete checkpoint, {last}, is intact. Free disk space (or fix the folder's "
+                f"permissions), then continue with: python train.py --resume {self.out}") if last else (
+                "no checkpoint had been written yet. Free disk space (or fix the folder's permissions), then "
+                "start the run again")
+        return f"epoch {epoch + 1}: {reason}. Its checkpoint was {'' if saved else 'not '}saved; {then}"
+
+    def _write_epoch(self, epoch: int, record: dict) -> None:
+        cfg = self.config
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        plot_curves(self.history, self.out / "curves.png")
+        score = monitor_score(record)
+        improved = score is not None and score > self.best_score
+        if improved:
+            self.best_score = score
+        card = self.card_kwargs(record)
+        if "val" in record or epoch + 1 == cfg.epochs:
+            export(self.model, self.out, card)  # the last model, at the top of the run folder
+        if improved:
+            export(self.model, self.out / "best", {**card, "notes": f"Best validation score at epoch {epoch + 1}."})
+        # The checkpoint comes last: it marks the epoch as complete, so an epoch whose outputs failed
+        # (or were cut short by a crash) is trained and written again by --resume.
+        save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
+                        optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
+                        meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg),
+                              "amp": "bf16" if self.amp_dtype is not None else "off"})
+        prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+
+    def card_kwargs(self, record: dict) -> dict:
+        cfg = self.config
+        val = record.get("val") or (self.history and self._last_val()) or {}
+        first = next(iter(val.values()), {}) if val else {}
+        dataset_name = {"cityscapes": "CityScapes", "nyuv2": "NYUv2", "camvid": "CamVid",
+                        "synthetic": "mtan procedural street scenes"}.get(cfg.data.split("+")[0], cfg.data)
+        table = {f"{name}/{k}" if len(val) > 1 else k: v for name, m in val.items() for k, v in m.items()
+                 if not k.startswith("loss.")}
+        return {
+            "training_command": cfg.command,
+            "data": f"`{cfg.data}` ({cfg.size or 'native size'}), {len(self.train_data)} training frames; "
+                    f"validation on {', '.join(val) or '-'}; {cfg.epochs} epochs, batch {cfg.batch_size}, "
+                    f"{cfg.weighting} weighting, augmentation {'on' if cfg.augment else 'off'}",
+            "dataset_name": dataset_name, "dataset_type": cfg.data.split("+")[0],
+            "results": {k: v for k, v in first.items() if not k.startswith("loss.") and v is not None},
+            "extra_results": table,
+            "repo_id": cfg.push_to_hub,
+        }
+
+    def _last_val(self):
+        for r in reversed(self.history):
+            if "val" in r:
+                return r["val"]
+        return {}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A task's training loss became NaN or infinite."""
+
+
+def compile_or_eager(model, log):
+    try:
+        return torch.compile(model)
+    except Exception as e:  # e.g. no compiler toolchain on this platform
+        log(f"warning: torch.compile is unavailable ({type(e).__name__}: {e}); running eagerly")
+        return model
