@@ -274,16 +274,16 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         assert app.rerender_main(None, 0.5, "inferno", "depth") is not None  # no prediction yet: skipped
 
         # prediction folders: over an hour old, or the oldest beyond the byte budget, are removed
-        monkeypatch.setattr(app, "OUT_ROOT", tmp_path / "out")
+        monkeypatch.setattr(app.DOWNLOADS, "root", tmp_path / "out")
         for i, age in enumerate((7200, 300, 200, 100)):
             folder = tmp_path / "out" / f"f{i}"
             folder.mkdir(parents=True)
             (folder / "x.bin").write_bytes(b"\0" * 1000)
             os.utime(folder, (time.time() - age, time.time() - age))
-        app.clean_out_root(max_age_s=3600, max_bytes=2500)
+        app.DOWNLOADS.clean(max_age_s=3600, max_bytes=2500)
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2", "f3"]
         (tmp_path / "out" / "f3" / "big.bin").write_bytes(b"\0" * (3 * 2**20))  # over the 3 MB set above
-        app.clean_out_root()  # the configured budget: the oldest go first, until what is left fits
+        app.DOWNLOADS.clean()  # the configured budget: the oldest go first, until what is left fits
         assert [p.name for p in (tmp_path / "out").iterdir()] == []  # f2 first, then f3 alone is still over
 
         # other task sets and architectures: a split network (no masks), a depth-only single network
