@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import InferenceModel, Int8ConvReLU, int8_calibration, optimize_for_inference
+from mtan.fast import InferenceModel, Int8ConvReLU, int8_available, int8_calibration, optimize_for_inference
 from mtan.model import AttentionMask, ConvBNReLU
 from mtan.precision import check_precisions, verdict
 from mtan.records import allowed_precisions, int8_scales, read_record
@@ -143,9 +143,12 @@ def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_pa
                            "--app-resolution", "32x64"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_record(folder)
-    assert list(record["precisions"]) == ["fp32", "bf16", "bf16-convs", "int8"] and record["precisions"]["fp32"]["kept"]
-    int8 = record["precisions"]["int8"]
-    assert int8["calibrated_on"] == "4 synthetic training images at 32x64" and len(int8_scales(record)) == 2 * 13 + 10
+    int8_here = int8_available()  # int8 is scored only where this CPU's quantised kernels run
+    assert list(record["precisions"]) == ["fp32", "bf16", "bf16-convs"] + ["int8"] * int8_here
+    assert record["precisions"]["fp32"]["kept"]
+    if int8_here:
+        int8 = record["precisions"]["int8"]
+        assert int8["calibrated_on"] == "4 synthetic training images at 32x64" and len(int8_scales(record)) == 2 * 13 + 10
     name = record["evaluations"][0]
     assert name == "synthetic val at 32x64"
     for r in record["precisions"].values():
@@ -156,12 +159,14 @@ def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_pa
                              "--frames", "3", "--app-resolution", "32x64", "--precision", "bf16"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert scored.returncode == 0, scored.stderr[-3000:]
+    assert scored.stdout.strip(), scored.stderr[-3000:]
     assert json.loads(scored.stdout)["semantic.miou"] == record["precisions"]["bf16"]["metrics"][name]["semantic.miou"]
     assert "| precision | kept |" in proc.stdout
-    int8_run = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(folder), "--data", "synthetic",
-                               "--frames", "3", "--app-resolution", "32x64", "--precision", "int8"], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)  # the recorded calibration
-    assert json.loads(int8_run.stdout)["semantic.miou"] == int8["metrics"][name]["semantic.miou"]
+    if int8_here:
+        int8_run = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(folder), "--data", "synthetic",
+                                   "--frames", "3", "--app-resolution", "32x64", "--precision", "int8"], cwd=REPO,
+                                  capture_output=True, text=True, timeout=600)  # the recorded calibration
+        assert json.loads(int8_run.stdout)["semantic.miou"] == int8["metrics"][name]["semantic.miou"]
     loaded = ModelRegistry([str(folder)]).get()
     assert loaded.precisions == allowed_precisions(record) and loaded.int8_scales == int8_scales(record)
     assert loaded.running in loaded.precisions
@@ -174,6 +179,7 @@ def test_quality_check_scores_each_precision_and_the_app_reads_the_record(tmp_pa
     assert refused.returncode == 2 and "no int8 calibration" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.skipif(not int8_available(), reason="this CPU's torch build has no working quantised engine")
 def test_int8_quantises_the_3x3_convolutions_with_calibrated_scales():
     model = _street_model()
     images = torch.rand(4, 3, 32, 64, generator=torch.Generator().manual_seed(5))
