@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mtan.fast import int8_available
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
@@ -81,11 +83,14 @@ def test_cpu_inference_tiny():
         assert fast["label_agreement"] >= 0.999
         assert fast["depth_mean_abs_diff_over_mean_abs"] < 1e-3
         assert fast["depth_median_rel_diff"] < 1e-3
-        for reduced in ("fast_bf16", "fast_bf16_convs", "fast_int8"):  # every precision, timed, with its drift
+        int8 = int8_available()  # the quantised engine runs on some CPUs' torch builds only
+        for reduced in ("fast_bf16", "fast_bf16_convs") + (("fast_int8",) if int8 else ()):  # timed, with drift
             assert model[reduced]["median_s"] > 0 and 0 <= model[reduced]["label_agreement"] <= 1
-        assert "quantised 3x3 convolutions" in model["fast_int8"]["path"]
+        assert ("fast_int8" in model) == int8
+        if int8:
+            assert "quantised 3x3 convolutions" in model["fast_int8"]["path"]
         choice = model["auto_choice"]
-        assert set(choice["median_s"]) == {"fp32", "bf16", "bf16-convs", "int8"}
+        assert set(choice["median_s"]) == {"fp32", "bf16", "bf16-convs"} | ({"int8"} if int8 else set())
         assert choice["precision"] in choice["median_s"]
 
 
