@@ -212,12 +212,14 @@ class ConvAct(nn.Module):
         if act not in ("relu", "sigmoid", "none"):
             raise ValueError(f"unsupported activation {act!r}")
         self.conv, self.act = conv, act
-        self.fused = (conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and onednn_fusion_available())
+        fusable = conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+        # the dtypes whose fused call works in this build, probed once here rather than in every forward
+        self.fused_dtypes = tuple(d for d in (torch.float32, torch.bfloat16) if fusable and onednn_fusion_available(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-                and c.weight.dtype == x.dtype and not torch.is_grad_enabled() and onednn_fusion_available(x.dtype):
+        if x.dtype in self.fused_dtypes and x.device.type == "cpu" and c.weight.dtype == x.dtype \
+                and not torch.is_grad_enabled():
             return torch.ops.mkldnn._convolution_pointwise(x, c.weight, c.bias, list(c.padding), list(c.stride),
                                                            list(c.dilation), c.groups, self.act, [], "")
         y = c(x)
