@@ -597,5 +597,4 @@ def choice_key(model: MTAN, candidates, size, device=None) -> str:
 
 __all__ = ["optimize_for_inference", "InferenceModel", "PRECISIONS", "fold_batchnorm", "fold_conv_bn",
            "fuse_activations", "ConvAct", "cpu_bf16_support", "cpu_amx_bf16", "onednn_fusion_available",
-           "resolve_precision", "int8_calibration", "int8_available",
-           "Int8ConvReLU"]
+           "resolve_precision", "int8_calibration", "int8_available", "Int8ConvReLU"]

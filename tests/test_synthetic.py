@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from mtan.data import synthetic
+from mtan.data.synthetic.raycast import _camera_rays as camera_rays
+from mtan.data.synthetic.street import _build_scene as build_scene
 from mtan.data.synthetic import (FLAT, MAX_INVERSE_DEPTH, NUM_CLASSES, SKY, generate, render_frame,
                                  write_release)
 
@@ -127,9 +129,9 @@ def test_inverse_depth_matches_the_camera_geometry():
     """Ground pixels: 1.85 / v is the distance along the optical axis to the plane y = 0."""
     seed, index, h, w = 5, 1, 60, 100
     fr = render_frame(seed, index, h, w)
-    scene = synthetic._build_scene(np.random.default_rng([seed, index]))
+    scene = build_scene(np.random.default_rng([seed, index]))
     cam = scene.camera
-    rays = synthetic._camera_rays(cam, h, w).reshape(h, w, 3)
+    rays = camera_rays(cam, h, w).reshape(h, w, 3)
     ground = (fr["label"] == FLAT) & (fr["depth"] < MAX_INVERSE_DEPTH) & (rays[..., 1] < 0)
     z = synthetic.INVERSE_DEPTH_SCALE / fr["depth"][ground]
     # Road pixels lie on y = 0 (sidewalks a kerb higher): camera height = -z * ray_y.

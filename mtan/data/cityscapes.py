@@ -492,8 +492,8 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        report = prepare(args.root, args.out, args.size, args.classes, args.depth, args.splits,
-                         args.workers, args.overwrite, progress=not args.quiet)
+        prepare(args.root, args.out, args.size, args.classes, args.depth, args.splits,
+                args.workers, args.overwrite, progress=not args.quiet)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,7 +66,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         one: each depends only on seed, index and size)."""
         if self._cache is None:
             return
-        from mtan.data.synthetic import _map, _render_args
+        from mtan.data.synthetic.frames import _map, _render_args
 
         todo = [i for i in range(self.num_frames) if i not in self._cache]
         jobs = [(self.seed, i, *self.size, self.stream) for i in todo]

@@ -41,14 +41,11 @@ from __future__ import annotations
 from __future__ import annotations
 
 from mtan.data.synthetic.cli import build_parser, main
-from mtan.data.synthetic.frames import (RELEASE_FIELDS, SPLIT_STREAMS, _map, _render_args, colourise_labels, generate,
-                                        preview, render_frame, write_release)
-from mtan.data.synthetic.raycast import _camera_rays, _cast
+from mtan.data.synthetic.frames import (RELEASE_FIELDS, SPLIT_STREAMS, colourise_labels, generate, preview,
+                                        render_frame, write_release)
 from mtan.data.synthetic.scene import (CONSTRUCTION, FLAT, GENERATOR_VERSION, HUMAN, INVERSE_DEPTH_SCALE,
                                        MAX_INVERSE_DEPTH, NATURE, NUM_CLASSES, OBJECT, SKY, VEHICLE, Camera, Lighting,
                                        Scene, Street)
-from mtan.data.synthetic.shading import _develop, _shade
-from mtan.data.synthetic.street import _build_scene
 
 __all__ = ["render_frame", "generate", "write_release", "preview", "colourise_labels", "main", "build_parser",
            "RELEASE_FIELDS", "SPLIT_STREAMS", "GENERATOR_VERSION", "INVERSE_DEPTH_SCALE", "MAX_INVERSE_DEPTH",
