@@ -58,9 +58,7 @@ from mtan.timing import cpu_name, fastest, remember_choice, remembered_choice
 PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
 
 
-# --------------------------------------------------------------------------------------
-# What the processor supports
-# --------------------------------------------------------------------------------------
+# ---- What the processor supports -------------------------------------------------------------
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -129,9 +127,7 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-# --------------------------------------------------------------------------------------
-# BatchNorm folding
-# --------------------------------------------------------------------------------------
+# ---- BatchNorm folding -----------------------------------------------------------------------
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -178,9 +174,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-# --------------------------------------------------------------------------------------
-# Convolution + activation in one oneDNN call (CPU)
-# --------------------------------------------------------------------------------------
+# ---- Convolution + activation in one oneDNN call (CPU) ---------------------------------------
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 
@@ -249,9 +243,7 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     return model
 
 
-# --------------------------------------------------------------------------------------
-# int8: quantised 3x3 convolutions with calibrated activation scales
-# --------------------------------------------------------------------------------------
+# ---- int8: quantised 3x3 convolutions with calibrated activation scales ----------------------
 
 
 # PyTorch marks its quantised tensor types as deprecated (in favour of torchao) but still ships them;
@@ -352,9 +344,7 @@ def quantise_blocks(net: nn.Module, scales: dict[str, list[float]]) -> int:
     return count
 
 
-# --------------------------------------------------------------------------------------
-# The inference model
-# --------------------------------------------------------------------------------------
+# ---- The inference model ---------------------------------------------------------------------
 
 
 class _Float32Head(nn.Module):
@@ -484,15 +474,18 @@ class InferenceModel(nn.Module):
                      f"({times} at {self.choice['size']}{', measured earlier' if self.choice.get('remembered') else ''})")
         return text
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Like ``MTAN.forward`` in eval mode: ``{task: prediction}`` (and the masks), float32."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False, use_compiled: bool | None = None):
+        """Like ``MTAN.forward`` in eval mode: ``{task: prediction}`` (and the masks), float32.
+        ``use_compiled``: None = compiled for the shapes in ``compiled_shapes``; True / False choose."""
         self.check_input(x)
         x = x.to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             result = None
-            if self._compiled is not None and (self.compiled_shapes is None or tuple(x.shape) in self.compiled_shapes):
+            if use_compiled is None:
+                use_compiled = self.compiled_shapes is None or tuple(x.shape) in self.compiled_shapes
+            if self._compiled is not None and use_compiled:
                 try:
                     result = self._compiled(x, return_attention=return_attention)
                 except Exception as e:
@@ -580,9 +573,7 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
     return runner
 
 
-# --------------------------------------------------------------------------------------
-# What a precision measurement depends on (the choices are kept by mtan.timing)
-# --------------------------------------------------------------------------------------
+# ---- What a precision measurement depends on (the choices are kept by mtan.timing) -----------
 
 
 def choice_key(model: MTAN, candidates, size, device=None) -> str:

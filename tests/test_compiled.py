@@ -120,3 +120,28 @@ def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch):
     assert "torch.compile: 256x512 eager (compiled not faster)" in loaded.runner_description
     with pytest.raises(ValueError, match="compile must be one of auto, off"):
         ModelRegistry([str(tmp_path / "m")], compile="always")
+
+
+def test_requests_run_eager_while_their_size_compiles():
+    """A photo of the size being compiled must not wait for the compiler: until the warm-up has
+    measured that size, requests of it run the eager network."""
+    import threading
+
+    model, runner = tiny_runner()
+    compiling, release = threading.Event(), threading.Event()
+
+    class Slow(Counting):
+        def forward(self, x, **kwargs):
+            compiling.set()
+            assert release.wait(60)  # the compiler at work
+            return super().forward(x, **kwargs)
+
+    warm = CompileWarmUp(runner, [(64, 128)], repeats=1)
+    runner._compiled = Slow(runner.net)
+    warm.start(low_priority=False)
+    assert compiling.wait(60)
+    with torch.inference_mode():
+        runner(torch.rand(1, 3, 64, 128))  # answered now, eager, while the warm-up's call waits
+    assert runner._compiled.calls == [] and (1, 3, 64, 128) not in runner.compiled_shapes
+    release.set()
+    assert warm.done.wait(120) and warm.error is None and runner._compiled.calls
