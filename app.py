@@ -1,5 +1,5 @@
-"""MTAN demo: semantic segmentation + depth (+ surface normals) from one street photo, and the
-per-task attention masks that decide which shared features each task uses.
+"""MTAN demo: semantic segmentation and depth (and surface normals, for indoor models) from one
+street photo, and the per-task attention masks that decide which shared features each task uses.
 
     python app.py                                   # the model in weights/, http://127.0.0.1:7860
     python app.py --model user/name --share         # a Hub model (or a folder), public link
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import functools
@@ -30,6 +29,8 @@ import torch
 
 from mtan import serve
 from mtan.serve import render
+from mtan.serve import views
+from mtan.serve.card import split_card
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
 from mtan.serve.guard import RequestGuard, refusal
 from mtan.serve.settings import byte_size, parse_args
@@ -80,13 +81,6 @@ def notices_of(loaded: serve.LoadedModel | None) -> str:
     return "\n\n".join(f"⚠️ {serve.without_paths(line)}" for line in lines)
 
 
-def card_of(loaded: serve.LoadedModel | None) -> str:
-    if loaded is None:
-        return "*No model loaded.*"
-    card = re.sub(r"^(#+) ", r"\1## ", loaded.card, flags=re.M) if loaded.card else "*This model has no card.*"
-    return f"**Loaded from** `{serve.model_label(loaded.source)}` on {REGISTRY.device}.\n\n{card}"
-
-
 def compare_choices(loaded: serve.LoadedModel | None) -> list[str]:
     if loaded is None:
         return ["segmentation", "depth"]
@@ -116,45 +110,6 @@ def as_files(stem: str, **images):
         im.save(path, "JPEG")
         paths.append(str(path))
     return paths
-
-
-# ---- rendering from a cached prediction (no network run) -------------------------------------
-
-
-def show_main(pred: serve.Prediction, opacity: float, colormap: str, compare: str):
-    """Segmentation overlay, coloured depth, colour bar and the before/after pair."""
-    size = pred.size
-    sem, dep, nor = pred.first("semantic"), pred.first("depth"), pred.first("normal")
-    seg = render.overlay(pred.photo, render.colorize_labels(pred.labels[sem.name], sem.class_set.palette),
-                      opacity) if sem else None
-    colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
-    depth, bar = None, ""
-    if dep:
-        limits = render.depth_limits(pred.depth[dep.name])
-        depth = render.colorize_depth(pred.depth[dep.name], size, colormap, limits)
-        bar = render.colorbar_html(dep, limits, colormap)
-    normals = render.normals_to_rgb(pred.normals[nor.name], size) if nor else None
-    after = {"segmentation": seg, "depth": depth, "normals": normals}.get(compare) or seg or depth or normals
-    return seg, depth, bar, (pred.photo, after), normals
-
-
-def show_attention(pred: serve.Prediction, task: str, part: str, stage: float, channel: float):
-    """The chosen mask as a heat map, where the tasks' masks differ, and a caption."""
-    if not pred.masks:
-        return None, None, "This model has no attention masks (it is a `split` or `single` network)."
-    task = task if task in pred.masks else next(iter(pred.masks))
-    part = part if part in render.PARTS else "encoder"
-    stage = int(min(4, max(0, stage or 0)))
-    values, what = render.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
-    view, (lo, hi) = render.heatmap(values, pred.photo)
-    caption = f"**{task}**, {render.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
-    diff = render.task_difference(pred.masks, part, stage)
-    if diff is None:
-        return view, None, caption
-    diff_view, (dlo, dhi) = render.heatmap(diff, pred.photo, cmap=render.DIFFERENCE_COLORMAP)
-    caption += (f" Right: mean |difference| between the tasks' masks at this stage, {dlo:.3f} to {dhi:.3f}: "
-                f"bright where the tasks select different features.")
-    return view, diff_view, caption
 
 
 # ---- the prediction ----------------------------------------------------------------------------
@@ -220,14 +175,14 @@ def main_views(pred: serve.Prediction, loaded: serve.LoadedModel, opacity, color
     """What the page shows first: the segmentation, depth and normals views, the legend, the
     colour bar, the before/after pair and the summary line."""
     resolution = pred.resolution
-    seg, depth, bar, pair, normals = show_main(pred, opacity, colormap, compare)
+    seg, depth, bar, pair, normals = views.show_main(pred, opacity, colormap, compare)
     sem = pred.first("semantic")
     legend = render.legend_html(pred.labels[sem.name], sem.class_set, "Classes in this photo") if sem else ""
     h, w = pred.processing_size
     summary = (f"**{serve.model_label(loaded.key)}** · photo {pred.size[1]}x{pred.size[0]} · network input "
                f"{w}x{h} (fitted inside {resolution}{', and its mirror image' if pred.mirrored else ''}) · "
                f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}{', compiled' if pred.compiled else ''}")
-    notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes if "placeholder" not in n]  # that one is on top
+    notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes]  # the model's notices too: API clients see no banner
     summary = "\n\n".join([summary] + notes)
     seg, depth, normals, before, after = as_files(pred.stem, segmentation=seg, depth=depth, normals=normals,
                                                   photo=pair[0], compare=pair[1])
@@ -235,8 +190,8 @@ def main_views(pred: serve.Prediction, loaded: serve.LoadedModel, opacity, color
 
 
 def downloads_of(pred: serve.Prediction):
-    """The prediction's downloads (class ids, coloured segmentation, 16-bit depth, depth .npy),
-    written the first time they are needed (again if they were cleaned up), and their notes."""
+    """The prediction's downloads (class ids, coloured segmentation, 16-bit and 8-bit depth, depth
+    .npy), written the first time they are needed (again if they were cleaned up), and their notes."""
     if not (pred.files and all(os.path.exists(f) for f in pred.files)):
         pred.files, pred.file_notes = write_downloads(pred, DOWNLOADS.new(), pred.model_source, masks=False)
         pred.masks_file = ""
@@ -244,7 +199,7 @@ def downloads_of(pred: serve.Prediction):
 
 
 def attention_views(pred: serve.Prediction, attention_task, attention_part, attention_stage, attention_channel):
-    att, diff, caption = show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
+    att, diff, caption = views.show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
     att, diff = as_files(pred.stem, attention=att, difference=diff)
     return att, diff, caption
 
@@ -293,17 +248,6 @@ def details(pred, attention_task, attention_part, attention_stage, attention_cha
     return att, diff, caption, files, notes
 
 
-def show_all_masks(pred):
-    """Every mask as a small heat map, and the per-stage table (after the main outputs, UI only);
-    the masks' download of an earlier photo is cleared."""
-    if pred is None or not pred.masks:
-        return [], "", None, ""
-    items = render.attention_gallery(pred.masks, pred.photo)
-    paths = as_files(pred.stem, **{f"mask{i:02d}": im for i, (im, _) in enumerate(items)})
-    return ([(path, caption) for path, (_, caption) in zip(paths, items)], render.attention_table(pred.masks),
-            None, "")
-
-
 def attention_masks(pred):
     """Every attention mask of the last photo run in this session, as one ``.npz`` (about 14 MB at
     256x512 for the default model): written the first time it is asked for, not with every run."""
@@ -318,33 +262,83 @@ def attention_masks(pred):
     return pred.masks_file, pred.masks_note
 
 
-def views_if_image(image, *args):
-    """For automatic re-runs (model or resolution changed): nothing to do without a photo."""
+# ---- the page's own events: one message for a problem, never an error on every output ------------
+
+
+def page_run(image, *args):
+    """The page's run (upload, example, a changed model or resolution): the first views, or,
+    when the photo cannot be processed, empty views and the one message that says why."""
     if image is None:
-        return tuple(gr.skip() for _ in VIEW_OUTPUTS)
-    return predict_views(image, *args)
+        return tuple(gr.skip() for _ in VIEW_OUTPUTS) + (gr.update(visible=False),)
+    try:
+        return (*predict_views(image, *args), gr.update(value="", visible=False))
+    except gr.Error as e:
+        return (None, None, "", "", None, None, "", None, gr.update(value=f"⚠️ {e.message}", visible=True))
 
 
-def details_if_run(pred, *args):
-    """The page's second step: the details, and every mask as a small heat map with the per-stage
-    table (the masks' ``.npz`` of an earlier photo is cleared). Nothing to do before a first photo."""
+def attention_section(pred, part, level, channel):
+    """The attention panel (both tasks and their difference at one stage, one colour scale), its
+    colour bar and caption, and the channel control bounded by what the stage has."""
+    if pred is None or not pred.masks:
+        text = "This model has no attention masks (it is not an MTAN)." if pred is not None else ""
+        return None, "", text, gr.update()
+    part = part if part in render.PARTS else "encoder"
+    level = int(level or 1)
+    channels = render.level_channels(pred.masks, part, level)
+    channel = int(min(max(0, channel or 0), channels))
+    panel, bar, caption = render.attention_panel(pred.masks, pred.photo, part, level, channel)
+    (panel,) = as_files(pred.stem, attention_panel=panel)
+    return panel, bar, caption, gr.update(maximum=channels, value=channel,
+                                          label=f"Channel (0 = the mean of all {channels}; 1-{channels} one channel)")
+
+
+def attention_overview(pred, part):
+    """Every stage of one part at once (mean over channels) and the per-stage table."""
+    if pred is None or not pred.masks:
+        return None, ""
+    part = part if part in render.PARTS else "encoder"
+    (sheet,) = as_files(pred.stem, attention_overview=render.attention_overview(pred.masks, pred.photo, part))
+    return sheet, render.attention_table(pred.masks)
+
+
+def page_details(pred, part, level, channel):
+    """The page's second step, after the first views: attention, overview and downloads (the
+    masks' ``.npz`` of an earlier photo is cleared). Nothing to do before a photo ran."""
     if pred is None:
         return tuple(gr.skip() for _ in DETAIL_OUTPUTS)
-    return (*details(pred, *args), *show_all_masks(pred))
+    try:
+        files, notes = downloads_of(pred)
+        return (*attention_section(pred, part, level, channel), *attention_overview(pred, part), files, notes,
+                None, "")
+    finally:
+        serve.release_memory()
 
 
-def rerender_main(pred, opacity, colormap, compare):
+def redraw_segmentation(pred, opacity):
     if pred is None:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    seg, depth, bar, (photo, after), _ = show_main(pred, opacity, colormap, compare)
-    seg, depth, photo, after = as_files(pred.stem, segmentation=seg, depth=depth, photo=photo, compare=after)
-    return seg, depth, bar, (photo, after)
+        return gr.skip()
+    return as_files(pred.stem, segmentation=views.segmentation_view(pred, opacity))[0]
 
 
-def rerender_attention(pred, task, part, stage, channel):
+def redraw_depth(pred, colormap, compare):
     if pred is None:
         return gr.skip(), gr.skip(), gr.skip()
-    return attention_views(pred, task, part, stage, channel)
+    depth, bar = views.depth_view(pred, colormap)
+    after = views.compared_view(pred, compare, colormap) if compare == "depth" else None
+    depth, photo, after = as_files(pred.stem, depth=depth, photo=pred.photo if after else None, compare=after)
+    return depth, bar, (photo, after) if after else gr.skip()
+
+
+def redraw_compare(pred, compare, colormap):
+    if pred is None:
+        return gr.skip()
+    return tuple(as_files(pred.stem, photo=pred.photo, compare=views.compared_view(pred, compare, colormap)))
+
+
+def redraw_attention(pred, part, level, channel):
+    if pred is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return attention_section(pred, part, level, channel)
 
 
 def resolution_info(loaded: serve.LoadedModel | None) -> str:
@@ -353,12 +347,22 @@ def resolution_info(loaded: serve.LoadedModel | None) -> str:
     return " ".join(["The photo is fitted inside, aspect kept.", *(f"{r}." for r in reasons)])
 
 
+def card_parts(loaded: serve.LoadedModel | None) -> tuple[str, str]:
+    """The model card as the page shows it: what it is and its limits, then everything else."""
+    if loaded is None:
+        return "*No model loaded.*", ""
+    if not loaded.card:
+        return "*This model has no card.*", ""
+    summary, rest = split_card(loaded.card)
+    return summary, f"**Loaded from** `{serve.model_label(loaded.source)}` on {REGISTRY.device}.\n\n{rest}"
+
+
 def on_model_change(model):
     """Load (once) the chosen model; show its notices and card, its tasks and resolutions in the controls."""
     loaded = get_model(model)
     tasks, compare = task_choices(loaded), compare_choices(loaded)
     notices = notices_of(loaded)
-    return (gr.update(value=notices, visible=bool(notices)), card_of(loaded),
+    return (gr.update(value=notices, visible=bool(notices)), *card_parts(loaded),
             gr.update(choices=tasks, value=tasks[0] if tasks else None),
             gr.update(choices=compare, value=compare[0] if compare else None),
             gr.update(visible="normals" in compare),
@@ -366,7 +370,7 @@ def on_model_change(model):
                       info=resolution_info(loaded)))
 
 
-# ---- the page ----------------------------------------------------------------------------------
+# ---- the page: results first, then what explains them --------------------------------------------
 
 ABOUT = """**MTAN** (Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR 2019) shares one
 SegNet-style network between all tasks and gives each task a chain of small soft-attention masks, one per encoder
@@ -376,13 +380,20 @@ relies on. **Dynamic Weight Average (DWA)** balances the tasks during training b
 slowly it fell over the last two epochs (a softmax with temperature 2), so that no task dominates.
 [Paper](https://arxiv.org/abs/1803.10704)"""
 
+HOW_TO_READ = """Each task multiplies the shared features by its own mask before using them: bright means the
+task lets that feature through at that place, dark means it shuts it out. Where the two tasks' pictures differ
+(the last one), they draw on different features: stage 1 works at the photo's full size, stage 5 at 1/16 of it."""
+
 CSS = """
 .mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
              border-radius: 6px}
+.mtan-error {border-left: 4px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 6px 12px;
+            border-radius: 6px; font-weight: 600}
 .mtan-legend ul {list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 4px 14px}
 .mtan-legend-item {display: flex; align-items: center; gap: 6px; font-size: 13px}
 .mtan-legend-title, .mtan-colorbar-title {font-size: 13px; font-weight: 600}
-.mtan-swatch {width: 14px; height: 14px; border-radius: 3px; display: inline-block; border: 1px solid #0004}
+.mtan-swatch {width: 14px; height: 14px; border-radius: 3px; display: inline-block;
+             box-shadow: 0 0 0 1px #fff, 0 0 0 2px #0008}
 .mtan-legend-share {opacity: .7}
 .mtan-colorbar-bar {height: 14px; border-radius: 3px; margin: 4px 0}
 .mtan-colorbar-ticks {display: flex; justify-content: space-between; font-size: 12px; text-align: center}
@@ -390,113 +401,128 @@ CSS = """
 """
 
 first_tasks, first_compare = task_choices(DEFAULT_MODEL), compare_choices(DEFAULT_MODEL)
+first_card, first_card_rest = card_parts(DEFAULT_MODEL)
+shows = " and ".join(dict.fromkeys(first_compare)) if DEFAULT_MODEL else "segmentation and depth"
 with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False,
                delete_cache=GRADIO_CACHE) as demo:
-    gr.Markdown("# MTAN: segmentation and depth from one street photo\nOne network, one pass: semantic "
-                "segmentation, depth (and surface normals on indoor models), plus each task's attention masks.")
+    gr.Markdown(f"# MTAN: {shows} from one street photo\nUpload a photo of a street (or pick an example): one "
+                "network labels every pixel and estimates how far away it is, in a single pass.")
     notice = gr.Markdown(notices_of(DEFAULT_MODEL), visible=bool(notices_of(DEFAULT_MODEL)),
                          elem_classes="mtan-notice", elem_id="notice")
+    error = gr.Markdown(visible=False, elem_classes="mtan-error", elem_id="error")
     state = gr.State(None, time_to_live=SESSION_TTL_S)
-    with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+    with gr.Row(equal_height=False, elem_id="results"):
+        with gr.Column(min_width=300):
             image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
-                             label="Street photo", elem_id="input-image", height=300)
-            model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
-                                interactive=len(REGISTRY.sources) > 1, elem_id="model")
-            first_resolutions = DEFAULT_MODEL.resolutions if DEFAULT_MODEL else serve.ResolutionAdvice.from_record(None)
-            resolution = gr.Radio(first_resolutions.offered, value=first_resolutions.default,
-                                  label="Processing resolution", info=resolution_info(DEFAULT_MODEL),
-                                  elem_id="resolution")
-            mirror = gr.Checkbox(False, label="Also run the mirror image and average (about twice as slow)",
-                                 elem_id="mirror")
-            run = gr.Button("Run", variant="primary", elem_id="run")
-            summary = gr.Markdown(label="summary", show_label=False, elem_id="summary")
-            if EXAMPLES:
-                examples = gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples",
-                                       examples_per_page=12, elem_id="examples")
-            else:
-                gr.Markdown("*No example photos in `examples/` yet.*")
-        with gr.Column(scale=2):
-            with gr.Row(equal_height=True):
-                with gr.Column():
-                    seg_view = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation")
-                    opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity")
-                    legend = gr.HTML(label="legend", elem_id="legend")
-                with gr.Column():
-                    depth_view = gr.Image(label="Depth", format="jpeg", elem_id="depth")
-                    colormap = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colormap")
-                    colorbar = gr.HTML(label="colour bar", elem_id="colorbar")
-            normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
-                                    visible=bool(DEFAULT_MODEL and "normals" in first_compare))
-            compare = gr.Radio(first_compare, value=first_compare[0] if first_compare else None,
-                               label="Before / after: the photo against")
-            slider = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare")
-    with gr.Accordion("Attention masks", open=True):
-        gr.Markdown("Each task's soft masks (0..1) gate the shared features at every encoder and decoder stage. "
-                    "Decoder stage 0 is the deepest (1/16 scale), decoder stage 4 the finest.")
+                             label="Your street photo", elem_id="input-image", height=300)
+        with gr.Column(min_width=300):
+            seg_view = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation", height=300,
+                                interactive=False)
+            legend = gr.HTML(elem_id="legend")
+            opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
+        with gr.Column(min_width=300):
+            depth_box = gr.Image(label="Depth", format="jpeg", elem_id="depth", height=300, interactive=False)
+            colorbar = gr.HTML(elem_id="colorbar")
+            colormap = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
+                                   elem_id="colormap")
+    summary = gr.Markdown(elem_id="summary")
+    normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
+                            visible=bool(DEFAULT_MODEL and "normals" in first_compare), interactive=False)
+    if EXAMPLES:
+        examples = gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], examples_per_page=12,
+                               label="Examples: generated street scenes (not photos), click one to run it",
+                               elem_id="examples")
+    with gr.Accordion("Before / after", open=True):
+        compare = gr.Radio(first_compare, value=first_compare[0] if first_compare else None,
+                           label="Slide between the photo and its", elem_id="compare-choice")
+        slider = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare", interactive=False)
+    with gr.Accordion("Attention: what each task looks at", open=True, elem_id="attention-section"):
+        gr.Markdown(HOW_TO_READ)
         with gr.Row():
-            attention_task = gr.Dropdown(first_tasks, value=first_tasks[0] if first_tasks else None, label="Task")
-            attention_part = gr.Radio(list(render.PARTS), value="encoder", label="Part")
-            attention_stage = gr.Slider(0, 4, value=0, step=1, label="Stage")
-            attention_channel = gr.Slider(-1, 511, value=-1, step=1, label="Channel (-1 = mean over channels)")
-        with gr.Row():
-            attention_view = gr.Image(label="Mask over the photo", format="jpeg", elem_id="attention")
-            difference_view = gr.Image(label="Where the tasks' masks differ", format="jpeg", elem_id="difference")
-        attention_caption = gr.Markdown(label="attention caption", show_label=False)
-        with gr.Accordion("Every mask, and which channels are most task-specific", open=False, elem_id="all-masks"):
-            attention_gallery = gr.Gallery(label="Every mask (mean over channels)", columns=5, height="auto",
-                                           format="jpeg", elem_id="mask-gallery")
-            attention_stats = gr.Markdown(label="attention per stage", show_label=False)
-    with gr.Accordion("Downloads", open=False):
-        downloads = gr.File(label="Downloads: class ids, coloured segmentation, 16-bit depth, depth .npy",
-                            file_count="multiple", elem_id="downloads")
-        download_notes = gr.Markdown(label="download notes", show_label=False)
-        masks_button = gr.Button("Prepare every attention mask as one .npz (uint8, mask = stored / 255; about 14 MB "
-                                 "at 256x512)", size="sm", elem_id="masks-button")
-        masks_file = gr.File(label="Attention masks (.npz)", elem_id="masks-download")
-        masks_note = gr.Markdown(label="masks note", show_label=False)
-    with gr.Accordion("About the model and MTAN", open=False):
+            att_part = gr.Radio(list(render.PARTS), value="encoder", label="Part of the network", elem_id="att-part")
+            att_level = gr.Slider(1, 5, value=1, step=1, label="Stage (1 = full size ... 5 = 1/16)",
+                                  elem_id="att-level")
+            att_channel = gr.Slider(0, 512, value=0, step=1, label="Channel (0 = the mean of all)",
+                                    elem_id="att-channel")
+        att_panel = gr.Image(label="Each task's mask, and where they differ", format="jpeg", elem_id="attention-panel",
+                             interactive=False)
+        att_bar = gr.HTML(elem_id="attention-bar")
+        att_caption = gr.Markdown(elem_id="attention-caption")
+        with gr.Accordion("Every stage at once", open=False, elem_id="all-masks"):
+            att_overview = gr.Image(label="Every stage (mean over channels), one colour scale", format="jpeg",
+                                    elem_id="attention-overview", interactive=False)
+            att_stats = gr.Markdown(elem_id="attention-stats")
+    with gr.Accordion("Downloads", open=True, elem_id="downloads-section"):
+        downloads = gr.File(label="Class ids, coloured segmentation, 16-bit and 8-bit depth, depth .npy",
+                            file_count="multiple", elem_id="downloads", interactive=False)
+        download_notes = gr.Markdown()
+        masks_button = gr.Button("Prepare every attention mask as one .npz (about 14 MB)", size="sm",
+                                 elem_id="masks-button")
+        masks_file = gr.File(label="Attention masks (.npz; mask = stored / 255)", elem_id="masks-download",
+                             interactive=False)
+        masks_note = gr.Markdown()
+    with gr.Accordion("Settings: model, processing resolution, mirror", open=False, elem_id="settings"):
+        model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
+                            interactive=len(REGISTRY.sources) > 1, elem_id="model")
+        first_resolutions = DEFAULT_MODEL.resolutions if DEFAULT_MODEL else serve.ResolutionAdvice.from_record(None)
+        resolution = gr.Radio(first_resolutions.offered, value=first_resolutions.default,
+                              label="Processing resolution", info=resolution_info(DEFAULT_MODEL), elem_id="resolution")
+        mirror = gr.Checkbox(False, label="Also run the mirror image and average (about twice as slow)",
+                             elem_id="mirror")
+    with gr.Accordion("About this model and MTAN", open=False, elem_id="about"):
+        card = gr.Markdown(first_card, elem_id="card")
+        with gr.Accordion("The whole model card", open=False):
+            card_rest = gr.Markdown(first_card_rest)
         gr.Markdown(ABOUT)
-        card = gr.Markdown(card_of(DEFAULT_MODEL))
+    with gr.Group(visible=False):  # the API's own controls and views (/predict, /details), not on the page
+        attention_task = gr.Dropdown(first_tasks, value=first_tasks[0] if first_tasks else None, label="Task")
+        attention_part = gr.Radio(list(render.PARTS), value="encoder", label="Part")
+        attention_stage = gr.Slider(0, 4, value=0, step=1, label="Stage")
+        attention_channel = gr.Slider(-1, 511, value=-1, step=1, label="Channel (-1 = mean over channels)")
+        attention_view = gr.Image(label="Mask over the photo", format="jpeg")
+        difference_view = gr.Image(label="Where the tasks' masks differ", format="jpeg")
+        attention_caption = gr.Markdown(label="attention caption")
 
-    # The page runs a photo in two steps: the views it shows first (predict_views), then the
-    # attention views, downloads and mask gallery (details). /predict answers everything at once.
-    ATTENTION = [attention_task, attention_part, attention_stage, attention_channel]
+    API_ATTENTION = [attention_task, attention_part, attention_stage, attention_channel]
+    PAGE_ATTENTION = [att_part, att_level, att_channel]
     VIEW_INPUTS = [image, model, resolution, opacity, colormap, compare, mirror]
-    VIEW_OUTPUTS = [seg_view, depth_view, legend, colorbar, normals_view, slider, summary, state]
-    DETAIL_OUTPUTS = [attention_view, difference_view, attention_caption, downloads, download_notes,
-                      attention_gallery, attention_stats, masks_file, masks_note]
-    OUTPUTS = [seg_view, depth_view, attention_view, downloads, legend, colorbar, normals_view, slider,
+    VIEW_OUTPUTS = [seg_view, depth_box, legend, colorbar, normals_view, slider, summary, state]
+    DETAIL_OUTPUTS = [att_panel, att_bar, att_caption, att_channel, att_overview, att_stats, downloads,
+                      download_notes, masks_file, masks_note]
+    OUTPUTS = [seg_view, depth_box, attention_view, downloads, legend, colorbar, normals_view, slider,
                difference_view, attention_caption, download_notes, summary, state]
     inference = dict(concurrency_limit=CONCURRENCY, concurrency_id="inference", preprocess=False)
-    run_views = dict(fn=predict_views, inputs=VIEW_INPUTS, outputs=VIEW_OUTPUTS, **inference)
-    auto_views = run_views | dict(fn=views_if_image, api_visibility="private")
-    run_details = dict(fn=details_if_run, inputs=[state] + ATTENTION, outputs=DETAIL_OUTPUTS,
-                       api_visibility="private", show_progress="hidden")
-    everything = gr.Button(visible=False, elem_id="predict-everything")  # /predict's trigger: the API only
-    INPUTS = [image, model, resolution, opacity, colormap, compare, *ATTENTION, mirror]
-    everything.click(predict, INPUTS, OUTPUTS, api_name="predict", **inference)
-    gr.on([run.click, image.upload], api_name="predict_views", **run_views).success(**run_details)
-    gr.Button(visible=False).click(details, [state] + ATTENTION, DETAIL_OUTPUTS[:5], api_name="details")
+    # The API: /predict answers everything at once; /predict_views then /details as the page does.
+    api = gr.Button(visible=False)
+    api.click(predict, [*VIEW_INPUTS[:6], *API_ATTENTION, mirror], OUTPUTS, api_name="predict", **inference)
+    gr.Button(visible=False).click(predict_views, VIEW_INPUTS, VIEW_OUTPUTS, api_name="predict_views", **inference)
+    gr.Button(visible=False).click(details, [state] + API_ATTENTION, [attention_view, difference_view,
+                                   attention_caption, downloads, download_notes], api_name="details")
     masks_button.click(attention_masks, [state], [masks_file, masks_note], api_name="attention_masks",
                        concurrency_id="inference", concurrency_limit=CONCURRENCY)
-    model.input(on_model_change, [model], [notice, card, attention_task, compare, normals_view, resolution],
-                api_visibility="private").then(**auto_views).success(**run_details)
-    resolution.input(**auto_views).success(**run_details)
-    mirror.input(**auto_views).success(**run_details)
+    # The page: a photo runs as soon as it arrives (a phone scrolls to the results), then the details.
+    run_views = dict(fn=page_run, inputs=VIEW_INPUTS, outputs=VIEW_OUTPUTS + [error], api_visibility="private",
+                     scroll_to_output=True, **inference)
+    run_details = dict(fn=page_details, inputs=[state] + PAGE_ATTENTION, outputs=DETAIL_OUTPUTS,
+                       api_visibility="private", show_progress="hidden")
+    image.upload(**run_views).then(**run_details)
+    model.input(on_model_change, [model], [notice, card, card_rest, attention_task, compare, normals_view, resolution],
+                api_visibility="private").then(**run_views).then(**run_details)
+    resolution.input(**run_views).then(**run_details)
+    mirror.input(**run_views).then(**run_details)
     if EXAMPLES:
-        examples.load_input_event.then(**auto_views).success(**run_details)
-    gr.on([opacity.change, colormap.input, compare.input], rerender_main, [state, opacity, colormap, compare],
-          [seg_view, depth_view, colorbar, slider], api_visibility="private", trigger_mode="always_last",
-          show_progress="hidden")
-    gr.on([attention_task.input, attention_part.input, attention_stage.change, attention_channel.change],
-          rerender_attention, [state, attention_task, attention_part, attention_stage, attention_channel],
-          [attention_view, difference_view, attention_caption], api_visibility="private",
-          trigger_mode="always_last", show_progress="hidden")
+        examples.load_input_event.then(**run_views).then(**run_details)
+    redraw = dict(api_visibility="private", trigger_mode="always_last", show_progress="hidden")
+    opacity.input(redraw_segmentation, [state, opacity], [seg_view], **redraw)
+    colormap.input(redraw_depth, [state, colormap, compare], [depth_box, colorbar, slider], **redraw)
+    compare.input(redraw_compare, [state, compare, colormap], [slider], **redraw)
+    gr.on([att_part.input, att_level.input, att_channel.input], redraw_attention, [state] + PAGE_ATTENTION,
+          [att_panel, att_bar, att_caption, att_channel], **redraw)
+    att_part.input(attention_overview, [state, att_part], [att_overview, att_stats], **redraw)
 
 # Every value of every event checked before gradio touches it (compare, task, resolution: choices per model).
 RequestGuard(UPLOADS, open_choices=[compare, attention_task, resolution]).install(demo)
-OTHER_CONCURRENCY = 4  # redraws and the mask gallery (no network run) at once
+OTHER_CONCURRENCY = 4  # redraws and the attention overview (no network run) at once
 demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
 
 # Every limit in force, printed at start (benchmarks/load_test.py reads it; README: "Safety and limits").

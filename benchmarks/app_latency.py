@@ -12,7 +12,8 @@ results of its own example photos, and a benchmark must time the work. Then, in
 this process, the same work piece by piece (``parts``, medians over --calls): decoding the
 upload, the network (the app's inference copy, its precision as the app chose it), bringing the
 outputs to the photo's size, the first views drawn and encoded, the attention views, writing the
-downloads and the attention gallery; and, for reference, a plain eager fp32 forward of the same weights at the
+downloads, the page's attention section and overview, and each redraw the page makes without the
+network when a control moves (``redraw_*_s``: opacity, colours, before/after, attention); and, for reference, a plain eager fp32 forward of the same weights at the
 same input size (``plain_forward_s``). Prints one JSON object.
 
     python benchmarks/app_latency.py                       # a generated 1024x2048 street photo, 256x512
@@ -132,7 +133,13 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         timed("attention_views", lambda: app.attention_views(pred, pred.tasks[0].name, "encoder", 0, -1))
         pred.files = []  # written again each round
         timed("downloads", lambda: app.downloads_of(pred))
-        timed("attention_gallery", lambda: app.show_all_masks(pred))
+        timed("attention_section", lambda: app.attention_section(pred, "encoder", 1, 0))
+        timed("attention_overview", lambda: app.attention_overview(pred, "encoder"))
+        # the page's redraws, which run no network: what a visitor waits for after moving a control
+        timed("redraw_opacity", lambda: app.redraw_segmentation(pred, 0.3 + 0.1 * (call % 2)))
+        timed("redraw_colours", lambda: app.redraw_depth(pred, ("viridis", "magma")[call % 2], "segmentation"))
+        timed("redraw_compare", lambda: app.redraw_compare(pred, ("depth", "segmentation")[call % 2], "inferno"))
+        timed("redraw_attention", lambda: app.redraw_attention(pred, "decoder", 1 + call % 5, call % 3))
     h, w = pred.processing_size
     x = torch.rand(1, 3, h, w)
     plain = loaded.model.eval()

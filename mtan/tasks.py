@@ -282,9 +282,9 @@ class DepthTask(Task):
     def meaning(self) -> str:
         """One sentence on how to read the values (the depth colour bar's note)."""
         if self.nearer_is_larger:
-            return (f"Inverse depth in the CityScapes convention: larger values are nearer; "
-                    f"distance ≈ {self.scale:g} / value metres (approximate).")
-        return "Depth in metres: larger values are farther."
+            return (f"Nearer things take the colours on the right. The network predicts inverse depth: "
+                    f"distance ≈ {self.scale:g} / value metres, a rough guide.")
+        return "Farther things take the colours on the right (depth in metres)."
 
     def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
         loss = losses.depth_loss(pred, target)

@@ -44,15 +44,17 @@ def check_card_against(readme: Path, reproduced: list[dict], complete: bool = Tr
     """Every figure of the card's metadata and results table for these datasets equals what the
     card's commands printed; ``complete``: the card has no other dataset."""
     values = card_values(readme)
+    # Within 1e-4: another CPU's kernels sum in another order and flip a few pixels of 200 frames.
+    close = dict(abs=1e-4)
     if complete:
         assert len({name for name, _ in values}) == len(reproduced)
     text = readme.read_text()
     for rep in reproduced:
         name, result = DATA_DESCRIPTIONS[rep["data"]][0], rep["result"]
-        assert values[(name, "mean_iou")] == pytest.approx(result["semantic.miou"], abs=1e-6)
-        assert values[(name, "pixel_accuracy")] == pytest.approx(result["semantic.pixel_acc"], abs=1e-6)
+        assert values[(name, "mean_iou")] == pytest.approx(result["semantic.miou"], **close)
+        assert values[(name, "pixel_accuracy")] == pytest.approx(result["semantic.pixel_acc"], **close)
         if "depth.abs_err" in result:
-            assert values[(name, "abs_err")] == pytest.approx(result["depth.abs_err"], abs=1e-6)
-            assert values[(name, "rel_err")] == pytest.approx(result["depth.rel_err"], abs=1e-6)
-        assert f"{result['semantic.miou']:.4f}" in text
-        assert f"{result['depth_order.ground_row_spearman']:.4f}" in text
+            assert values[(name, "abs_err")] == pytest.approx(result["depth.abs_err"], **close)
+            assert values[(name, "rel_err")] == pytest.approx(result["depth.rel_err"], **close)
+        for key in ("semantic.miou", "depth_order.ground_row_spearman"):  # the prose's 4 decimals, as close
+            assert any(f"{result[key] + d:.4f}" in text for d in (-1e-4, 0.0, 1e-4)), key

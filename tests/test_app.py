@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -69,7 +70,7 @@ def test_downloads(client, tmp_path):
     out = run(client, path, resolution="128x256")
     files = {Path(p).name: p for p in out["files"]}
     assert set(files) == {"photo_semantic_class_ids.png", "photo_semantic_colour.png", "photo_depth_16bit.png",
-                          "photo_depth.npy"}  # the masks' .npz only when asked for (below)
+                          "photo_depth_gray.png", "photo_depth.npy"}  # the masks' .npz only when asked for (below)
     with Image.open(files["photo_semantic_class_ids.png"]) as im:
         assert im.size == (w, h) and im.mode == "L"
         assert np.asarray(im).max() < 7 and "0=flat" in im.text["Classes"]
@@ -84,6 +85,11 @@ def test_downloads(client, tmp_path):
         assert "png_value / 65535" in scale and "1.85" in scale
         decoded = np.asarray(im, np.float64) / 65535 * top
     assert np.allclose(decoded, np.clip(depth, 0, None), atol=top / 65535 + 1e-9)
+    assert np.asarray(Image.open(files["photo_depth_16bit.png"])).min() >= 1  # 0 only where there is no value
+    with Image.open(files["photo_depth_gray.png"]) as im:  # a plain picture: white near (large inverse depth)
+        gray = np.asarray(im, np.float64)
+        assert im.mode == "L" and im.size == (w, h)
+    assert np.corrcoef(gray.ravel(), depth.ravel())[0, 1] > 0.9
     assert "png_value / 65535" in out["download_notes"]
     masks, note = client.predict(api_name="/attention_masks")  # this session's last photo
     assert Path(masks).name == "photo_attention.npz" and "stored / 255" in note
@@ -257,21 +263,36 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
             raise AssertionError("re-rendering must not run the network")
 
         monkeypatch.setattr(model, "forward", no_network)
-        seg1, _, _, _ = app.rerender_main(pred, 0.1, "viridis", "normals")  # views come back as JPEG files
-        seg2, depth, bar, (before, after) = app.rerender_main(pred, 0.9, "gray", "depth")
-        assert size_of(seg1) == size_of(seg2) == size_of(depth) == size_of(after) == (w, h)
+        seg1, seg2 = app.redraw_segmentation(pred, 0.1), app.redraw_segmentation(pred, 0.9)  # JPEG files
+        depth, bar, (before, after) = app.redraw_depth(pred, "gray", "depth")  # the slider follows the colours
+        _, _, kept = app.redraw_depth(pred, "gray", "normals")  # ... only when it shows depth
+        assert not isinstance(kept, tuple)  # left as it is
+        assert size_of(seg1) == size_of(seg2) == size_of(depth) == size_of(after) == size_of(before) == (w, h)
         assert not np.array_equal(np.asarray(Image.open(seg1)), np.asarray(Image.open(seg2)))
-        view, diff, caption = app.rerender_attention(pred, "normal", "decoder", 4, 3)
-        assert size_of(view) == (w, h) and size_of(diff) == (w, h) and "channel 3 of" in caption
-        view, _, caption = app.rerender_attention(pred, "depth", "encoder", 2, 10_000)  # channel clamped
-        assert "channel 15 of 16" in caption
-        gallery, table, masks_file, _ = app.show_all_masks(pred)
-        assert masks_file is None  # a new photo clears the masks' download of the last one
+        assert "far" in bar and "near" in bar
+        photo, normals = app.redraw_compare(pred, "normals", "inferno")
+        assert size_of(normals) == (w, h)
+        classes = np.asarray(Image.open(app.redraw_compare(pred, "segmentation", "inferno")[1]).convert("RGB"))
+        sem = pred.first("semantic")
+        truth = app.render.colorize_labels(pred.labels[sem.name], sem.class_set.palette).astype(np.int16)
+        overlay = np.asarray(Image.open(app.redraw_segmentation(pred, 0.55)).convert("RGB"), np.int16)
+        # the slider shows the class colours themselves (JPEG-encoded), not the overlay (mostly photo)
+        assert np.abs(classes - truth).mean() < 0.5 * np.abs(overlay - truth).mean()
+        # the attention section: every task side by side at one stage, the channel control bounded
+        panel, scale, caption, channel = app.redraw_attention(pred, "decoder", 1, 3)
+        assert size_of(panel)[0] > 3 * size_of(panel)[1] * 0.8  # three tasks and their difference in a row
+        assert "Decoder stage 1 (1/1 scale)" in caption and "channel 3 of" in caption and "data-top" in scale
+        _, _, caption, channel = app.redraw_attention(pred, "encoder", 3, 10_000)  # channel clamped to the stage
+        assert "channel 16 of 16" in caption and channel["maximum"] == 16 and channel["value"] == 16
+        overview, table = app.attention_overview(pred, "encoder")
+        assert size_of(overview)[0] > size_of(overview)[1]  # five stages across, tasks down
+        details = app.page_details(pred, "encoder", 1, 0)
+        assert details[-2] is None  # a new photo clears the masks' download of the last one
         npz, note = app.attention_masks(pred)
         assert npz.endswith("_attention.npz") and app.attention_masks(pred)[0] == npz  # written once
-        assert len(gallery) == 3 * 10 and "decoder 4 (1/1 scale)" in gallery[-1][1]  # 3 tasks x 10 stages
         assert table.count("\n") == 11 and "most task-specific channels" in table
-        assert app.rerender_main(None, 0.5, "inferno", "depth") is not None  # no prediction yet: skipped
+        assert "encoder stage 1 (1/1 scale)" in table and "decoder stage 1 (1/1 scale)" in table
+        assert app.redraw_segmentation(None, 0.5) is not None  # no prediction yet: skipped
 
         # prediction folders: over an hour old, or the oldest beyond the byte budget, are removed
         monkeypatch.setattr(app.DOWNLOADS, "root", tmp_path / "out")
@@ -293,10 +314,11 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         photo = Image.open(path).convert("RGB")
         split = LoadedModel("s", "s", MTAN(preset_tasks("cityscapes-7"), arch="split", width=1 / 16).eval())
         pred = predict_photo(split, photo, (128, 256))
-        assert pred.masks == {} and app.show_attention(pred, "semantic", "encoder", 0, -1)[0] is None
+        assert pred.masks == {} and app.views.show_attention(pred, "semantic", "encoder", 0, -1)[0] is None
+        assert "no attention masks" in app.attention_section(pred, "encoder", 1, 0)[2]
         assert not any(f.endswith(".npz") for f in write_downloads(pred, tmp_path / "split")[0])
         single = LoadedModel("d", "d", MTAN(preset_tasks("cityscapes-7")[1:], arch="single", width=1 / 16).eval())
-        seg, depth, bar, (_, after), normals = app.show_main(predict_photo(single, photo, (128, 256)), 0.5,
+        seg, depth, bar, (_, after), normals = app.views.show_main(predict_photo(single, photo, (128, 256)), 0.5,
                                                              "turbo", "segmentation")
         assert seg is None and normals is None and depth.size == after.size == (w, h) and "inverse depth" in bar
     finally:
@@ -344,4 +366,6 @@ def test_colorbar_and_depth_png():
     assert "> 1 km" in colorbar_html(inverse, (0.001, 0.01))
     assert "metres" in colorbar_html(metric, (1.0, 10.0))
     png, top, text = depth_to_png16(np.array([[0.0, 0.5, 1.0, -1.0, np.nan]], np.float32), inverse)
-    assert top == 1.0 and png.tolist() == [[0, 32768, 65535, 0, 0]] and "1.85" in text
+    assert top == 1.0 and png.tolist() == [[1, 32768, 65535, 1, 0]] and "1.85" in text  # sky 1 = farthest
+    assert "0 = no value" in text and "(the sky)" in text
+    assert not re.search(r"(?<![\w.])-\d", colorbar_html(inverse, (-0.006, 0.1)))  # never a negative number

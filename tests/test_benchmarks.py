@@ -106,7 +106,8 @@ def test_app_latency_parts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = json.loads(proc.stdout.strip().splitlines()[-1])["parts"]
     for key in ("decode", "network", "network_and_resize", "main_views", "attention_views", "downloads",
-                "attention_gallery", "plain_forward"):
+                "attention_section", "attention_overview", "redraw_opacity", "redraw_colours",
+                "redraw_compare", "redraw_attention", "plain_forward"):
         assert parts[f"{key}_s"] > 0, key
     assert parts["network_s"] <= parts["network_and_resize_s"] < parts["first_results_in_process_s"]
     assert parts["first_results_in_process_s"] < parts["everything_in_process_s"]

@@ -1,13 +1,15 @@
-"""The app in a real browser: headless Chromium (selenium) uploads a photo and sees the outputs.
+"""The app in a real browser: headless Chromium (selenium) opens the page on a desktop screen and
+on a phone screen, uploads a photo, and checks what a first-time visitor sees.
 
 Skipped when chromium or chromedriver is missing (Debian: apt-get install chromium chromium-driver).
 
-Also a small tool to take the README's screenshot of a real run::
+Also the tool that takes the README's screenshots of a real run::
 
-    python tests/test_browser.py street.png docs/app_screenshot.png [--model weights]
+    python tests/test_browser.py examples/street_01.jpg docs/app_desktop.png [--phone] [--model weights]
 """
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -17,11 +19,13 @@ from pathlib import Path
 import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from test_app import make_models, running_app, street_image  # noqa: E402
+from apphelpers import make_models, running_app, street_image  # noqa: E402
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
-WINDOW = (1400, 1000)
+DESKTOP, PHONE = (1440, 900), (390, 844)
+# A minus sign or hyphen right before a digit, not inside a word or a range ("1-16", "2026-12"): a negative number.
+NEGATIVE_NUMBER = re.compile(r"(?<![\w.)\]])[-−]\d")
 
 
 def have_browser() -> str:
@@ -35,11 +39,12 @@ def have_browser() -> str:
     return ""
 
 
-def new_driver(profile: str, window=WINDOW):
+def new_driver(profile: str, window=DESKTOP):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
+    phone = window[0] < 600
     opts = Options()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -49,90 +54,150 @@ def new_driver(profile: str, window=WINDOW):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the viewport itself is window-sized
-                           {"width": window[0], "height": window[1], "deviceScaleFactor": 1, "mobile": False})
+                           {"width": window[0], "height": window[1], "deviceScaleFactor": 1, "mobile": phone})
     driver.set_page_load_timeout(60)
     return driver
 
 
-def run_in_browser(url: str, image: Path, screenshot: Path, timeout: float = 120.0,
-                   example_summary: str | None = None, resolution: str | None = None) -> dict:
-    """Open the app, upload ``image``, wait for the outputs, save a screenshot. Returns what it saw.
+class Page:
+    """One visitor's page: what is on screen, read the way a person would see it."""
 
-    With ``example_summary``, then click the first example and wait for the summary to contain it."""
-    from selenium.common.exceptions import TimeoutException
+    def __init__(self, driver):
+        self.driver = driver
+
+    def src(self, elem_id: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        imgs = self.driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")
+        return next((s for s in (i.get_attribute("src") for i in imgs) if s), "")
+
+    def in_view(self, elem_id: str) -> bool:
+        """Whether the element's image is wholly inside the window as it is now (nobody scrolled)."""
+        return bool(self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); if (!e) return false;"
+            "const r = e.getBoundingClientRect();"
+            "return r.height > 50 && r.top >= 0 && r.bottom <= window.innerHeight + 1;", f"#{elem_id} img"))
+
+    def text(self) -> str:
+        return self.driver.execute_script("return document.body.innerText")
+
+    def error_pills(self) -> int:
+        """Gradio's per-output "Error" badges now shown."""
+        return int(self.driver.execute_script(
+            "return [...document.querySelectorAll('.error, .status-tracker, .wrap')]"
+            ".filter(e => e.offsetParent !== null && e.innerText.trim() === 'Error').length"))
+
+    def error(self) -> str:
+        """The page's one error message, "" when none is shown."""
+        return self.driver.execute_script(
+            "const e = document.querySelector('#error'); return e && e.offsetParent !== null ? e.innerText : ''")
+
+    def images_loaded(self, *elem_ids) -> bool:
+        return bool(self.driver.execute_script(
+            "return arguments[0].every(id => {const i = document.querySelector('#' + id + ' img');"
+            " return i && i.complete && i.naturalWidth > 0})", list(elem_ids)))
+
+
+def visit(url: str, window, image: Path, screenshot: Path | None = None, timeout: float = 180.0,
+          bad_file: Path | None = None, example_summary: str | None = None) -> dict:
+    """Open the app at ``window`` size, upload ``image`` and record what is seen without scrolling;
+    then optionally a bad file and an example click."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def output_src(elem_id: str) -> str:
-        imgs = driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")
-        return next((s for s in (i.get_attribute("src") for i in imgs) if s), "")
-
-    def outputs_ready(_driver) -> bool:
-        return bool(output_src("segmentation") and output_src("depth")
-                    and driver.find_elements(By.CSS_SELECTOR, "#legend .mtan-legend-item"))
-
+    seen = {}
     with tempfile.TemporaryDirectory() as profile:
-        driver = new_driver(profile)
+        driver = new_driver(profile, window)
+        page = Page(driver)
         try:
             driver.get(url)
             upload = WebDriverWait(driver, 60).until(
                 ec.presence_of_element_located((By.CSS_SELECTOR, "#input-image input[type=file]")))
-            if resolution:
-                driver.find_element(By.CSS_SELECTOR, f"input[type=radio][value='{resolution}']").click()
-            upload.send_keys(str(Path(image).resolve()))  # the upload event runs the model
-            try:
-                WebDriverWait(driver, 15).until(outputs_ready)
-            except TimeoutException:  # not run yet: press the button
-                driver.find_element(By.CSS_SELECTOR, "#run").click()
-                WebDriverWait(driver, timeout).until(outputs_ready)
+            seen["first_screen"] = page.text()
+            upload.send_keys(str(Path(image).resolve()))  # the upload itself runs the model
+            WebDriverWait(driver, timeout).until(lambda d: page.src("segmentation") and page.src("depth")
+                                                 and page.images_loaded("segmentation", "depth"))
+            time.sleep(1.0)  # the page's own scroll to the results has ended
+            seen["segmentation_in_view"] = page.in_view("segmentation")
+            seen["depth_in_view"] = page.in_view("depth")
+            seen["scrolled"] = driver.execute_script("return window.scrollY")
+            WebDriverWait(driver, timeout).until(lambda d: page.src("attention-panel"))  # (loaded when in view)
+            seen["first_view"] = driver.get_screenshot_as_png()
             driver.execute_script("document.querySelector('#all-masks .label-wrap').click()")  # open it
-            WebDriverWait(driver, 60).until(  # filled just after the main outputs
-                lambda d: d.find_elements(By.CSS_SELECTOR, "#mask-gallery img"))
-            # let the images finish loading, then photograph the top of the page
-            WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-                "return [...document.querySelectorAll('#segmentation img, #depth img')]"
-                ".every(i => i.complete && i.naturalWidth > 0)"))
-            driver.execute_script("window.scrollTo(0, 0)")
-            time.sleep(1.0)
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(screenshot))
+            WebDriverWait(driver, 60).until(lambda d: page.src("attention-overview"))
             legend = [e.get_attribute("data-class") for e in
                       driver.find_elements(By.CSS_SELECTOR, "#legend .mtan-legend-item")]
-            seen = {"segmentation": output_src("segmentation"), "depth": output_src("depth"),
-                    "attention": output_src("attention"), "legend": legend,
-                    "summary": driver.find_element(By.CSS_SELECTOR, "#summary").text,
-                    "mask_thumbnails": len(driver.find_elements(By.CSS_SELECTOR, "#mask-gallery img"))}
+            seen.update(legend=legend, summary=driver.find_element(By.CSS_SELECTOR, "#summary").text,
+                        text=page.text(), downloads=len(driver.find_elements(By.CSS_SELECTOR, "#downloads a")))
+            if screenshot:  # what the visitor saw when the results came, before anything was opened
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                screenshot.write_bytes(seen["first_view"])
+            if bad_file:
+                driver.execute_script("window.scrollTo(0, 0)")
+                driver.find_element(By.CSS_SELECTOR, "#input-image button[aria-label='Remove Image']").click()
+                upload = WebDriverWait(driver, 30).until(
+                    ec.presence_of_element_located((By.CSS_SELECTOR, "#input-image input[type=file]")))
+                upload.send_keys(str(Path(bad_file).resolve()))
+                WebDriverWait(driver, timeout).until(lambda d: page.error().strip())
+                time.sleep(1.0)
+                seen["error"] = page.error()
+                seen["error_pills"] = page.error_pills()
+                seen["error_toasts"] = len(driver.find_elements(By.CSS_SELECTOR, ".toast-body"))
             if example_summary:
                 driver.find_element(By.CSS_SELECTOR, "#examples .gallery-item").click()
                 WebDriverWait(driver, timeout).until(
                     lambda d: example_summary in d.find_element(By.CSS_SELECTOR, "#summary").text)
                 seen["example_summary"] = driver.find_element(By.CSS_SELECTOR, "#summary").text
+                seen["error_after_example"] = page.error()
             return seen
         finally:
             driver.quit()
 
 
-@pytest.mark.skipif(bool(have_browser()), reason=have_browser() or "browser available")
-def test_upload_in_a_real_browser(tmp_path):
-    models = make_models(tmp_path / "models")
-    photo = tmp_path / "street.png"
-    street_image(240, 480).save(photo)
-    (tmp_path / "examples").mkdir()
-    street_image(180, 420).save(tmp_path / "examples" / "wide.png")
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if have_browser():
+        pytest.skip(have_browser())
+    tmp = tmp_path_factory.mktemp("browser")
+    models = make_models(tmp / "models")
+    (tmp / "examples").mkdir()
+    street_image(180, 420).save(tmp / "examples" / "wide.png")
     with running_app({"MTAN_MODEL": models["city"], "MTAN_MODELS": "", "MTAN_DEFAULT_MODEL": models["city"],
-                      "MTAN_EXAMPLES": str(tmp_path / "examples")}, tmp_path / "app.log") as url:
-        seen = run_in_browser(url, photo, tmp_path / "screenshot.png", example_summary="photo 420x180")
-    assert seen["segmentation"].startswith("http") and seen["depth"].startswith("http")
-    assert seen["attention"].startswith("http") and seen["mask_thumbnails"] >= 1
+                      "MTAN_EXAMPLES": str(tmp / "examples")}, tmp / "app.log") as url:
+        yield url
+
+
+def test_desktop_results_above_the_fold_and_one_message_for_a_bad_file(app_url, tmp_path):
+    photo, bad = tmp_path / "street.png", tmp_path / "holiday.jpg"
+    street_image(240, 480).save(photo)
+    bad.write_bytes(b"this is not a picture at all " * 40)
+    seen = visit(app_url, DESKTOP, photo, tmp_path / "desktop.png", bad_file=bad, example_summary="photo 420x180")
+    assert "Upload a photo" in seen["first_screen"] and "local default" not in seen["first_screen"]
+    assert "normals" not in seen["first_screen"].split("\n")[0]  # the title names only what this model does
+    assert seen["segmentation_in_view"] and seen["depth_in_view"], seen
     assert seen["legend"] and set(seen["legend"]) <= {"flat", "construction", "object", "nature", "sky",
                                                       "human", "vehicle"}
-    assert "photo 480x240" in seen["summary"]
-    assert "network input 512x219" in seen["example_summary"]  # the example ran, no upload needed
+    assert "photo 480x240" in seen["summary"] and seen["downloads"] >= 5
+    assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
+    assert "generated street scenes" in seen["text"] and "each task" in seen["text"].lower()
+    assert "could not be read" in seen["error"].lower() or "not" in seen["error"].lower(), seen["error"]
+    assert seen["error_pills"] == 0 and seen["error_toasts"] == 0  # one message, not one per output
+    assert "network input 512x219" in seen["example_summary"] and not seen["error_after_example"]
     from PIL import Image
 
-    with Image.open(tmp_path / "screenshot.png") as shot:
-        assert shot.size[0] >= 1000 and len(shot.getcolors(1 << 20) or range(1000)) > 50  # not a blank page
+    with Image.open(tmp_path / "desktop.png") as shot:
+        assert shot.size == DESKTOP and len(shot.getcolors(1 << 20) or range(1000)) > 50  # not a blank page
+
+
+def test_phone_brings_a_result_into_view_by_itself(app_url, tmp_path):
+    photo = tmp_path / "street.png"
+    street_image(240, 480).save(photo)
+    seen = visit(app_url, PHONE, photo, tmp_path / "phone.png")
+    # stacked under the upload box, a result is on screen without the visitor scrolling (the page
+    # scrolls to it when it would not be)
+    assert seen["segmentation_in_view"] or seen["depth_in_view"], seen
+    assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
 
 
 if __name__ == "__main__":
@@ -142,10 +207,12 @@ if __name__ == "__main__":
     ap.add_argument("image", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", default="weights")
-    ap.add_argument("--resolution", default=None, help="e.g. 128x256 (default: the app's)")
+    ap.add_argument("--phone", action="store_true", help=f"a {PHONE[0]}x{PHONE[1]} phone screen "
+                                                          f"(default {DESKTOP[0]}x{DESKTOP[1]})")
     a = ap.parse_args()
     if have_browser():
         sys.exit(have_browser())
     with tempfile.TemporaryDirectory() as log_dir, running_app(
             {"MTAN_MODEL": a.model, "MTAN_MODELS": ""}, Path(log_dir) / "app.log") as url:
-        print(run_in_browser(url, a.image, a.out, resolution=a.resolution))
+        seen = visit(url, PHONE if a.phone else DESKTOP, a.image, a.out)
+        print({k: v for k, v in seen.items() if k not in ("text", "first_screen", "first_view")})

@@ -123,14 +123,14 @@ def planted(app) -> dict[str, str]:
     if not folder.exists():
         folder.mkdir()
         (folder / "to_passwd.jpg").symlink_to("/etc/passwd")
-        (folder / "to_screenshot.png").symlink_to(REPO / "docs" / "app_screenshot.png")
+        (folder / "to_screenshot.png").symlink_to(REPO / "docs" / "app_desktop.png")
         (folder.parent / "outside").symlink_to(REPO / "docs")  # a linked folder
         os.mkfifo(folder / "pipe.jpg")
         with open(folder / "huge.jpg", "wb") as f:
             f.truncate(MAX_FILE_SIZE + 1)  # sparse: no disk used
     return {"link to /etc/passwd": str(folder / "to_passwd.jpg"),
             "link to a server image": str(folder / "to_screenshot.png"),
-            "file through a linked folder": str(folder.parent / "outside" / "app_screenshot.png"),
+            "file through a linked folder": str(folder.parent / "outside" / "app_desktop.png"),
             "named pipe": str(folder / "pipe.jpg"),
             "the upload folder itself": str(app["uploads"]),
             "over the upload limit, never uploaded": str(folder / "huge.jpg")}
@@ -158,11 +158,11 @@ def file_attacks(app) -> dict[str, object]:
         "/dev/zero, no meta": {"path": "/dev/zero"},
         "/dev/zero, with meta": {"path": "/dev/zero"} | meta,
         "/dev/urandom as a stream": {"path": "/dev/urandom", "is_stream": True} | meta,
-        "a server image, no meta": {"path": str(REPO / "docs" / "app_screenshot.png")},
-        "a server image, with meta": {"path": str(REPO / "docs" / "app_screenshot.png")} | meta,
+        "a server image, no meta": {"path": str(REPO / "docs" / "app_desktop.png")},
+        "a server image, with meta": {"path": str(REPO / "docs" / "app_desktop.png")} | meta,
         "a server text file": {"path": "/etc/passwd"} | meta,
         "a path that does not exist": {"path": "/no/such/file.jpg"} | meta,
-        "a relative path": {"path": "docs/app_screenshot.png"} | meta,
+        "a relative path": {"path": "docs/app_desktop.png"} | meta,
         "a path climbing out of the upload folder": {"path": str(app["uploads"]) + "/../../etc/passwd"} | meta,
         "file: URL": {"path": "file:/etc/passwd"} | meta,
         "data: URL PNG bomb as the path": {"path": bomb} | meta,
@@ -272,7 +272,7 @@ def test_fixed_choices_are_checked(app, baseline, normal_photo):
     predict_index = next(i for i, e in app["events"].items() if e.get("api_name") == "predict")
     event = app["events"][predict_index]
     photo = rp.file_value(rp.upload(app["url"], normal_photo))  # the resolution is checked for the model, after it
-    for label, bad, match in (("Model", "/etc/passwd", "must be one of"), ("Colormap", "evil", "must be one of"),
+    for label, bad, match in (("Model", "/etc/passwd", "must be one of"), ("Colours", "evil", "must be one of"),
                               ("Processing resolution", "99999x99999", "not a processing resolution of this app")):
         pos = next(p for p, c in enumerate(event["inputs"])
                    if (app["components"][c].get("props", {}).get("label") or "").startswith(label))

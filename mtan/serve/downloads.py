@@ -18,7 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from mtan.checkpoint import atomic_write
 from mtan.serve.prediction import MASK_SCALE
-from mtan.serve.render import colorize_labels, normals_to_rgb
+from mtan.serve.render import colorize_labels, depth_limits, normals_to_rgb
 
 
 def safe_stem(name: str | None, default: str = "photo") -> str:
@@ -27,18 +27,32 @@ def safe_stem(name: str | None, default: str = "photo") -> str:
 
 
 def depth_to_png16(depth: np.ndarray, task) -> tuple[np.ndarray, float, str]:
-    """Depth -> uint16 with ``value = png / 65535 * max`` (values <= 0 or not finite -> 0, which
-    the datasets use for 'invalid'). Returns the array, ``max`` and that sentence."""
-    d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # one full-size copy
-    np.clip(d, 0, None, out=d)
+    """Depth -> uint16 with ``value = png / 65535 * max``. 0 stays "no value" (not finite), as in
+    the datasets; a prediction at or below 0 (for inverse depth: the sky, farther than the scale
+    reaches) is written as 1, the smallest step. Returns the array, ``max`` and that sentence."""
+    d = depth.astype(np.float32)  # one full-size copy
+    missing = ~np.isfinite(d)
+    d[missing] = 0.0
     top = float(d.max()) if d.size and d.max() > 0 else 1.0
     d *= np.float32(65535 / top)
-    np.clip(np.round(d, out=d), 0, 65535, out=d)
+    np.clip(np.round(d, out=d), 1, 65535, out=d)
+    d[missing] = 0.0
     png = d.astype(np.uint16)
-    text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 0 = invalid"
+    lowest = "as far as the scale goes (the sky)" if task.nearer_is_larger else "the nearest step"
+    text = f"{task.name} = png_value / 65535 * {top:.6g} ({task.units}); 1 = {lowest}; 0 = no value"
     if task.metres_formula:
         text += f"; metres ~ {task.metres_formula.replace('value', task.name)}"
     return png, top, text
+
+
+def depth_to_gray8(depth: np.ndarray, task, limits: tuple[float, float]) -> np.ndarray:
+    """Depth -> an 8-bit grayscale picture, white near and black far, over the display range
+    ``limits`` (the depth view's): for looking at and for tools that take a plain depth image."""
+    lo, hi = limits
+    v = (np.nan_to_num(depth.astype(np.float32), nan=lo) - lo) / np.float32(max(hi - lo, 1e-12))
+    if not task.nearer_is_larger:
+        v = 1.0 - v
+    return (np.clip(v, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None, mode: str | None = None) -> Path:
@@ -115,9 +129,13 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
             files.append(str(save_png(out / f"{stem}_{task.name}_16bit.png", png,
                                       meta | {"DepthScale": text, "DepthMax": f"{top:.9g}",
                                               "DepthKind": task.depth_kind, "Units": task.units})))
+            files.append(str(save_png(out / f"{stem}_{task.name}_gray.png",
+                                      depth_to_gray8(full, task, depth_limits(pred.depth[task.name])),
+                                      meta | {"Encoding": "8-bit, white = near, black = far (display range)"})))
             np.save(out / f"{stem}_{task.name}.npy", full)
             files.append(str(out / f"{stem}_{task.name}.npy"))
-            notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}.npy`: float32 {task.units}.")
+            notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}_gray.png`: a plain 8-bit "
+                         f"picture, white near, black far. `{stem}_{task.name}.npy`: float32 {task.units}.")
         elif task.name in pred.normals:
             files.append(str(save_png(out / f"{stem}_{task.name}.png",
                                       np.asarray(normals_to_rgb(pred.normals[task.name], size)),

@@ -139,32 +139,37 @@ def _metres(task, values) -> list[float]:
 def _fmt(v: float) -> str:
     if not math.isfinite(v):
         return "–"
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return f"{v:.2g}" if abs(v) < 10 else f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _distance(m: float) -> str:
+    if not math.isfinite(m) or m <= 0 or m > 1000:
+        return "> 1 km"
+    return f"≈ {_fmt(m)} m"
 
 
 def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMAP, ticks: int = 5) -> str:
-    """A horizontal colour bar in the model's depth units, with approximate metres where the
-    depth kind allows (inverse depth: metres ~ scale / value)."""
-    lo, hi = limits
+    """A horizontal colour bar for the depth view in words and metres: far on the left, near on the
+    right for inverse depth (whose larger values are nearer), each tick an approximate distance.
+    Nothing below zero is shown: a value at or below 0 reads as farther than the scale goes."""
+    lo, hi = (max(0.0, v) for v in limits)
+    hi = max(hi, lo + 1e-9)
     lut = colormap_lut(cmap)
     stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
     values = [lo + (hi - lo) * i / (ticks - 1) for i in range(ticks)]
-    metres = _metres(task, values)
-    labels = []
-    for v, m in zip(values, metres):
-        extra = ""
-        if task.metres_formula:
-            if not math.isfinite(m) or m <= 0:
-                extra = "<br>–"
-            else:
-                extra = f"<br><span class='mtan-metres'>{'> 1 km' if m > 1000 else f'≈ {_fmt(m)} m'}</span>"
-        labels.append(f"<span>{_fmt(v)}{extra}</span>")
-    note = task.meaning
+    if task.metres_formula:
+        labels = [_distance(m) for m in _metres(task, values)]
+        ends = ("far", "near")
+    else:
+        labels = [f"{_fmt(v)} m" for v in values]
+        ends = ("near", "far")
+    tick_html = "".join(f"<span>{t}</span>" for t in labels)  # our own words and numbers
+    note = f"{task.meaning} Colours span the 2nd–98th percentile of this photo."
     return (f'<div class="mtan-colorbar" data-units="{html.escape(task.units)}">'
-            f'<div class="mtan-colorbar-title">{html.escape(task.name)}: {html.escape(task.units)}</div>'
+            f'<div class="mtan-colorbar-title">Distance: {ends[0]} ← → {ends[1]}</div>'
             f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'
-            f'<div class="mtan-colorbar-ticks">{"".join(labels)}</div>'
-            f'<div class="mtan-colorbar-note">{note} Colours span the 2nd–98th percentile.</div></div>')
+            f'<div class="mtan-colorbar-ticks">{tick_html}</div>'
+            f'<div class="mtan-colorbar-note">{html.escape(note)}</div></div>')
 
 
 def normals_to_rgb(normals: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
@@ -255,22 +260,122 @@ def heatmap(values: np.ndarray, photo: Image.Image, cmap: str = ATTENTION_COLORM
     return Image.blend(grey, colours, alpha), limits
 
 
-def attention_gallery(masks: dict, photo: Image.Image, max_side: int = 320) -> list[tuple[Image.Image, str]]:
-    """Every task's every stage (mean over channels) as small heat maps with captions."""
-    thumb = photo.copy()
-    thumb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    items = []
-    for task, parts in masks.items():
-        for part in PARTS:
-            for stage in range(len(parts[part])):
-                values, _ = attention_map(masks, task, part, stage)
-                im, (lo, hi) = heatmap(values, thumb)
-                items.append((im, f"{task} · {stage_label(part, stage)} · {lo:.2f}–{hi:.2f}"))
-    return items
+# The page numbers stages by scale, the same way for encoder and decoder: stage 1 works at the
+# photo's full processing size, stage 5 at 1/16 of it (the encoder goes 1 -> 5, the decoder 5 -> 1).
+
+
+def stage_at_level(masks: dict, part: str, level: int) -> int:
+    """The index of ``part``'s mask list whose scale is 1/2**(level - 1) (``level`` clamped to 1..n)."""
+    n = len(next(iter(masks.values()))[part])
+    level = int(min(n, max(1, level)))
+    return level - 1 if part == "encoder" else n - level
+
+
+def level_label(level: int) -> str:
+    return f"stage {level} (1/{2 ** (level - 1)} scale)"
+
+
+def level_channels(masks: dict, part: str, level: int) -> int:
+    """How many channels ``part``'s masks have at ``level`` (the channel control's range)."""
+    return int(next(iter(masks.values()))[part][stage_at_level(masks, part, level)].shape[0])
+
+
+def _level_maps(masks: dict, part: str, level: int, channel: int) -> tuple[dict, np.ndarray | None]:
+    """Each task's map at ``level`` (channel 0 = the mean over channels, c = channel c - 1) and where
+    they differ (mean |difference| over pairs of tasks), all in mask units 0..1."""
+    stage = stage_at_level(masks, part, level)
+    maps = {}
+    for task in masks:
+        m = masks[task][part][stage]
+        maps[task] = _channel_mean(m) if channel <= 0 else mask_values(m[min(channel, m.shape[0]) - 1])
+    names = list(maps)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    diff = sum(np.abs(maps[a] - maps[b]) for a, b in pairs) / len(pairs) if pairs else None
+    return maps, diff
+
+
+def _display_photo(photo: Image.Image, max_side: int) -> Image.Image:
+    small = photo.convert("RGB")
+    if max(small.size) > max_side:
+        small = small.copy()
+        small.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return small
+
+
+def _titled(images: list[tuple[str, Image.Image]], columns: int, gap: int = 8) -> Image.Image:
+    """Images of one size in a grid, each under its title, on white."""
+    from PIL import ImageDraw, ImageFont
+
+    w, h = images[0][1].size
+    font = ImageFont.load_default(size=max(12, min(20, w // 18)))
+    title_h = font.size + 8
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * (h + title_h) + (rows - 1) * gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (title, im) in enumerate(images):
+        x, y = (i % columns) * (w + gap), (i // columns) * (h + title_h + gap)
+        draw.text((x + 2, y + 3), title, fill=(30, 30, 30), font=font)
+        sheet.paste(im, (x, y + title_h))
+    return sheet
+
+
+def _shared_top(arrays) -> float:
+    """The shared colour scale's top: the largest value shown, rounded up to 0.05 (at least 0.05)."""
+    top = max((float(np.nanmax(a)) for a in arrays if a is not None and a.size), default=1.0)
+    return max(0.05, math.ceil(top * 20 - 1e-6) / 20)
+
+
+def scale_bar_html(top: float, cmap: str = ATTENTION_COLORMAP, ticks: int = 5) -> str:
+    """The attention views' one colour scale, from 0 (closed) to ``top``."""
+    lut = colormap_lut(cmap)
+    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
+    labels = "".join(f"<span>{top * i / (ticks - 1):.2f}</span>" for i in range(ticks))
+    return (f'<div class="mtan-colorbar" data-top="{top:.2f}"><div class="mtan-colorbar-title">'
+            f'Mask value, one scale for every picture: 0 = feature blocked … {top:.2f}</div>'
+            f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'
+            f'<div class="mtan-colorbar-ticks">{labels}</div></div>')
+
+
+def attention_panel(masks: dict, photo: Image.Image, part: str, level: int, channel: int = 0,
+                    max_side: int = 480) -> tuple[Image.Image, str, str]:
+    """What each task looks at, and where they differ, at one stage: every task's mask (channel 0 =
+    the mean over channels) and the tasks' mean |difference| side by side over the photo, on one
+    colour scale. Returns the picture, its colour bar (HTML) and a caption (Markdown)."""
+    maps, diff = _level_maps(masks, part, level, channel)
+    top = _shared_top([*maps.values(), diff])
+    small = _display_photo(photo, max_side)
+    pictures = [(f"{task} looks at", heatmap(v, small, limits=(0.0, top))[0]) for task, v in maps.items()]
+    if diff is not None:
+        pictures.append(("where they differ", heatmap(diff, small, limits=(0.0, top))[0]))
+    stage_channels = level_channels(masks, part, level)
+    what = "mean of its " + str(stage_channels) + " channels" if channel <= 0 else \
+        f"channel {min(channel, stage_channels)} of {stage_channels}"
+    means = ", ".join(f"{task} {float(v.mean()):.2f}" for task, v in maps.items())
+    caption = f"**{part.capitalize()} {level_label(level)}**, {what}. Mean mask value: {means}"
+    if diff is not None:
+        caption += f"; mean difference {float(diff.mean()):.3f}"
+    return _titled(pictures, columns=len(pictures)), scale_bar_html(top), caption + "."
+
+
+def attention_overview(masks: dict, photo: Image.Image, part: str, max_side: int = 240) -> Image.Image:
+    """Every stage of ``part`` for every task (mean over channels), stages 1..n from left to right,
+    one row per task and a last row of where the tasks differ, all on one colour scale."""
+    n = len(next(iter(masks.values()))[part])
+    rows = [_level_maps(masks, part, level, 0) for level in range(1, n + 1)]
+    top = _shared_top([v for maps, diff in rows for v in [*maps.values(), diff]])
+    small = _display_photo(photo, max_side)
+    cells = []
+    for task in masks:
+        cells += [(f"{task}, {level_label(level)}", heatmap(rows[level - 1][0][task], small, limits=(0.0, top))[0])
+                  for level in range(1, n + 1)]
+    if len(masks) > 1:
+        cells += [(f"differ, {level_label(level)}", heatmap(rows[level - 1][1], small, limits=(0.0, top))[0])
+                  for level in range(1, n + 1)]
+    return _titled(cells, columns=n)
 
 
 def attention_table(masks: dict, top: int = 3) -> str:
-    """Markdown: per stage, each task's mean mask value, the mean |difference| between tasks, and
+    """Markdown: per stage (numbered by scale), each task's mean mask value, the mean |difference| between tasks, and
     the channels whose masks differ most between tasks (what makes the masks task-specific)."""
     names = list(masks)
     if not names:
@@ -282,9 +387,9 @@ def attention_table(masks: dict, top: int = 3) -> str:
         sep += "---|---|"
     rows = [head + " |", sep]
     for part in PARTS:
-        for stage in range(len(masks[names[0]][part])):
-            ms = [masks[n][part][stage] for n in names]
-            cells = [stage_label(part, stage), str(ms[0].shape[0])] + [
+        for level in range(1, len(masks[names[0]][part]) + 1):
+            ms = [masks[n][part][stage_at_level(masks, part, level)] for n in names]
+            cells = [f"{part} {level_label(level)}", str(ms[0].shape[0])] + [
                 f"{m.mean(dtype=np.float64) * _difference_scale(m):.3f}" for m in ms]
             if len(names) > 1:
                 per_channel = np.mean([_abs_difference(ms[i], ms[j]).mean(axis=(1, 2), dtype=np.float64)

@@ -77,8 +77,8 @@ def model_label(source: str) -> str:
         return source
     path = resolve_local(source) or Path(source)
     if path.resolve() == DEFAULT_MODEL_DIR.resolve():
-        return "weights/ (local default)"
-    return f"{path.name or source} (local)"
+        return "Default street model"
+    return f"{path.name or source} (local folder)"
 
 
 def hub_file(repo_id: str, filename: str) -> str:

@@ -1,0 +1,68 @@
+"""The pictures the page shows of one prediction, redrawn from it whenever a display option
+changes (no network run): the segmentation overlay, the coloured depth with its colour bar, what the
+before/after slider compares, and the API's attention view."""
+from __future__ import annotations
+
+from PIL import Image
+
+from mtan.serve import render
+from mtan.serve.prediction import Prediction
+
+
+def segmentation_view(pred: Prediction, opacity: float):
+    sem = pred.first("semantic")
+    if not sem:
+        return None
+    return render.overlay(pred.photo, render.colorize_labels(pred.labels[sem.name], sem.class_set.palette), opacity)
+
+
+def depth_view(pred: Prediction, colormap: str):
+    """The coloured depth and its colour bar (HTML)."""
+    dep = pred.first("depth")
+    if not dep:
+        return None, ""
+    colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
+    limits = render.depth_limits(pred.depth[dep.name])
+    return (render.colorize_depth(pred.depth[dep.name], pred.size, colormap, limits),
+            render.colorbar_html(dep, limits, colormap))
+
+
+def compared_view(pred: Prediction, compare: str, colormap: str):
+    """What the before/after slider sets against the photo: the class map itself (not the overlay,
+    which is mostly photo), the coloured depth or the normals."""
+    sem, nor = pred.first("semantic"), pred.first("normal")
+    if compare == "depth" and pred.first("depth"):
+        return depth_view(pred, colormap)[0]
+    if compare == "normals" and nor:
+        return render.normals_to_rgb(pred.normals[nor.name], pred.size)
+    if sem:
+        return Image.fromarray(render.colorize_labels(pred.labels[sem.name], sem.class_set.palette), "RGB")
+    return depth_view(pred, colormap)[0]
+
+
+def show_main(pred: Prediction, opacity: float, colormap: str, compare: str):
+    """Segmentation overlay, coloured depth, colour bar, the before/after pair and the normals."""
+    nor = pred.first("normal")
+    depth, bar = depth_view(pred, colormap)
+    normals = render.normals_to_rgb(pred.normals[nor.name], pred.size) if nor else None
+    return segmentation_view(pred, opacity), depth, bar, (pred.photo, compared_view(pred, compare, colormap)), normals
+
+
+def show_attention(pred: Prediction, task: str, part: str, stage: float, channel: float):
+    """The API's attention view (``/predict``, ``/details``): one task's mask as a heat map, where
+    the tasks' masks differ, and a caption. Stages as the mask files number them."""
+    if not pred.masks:
+        return None, None, "This model has no attention masks (it is a `split` or `single` network)."
+    task = task if task in pred.masks else next(iter(pred.masks))
+    part = part if part in render.PARTS else "encoder"
+    stage = int(min(4, max(0, stage or 0)))
+    values, what = render.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
+    view, (lo, hi) = render.heatmap(values, pred.photo)
+    caption = f"**{task}**, {render.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
+    diff = render.task_difference(pred.masks, part, stage)
+    if diff is None:
+        return view, None, caption
+    diff_view, (dlo, dhi) = render.heatmap(diff, pred.photo, cmap=render.DIFFERENCE_COLORMAP)
+    caption += (f" Right: mean |difference| between the tasks' masks at this stage, {dlo:.3f} to {dhi:.3f}: "
+                f"bright where the tasks select different features.")
+    return view, diff_view, caption
