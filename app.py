@@ -554,7 +554,9 @@ if __name__ == "__main__":
         demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
                     allowed_paths=[str(p) for p in EXAMPLES], show_error=False, css=CSS,
                     theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions,
-                    prevent_thread_lock=True)
+                    prevent_thread_lock=True, quiet=True)  # quiet: gradio's own "set share=True" hint is not ours
+        print(f"mtan app: running on {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else "")
+              + ("" if share else " (a public link: --share)"), flush=True)
         demo.block_thread()  # until Ctrl+C or SIGTERM (gradio's own handler, where it installs one, exits too)
     except Exception:
         traceback.print_exc()

@@ -1,7 +1,8 @@
 """Train MTAN (or its split / single-task baselines) with one command.
 
-    python train.py --preset smoke                                   # one minute on a CPU, generated data
-    python train.py --preset demo                                    # the app's default model (CPU, ~1.5 h)
+    python train.py --preset smoke                                   # about 2 minutes on a CPU, generated data
+    python train.py --preset street --init-from weights              # fine-tune the app's default model (CPU: hours)
+    python recipes/street_gpu.py                                     # the full-width street model on one GPU
     python train.py --preset paper-cityscapes --data-root data/cityscapes
     python train.py --preset benchmark-cityscapes --data-root data/cityscapes --compile
     python train.py --preset paper-nyuv2 --data-root data/nyuv2

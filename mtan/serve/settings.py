@@ -47,11 +47,18 @@ def byte_size(text: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(description="MTAN demo app (Gradio).")
+    p = argparse.ArgumentParser(
+        description="MTAN demo app (Gradio): upload a street photo, see its segmentation, depth and attention masks.",
+        epilog="Every flag can also be set by an environment variable (the flag wins): MTAN_MODEL, MTAN_MODELS, "
+               "MTAN_DEFAULT_MODEL (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), "
+               "GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, MTAN_DEVICE, MTAN_MAX_PIXELS, MTAN_MAX_IMAGE_PIXELS, "
+               "MTAN_MAX_FILE_SIZE, MTAN_CONCURRENCY, MTAN_QUEUE_SIZE, MTAN_MAX_SESSIONS, MTAN_INFERENCE_PRECISION, "
+               "MTAN_COMPILE, MTAN_THREADS, MTAN_DOWNLOADS_SPACE, MTAN_CACHE_DIR (measured choices).")
     p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
     p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME"), help="e.g. 0.0.0.0 to listen on all interfaces")
-    p.add_argument("--port", type=positive_int, default=env("GRADIO_SERVER_PORT") or None)
+    p.add_argument("--port", type=positive_int, default=env("GRADIO_SERVER_PORT") or None,
+                   help="port to listen on (default 7860, or the next free one)")
     p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
     p.add_argument("--device", default=env("MTAN_DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--max-pixels", type=positive_int,
