@@ -66,8 +66,8 @@ class CamVidDataset(torch.utils.data.Dataset):
     before cropping and resizing, with the horizon estimated from the train split's labels.
     """
 
-    how_to_get = ("CamVid lives in data/camvid beside the project (shared/data/camvid); pass root=... or "
-                  "set MTAN_CAMVID to its folder.")
+    how_to_get = ("Pass root=... (--data-root) or set MTAN_CAMVID to the CamVid folder, laid out as "
+                  "{train,val}/{images,labels}/ (docs/data.md says where to get it).")
 
     def __init__(self, root=None, split: str = "train", classes: int = 7, size=None, fit: str = "crop",
                  depth: bool = True, pseudo_depth: bool = False, name: str = "camvid"):
