@@ -1,5 +1,6 @@
 """Evaluate a saved model on a dataset split and print its metrics as one JSON object.
 
+    python -m mtan.evaluate --model runs/smoke                                     # a run, on its own validation data
     python -m mtan.evaluate --model runs/smoke --data synthetic --split val
     python -m mtan.evaluate --model weights --data camvid                          # CamVid at its own 360x480
     python -m mtan.evaluate --model weights --data camvid --app-resolution 256x512 # as the app sees photos
@@ -10,6 +11,10 @@ Images of any size are scored on their own pixels: the network sees them padded 
 read at its own size (``--size`` resizes it first). ``--app-resolution HxW`` scores the way the
 app runs a photo: fitted inside HxW (aspect kept, bilinear with antialiasing), run, and every
 output brought back to the photo's size (bilinear) before it is compared with the labels.
+
+With a run folder and no ``--data``, the run's own validation data is scored with the run's
+settings (data, root, size, frames, labels), one JSON object per part of a mixture
+(``{"synthetic": {...}, "camvid": {...}}``): the figures of the run's last validation.
 
 Keys: ``semantic.miou``, ``semantic.pixel_acc``, ``semantic.iou.<class>`` (each class's IoU;
 null for a class in neither prediction nor labels), ``depth.abs_err``, ``depth.rel_err``,
@@ -149,13 +154,31 @@ class DepthOrder:
         return {f"depth_order.{k}": v for k, v in self.metric.compute().items()}
 
 
+def evaluate_run(run, **kwargs) -> dict:
+    """A run folder's model on the run's own validation data, with the run's settings: the
+    figures of its last validation (one result per part of a mixture)."""
+    from mtan.train import TrainConfig
+    from mtan.train.datasets import validation_parts
+
+    path = Path(str(run)) / "train_config.json"
+    if not path.is_file():
+        raise ValueError(f"--data is needed: {run} is not a run folder (it has no train_config.json), so it "
+                         "says nothing about its data; e.g. --data camvid or --data synthetic")
+    config = TrainConfig.from_dict(json.loads(path.read_text()))
+    parts = validation_parts(config)
+    results = {part: evaluate(str(run), part, root, "val", config.size, config.eval_batch_size or config.batch_size,
+                              options=options, **kwargs) for part, root, options in parts}
+    return results[config.data] if len(parts) == 1 else results
+
+
 def main(argv=None) -> int:
     from mtan.fast import PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained / a run folder) or Hub repo id")
-    p.add_argument("--data", required=True, help="dataset name: cityscapes, nyuv2, camvid, synthetic, ...")
+    p.add_argument("--data", default=None, help="dataset name: cityscapes, nyuv2, camvid, synthetic, ... (default, "
+                                                "for a run folder: the run's own validation data and settings)")
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for synthetic)")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--size", default=None, help="HxW to load the data at (default: the dataset's own, e.g. "
@@ -181,10 +204,14 @@ def main(argv=None) -> int:
 
     metrics: dict = {}
     try:
-        result = evaluate(args.model, args.data, args.data_root, args.split, args.size, args.batch_size,
-                          args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty(),
-                          app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip,
-                          precision=args.precision)
+        if args.data is None:
+            result = evaluate_run(args.model, device=args.device, progress=sys.stderr.isatty(),
+                                  app_resolution=args.app_resolution, flip=args.flip, precision=args.precision)
+        else:
+            result = evaluate(args.model, args.data, args.data_root, args.split, args.size, args.batch_size,
+                              args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty(),
+                              app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip,
+                              precision=args.precision)
     except (DatasetError, ModelConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -91,6 +91,16 @@ def test_evaluate_reproduces_the_last_validation(dwa_run):
     assert printed == json.loads((dwa_run / "eval.json").read_text())
     for key, value in last.items():
         assert printed[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    # the run folder alone: its data, size and frames come from its train_config.json
+    alone = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(dwa_run)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    by_itself = json.loads(alone.stdout)
+    for key, value in last.items():
+        assert by_itself[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    weights = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(REPO / "weights")], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert weights.returncode == 2 and "--data is needed" in weights.stderr  # a model folder, not a run
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):

@@ -39,14 +39,21 @@ def build_split(config: TrainConfig, split: str, name: str | None = None, root="
     return build_dataset(name, root=root, split=split, size=config.size, **options)
 
 
-def validation_sets(config: TrainConfig) -> dict[str, object]:
-    """One validation set per part of the training data (``synthetic+camvid`` -> both, reported apart)."""
+def validation_parts(config: TrainConfig) -> list[tuple[str, str | None, dict]]:
+    """Each part of the training data with its root and the options its validation split is
+    built with (``synthetic+camvid`` -> both, reported apart)."""
     parts = config.data.split("+")
     if len(parts) == 1:
-        return {config.data: build_split(config, "val")}
+        return [(config.data, config.data_root, builder_options(config, config.data, "val"))]
     roots = (config.data_root or "").split("+") if isinstance(config.data_root, str) else [None] * len(parts)
     roots = roots if len(roots) == len(parts) else [None] * len(parts)
-    return {p: build_split(config, "val", name=p, root=r or None) for p, r in zip(parts, roots)}
+    return [(p, r or None, builder_options(config, p, "val")) for p, r in zip(parts, roots)]
+
+
+def validation_sets(config: TrainConfig) -> dict[str, object]:
+    """One validation set per part of the training data, as :func:`validation_parts` lists them."""
+    return {part: build_dataset(part, root=root, split="val", size=config.size, **options)
+            for part, root, options in validation_parts(config)}
 
 
 def load_into_memory(dataset, device: torch.device, progress: bool, workers: int = 0):
