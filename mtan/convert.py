@@ -5,7 +5,7 @@
 
 The original code saves ``model.state_dict()`` with keys such as ``encoder_block.0.0.weight``,
 ``encoder_att.1.3.0.weight`` and ``pred_task2.1.weight`` (the full list for NYUv2 is in
-``shared/reference/reference_state_dict_manifest.tsv``). The converter reads the file with
+``tests/data/reference_state_dict_manifest.tsv``). The converter reads the file with
 ``torch.load(..., weights_only=True)`` (no code from the file is executed), finds the tasks,
 class count and width from the tensors, renames every tensor to this project's layout and
 writes ``config.json`` + ``model.safetensors`` + a model card.

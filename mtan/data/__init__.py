@@ -12,7 +12,7 @@ Every dataset yields dicts ``{"image": 3xHxW float in [0, 1], <task name>: targe
     for batch in memory.iter_batches(8, shuffle=True, augment=True):
         ...
 
-    mix = build_dataset("synthetic+camvid", root={"camvid": "../shared/data/camvid"}, size=(128, 256))
+    mix = build_dataset("synthetic+camvid", root={"camvid": "data/camvid"}, size=(128, 256))
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CamVid (SegNet's 11-class version): real street scenes, segmentation only.
 
-Layout (see ``data/camvid/README.md``)::
+Layout (``docs/data.md`` says where CamVid comes from)::
 
     ROOT/{train,val}/images/NAME.jpg   RGB, 480 x 360
     ROOT/{train,val}/labels/NAME.png   8-bit class index per pixel, 11 = unlabelled
@@ -35,12 +35,12 @@ FITS = ("crop", "stretch")
 
 
 def default_root() -> Path | None:
-    """``$MTAN_CAMVID``, else ``shared/data/camvid`` beside the project checkout, if present."""
+    """``$MTAN_CAMVID``, else ``data/camvid`` in the project, else ``shared/data/camvid`` beside it, if present."""
     env = os.environ.get("MTAN_CAMVID")
     if env:
         return Path(env)
     here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "shared" / "data" / "camvid", here.parents[2] / "data" / "camvid"):
+    for candidate in (here.parents[2] / "data" / "camvid", here.parents[3] / "shared" / "data" / "camvid"):
         if candidate.is_dir():
             return candidate
     return None
