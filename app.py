@@ -35,6 +35,7 @@ from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, wr
 from mtan.serve.guard import RequestGuard, refusal
 from mtan.serve.settings import byte_size, parse_args
 from mtan.serve.uploads import UploadPolicy
+from mtan.serve.zerogpu import gpu_task
 
 
 ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
@@ -67,6 +68,7 @@ GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 m
 # its copies of the examples), within the upload limit; never the app's own outputs (mtan/uploads.py).
 UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_file_size), excluded=[OUT_ROOT])
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
+predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
 
 
 def get_model(key: str | None) -> serve.LoadedModel:
@@ -164,7 +166,7 @@ def run_photo(image, model, resolution, mirror) -> tuple[serve.Prediction, serve
         except serve.ImageLoadError as e:
             raise refusal("predict", str(e)) from None
         del data
-        pred = serve.predict_photo(loaded, photo, box, stem=safe_stem(name), flip=bool(mirror))
+        pred = predict_on_device(loaded, photo, box, stem=safe_stem(name), flip=bool(mirror))
         pred.notes = notes + serve.processing_notes(pred.size, pred.processing_size)
         EXAMPLE_CACHE.put(cache_key, pred)
     pred.resolution = resolution

@@ -1,4 +1,4 @@
-"""Hugging Face Hub helpers: finding a model's files, model cards, pushing a run folder.
+"""Hugging Face Hub helpers: a model's files, model cards, pushing a run folder, the app as a Space.
 
 A model folder (local or a Hub repo) holds ``config.json``, ``model.safetensors`` and a model
 card ``README.md``. Only safetensors weights are ever loaded: pickle files can run code.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
@@ -301,6 +302,108 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
     return url
 
 
+# ---- a Gradio Space of the app ------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Binary files go through Git LFS on the Hub: a plain `git push` of a Space is refused without it.
+LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.npz", "*.npy", "*.zip", "*.png", "*.jpg",
+                "*.jpeg", "*.webp", "*.gif", "*.mp4")
+GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
+
+SPACE_CARD = """---
+title: {title}
+emoji: 🚦
+colorFrom: indigo
+colorTo: green
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+python_version: "3.11"
+models: [{models}]
+license: mit
+short_description: Segmentation and depth from one street photo (MTAN)
+pinned: false
+---
+
+# {title}
+
+Upload a street photo: one Multi-Task Attention Network (MTAN, Liu, Johns and Davison, CVPR 2019)
+labels every pixel with the 7 CityScapes categories and estimates how far away it is, and shows
+which features each task's attention masks select. The model: {model_line}.
+
+Made with mtan, the open-source home of MTAN; its `python -m mtan.hub deploy-space USER/SPACE`
+updates this Space.
+"""
+
+
+def space_files(space_id: str, model: str | None = None, zerogpu: bool = False,
+                root: Path = REPO_ROOT) -> dict[str, Path | str]:
+    """What a Space of the app holds, by its path in the Space: a file of this project, or a text
+    written for the Space (its card, requirements, ``.gitattributes``). With ``model`` (a Hub
+    model id) the Space loads that model; without, it carries the default model in ``weights/``."""
+    files: dict[str, Path | str] = {"app.py": root / "app.py", "LICENSE": root / "LICENSE"}
+    files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "mtan").rglob("*.py"))})
+    files.update({f"examples/{p.name}": p for p in sorted((root / "examples").glob("*.jpg"))})
+    if model is None:
+        weights = [p for p in sorted((root / "weights").glob("*")) if p.suffix in (".json", ".safetensors", ".md")]
+        if not any(p.name == "model.safetensors" for p in weights):
+            raise ModelConfigError(f"{root / 'weights'} holds no model.safetensors: give --model USER/MODEL")
+        files.update({f"weights/{p.name}": p for p in weights})
+    requirements = (root / "requirements.txt").read_text()
+    files["requirements.txt"] = requirements.rstrip() + ("\nspaces\n" if zerogpu else "\n")
+    import gradio
+
+    title = space_id.split("/")[-1].replace("-", " ").replace("_", " ").strip() or "mtan"
+    files["README.md"] = SPACE_CARD.format(
+        title=title[:1].upper() + title[1:], gradio_version=gradio.__version__, models=model or "",
+        model_line=f"[{model}](https://huggingface.co/{model})" if model else
+        "the small default model in `weights/` (its card is there)")
+    files[".gitattributes"] = GITATTRIBUTES
+    return files
+
+
+def deploy_space(space_id: str, model: str | None = None, hardware: str | None = None, private: bool = False,
+                 token: str | None = None, log=print) -> str | None:
+    """Create or update the Gradio Space ``space_id`` with the app (and the default model, or the
+    ``model`` repo id as its ``MTAN_MODEL``). ``hardware`` e.g. ``cpu-basic``, ``t4-small`` or
+    ``zero-a10g`` (ZeroGPU: the ``spaces`` package joins the requirements). Returns the Space's URL,
+    or None after saying why it failed (nothing here is changed)."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    zerogpu = bool(hardware and hardware.startswith("zero"))
+    files = space_files(space_id, model, zerogpu)
+    retry = f"python -m mtan.hub deploy-space {space_id}" + (f" --model {model}" if model else "") + \
+        (f" --hardware {hardware}" if hardware else "")
+    with tempfile.TemporaryDirectory(prefix="mtan-space-") as staging:
+        for name, source in files.items():
+            target = Path(staging) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, Path):
+                shutil.copyfile(source, target)
+            else:
+                target.write_text(source)
+        try:
+            api = HfApi(token=token)
+            repo = api.create_repo(repo_id=space_id, repo_type="space", space_sdk="gradio", private=private,
+                                   exist_ok=True)
+            space_id = getattr(repo, "repo_id", space_id)
+            if model:
+                api.add_space_variable(space_id, "MTAN_MODEL", model)
+            api.upload_folder(repo_id=space_id, repo_type="space", folder_path=staging,
+                              commit_message="Deploy the mtan app")
+            if hardware:
+                api.request_space_hardware(space_id, hardware)
+        except Exception as e:  # offline, no token, no permission, unknown hardware ...
+            log(f"deploying the Space failed ({_error_text(f'{type(e).__name__}: {e}', token)}); retry with: "
+                f"{retry}  (log in first with `hf auth login` or set HF_TOKEN)")
+            return None
+    url = f"https://huggingface.co/spaces/{space_id}"
+    log(f"deployed {len(files)} files to {url}")
+    return url
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -310,9 +413,17 @@ def main(argv=None) -> int:
     push.add_argument("run_dir", help="a training run folder or a save_pretrained folder")
     push.add_argument("repo_id", help="USER/REPO on the Hugging Face Hub")
     push.add_argument("--private", action="store_true", help="create the repo as private")
+    space = sub.add_parser("deploy-space", help="create or update a Gradio Space with the app")
+    space.add_argument("space_id", help="USER/SPACE on the Hugging Face Hub")
+    space.add_argument("--model", default=None, help="a Hub model id for the Space to load (default: ship weights/)")
+    space.add_argument("--hardware", default=None, help="cpu-basic, t4-small, zero-a10g (ZeroGPU) ...")
+    space.add_argument("--private", action="store_true", help="create the Space as private")
     args = p.parse_args(argv)
     try:
-        url = push_run(args.run_dir, args.repo_id, private=args.private)
+        if args.command == "deploy-space":
+            url = deploy_space(args.space_id, args.model, args.hardware, private=args.private)
+        else:
+            url = push_run(args.run_dir, args.repo_id, private=args.private)
     except ModelConfigError as e:
         import sys
 

@@ -1,11 +1,14 @@
 """save_pretrained / from_pretrained: identical models, safetensors only, clear errors."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from mtan import MTAN, ModelConfigError
 from mtan.hub import HubUnavailableError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def trained_a_little(model):
@@ -103,3 +106,107 @@ def test_unreachable_hub_gives_a_clear_error(tmp_path, tiny_model):
         MTAN.from_pretrained("someone/not-cached", cache_dir=tmp_path, local_files_only=True)
     with pytest.raises(ModelConfigError, match="no such model folder"):
         MTAN.from_pretrained(str(tmp_path / "missing" / "folder"))
+
+
+# ---- the app as a Space, tested up to the network boundary ---------------------------------------
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """HfApi's network calls replaced at the last step: each records what it was given (the staged
+    Space's files are read while the upload is running, as the Hub would receive them)."""
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, repo_type=None, space_sdk=None, private=False, exist_ok=False, **kw):
+        calls["create"] = dict(repo_id=repo_id, repo_type=repo_type, space_sdk=space_sdk, private=private)
+        return type("Repo", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, repo_type=None, **kw):
+        root = Path(folder_path)
+        calls["upload"] = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        calls["upload_repo"] = (repo_id, repo_type)
+
+    def add_space_variable(self, repo_id, key, value, **kw):
+        calls.setdefault("variables", {})[key] = value
+
+    def request_space_hardware(self, repo_id, hardware, **kw):
+        calls["hardware"] = hardware
+
+    for name, fn in (("create_repo", create_repo), ("upload_folder", upload_folder),
+                     ("add_space_variable", add_space_variable), ("request_space_hardware", request_space_hardware)):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
+    return calls
+
+
+def test_deploy_space_with_the_default_model(hub_calls):
+    from mtan.hub import main
+
+    assert main(["deploy-space", "someone/mtan-demo"]) == 0
+    assert hub_calls["create"] == dict(repo_id="someone/mtan-demo", repo_type="space", space_sdk="gradio",
+                                       private=False)
+    files = hub_calls["upload"]
+    assert hub_calls["upload_repo"] == ("someone/mtan-demo", "space")
+    assert {"app.py", "requirements.txt", "README.md", ".gitattributes", "LICENSE", "mtan/__init__.py",
+            "mtan/serve/prediction.py", "weights/model.safetensors", "weights/config.json"} <= set(files)
+    assert not any(name.startswith(("tests/", "benchmarks/", "docs/")) for name in files)
+    assert sum(name.startswith("examples/") for name in files) >= 8
+    assert files["weights/model.safetensors"] == (REPO / "weights" / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    front = card.split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front and "models: []" in front
+    assert "Mtan demo" in card and "weights/" in card
+    assert "*.safetensors filter=lfs" in files[".gitattributes"].decode()
+    assert "*.jpg filter=lfs" in files[".gitattributes"].decode()
+    assert b"spaces" not in files["requirements.txt"] and "variables" not in hub_calls
+
+
+def test_deploy_space_with_a_hub_model_on_zerogpu(hub_calls):
+    from mtan.hub import deploy_space
+
+    messages = []
+    url = deploy_space("someone/mtan-gpu", model="someone/mtan-streets", hardware="zero-a10g", log=messages.append)
+    assert url == "https://huggingface.co/spaces/someone/mtan-gpu"
+    files = hub_calls["upload"]
+    assert not any(name.startswith("weights/") for name in files)  # the Space loads the model from the Hub
+    assert hub_calls["variables"] == {"MTAN_MODEL": "someone/mtan-streets"}
+    assert hub_calls["hardware"] == "zero-a10g" and files["requirements.txt"].decode().splitlines()[-1] == "spaces"
+    assert "models: [someone/mtan-streets]" in files["README.md"].decode()
+
+
+def test_deploy_space_offline_says_how_to_retry(monkeypatch):
+    import huggingface_hub
+
+    from mtan.hub import deploy_space
+
+    def offline(self, *a, **kw):
+        raise OSError("Name or service not known (token hf_secret_token_for_test)")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    messages = []
+    assert deploy_space("someone/x", token="hf_secret_token_for_test", log=messages.append) is None
+    assert "retry with: python -m mtan.hub deploy-space someone/x" in messages[0]
+    assert "hf_secret_token_for_test" not in messages[0]
+
+
+def test_the_gpu_decorator_is_applied_on_zerogpu_only(monkeypatch):
+    import sys
+    import types
+
+    from mtan.serve.zerogpu import gpu_task
+
+    def work():
+        return 1
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert gpu_task(work) is work  # a laptop, a CPU Space: unchanged, `spaces` not needed
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    seen = {}
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda fn, duration=None: seen.setdefault("wrapped", (fn, duration)) and fn
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert gpu_task(work, duration=30) is work and seen["wrapped"] == (work, 30)
+    monkeypatch.setitem(sys.modules, "spaces", None)  # ZeroGPU without the package: a clear message
+    with pytest.raises(RuntimeError, match="add `spaces` to requirements.txt"):
+        gpu_task(work)
