@@ -326,7 +326,7 @@ def redraw_depth(pred, colormap, compare):
     if pred is None:
         return gr.skip(), gr.skip(), gr.skip()
     depth, bar = views.depth_view(pred, colormap)
-    after = views.compared_view(pred, compare, colormap) if compare == "depth" else None
+    after = views.compared_view(pred, compare, colormap, depth=depth) if compare == "depth" else None
     depth, photo, after = as_files(pred.stem, depth=depth, photo=pred.photo if after else None, compare=after)
     return depth, bar, (photo, after) if after else gr.skip()
 

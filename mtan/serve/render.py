@@ -44,6 +44,12 @@ def apply_lut(index: np.ndarray, name: str) -> np.ndarray:
     return lookup_colours(index, colormap_lut(name))
 
 
+def gradient_stops(name: str) -> str:
+    """A colormap as the stops of a CSS ``linear-gradient`` (16 of them), for colour bars."""
+    lut = colormap_lut(name)
+    return ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
+
+
 def _to_index(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     v = np.nan_to_num((values.astype(np.float32) - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)
@@ -154,8 +160,7 @@ def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMA
     Nothing below zero is shown: a value at or below 0 reads as farther than the scale goes."""
     lo, hi = (max(0.0, v) for v in limits)
     hi = max(hi, lo + 1e-9)
-    lut = colormap_lut(cmap)
-    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
+    stops = gradient_stops(cmap)
     values = [lo + (hi - lo) * i / (ticks - 1) for i in range(ticks)]
     if task.metres_formula:
         labels = [_distance(m) for m in _metres(task, values)]
@@ -327,8 +332,7 @@ def _shared_top(arrays) -> float:
 
 def scale_bar_html(top: float, cmap: str = ATTENTION_COLORMAP, ticks: int = 5) -> str:
     """The attention views' one colour scale, from 0 (closed) to ``top``."""
-    lut = colormap_lut(cmap)
-    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 15:.1f}%" for i, (r, g, b) in enumerate(lut[::17][:16]))
+    stops = gradient_stops(cmap)
     labels = "".join(f"<span>{top * i / (ticks - 1):.2f}</span>" for i in range(ticks))
     return (f'<div class="mtan-colorbar" data-top="{top:.2f}"><div class="mtan-colorbar-title">'
             f'Mask value, one scale for every picture: 0 = feature blocked … {top:.2f}</div>'

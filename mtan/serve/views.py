@@ -27,17 +27,19 @@ def depth_view(pred: Prediction, colormap: str):
             render.colorbar_html(dep, limits, colormap))
 
 
-def compared_view(pred: Prediction, compare: str, colormap: str):
+def compared_view(pred: Prediction, compare: str, colormap: str, depth: Image.Image | None = None,
+                  normals: Image.Image | None = None):
     """What the before/after slider sets against the photo: the class map itself (not the overlay,
-    which is mostly photo), the coloured depth or the normals."""
+    which is mostly photo), the coloured depth or the normals (``depth``, ``normals``: those views
+    when already drawn, not drawn again)."""
     sem, nor = pred.first("semantic"), pred.first("normal")
     if compare == "depth" and pred.first("depth"):
-        return depth_view(pred, colormap)[0]
+        return depth if depth is not None else depth_view(pred, colormap)[0]
     if compare == "normals" and nor:
-        return render.normals_to_rgb(pred.normals[nor.name], pred.size)
+        return normals if normals is not None else render.normals_to_rgb(pred.normals[nor.name], pred.size)
     if sem:
         return Image.fromarray(render.colorize_labels(pred.labels[sem.name], sem.class_set.palette), "RGB")
-    return depth_view(pred, colormap)[0]
+    return depth if depth is not None else depth_view(pred, colormap)[0]
 
 
 def show_main(pred: Prediction, opacity: float, colormap: str, compare: str):
@@ -45,7 +47,8 @@ def show_main(pred: Prediction, opacity: float, colormap: str, compare: str):
     nor = pred.first("normal")
     depth, bar = depth_view(pred, colormap)
     normals = render.normals_to_rgb(pred.normals[nor.name], pred.size) if nor else None
-    return segmentation_view(pred, opacity), depth, bar, (pred.photo, compared_view(pred, compare, colormap)), normals
+    after = compared_view(pred, compare, colormap, depth=depth, normals=normals)
+    return segmentation_view(pred, opacity), depth, bar, (pred.photo, after), normals
 
 
 def show_attention(pred: Prediction, task: str, part: str, stage: float, channel: float):
