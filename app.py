@@ -20,21 +20,26 @@ import os
 import signal
 import sys
 import functools
+import math
 import hashlib
 import traceback
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import torch
 
 from mtan import serve
+from mtan.records import DEFAULT_RESOLUTION, RESOLUTIONS
 from mtan.serve import render
 from mtan.serve import views
 from mtan.serve.card import split_card
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
 from mtan.serve.guard import RequestGuard, refusal
+from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, build_scene, write_glb, write_ply
 from mtan.serve.settings import byte_size, parse_args
 from mtan.serve.uploads import UploadPolicy
+from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS, LiveSession, VideoError, VideoLimits, process_clip
 from mtan.serve.zerogpu import gpu_task
 
 
@@ -67,6 +72,11 @@ GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 m
 # The only files a request may make the app read: regular files gradio stored from an upload (or
 # its copies of the examples), within the upload limit; never the app's own outputs (mtan/uploads.py).
 UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_file_size), excluded=[OUT_ROOT])
+VIDEO_UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_video_size), excluded=[OUT_ROOT],
+                                    noun="video clip")
+GRADIO_MAX_FILE_SIZE = max(byte_size(ARGS.max_file_size), byte_size(ARGS.max_video_size))  # each kind: its policy
+VIDEO_LIMITS = VideoLimits(ARGS.max_video_seconds, ARGS.max_video_fps, ARGS.max_video_pixels)
+LIVE_RESOLUTION = (128, 256)  # the webcam runs small, for a smooth frame rate
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
 
@@ -140,6 +150,15 @@ def guarded(fn):
     return run
 
 
+def checked_resolution(loaded: serve.LoadedModel, resolution: str, event: str) -> tuple[int, int]:
+    """The (h, w) box of a processing resolution the model offers, or the message that says which it offers."""
+    advice = loaded.resolutions
+    if resolution not in advice.offered:
+        reason = advice.reasons.get(resolution, f"{resolution} is not a processing resolution of this app")
+        raise refusal(event, f"{reason}; choose {', '.join(advice.offered)}.")
+    return serve.parse_resolution(resolution)
+
+
 def run_photo(image, model, resolution, mirror) -> tuple[serve.Prediction, serve.LoadedModel]:
     """The network's outputs for an upload (or an example, from the example cache) and the model
     that ran. No view or download is drawn here."""
@@ -152,12 +171,8 @@ def run_photo(image, model, resolution, mirror) -> tuple[serve.Prediction, serve
         raise refusal("predict", str(e)) from None
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
     loaded = get_model(model)
-    advice = loaded.resolutions
-    resolution = resolution or advice.default
-    if resolution not in advice.offered:
-        reason = advice.reasons.get(resolution, f"{resolution} is not a processing resolution of this app")
-        raise refusal("predict", f"{reason}; choose {', '.join(advice.offered)}.")
-    box = serve.parse_resolution(resolution)
+    resolution = resolution or loaded.resolutions.default
+    box = checked_resolution(loaded, resolution, "predict")
     cache_key = EXAMPLE_CACHE.key(hashlib.sha1(data).hexdigest(), loaded.key, resolution + "+mirror" * bool(mirror))
     pred = EXAMPLE_CACHE.get(cache_key)
     if pred is None:
@@ -262,6 +277,114 @@ def attention_masks(pred):
         path, note = write_masks(pred, folder)
         pred.masks_file, pred.masks_note = str(path), note
     return pred.masks_file, pred.masks_note
+
+
+# ---- video, the live webcam and the scene in 3D ----------------------------------------------------
+
+
+def video_resolutions(loaded: serve.LoadedModel | None) -> tuple[list[str], str]:
+    """The processing resolutions for clips and the webcam: every one up to the model's photo
+    default (frames per second count more than for a photo), the smallest first and by default."""
+    default = serve.parse_resolution(loaded.resolutions.default if loaded else DEFAULT_RESOLUTION)
+    offered = [r for r in RESOLUTIONS if math.prod(serve.parse_resolution(r)) <= math.prod(default)]
+    return offered, offered[0]
+
+
+@guarded
+def predict_video(video, model, resolution, layout, smoothing, colormap, opacity, progress=gr.Progress()):
+    """Segment and estimate the depth of every frame of a street clip (``/predict_video``).
+
+    Returns the output video (H.264 MP4 at the clip's frame rate, photo | segmentation | depth side
+    by side or the chosen ``layout``) and a summary. ``smoothing`` (0 to 0.9): how much of the
+    previous frames' outputs each frame keeps (less flicker). Limits: ``--max-video-*``."""
+    if video is None:
+        raise refusal("predict_video", "Upload a video clip first (MP4, WebM or MOV).")
+    try:
+        path = VIDEO_UPLOADS.check(video.get("path") if isinstance(video, dict) else video)
+    except ValueError as e:
+        raise refusal("predict_video", str(e)) from None
+    name = (video.get("orig_name") if isinstance(video, dict) else None) or path.name
+    loaded = get_model(model)
+    offered, default = video_resolutions(loaded)
+    if (resolution or default) not in offered:
+        raise refusal("predict_video", f"{resolution} is not a processing resolution for clips; choose "
+                                       f"{', '.join(offered)}.")
+    box = serve.parse_resolution(resolution or default)
+    out = DOWNLOADS.new() / f"{safe_stem(name)}_mtan.mp4"
+    progress(0, desc="Reading the clip")
+    try:
+        result = process_clip(loaded, path, out, box, VIDEO_LIMITS, layout, float(smoothing or 0), colormap, opacity,
+                              progress=lambda done, total: progress((done, total), desc="Frames", unit="frames"))
+    except VideoError as e:
+        raise refusal("predict_video", str(e)) from None
+    h, w = result.processing_size
+    summary = (f"**{serve.model_label(loaded.key)}** · {result.frames} frames at {float(result.fps):.3g} frames/s · "
+               f"network input {w}x{h} · {result.seconds:.1f} s ({result.frames_per_second:.1f} frames/s; network "
+               f"{result.seconds_network:.1f} s) on {REGISTRY.device}")
+    return str(result.path), "\n\n".join([summary] + [f"⚠️ {n}" for n in result.notes])
+
+
+def page_video(video, *args, progress=gr.Progress()):
+    """The page's clip run: the video and its summary, or the one message that says why not."""
+    if video is None:
+        return None, ""
+    try:
+        return predict_video(video, *args, progress=progress)
+    except gr.Error as e:
+        return None, f"⚠️ **{e.message}**"
+
+
+def live_frame(frame, model, layout, session):
+    """One webcam frame of the live view: the chosen views of it, the frame rate, the session."""
+    if frame is None:
+        return gr.skip(), gr.skip(), session
+    try:
+        data = UPLOADS.read(frame.get("path") if isinstance(frame, dict) else frame)
+        photo, _ = serve.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
+        loaded = get_model(model)
+    except (ValueError, serve.ImageLoadError, gr.Error):
+        return gr.skip(), gr.skip(), session  # a bad frame: the stream goes on with the next one
+    try:
+        if session is None or session.key != loaded.key or session.layout != layout:
+            session = LiveSession(loaded, LIVE_RESOLUTION, layout if layout in LAYOUTS else "segmentation | depth")
+        picture = session(np.asarray(photo))
+        return picture, session.describe(), session
+    finally:
+        serve.release_memory()
+
+
+def scene_of(pred: serve.Prediction, fov, max_metres, colouring, event: str = "predict_3d"):
+    """The 3D scene of a prediction: the GLB for the viewer, the GLB and PLY to download, a caption."""
+    try:
+        scene = build_scene(pred, float(fov), float(max_metres), colouring if colouring in COLOURINGS else "photo")
+    except ValueError as e:
+        raise refusal(event, str(e)) from None
+    folder = DOWNLOADS.new()
+    glb, ply = write_glb(scene, folder / f"{pred.stem}_3d.glb"), write_ply(scene, folder / f"{pred.stem}_3d.ply")
+    return str(glb), [str(glb), str(ply)], scene.describe()
+
+
+@guarded
+def predict_3d(image, model, resolution, fov=DEFAULT_FOV, max_metres=DEFAULT_MAX_METRES, colouring="photo",
+               mirror=False):
+    """The photo's depth as a 3D scene in metres (``/predict_3d``): a coloured mesh (GLB), the
+    GLB and a coloured point cloud (PLY) to download, and a caption (points, triangles, the camera
+    assumed). ``fov``: the camera's horizontal field of view in degrees; pixels farther than
+    ``max_metres`` and the sky are left out; ``colouring``: ``photo`` or ``segmentation``."""
+    pred, _ = run_photo(image, model, resolution, mirror)
+    return scene_of(pred, fov, max_metres, colouring)
+
+
+def page_scene(pred, shown, fov, max_metres, colouring):
+    """The page's 3D view: built when its section is open and a photo has run."""
+    if pred is None or not shown:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        return scene_of(pred, fov, max_metres, colouring, event="scene")
+    except gr.Error as e:
+        return None, None, f"⚠️ {e.message}"
+    finally:
+        serve.release_memory()
 
 
 # ---- the page's own events: one message for a problem, never an error on every output ------------
@@ -369,7 +492,8 @@ def on_model_change(model):
             gr.update(choices=compare, value=compare[0] if compare else None),
             gr.update(visible="normals" in compare),
             gr.update(choices=loaded.resolutions.offered, value=loaded.resolutions.default,
-                      info=resolution_info(loaded)))
+                      info=resolution_info(loaded)),
+            gr.update(choices=video_resolutions(loaded)[0], value=video_resolutions(loaded)[1]))
 
 
 # ---- the page: results first, then what explains them --------------------------------------------
@@ -413,56 +537,102 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                          elem_classes="mtan-notice", elem_id="notice")
     error = gr.Markdown(visible=False, elem_classes="mtan-error", elem_id="error")
     state = gr.State(None, time_to_live=SESSION_TTL_S)
-    with gr.Row(equal_height=False, elem_id="results"):
-        with gr.Column(min_width=300):
-            image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
-                             label="Your street photo", elem_id="input-image", height=300)
-        with gr.Column(min_width=300):
-            seg_view = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation", height=300,
-                                interactive=False)
-            legend = gr.HTML(elem_id="legend")
-            opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
-        with gr.Column(min_width=300):
-            depth_box = gr.Image(label="Depth", format="jpeg", elem_id="depth", height=300, interactive=False)
-            colorbar = gr.HTML(elem_id="colorbar")
-            colormap = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
-                                   elem_id="colormap")
-    summary = gr.Markdown(elem_id="summary")
-    normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
-                            visible=bool(DEFAULT_MODEL and "normals" in first_compare), interactive=False)
-    if EXAMPLES:
-        examples = gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], examples_per_page=12,
-                               label="Examples: generated street scenes (not photos), click one to run it",
-                               elem_id="examples")
-    with gr.Accordion("Before / after", open=True):
-        compare = gr.Radio(first_compare, value=first_compare[0] if first_compare else None,
-                           label="Slide between the photo and its", elem_id="compare-choice")
-        slider = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare", interactive=False)
-    with gr.Accordion("Attention: what each task looks at", open=True, elem_id="attention-section"):
-        gr.Markdown(HOW_TO_READ)
-        with gr.Row():
-            att_part = gr.Radio(list(render.PARTS), value="encoder", label="Part of the network", elem_id="att-part")
-            att_level = gr.Slider(1, 5, value=1, step=1, label="Stage (1 = full size ... 5 = 1/16)",
-                                  elem_id="att-level")
-            att_channel = gr.Slider(0, 512, value=0, step=1, label="Channel (0 = the mean of all)",
-                                    elem_id="att-channel")
-        att_panel = gr.Image(label="Each task's mask, and where they differ", format="jpeg", elem_id="attention-panel",
-                             interactive=False)
-        att_bar = gr.HTML(elem_id="attention-bar")
-        att_caption = gr.Markdown(elem_id="attention-caption")
-        with gr.Accordion("Every stage at once", open=False, elem_id="all-masks"):
-            att_overview = gr.Image(label="Every stage (mean over channels), one colour scale", format="jpeg",
-                                    elem_id="attention-overview", interactive=False)
-            att_stats = gr.Markdown(elem_id="attention-stats")
-    with gr.Accordion("Downloads", open=True, elem_id="downloads-section"):
-        downloads = gr.File(label="Class ids, coloured segmentation, 16-bit and 8-bit depth, depth .npy",
-                            file_count="multiple", elem_id="downloads", interactive=False)
-        download_notes = gr.Markdown()
-        masks_button = gr.Button("Prepare every attention mask as one .npz (about 14 MB)", size="sm",
-                                 elem_id="masks-button")
-        masks_file = gr.File(label="Attention masks (.npz; mask = stored / 255)", elem_id="masks-download",
-                             interactive=False)
-        masks_note = gr.Markdown()
+    scene_shown = gr.State(False)  # whether the 3D section is open (then each photo builds its scene)
+    live_session = gr.State(None, time_to_live=SESSION_TTL_S)
+    with gr.Tabs(elem_id="modes"):
+        with gr.Tab("Photo", id="photo", elem_id="photo-tab"):
+            with gr.Row(equal_height=False, elem_id="results"):
+                with gr.Column(min_width=300):
+                    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                                     label="Your street photo", elem_id="input-image", height=300)
+                with gr.Column(min_width=300):
+                    seg_view = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation", height=300,
+                                        interactive=False)
+                    legend = gr.HTML(elem_id="legend")
+                    opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
+                with gr.Column(min_width=300):
+                    depth_box = gr.Image(label="Depth", format="jpeg", elem_id="depth", height=300, interactive=False)
+                    colorbar = gr.HTML(elem_id="colorbar")
+                    colormap = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
+                                           elem_id="colormap")
+            summary = gr.Markdown(elem_id="summary")
+            normals_view = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
+                                    visible=bool(DEFAULT_MODEL and "normals" in first_compare), interactive=False)
+            if EXAMPLES:
+                examples = gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], examples_per_page=12,
+                                       label="Examples: generated street scenes (not photos), click one to run it",
+                                       elem_id="examples")
+            with gr.Accordion("Before / after", open=True):
+                compare = gr.Radio(first_compare, value=first_compare[0] if first_compare else None,
+                                   label="Slide between the photo and its", elem_id="compare-choice")
+                slider = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare", interactive=False)
+            with gr.Accordion("The scene in 3D", open=False, elem_id="scene-section") as scene_section:
+                gr.Markdown("The depth map as a scene in metres: drag to turn it, scroll to zoom. The camera is "
+                            "assumed, not measured; the sky and far pixels are left out.")
+                scene_view = gr.Model3D(label="The photo in 3D (metres)", elem_id="scene", interactive=False,
+                                        clear_color=(0.08, 0.08, 0.1, 1.0), camera_position=(90, 90, None))
+                with gr.Row():
+                    scene_fov = gr.Slider(20, 120, value=DEFAULT_FOV, step=1, elem_id="scene-fov",
+                                          label="Camera's horizontal field of view (degrees; a phone's is about 65)")
+                    scene_far = gr.Slider(5, 200, value=DEFAULT_MAX_METRES, step=5, elem_id="scene-far",
+                                          label="Leave out what is farther than (metres)")
+                    scene_colours = gr.Radio(list(COLOURINGS), value="photo", label="Colours",
+                                             elem_id="scene-colours")
+                scene_caption = gr.Markdown(elem_id="scene-caption")
+                scene_files = gr.File(label="Mesh (.glb) and point cloud (.ply)", file_count="multiple",
+                                      elem_id="scene-downloads", interactive=False)
+            with gr.Accordion("Attention: what each task looks at", open=True, elem_id="attention-section"):
+                gr.Markdown(HOW_TO_READ)
+                with gr.Row():
+                    att_part = gr.Radio(list(render.PARTS), value="encoder", label="Part of the network",
+                                        elem_id="att-part")
+                    att_level = gr.Slider(1, 5, value=1, step=1, label="Stage (1 = full size ... 5 = 1/16)",
+                                          elem_id="att-level")
+                    att_channel = gr.Slider(0, 512, value=0, step=1, label="Channel (0 = the mean of all)",
+                                            elem_id="att-channel")
+                att_panel = gr.Image(label="Each task's mask, and where they differ", format="jpeg",
+                                     elem_id="attention-panel", interactive=False)
+                att_bar = gr.HTML(elem_id="attention-bar")
+                att_caption = gr.Markdown(elem_id="attention-caption")
+                with gr.Accordion("Every stage at once", open=False, elem_id="all-masks"):
+                    att_overview = gr.Image(label="Every stage (mean over channels), one colour scale", format="jpeg",
+                                            elem_id="attention-overview", interactive=False)
+                    att_stats = gr.Markdown(elem_id="attention-stats")
+            with gr.Accordion("Downloads", open=True, elem_id="downloads-section"):
+                downloads = gr.File(label="Class ids, coloured segmentation, 16-bit and 8-bit depth, depth .npy",
+                                    file_count="multiple", elem_id="downloads", interactive=False)
+                download_notes = gr.Markdown()
+                masks_button = gr.Button("Prepare every attention mask as one .npz (about 14 MB)", size="sm",
+                                         elem_id="masks-button")
+                masks_file = gr.File(label="Attention masks (.npz; mask = stored / 255)", elem_id="masks-download",
+                                     interactive=False)
+                masks_note = gr.Markdown()
+        with gr.Tab("Video", id="video", elem_id="video-tab"):
+            gr.Markdown(f"Upload a short street clip (MP4, WebM or MOV): every frame is labelled and its depth "
+                        f"estimated, and the result comes back as a video at the clip's frame rate. This app takes "
+                        f"{VIDEO_LIMITS.describe()}, files up to {ARGS.max_video_size.upper()}.")
+            with gr.Row(equal_height=False):
+                video_in = gr.Video(sources=["upload"], label="Your street clip", elem_id="video-input", height=300)
+                video_out = gr.Video(label="Result", elem_id="video-output", height=300, interactive=False)
+            video_summary = gr.Markdown(elem_id="video-summary")
+            with gr.Row():
+                video_layout = gr.Radio(list(LAYOUTS), value=DEFAULT_LAYOUT, label="Views", elem_id="video-layout")
+                video_offered, video_default = video_resolutions(DEFAULT_MODEL)
+                video_resolution = gr.Radio(video_offered, value=video_default, elem_id="video-resolution",
+                                            label="Processing resolution (smaller runs faster)")
+                video_smoothing = gr.Slider(0, 0.9, value=0.5, step=0.1, elem_id="video-smoothing",
+                                            label="Smoothing over frames (0 = off; more = steadier, slower to follow)")
+            video_button = gr.Button("Run the clip again with these settings", elem_id="video-run")
+        with gr.Tab("Live webcam", id="live", elem_id="live-tab"):
+            gr.Markdown("Allow the camera, then point it at a street: each frame is labelled and its depth estimated "
+                        f"at {LIVE_RESOLUTION[1]}x{LIVE_RESOLUTION[0]}, as fast as this server manages.")
+            with gr.Row(equal_height=False):
+                live_in = gr.Image(sources=["webcam"], streaming=True, type="filepath", label="Your camera",
+                                   elem_id="live-input", height=300)
+                live_out = gr.Image(label="Live result", elem_id="live-output", height=300, interactive=False,
+                                    format="jpeg")
+            live_rate = gr.Markdown(elem_id="live-rate")
+            live_layout = gr.Radio(list(LAYOUTS), value="segmentation | depth", label="Views", elem_id="live-layout")
     with gr.Accordion("Settings: model, processing resolution, mirror", open=False, elem_id="settings"):
         model = gr.Dropdown(REGISTRY.choices(), value=REGISTRY.default_key, label="Model",
                             interactive=len(REGISTRY.sources) > 1, elem_id="model")
@@ -507,13 +677,35 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                      scroll_to_output=True, **inference)
     run_details = dict(fn=page_details, inputs=[state] + PAGE_ATTENTION, outputs=DETAIL_OUTPUTS,
                        api_visibility="private", show_progress="hidden")
-    image.upload(**run_views).then(**run_details)
-    model.input(on_model_change, [model], [notice, card, card_rest, attention_task, compare, normals_view, resolution],
-                api_visibility="private").then(**run_views).then(**run_details)
-    resolution.input(**run_views).then(**run_details)
-    mirror.input(**run_views).then(**run_details)
+    # The 3D view: built for each photo while its section is open, and when a setting is let go.
+    scene_inputs, scene_outputs = [state, scene_shown, scene_fov, scene_far, scene_colours], [scene_view, scene_files,
+                                                                                               scene_caption]
+    run_scene = dict(fn=page_scene, inputs=scene_inputs, outputs=scene_outputs, api_visibility="private",
+                     show_progress="minimal")
+    image.upload(**run_views).then(**run_details).then(**run_scene)
+    model.input(on_model_change, [model], [notice, card, card_rest, attention_task, compare, normals_view, resolution,
+                                           video_resolution], api_visibility="private"
+                ).then(**run_views).then(**run_details).then(**run_scene)
+    resolution.input(**run_views).then(**run_details).then(**run_scene)
+    mirror.input(**run_views).then(**run_details).then(**run_scene)
     if EXAMPLES:
-        examples.load_input_event.then(**run_views).then(**run_details)
+        examples.load_input_event.then(**run_views).then(**run_details).then(**run_scene)
+    scene_section.expand(lambda: True, None, [scene_shown], api_visibility="private").then(**run_scene)
+    scene_section.collapse(lambda: False, None, [scene_shown], api_visibility="private")
+    gr.on([scene_fov.release, scene_far.release, scene_colours.input], trigger_mode="always_last", **run_scene)
+    gr.Button(visible=False).click(predict_3d, [image, model, resolution, scene_fov, scene_far, scene_colours, mirror],
+                                   scene_outputs, api_name="predict_3d", **inference)
+    # Video: a clip runs when it arrives (and again on the button), one at a time beside the photos.
+    video_inputs = [video_in, model, video_resolution, video_layout, video_smoothing, colormap, opacity]
+    clips = dict(concurrency_limit=1, concurrency_id="video", preprocess=False)
+    gr.Button(visible=False).click(predict_video, video_inputs, [video_out, video_summary], api_name="predict_video",
+                                   **clips)
+    gr.on([video_in.upload, video_button.click], page_video, video_inputs, [video_out, video_summary],
+          api_visibility="private", **clips)
+    # The live webcam: each streamed frame, answered in order, a few a second.
+    live_in.stream(live_frame, [live_in, model, live_layout, live_session], [live_out, live_rate, live_session],
+                   stream_every=0.2, time_limit=600, api_name="live_frame", concurrency_limit=CONCURRENCY,
+                   concurrency_id="live", preprocess=False)
     redraw = dict(api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     opacity.input(redraw_segmentation, [state, opacity], [seg_view], **redraw)
     colormap.input(redraw_depth, [state, colormap, compare], [depth_box, colorbar, slider], **redraw)
@@ -523,7 +715,8 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
     att_part.input(attention_overview, [state, att_part], [att_overview, att_stats], **redraw)
 
 # Every value of every event checked before gradio touches it (compare, task, resolution: choices per model).
-RequestGuard(UPLOADS, open_choices=[compare, attention_task, resolution]).install(demo)
+RequestGuard(UPLOADS, open_choices=[compare, attention_task, resolution, video_resolution],
+             video_policy=VIDEO_UPLOADS).install(demo)
 OTHER_CONCURRENCY = 4  # redraws and the attention overview (no network run) at once
 demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
 
@@ -531,6 +724,8 @@ demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size
 LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "queue_size": ARGS.queue_size,
           "max_sessions": ARGS.max_sessions, "session_ttl_s": SESSION_TTL_S, "max_pixels": ARGS.max_pixels,
           "max_image_pixels": ARGS.max_image_pixels, "max_file_size": ARGS.max_file_size,
+          "max_video_size": ARGS.max_video_size, "max_video_seconds": VIDEO_LIMITS.max_seconds,
+          "max_video_fps": VIDEO_LIMITS.max_fps, "max_video_pixels": VIDEO_LIMITS.max_pixels,
           "downloads_max_age_s": OUT_MAX_AGE_S, "downloads_max_bytes": OUT_MAX_BYTES,
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
           "example_cache": EXAMPLE_CACHE.capacity, "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
@@ -553,7 +748,7 @@ if __name__ == "__main__":
     try:
         # show_error=False: only our own messages reach visitors, never the text of an exception;
         # allowed_paths: the example photos alone (not the rest of examples/).
-        demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=ARGS.max_file_size,
+        demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=GRADIO_MAX_FILE_SIZE,
                     allowed_paths=[str(p) for p in EXAMPLES], show_error=False, css=CSS,
                     theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions,
                     prevent_thread_lock=True, quiet=True)  # quiet: gradio's own "set share=True" hint is not ours

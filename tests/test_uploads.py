@@ -33,7 +33,8 @@ DEFAULT_MAX_PIXELS = 4_000_000  # serving.DEFAULT_MAX_PIXELS: the app below runs
 @pytest.fixture(scope="module")
 def app(models, tmp_path_factory):
     env = {"MTAN_MODEL": models["city"], "MTAN_DEFAULT_MODEL": models["city"], "MTAN_MODELS": "",
-           "MTAN_MAX_PIXELS": "", "MTAN_MAX_FILE_SIZE": "10mb", "MTAN_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
+           "MTAN_MAX_PIXELS": "", "MTAN_MAX_FILE_SIZE": "10mb", "MTAN_MAX_VIDEO_SIZE": "10mb",
+           "MTAN_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
     with app_process(env, tmp_path_factory.mktemp("log") / "app.log") as (url, proc):
         yield url, proc
 

@@ -38,7 +38,7 @@ def refusal(event: str, message: str) -> gr.Error:
 
 
 def _default(block):
-    return None if isinstance(block, (gr.State, gr.Image)) else getattr(block, "value", None)
+    return None if isinstance(block, (gr.State, gr.Image, gr.Video)) else getattr(block, "value", None)
 
 
 def _label(block) -> str:
@@ -56,12 +56,14 @@ def _choice_labels(block) -> list:
 class RequestGuard:
     """Checks and cleans the values of every event of ``blocks`` (see the module's docstring)."""
 
-    SUPPORTED = (gr.Image, gr.Slider, gr.Radio, gr.Dropdown, gr.Checkbox, gr.Dataset, gr.State)
+    SUPPORTED = (gr.Image, gr.Video, gr.Slider, gr.Radio, gr.Dropdown, gr.Checkbox, gr.Dataset, gr.State)
 
-    def __init__(self, policy: UploadPolicy, open_choices=()):
+    def __init__(self, policy: UploadPolicy, open_choices=(), video_policy: UploadPolicy | None = None):
         """``open_choices``: radios and dropdowns whose choices depend on the model (the event
-        checks their values); any short text is let through for them."""
+        checks their values); any short text is let through for them. ``video_policy``: the
+        files a video input may name (``policy`` when not given)."""
         self.policy = policy
+        self.video_policy = video_policy or policy
         self.open_choices = {block._id for block in open_choices}
 
     def install(self, blocks: gr.Blocks) -> None:
@@ -98,6 +100,8 @@ class RequestGuard:
             return None  # gradio reads state from the session, never from the request
         if isinstance(block, gr.Image):
             return None if value is None else self.image(value)
+        if isinstance(block, gr.Video):
+            return None if value is None else self.file(value, self.video_policy)
         if isinstance(block, gr.Slider):
             if value is None:
                 return block.value
@@ -130,9 +134,15 @@ class RequestGuard:
 
     def image(self, value) -> dict:
         """A clean file value for an uploaded image: only its checked real path and its name."""
+        return self.file(value, self.policy)
+
+    def file(self, value, policy: UploadPolicy) -> dict:
+        """A clean file value for an upload that ``policy`` allows: its checked real path and its name."""
         if not isinstance(value, dict):
-            raise UploadRefused("This request's photo is not a file value: upload a photo (or pick an example).")
-        path = self.policy.check(value.get("path"))
+            what = "photo" if policy.noun == "photo" else policy.noun
+            raise UploadRefused(f"This request's {what} is not a file value: upload a {what}"
+                                + (" (or pick an example)." if what == "photo" else "."))
+        path = policy.check(value.get("path"))
         name = value.get("orig_name")
         name = os.path.basename(name)[:MAX_NAME_CHARS] if isinstance(name, str) and name.strip() else path.name
         return {"path": str(path), "orig_name": name, "size": path.stat().st_size, "url": None,

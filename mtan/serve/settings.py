@@ -45,6 +45,17 @@ def byte_size(text: str) -> int:
     return number * _UNITS[unit]
 
 
+def positive_number(text: str) -> float:
+    """A number > 0 (``20``, ``29.97``)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(
@@ -52,7 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="Every flag can also be set by an environment variable (the flag wins): MTAN_MODEL, MTAN_MODELS, "
                "MTAN_DEFAULT_MODEL (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), "
                "GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, MTAN_DEVICE, MTAN_MAX_PIXELS, MTAN_MAX_IMAGE_PIXELS, "
-               "MTAN_MAX_FILE_SIZE, MTAN_CONCURRENCY, MTAN_QUEUE_SIZE, MTAN_MAX_SESSIONS, MTAN_INFERENCE_PRECISION, "
+               "MTAN_MAX_FILE_SIZE, MTAN_MAX_VIDEO_SIZE, MTAN_MAX_VIDEO_SECONDS, MTAN_MAX_VIDEO_FPS, "
+               "MTAN_MAX_VIDEO_PIXELS, MTAN_CONCURRENCY, MTAN_QUEUE_SIZE, MTAN_MAX_SESSIONS, MTAN_INFERENCE_PRECISION, "
                "MTAN_COMPILE, MTAN_THREADS, MTAN_DOWNLOADS_SPACE, MTAN_CACHE_DIR (measured choices).")
     p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
     p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
@@ -69,7 +81,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="images that would decode to more pixels are refused (read from the header, before "
                         "decoding; JPEGs count at the 1/2, 1/4 or 1/8 scale they are decoded at)")
     p.add_argument("--max-file-size", type=file_size, default=env("MTAN_MAX_FILE_SIZE") or "25mb",
-                   help="upload limit, e.g. 25mb")
+                   help="upload limit for photos, e.g. 25mb")
+    p.add_argument("--max-video-size", type=file_size, default=env("MTAN_MAX_VIDEO_SIZE") or "100mb",
+                   help="upload limit for video clips, e.g. 100mb")
+    p.add_argument("--max-video-seconds", type=positive_number, default=env("MTAN_MAX_VIDEO_SECONDS") or "20",
+                   help="longer clips are refused from their header; one whose header says less is processed up "
+                        "to this many seconds")
+    p.add_argument("--max-video-fps", type=positive_number, default=env("MTAN_MAX_VIDEO_FPS") or "30",
+                   help="faster clips are thinned to this frame rate (every 2nd frame of a 60 frames/s clip)")
+    p.add_argument("--max-video-pixels", type=positive_int,
+                   default=env("MTAN_MAX_VIDEO_PIXELS") or str(3840 * 2160),
+                   help="clips with larger frames are refused from their header (default: 4K, 3840x2160)")
     p.add_argument("--concurrency", type=positive_int, default=env("MTAN_CONCURRENCY") or None,
                    help="predictions run at once (default: 1 on CPU, 2 on GPU)")
     p.add_argument("--queue-size", type=positive_int, default=env("MTAN_QUEUE_SIZE") or "32",

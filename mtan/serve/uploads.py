@@ -34,15 +34,16 @@ class UploadPolicy:
     upload_root: Path
     max_bytes: int
     excluded: tuple[Path, ...] = ()
+    noun: str = "photo"          # what the files are, in the messages ("photo", "video clip")
 
     @classmethod
-    def create(cls, upload_root: str | os.PathLike, max_bytes: int, excluded=()) -> "UploadPolicy":
+    def create(cls, upload_root: str | os.PathLike, max_bytes: int, excluded=(), noun: str = "photo") -> "UploadPolicy":
         return cls(Path(os.path.realpath(upload_root)), int(max_bytes),
-                   tuple(Path(os.path.realpath(p)) for p in excluded))
+                   tuple(Path(os.path.realpath(p)) for p in excluded), noun)
 
     def too_large(self) -> UploadRefused:
-        return UploadRefused(f"The file is too large: this app accepts files of up to {megabytes(self.max_bytes)}. "
-                             f"Upload a smaller photo.")
+        return UploadRefused(f"The file is too large: this app accepts {self.noun}s of up to "
+                             f"{megabytes(self.max_bytes)}. Upload a smaller {self.noun}.")
 
     def check(self, path) -> Path:
         """The real path of an allowed file, from its metadata alone (nothing is opened), or

@@ -1,0 +1,427 @@
+"""Street videos: a clip checked from its header, decoded frame by frame, run through the network
+a batch of frames at a time, drawn (photo | segmentation | depth, or one view) and encoded as an
+H.264 MP4 at the clip's frame rate.
+
+Decoding and encoding go through PyAV, which bundles FFmpeg's codecs (no system ffmpeg). Memory
+stays bounded whatever the upload: the header is checked before a frame is decoded (duration,
+frame size, a video track at all), frames stream from the decoder to the encoder a batch at a
+time, and decoding stops at the duration limit whatever the header claimed.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mtan.model import fit_size
+from mtan.serve import render
+from mtan.serve.prediction import labels_at
+from mtan.serve.registry import LoadedModel
+from mtan.tasks import find_task
+
+# What the output video shows, left to right.
+LAYOUTS = {
+    "photo | segmentation | depth": ("photo", "segmentation", "depth"),
+    "segmentation | depth": ("segmentation", "depth"),
+    "segmentation": ("segmentation",),
+    "depth": ("depth",),
+}
+DEFAULT_LAYOUT = "photo | segmentation | depth"
+PANEL_BOX = (360, 640)      # each view of the output video fits inside this (h, w)
+FRAMES_PER_BATCH = 4        # frames run through the network at once
+# Demuxers that FFmpeg uses for still images: such a file is a photo, whatever its name says.
+STILL_IMAGE_FORMATS = {"image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe",
+                       "jpegls_pipe", "jpegxl_pipe", "qoi_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "psd_pipe",
+                       "svg_pipe", "dpx_pipe", "exr_pipe", "j2k_pipe", "pictor_pipe", "sgi_pipe", "xbm_pipe"}
+
+
+class VideoError(ValueError):
+    """A clip that cannot be processed; the message is for the visitor."""
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What the app takes: clips of at most ``max_seconds``; frames of at most ``max_pixels``;
+    above ``max_fps`` frames are skipped evenly (the output runs at the lower rate)."""
+
+    max_seconds: float = 20.0
+    max_fps: float = 30.0
+    max_pixels: int = 3840 * 2160
+
+    def describe(self) -> str:
+        return (f"clips up to {self.max_seconds:g} s, {self.max_fps:g} frames/s (faster clips are thinned), "
+                f"frames up to {self.max_pixels / 1e6:.1f} megapixels")
+
+
+@dataclass
+class ClipInfo:
+    """A clip's video track as its header describes it."""
+
+    width: int
+    height: int
+    fps: Fraction               # the average frame rate (what the output keeps)
+    seconds: float | None       # None when the header does not say
+    codec: str
+    container: str
+    has_audio: bool = False
+
+    @property
+    def frames(self) -> int | None:
+        return None if self.seconds is None else max(1, round(self.seconds * float(self.fps)))
+
+
+@dataclass
+class VideoResult:
+    path: Path
+    frames: int                  # frames written
+    fps: Fraction                # their rate
+    size: tuple[int, int]        # (h, w) of the output video
+    processing_size: tuple[int, int]
+    seconds: float               # the whole job
+    seconds_network: float       # the network alone
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{seconds:.1f} s"
+
+
+def open_clip(path: str | Path, limits: VideoLimits):
+    """The opened container, its video stream and what the header says of it, checked against
+    ``limits`` before any frame is decoded; :class:`VideoError` with a plain message otherwise."""
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise VideoError("The file is empty: upload a video clip (MP4, WebM or MOV).")
+    try:
+        container = av.open(str(path), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
+        raise VideoError("This file is not a video that can be read (damaged, truncated, or not a video at "
+                         "all): upload an MP4, WebM or MOV clip.") from None
+    try:
+        name = container.format.name or ""
+        if name in STILL_IMAGE_FORMATS or name.split(",")[0] in STILL_IMAGE_FORMATS:
+            raise VideoError("This file is a still image, not a video: use the Photo tab for photos.")
+        if not container.streams.video:
+            what = "only sound" if container.streams.audio else "no picture"
+            raise VideoError(f"This file has no video track ({what}): upload a video clip.")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width <= 0 or height <= 0:
+            raise VideoError("This video's frame size cannot be read (damaged or truncated): upload another clip.")
+        if width * height > limits.max_pixels:
+            raise VideoError(f"The video's frames are too large: {width}x{height} pixels is over this app's limit "
+                             f"of {limits.max_pixels / 1e6:.1f} megapixels: export the clip at 4K or less.")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = Fraction(rate) if rate and float(rate) > 0 and math.isfinite(float(rate)) else Fraction(0)
+        seconds = None
+        if stream.duration and stream.time_base:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        if seconds is not None and seconds > limits.max_seconds + 0.5:
+            raise VideoError(f"The clip is {_duration(seconds)} long; this app takes clips of up to "
+                             f"{limits.max_seconds:g} s: trim it and upload again.")
+        if not 0 < fps <= 1000:
+            if stream.frames and seconds:
+                fps = Fraction(stream.frames / seconds).limit_denominator(1001)
+            else:
+                fps = Fraction(25)
+        info = ClipInfo(width, height, fps, seconds, ctx.name or "unknown", name, bool(container.streams.audio))
+        stream.thread_type = "AUTO"
+        return container, stream, info
+    except BaseException:
+        container.close()
+        raise
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _upright(a: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded frame turned as its display matrix says (phones store portrait clips on their side)."""
+    turns = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(a, turns)) if turns else a
+
+
+def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimits, notes: list[str]):
+    """The clip's frames (``raw``: PyAV's decoded frames) as ``size`` (h, w) RGB arrays, upright,
+    thinned to at most ``limits.max_fps``; stops at ``limits.max_seconds`` of output, at a frame
+    larger than the limit, or at damaged data (with a note, keeping the frames so far)."""
+    import av
+
+    step = thinning(info, limits)
+    if step > 1:
+        notes.append(f"The clip runs at {float(info.fps):.3g} frames/s: every {_ordinal(step)} frame was processed "
+                     f"({float(info.fps) / step:.3g} frames/s).")
+    most = max(1, math.floor(limits.max_seconds * float(info.fps) / step + 1e-6))
+    index = kept = 0
+    h, w = size
+    try:
+        for frame in raw:
+            if frame.width * frame.height > limits.max_pixels:
+                notes.append(f"The clip changes to {frame.width}x{frame.height} pixels, over the limit: it was "
+                             f"processed up to there.")
+                return
+            if index % step == 0:
+                if kept >= most:
+                    notes.append(f"Only the first {limits.max_seconds:g} s were processed (this app's limit).")
+                    return
+                rotation = getattr(frame, "rotation", 0) or 0
+                fw, fh = (h, w) if round(rotation / 90) % 2 else (w, h)
+                yield _upright(frame.to_ndarray(format="rgb24", width=fw, height=fh, interpolation="AREA"), rotation)
+                kept += 1
+            index += 1
+    except av.FFmpegError:
+        notes.append(f"The clip is damaged or cut short: {kept} frames could be read and were processed.")
+
+
+def thinning(info: ClipInfo, limits: VideoLimits) -> int:
+    """Every how many frames one is kept, so that the output runs at most ``limits.max_fps``."""
+    return max(1, math.ceil(float(info.fps) / limits.max_fps - 1e-9))
+
+
+class _Smoother:
+    """Exponential moving average of the network's outputs over frames (0 = off): fewer flickering
+    labels and depth. Class probabilities are averaged, not logits, so one confident frame does
+    not dominate."""
+
+    def __init__(self, weight: float):
+        self.weight = float(min(max(weight, 0.0), 0.95))
+        self.state: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        if self.weight <= 0:
+            return value
+        last = self.state.get(name)
+        if last is None or last.shape != value.shape:
+            self.state[name] = value
+        else:
+            self.state[name] = last * self.weight + value * (1 - self.weight)
+        return self.state[name]
+
+
+class VideoPainter:
+    """The output frames of one clip: views of each frame's outputs side by side. The depth colour
+    scale follows the clip slowly (a running average of each frame's range), so colours mean the
+    same distance from frame to frame."""
+
+    def __init__(self, tasks, layout: str, colormap: str, opacity: float):
+        self.sem, self.dep = find_task(tasks, "semantic"), find_task(tasks, "depth")
+        views = LAYOUTS.get(layout, LAYOUTS[DEFAULT_LAYOUT])
+        self.views = [v for v in views if v == "photo" or (v == "segmentation" and self.sem)
+                      or (v == "depth" and self.dep)] or ["photo"]
+        self.colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
+        self.opacity = opacity
+        self.limits: tuple[float, float] | None = None
+
+    def depth_limits(self, depth: np.ndarray) -> tuple[float, float]:
+        lo, hi = render.depth_limits(depth)
+        if self.limits is not None:
+            lo, hi = (0.8 * a + 0.2 * b for a, b in zip(self.limits, (lo, hi)))
+        self.limits = (lo, hi)
+        return lo, hi
+
+    def __call__(self, photo: np.ndarray, outputs: dict[str, torch.Tensor]) -> np.ndarray:
+        size = photo.shape[:2]
+        panels = []
+        for view in self.views:
+            if view == "photo":
+                panels.append(photo)
+            elif view == "segmentation":
+                labels = labels_at(outputs[self.sem.name], size)
+                colours = render.colorize_labels(labels, self.sem.class_set.palette)
+                panels.append(np.asarray(render.overlay(Image.fromarray(photo), colours, self.opacity)))
+            else:
+                depth = outputs[self.dep.name][0].float().numpy()
+                panels.append(np.asarray(render.colorize_depth(depth, size, self.colormap, self.depth_limits(depth))))
+        return np.ascontiguousarray(np.concatenate(panels, axis=1))
+
+
+def run_frames(loaded: LoadedModel, photos: list[np.ndarray], size: tuple[int, int], painter: VideoPainter,
+               smoother: "_Smoother") -> tuple[list[np.ndarray], float]:
+    """One batch of frames (RGB arrays of one size) through the network at ``size`` (h, w), each
+    painted; and the network's seconds."""
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float().div_(255)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    start = time.perf_counter()
+    pictures = []
+    with torch.inference_mode():
+        outputs = loaded.runner.predict(x)
+        seconds = time.perf_counter() - start
+        for i, photo in enumerate(photos):
+            frame = {}
+            for name, value in outputs.items():
+                value = value[i].float()
+                if painter.sem is not None and name == painter.sem.name:
+                    value = value.softmax(0)
+                frame[name] = smoother(name, value)
+            pictures.append(painter(photo, frame))
+    return pictures, seconds
+
+
+class LiveSession:
+    """One visitor's webcam stream: each frame run at ``box`` and painted, outputs smoothed over
+    frames, and the rate at which frames are answered."""
+
+    def __init__(self, loaded: LoadedModel, box: tuple[int, int], layout: str = "segmentation | depth",
+                 smoothing: float = 0.3, colormap: str = render.DEFAULT_COLORMAP, opacity: float = 0.55):
+        self.key, self.layout, self.box = loaded.key, layout, box
+        self.loaded = loaded
+        self.painter = VideoPainter(loaded.model.tasks, layout, colormap, opacity)
+        self.smoother = _Smoother(smoothing)
+        self.times: list[float] = []
+        self.network = 0.0
+
+    def __call__(self, photo: np.ndarray) -> np.ndarray:
+        h, w = photo.shape[:2]
+        if h > PANEL_BOX[0] or w > PANEL_BOX[1]:
+            h, w = fit_size(h, w, PANEL_BOX)
+            photo = np.asarray(Image.fromarray(photo).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        (picture,), self.network = run_frames(self.loaded, [photo], fit_size(h, w, self.box), self.painter,
+                                              self.smoother)
+        self.times = (self.times + [time.monotonic()])[-10:]
+        return picture
+
+    @property
+    def fps(self) -> float:
+        """Frames answered per second, over the last ten."""
+        if len(self.times) < 2 or self.times[-1] <= self.times[0]:
+            return 0.0
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+
+    def describe(self) -> str:
+        rate = f"{self.fps:.1f} frames/s" if self.fps else "measuring the frame rate"
+        return f"{rate} · network {1000 * self.network:.0f} ms a frame at {'x'.join(map(str, self.box))}"
+
+
+def _even(n: int) -> int:
+    return max(2, n - n % 2)
+
+
+def panel_size(info: ClipInfo, rotation: float = 0) -> tuple[int, int]:
+    """Each view's (h, w) in the output video: the upright frame fitted inside :data:`PANEL_BOX`
+    (never enlarged), even sides (H.264 in 4:2:0 needs them)."""
+    h, w = (info.width, info.height) if round(rotation / 90) % 2 else (info.height, info.width)
+    if h > PANEL_BOX[0] or w > PANEL_BOX[1]:
+        h, w = fit_size(h, w, PANEL_BOX)
+    return _even(h), _even(w)
+
+
+def _first_frame(container, stream):
+    """The clip's decoded frames (the first already read, to know its display rotation) and that
+    rotation; :class:`VideoError` when not even one frame decodes."""
+    import av
+
+    raw = container.decode(stream)
+    try:
+        first = next(raw, None)
+    except av.FFmpegError:
+        first = None
+    if first is None:
+        raise VideoError("No frame of this clip could be decoded (damaged or truncated): upload another clip.")
+    return itertools.chain([first], raw), float(getattr(first, "rotation", 0) or 0)
+
+
+def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, box: tuple[int, int],
+                 limits: VideoLimits = VideoLimits(), layout: str = DEFAULT_LAYOUT, smoothing: float = 0.0,
+                 colormap: str = render.DEFAULT_COLORMAP, opacity: float = 0.55, batch: int = FRAMES_PER_BATCH,
+                 progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
+    """Run the model on every frame of the clip at ``path`` (each fitted inside the processing
+    resolution ``box``) and write the chosen views side by side to ``out_path`` (H.264 MP4, the
+    clip's frame rate; thinned above ``limits.max_fps``). ``progress(done, total)`` after each
+    batch (``total`` None when the header does not say). Raises :class:`VideoError`."""
+    import av
+
+    start = time.perf_counter()
+    container, stream, info = open_clip(path, limits)
+    notes: list[str] = []
+    if info.has_audio:
+        notes.append("The clip's sound is not kept.")
+    network = 0.0
+    written = 0
+    out_path = Path(out_path)
+    output = encoder = None
+    try:
+        raw, rotation = _first_frame(container, stream)
+        size = panel_size(info, rotation)
+        h, w = fit_size(size[0], size[1], box)
+        painter = VideoPainter(loaded.model.tasks, layout, colormap, opacity)
+        smoother = _Smoother(smoothing)
+        step = thinning(info, limits)
+        fps = info.fps / step
+        total = None if info.frames is None else min(math.ceil(info.frames / step),
+                                                     math.floor(limits.max_seconds * float(fps) + 1e-6))
+        frames = decoded_frames(raw, info, size, limits, notes)
+        while True:
+            photos = [f for _, f in zip(range(batch), frames)]
+            if not photos:
+                break
+            if output is None:
+                output = av.open(str(out_path), mode="w", options={"movflags": "+faststart"})
+                encoder = output.add_stream("libx264", rate=fps.limit_denominator(100_000),
+                                            options={"crf": "23", "preset": "veryfast"})
+                encoder.width, encoder.height = size[1] * len(painter.views), size[0]
+                encoder.pix_fmt = "yuv420p"
+            pictures, seconds = run_frames(loaded, photos, (h, w), painter, smoother)
+            network += seconds
+            for picture in pictures:
+                frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+                frame.pts = written
+                output.mux(encoder.encode(frame))
+                written += 1
+            if progress is not None:
+                progress(written, total)
+        if output is None:
+            raise VideoError("No frame of this clip could be decoded (damaged or truncated): upload another clip.")
+        output.mux(encoder.encode(None))
+        output.close()
+    except BaseException:
+        if output is not None:
+            try:
+                output.close()
+            except Exception:
+                pass
+        out_path.unlink(missing_ok=True)
+        raise
+    finally:
+        container.close()
+    if total and written < total - 1 and not any("damaged" in n or "over the limit" in n for n in notes):
+        notes.append(f"The clip ended after {written} of the {total} frames its header announces (damaged or cut "
+                     f"short): those were processed.")
+    if written == 1:
+        notes.append("The clip has a single frame: a still image gives a better result in the Photo tab.")
+    return VideoResult(out_path, written, fps, (size[0], size[1] * len(painter.views)), (h, w),
+                       time.perf_counter() - start, network, notes)
+
+
+def read_back(path: str | Path) -> tuple[int, Fraction, tuple[int, int]]:
+    """Frames, frame rate and (h, w) of a video this module wrote (tests and benchmarks)."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, Fraction(s.average_rate), (s.codec_context.height, s.codec_context.width)
