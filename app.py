@@ -15,6 +15,7 @@ README.md, "Safety and limits", says what happens at each limit.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -77,6 +78,8 @@ VIDEO_UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS
 GRADIO_MAX_FILE_SIZE = max(byte_size(ARGS.max_file_size), byte_size(ARGS.max_video_size))  # each kind: its policy
 VIDEO_LIMITS = VideoLimits(ARGS.max_video_seconds, ARGS.max_video_fps, ARGS.max_video_pixels)
 LIVE_RESOLUTION = (128, 256)  # the webcam runs small, for a smooth frame rate
+LIVE_STREAMS = 4              # webcam streams at once (each holds a slot while it is open, busy or not)
+LIVE_SECONDS = 120            # a stream ends after this long (Record starts another)
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
 
@@ -334,16 +337,23 @@ def page_video(video, *args, progress=gr.Progress()):
         return None, f"⚠️ **{e.message}**"
 
 
+def frame_bytes(frame) -> bytes:
+    """A webcam frame's bytes: inline (a ``data:`` URL, checked by the request guard) or an upload."""
+    url = frame.get("url") if isinstance(frame, dict) else None
+    if isinstance(url, str) and url.startswith("data:"):
+        return base64.b64decode(url.split(",", 1)[1])
+    return UPLOADS.read(frame.get("path") if isinstance(frame, dict) else frame)
+
+
 def live_frame(frame, model, layout, session):
     """One webcam frame of the live view: the chosen views of it, the frame rate, the session."""
     if frame is None:
         return gr.skip(), gr.skip(), session
     try:
-        data = UPLOADS.read(frame.get("path") if isinstance(frame, dict) else frame)
-        photo, _ = serve.load_image(data, ARGS.max_pixels, ARGS.max_image_pixels)
-        loaded = get_model(model)
-    except (ValueError, serve.ImageLoadError, gr.Error):
-        return gr.skip(), gr.skip(), session  # a bad frame: the stream goes on with the next one
+        photo, _ = serve.load_image(frame_bytes(frame), ARGS.max_pixels, ARGS.max_image_pixels)
+    except (ValueError, serve.ImageLoadError) as e:
+        raise refusal("live_frame", str(e)) from None
+    loaded = get_model(model)
     try:
         if session is None or session.key != loaded.key or session.layout != layout:
             session = LiveSession(loaded, LIVE_RESOLUTION, layout if layout in LAYOUTS else "segmentation | depth")
@@ -624,8 +634,9 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                                             label="Smoothing over frames (0 = off; more = steadier, slower to follow)")
             video_button = gr.Button("Run the clip again with these settings", elem_id="video-run")
         with gr.Tab("Live webcam", id="live", elem_id="live-tab"):
-            gr.Markdown("Allow the camera, then point it at a street: each frame is labelled and its depth estimated "
-                        f"at {LIVE_RESOLUTION[1]}x{LIVE_RESOLUTION[0]}, as fast as this server manages.")
+            gr.Markdown("Allow the camera, press Record and point it at a street: each frame is labelled and its depth "
+                        f"estimated at {LIVE_RESOLUTION[0]}x{LIVE_RESOLUTION[1]}, as fast as this server manages (a "
+                        f"stream runs {LIVE_SECONDS // 60} minutes; press Record again for more).")
             with gr.Row(equal_height=False):
                 live_in = gr.Image(sources=["webcam"], streaming=True, type="filepath", label="Your camera",
                                    elem_id="live-input", height=300)
@@ -704,7 +715,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
           api_visibility="private", **clips)
     # The live webcam: each streamed frame, answered in order, a few a second.
     live_in.stream(live_frame, [live_in, model, live_layout, live_session], [live_out, live_rate, live_session],
-                   stream_every=0.2, time_limit=600, api_name="live_frame", concurrency_limit=CONCURRENCY,
+                   stream_every=0.2, time_limit=LIVE_SECONDS, api_name="live_frame", concurrency_limit=LIVE_STREAMS,
                    concurrency_id="live", preprocess=False)
     redraw = dict(api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     opacity.input(redraw_segmentation, [state, opacity], [seg_view], **redraw)
@@ -728,7 +739,8 @@ LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "q
           "max_video_fps": VIDEO_LIMITS.max_fps, "max_video_pixels": VIDEO_LIMITS.max_pixels,
           "downloads_max_age_s": OUT_MAX_AGE_S, "downloads_max_bytes": OUT_MAX_BYTES,
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
-          "example_cache": EXAMPLE_CACHE.capacity, "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
+          "example_cache": EXAMPLE_CACHE.capacity, "live_streams": LIVE_STREAMS, "live_seconds": LIVE_SECONDS,
+          "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
 
 
 

@@ -13,7 +13,10 @@ from mtan import MTAN, preset_tasks
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(os.environ.get("MTAN_SHARED", REPO.parent / "shared"))
-CAMVID = Path(os.environ.get("MTAN_CAMVID", SHARED / "data" / "camvid"))
+# CamVid: MTAN_CAMVID, else where `python -m mtan.data.camvid download --out data/camvid` puts it, else beside the checkout.
+CAMVID = Path(os.environ.get("MTAN_CAMVID") or next(
+    (p for p in (REPO / "data" / "camvid", SHARED / "data" / "camvid") if (p / "train" / "images").is_dir()),
+    REPO / "data" / "camvid"))
 
 # Tests run on 2 CPU cores: keep torch from oversubscribing them.
 torch.set_num_threads(2)

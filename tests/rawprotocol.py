@@ -64,6 +64,9 @@ def call(url: str, fn_index: int, data: list, timeout: float = 60.0, started=Non
                 return Answer(ok, "" if ok else str(error or "Error"), time.monotonic() - start, output, line)
             if msg.get("msg") == "unexpected_error":
                 return Answer(False, str(msg.get("message")), time.monotonic() - start, raw=line)
+            if msg.get("msg") == "process_streaming" and msg.get("output", {}).get("data") is not None:
+                # a streaming event (the webcam) answers each input and stays open for the next: this is its answer
+                return Answer(True, "", time.monotonic() - start, msg.get("output"), line)
             if time.monotonic() - start > timeout:
                 break
     return Answer(False, "no answer", time.monotonic() - start)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 
 import gradio as gr
@@ -29,6 +30,8 @@ if not log.handlers:
     log.propagate = False
 
 MAX_NAME_CHARS = 200
+MAX_STREAM_FRAME_CHARS = 4_000_000  # a streamed webcam frame, base64 (a 640x480 JPEG takes about 70,000)
+STREAM_FRAME_URL = re.compile(r"data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/=]+")
 
 
 def refusal(event: str, message: str) -> gr.Error:
@@ -98,6 +101,8 @@ class RequestGuard:
     def value(self, block, value):
         if isinstance(block, gr.State):
             return None  # gradio reads state from the session, never from the request
+        if isinstance(block, gr.Image) and block.streaming:
+            return None if value is None else self.streamed_frame(value)
         if isinstance(block, gr.Image):
             return None if value is None else self.image(value)
         if isinstance(block, gr.Video):
@@ -135,6 +140,20 @@ class RequestGuard:
     def image(self, value) -> dict:
         """A clean file value for an uploaded image: only its checked real path and its name."""
         return self.file(value, self.policy)
+
+    def streamed_frame(self, value) -> dict:
+        """A streaming webcam input's frame: the browser sends it inline, as a ``data:`` URL of a
+        JPEG, PNG or WebP image of at most :data:`MAX_STREAM_FRAME_CHARS` (its pixels are checked
+        when it is decoded, as an upload's are); an uploaded file is checked as any upload."""
+        url = value.get("url") if isinstance(value, dict) else None
+        if not (isinstance(url, str) and url.startswith("data:")):
+            return self.image(value)
+        if len(url) > MAX_STREAM_FRAME_CHARS:
+            raise UploadRefused(f"This webcam frame is too large (over {MAX_STREAM_FRAME_CHARS:,} characters).")
+        if not STREAM_FRAME_URL.fullmatch(url):
+            raise UploadRefused("This webcam frame is not a JPEG, PNG or WebP image.")
+        return {"path": None, "url": url, "orig_name": "webcam.jpg", "size": None, "mime_type": None,
+                "is_stream": False, "meta": {"_type": "gradio.FileData"}}
 
     def file(self, value, policy: UploadPolicy) -> dict:
         """A clean file value for an upload that ``policy`` allows: its checked real path and its name."""
