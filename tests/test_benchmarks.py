@@ -112,3 +112,22 @@ def test_app_latency_parts(tmp_path):
     assert parts["network_s"] <= parts["network_and_resize_s"] < parts["first_results_in_process_s"]
     assert parts["first_results_in_process_s"] < parts["everything_in_process_s"]
     assert parts["precision"] == "fp32" and parts["network_input"] == "128x256"
+
+
+def test_media_benchmark_tiny(tmp_path):
+    """Video, live webcam and 3D figures, for a tiny model on a short small clip."""
+    from apphelpers import make_models
+
+    model = make_models(tmp_path)["city"]
+    proc = subprocess.run([sys.executable, str(BENCH / "media.py"), "--model", model, "--clip-size", "160x96",
+                           "--fps", "10", "--seconds", "1", "--resolutions", "64x128", "--repeats", "1",
+                           "--photo-size", "400x300"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    video = result["video"]["64x128"]
+    assert video["clip"] == "160x96, 10 frames/s, 10 frames" and video["network_input"] == "64x107"
+    assert 0 < video["frames_per_second"] < video["network_frames_per_second"]
+    assert result["live"]["frames_per_second"] > 0 and result["live"]["network_input"] == "128x171"
+    scene = result["scene3d"]
+    assert scene["photo"] == "400x300 (0.1 MP)" and isinstance(scene["points"], int)  # (an untrained model: few)
+    assert scene["total_s"] >= scene["network_s"] > 0

@@ -1,0 +1,128 @@
+"""Video, live webcam and 3D speed with the default model (or --model), on this machine.
+
+- ``video``: a street clip (made here: the camera panning across an example photo, --clip-size at
+  --fps for --seconds, H.264) run as ``/predict_video`` runs it, at each processing resolution:
+  frames per second of the whole job (decoding, the network, drawing, encoding) and of the network.
+- ``live``: the live webcam's work per frame in this process (a 640x480 JPEG decoded, run at
+  128x256, drawn): frames per second. The page asks for at most 5 frames a second.
+- ``scene3d``: a 2-megapixel photo (--photo-size) through the network at 256x512, then the 3D
+  scene built and written as GLB and PLY: seconds of each part.
+
+Prints one JSON object.
+
+    python benchmarks/media.py
+    python benchmarks/media.py --clip-size 1920x1080 --fps 30 --seconds 5
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from _common import REPO, emit, log, machine  # noqa: E402 (adds the checkout to sys.path)
+
+from mtan.model import fit_size  # noqa: E402
+from mtan.serve import ModelRegistry, load_image, parse_resolution, predict_photo  # noqa: E402
+from mtan.serve.scene3d import build_scene, write_glb, write_ply  # noqa: E402
+from mtan.serve.video import LiveSession, process_clip  # noqa: E402
+
+
+def panning_clip(path: Path, photo: Image.Image, size: tuple[int, int], fps: int, seconds: float) -> Path:
+    """The camera panning across ``photo``: ``size`` (h, w) frames, H.264 in MP4."""
+    import av
+
+    h, w = size
+    scale = h / photo.height
+    wide = photo.resize((max(w + 1, round(photo.width * scale)), h), Image.Resampling.BICUBIC)
+    count = round(fps * seconds)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(count):
+            x = (wide.width - w) * i // max(1, count - 1)
+            frame = av.VideoFrame.from_ndarray(np.asarray(wide.crop((x, 0, x + w, h))), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(REPO / "weights"))
+    ap.add_argument("--photo", default=str(REPO / "examples" / "street_01.jpg"))
+    ap.add_argument("--clip-size", default="1280x720", help="the clip's frames, WIDTHxHEIGHT")
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--resolutions", default="128x256,256x512")
+    ap.add_argument("--photo-size", default="1732x1155", help="the 3D photo, WIDTHxHEIGHT (2 megapixels)")
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args(argv)
+
+    loaded = ModelRegistry([a.model]).get()
+    loaded.runner  # the app's inference copy, its precision chosen as the app chooses it
+    photo = Image.open(a.photo).convert("RGB")
+    cw, ch = (int(v) for v in a.clip_size.split("x"))
+    result = {"machine": machine(next(loaded.model.parameters()).device),
+              "model": a.model, "runs": loaded.running, "video": {}, "live": {}, "scene3d": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = panning_clip(Path(tmp) / "clip.mp4", photo, (ch, cw), a.fps, a.seconds)
+        for res in a.resolutions.split(","):
+            box = parse_resolution(res)
+            process_clip(loaded, clip, Path(tmp) / "warm.mp4", box)  # warm-up: oneDNN primitives for this size
+            runs = [process_clip(loaded, clip, Path(tmp) / "out.mp4", box, smoothing=0.5) for _ in range(a.repeats)]
+            best = min(runs, key=lambda r: r.seconds)
+            result["video"][res] = {"clip": f"{cw}x{ch}, {a.fps} frames/s, {best.frames} frames",
+                                    "network_input": "x".join(map(str, best.processing_size)),
+                                    "frames_per_second": round(best.frames_per_second, 2),
+                                    "network_frames_per_second": round(best.frames / best.seconds_network, 2),
+                                    "seconds": round(best.seconds, 2)}
+            log(res, result["video"][res])
+
+        frame = io.BytesIO()
+        photo.resize((640, 480)).save(frame, "JPEG", quality=85)
+        live = LiveSession(loaded, (128, 256))
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            picture, _ = load_image(frame.getvalue())
+            live(np.asarray(picture))
+            times.append(time.perf_counter() - start)
+        result["live"] = {"frame": "640x480 JPEG", "network_input": "x".join(map(str, fit_size(480, 640, (128, 256)))),
+                          "seconds_per_frame": round(statistics.median(times[5:]), 4),
+                          "frames_per_second": round(1 / statistics.median(times[5:]), 2)}
+        log("live", result["live"])
+
+        pw, ph = (int(v) for v in a.photo_size.split("x"))
+        big = photo.resize((pw, ph), Image.Resampling.BICUBIC)
+        parts = {"network_s": [], "build_s": [], "write_s": []}
+        for _ in range(a.repeats + 1):
+            start = time.perf_counter()
+            pred = predict_photo(loaded, big, (256, 512))
+            built = time.perf_counter()
+            scene = build_scene(pred)
+            done = time.perf_counter()
+            write_glb(scene, Path(tmp) / "s.glb")
+            write_ply(scene, Path(tmp) / "s.ply")
+            parts["network_s"].append(built - start)
+            parts["build_s"].append(done - built)
+            parts["write_s"].append(time.perf_counter() - done)
+        result["scene3d"] = {"photo": f"{pw}x{ph} ({pw * ph / 1e6:.1f} MP)", "points": len(scene.points),
+                             "triangles": len(scene.faces),
+                             "glb_mb": round((Path(tmp) / "s.glb").stat().st_size / 1e6, 1),
+                             **{k: round(statistics.median(v[1:]), 3) for k, v in parts.items()}}
+        result["scene3d"]["total_s"] = round(sum(result["scene3d"][k] for k in parts), 3)
+        log("3d", result["scene3d"])
+    emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
