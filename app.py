@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import functools
 import math
 import hashlib
 import traceback
@@ -35,11 +34,13 @@ from mtan.records import DEFAULT_RESOLUTION, RESOLUTIONS
 from mtan.serve import render
 from mtan.serve import views
 from mtan.serve.card import split_card
+from mtan.serve.page_text import ABOUT, CSS, HOW_TO_READ
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
-from mtan.serve.guard import RequestGuard, refusal
-from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, build_scene, write_glb, write_ply
+from mtan.serve.guard import RequestGuard, guarded, refusal
+from mtan.serve.scene3d import (COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT, build_scene, write_glb,
+                                write_ply)
 from mtan.serve.settings import byte_size, parse_args
-from mtan.serve.uploads import UploadPolicy
+from mtan.serve.uploads import UploadPolicy, megabytes
 from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS, LiveSession, VideoError, VideoLimits, process_clip
 from mtan.serve.zerogpu import gpu_task
 
@@ -82,6 +83,14 @@ LIVE_STREAMS = 4              # webcam streams at once (each holds a slot while 
 LIVE_SECONDS = 120            # a stream ends after this long (Record starts another)
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
+clip_on_device = gpu_task(process_clip, duration=180)
+
+
+def _live_on_device(session: LiveSession, photo):
+    return session(photo)
+
+
+live_on_device = gpu_task(_live_on_device, duration=10)
 
 
 def get_model(key: str | None) -> serve.LoadedModel:
@@ -106,51 +115,7 @@ def task_choices(loaded: serve.LoadedModel | None) -> list[str]:
     return loaded.model.task_names if loaded else ["semantic", "depth"]
 
 
-def as_files(stem: str, **images):
-    """Each PIL image as a JPEG file of its own (``<stem>_<name>.jpg`` in a fresh folder), in order.
-
-    Views are returned to gradio as files, not PIL images: gradio writes a PIL output to a path
-    named after its content by truncating and rewriting that file, so two requests with the same
-    output (two visitors, one example) can hand a client a file that is being rewritten (an empty
-    or cut download, seen under load). A file is copied into gradio's cache atomically instead.
-    """
-    folder = None
-    paths = []
-    for name, im in images.items():
-        if im is None:
-            paths.append(None)
-            continue
-        folder = folder or DOWNLOADS.new()
-        path = folder / f"{stem}_{name}.jpg"
-        im.save(path, "JPEG")
-        paths.append(str(path))
-    return paths
-
-
 # ---- the prediction ----------------------------------------------------------------------------
-
-
-def guarded(fn):
-    """``fn`` with the app's error handling: our refusals pass through; running out of memory and
-    any other exception become one plain message (the API client sees that text too), the
-    traceback in the log; the photo's temporaries go back to the OS afterwards."""
-    @functools.wraps(fn)
-    def run(*args):
-        try:
-            try:
-                return fn(*args)
-            finally:
-                serve.release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
-        except gr.Error:
-            raise
-        except MemoryError:
-            raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
-                                     "processing resolution.") from None
-        except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
-            traceback.print_exc()
-            raise gr.Error("This photo could not be processed because of an error on the server (it has been "
-                           "logged): try again, or another photo.", print_exception=False) from None
-    return run
 
 
 def checked_resolution(loaded: serve.LoadedModel, resolution: str, event: str) -> tuple[int, int]:
@@ -204,7 +169,7 @@ def main_views(pred: serve.Prediction, loaded: serve.LoadedModel, opacity, color
                f"{pred.seconds:.2f} s on {REGISTRY.device} in {loaded.running}{', compiled' if pred.compiled else ''}")
     notes = [f"⚠️ {n}" for n in loaded.notices + pred.notes]  # the model's notices too: API clients see no banner
     summary = "\n\n".join([summary] + notes)
-    seg, depth, normals, before, after = as_files(pred.stem, segmentation=seg, depth=depth, normals=normals,
+    seg, depth, normals, before, after = DOWNLOADS.jpegs(pred.stem, segmentation=seg, depth=depth, normals=normals,
                                                   photo=pair[0], compare=pair[1])
     return seg, depth, legend, bar, normals, (before, after), summary
 
@@ -220,7 +185,7 @@ def downloads_of(pred: serve.Prediction):
 
 def attention_views(pred: serve.Prediction, attention_task, attention_part, attention_stage, attention_channel):
     att, diff, caption = views.show_attention(pred, attention_task, attention_part, attention_stage, attention_channel)
-    att, diff = as_files(pred.stem, attention=att, difference=diff)
+    att, diff = DOWNLOADS.jpegs(pred.stem, attention=att, difference=diff)
     return att, diff, caption
 
 
@@ -316,7 +281,7 @@ def predict_video(video, model, resolution, layout, smoothing, colormap, opacity
     out = DOWNLOADS.new() / f"{safe_stem(name)}_mtan.mp4"
     progress(0, desc="Reading the clip")
     try:
-        result = process_clip(loaded, path, out, box, VIDEO_LIMITS, layout, float(smoothing or 0), colormap, opacity,
+        result = clip_on_device(loaded, path, out, box, VIDEO_LIMITS, layout, float(smoothing or 0), colormap, opacity,
                               progress=lambda done, total: progress((done, total), desc="Frames", unit="frames"))
     except VideoError as e:
         raise refusal("predict_video", str(e)) from None
@@ -357,7 +322,7 @@ def live_frame(frame, model, layout, session):
     try:
         if session is None or session.key != loaded.key or session.layout != layout:
             session = LiveSession(loaded, LIVE_RESOLUTION, layout if layout in LAYOUTS else "segmentation | depth")
-        picture = session(np.asarray(photo))
+        picture = live_on_device(session, np.asarray(photo))
         return picture, session.describe(), session
     finally:
         serve.release_memory()
@@ -422,7 +387,7 @@ def attention_section(pred, part, level, channel):
     channels = render.level_channels(pred.masks, part, level)
     channel = int(min(max(0, channel or 0), channels))
     panel, bar, caption = render.attention_panel(pred.masks, pred.photo, part, level, channel)
-    (panel,) = as_files(pred.stem, attention_panel=panel)
+    (panel,) = DOWNLOADS.jpegs(pred.stem, attention_panel=panel)
     return panel, bar, caption, gr.update(maximum=channels, value=channel,
                                           label=f"Channel (0 = the mean of all {channels}; 1-{channels} one channel)")
 
@@ -432,7 +397,7 @@ def attention_overview(pred, part):
     if pred is None or not pred.masks:
         return None, ""
     part = part if part in render.PARTS else "encoder"
-    (sheet,) = as_files(pred.stem, attention_overview=render.attention_overview(pred.masks, pred.photo, part))
+    (sheet,) = DOWNLOADS.jpegs(pred.stem, attention_overview=render.attention_overview(pred.masks, pred.photo, part))
     return sheet, render.attention_table(pred.masks)
 
 
@@ -452,7 +417,7 @@ def page_details(pred, part, level, channel):
 def redraw_segmentation(pred, opacity):
     if pred is None:
         return gr.skip()
-    return as_files(pred.stem, segmentation=views.segmentation_view(pred, opacity))[0]
+    return DOWNLOADS.jpegs(pred.stem, segmentation=views.segmentation_view(pred, opacity))[0]
 
 
 def redraw_depth(pred, colormap, compare):
@@ -460,14 +425,14 @@ def redraw_depth(pred, colormap, compare):
         return gr.skip(), gr.skip(), gr.skip()
     depth, bar = views.depth_view(pred, colormap)
     after = views.compared_view(pred, compare, colormap, depth=depth) if compare == "depth" else None
-    depth, photo, after = as_files(pred.stem, depth=depth, photo=pred.photo if after else None, compare=after)
+    depth, photo, after = DOWNLOADS.jpegs(pred.stem, depth=depth, photo=pred.photo if after else None, compare=after)
     return depth, bar, (photo, after) if after else gr.skip()
 
 
 def redraw_compare(pred, compare, colormap):
     if pred is None:
         return gr.skip()
-    return tuple(as_files(pred.stem, photo=pred.photo, compare=views.compared_view(pred, compare, colormap)))
+    return tuple(DOWNLOADS.jpegs(pred.stem, photo=pred.photo, compare=views.compared_view(pred, compare, colormap)))
 
 
 def redraw_attention(pred, part, level, channel):
@@ -508,41 +473,13 @@ def on_model_change(model):
 
 # ---- the page: results first, then what explains them --------------------------------------------
 
-ABOUT = """**MTAN** (Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR 2019) shares one
-SegNet-style network between all tasks and gives each task a chain of small soft-attention masks, one per encoder
-and decoder stage, that select from the shared features what that task needs. The masks are cheap 1x1 convolutions,
-so a new task adds few parameters, and comparing them (the *Attention* section) shows which features each task
-relies on. **Dynamic Weight Average (DWA)** balances the tasks during training by weighting each task's loss by how
-slowly it fell over the last two epochs (a softmax with temperature 2), so that no task dominates.
-[Paper](https://arxiv.org/abs/1803.10704)"""
-
-HOW_TO_READ = """Each task multiplies the shared features by its own mask before using them: bright means the
-task lets that feature through at that place, dark means it shuts it out. Where the two tasks' pictures differ
-(the last one), they draw on different features: stage 1 works at the photo's full size, stage 5 at 1/16 of it."""
-
-CSS = """
-.mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
-             border-radius: 6px}
-.mtan-error {border-left: 4px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 6px 12px;
-            border-radius: 6px; font-weight: 600}
-.mtan-legend ul {list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 4px 14px}
-.mtan-legend-item {display: flex; align-items: center; gap: 6px; font-size: 13px}
-.mtan-legend-title, .mtan-colorbar-title {font-size: 13px; font-weight: 600}
-.mtan-swatch {width: 14px; height: 14px; border-radius: 3px; display: inline-block;
-             box-shadow: 0 0 0 1px #fff, 0 0 0 2px #0008}
-.mtan-legend-share {opacity: .7}
-.mtan-colorbar-bar {height: 14px; border-radius: 3px; margin: 4px 0}
-.mtan-colorbar-ticks {display: flex; justify-content: space-between; font-size: 12px; text-align: center}
-.mtan-colorbar-note {font-size: 12px; opacity: .75; margin-top: 4px}
-"""
-
 first_tasks, first_compare = task_choices(DEFAULT_MODEL), compare_choices(DEFAULT_MODEL)
 first_card, first_card_rest = card_parts(DEFAULT_MODEL)
 shows = " and ".join(dict.fromkeys(first_compare)) if DEFAULT_MODEL else "segmentation and depth"
 with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False,
                delete_cache=GRADIO_CACHE) as demo:
     gr.Markdown(f"# MTAN: {shows} from one street photo\nUpload a photo of a street (or pick an example): one "
-                "network labels every pixel and estimates how far away it is, in a single pass.")
+                "network labels every pixel and estimates how far away it is, in a single pass.", elem_id="intro")
     notice = gr.Markdown(notices_of(DEFAULT_MODEL), visible=bool(notices_of(DEFAULT_MODEL)),
                          elem_classes="mtan-notice", elem_id="notice")
     error = gr.Markdown(visible=False, elem_classes="mtan-error", elem_id="error")
@@ -580,7 +517,8 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
                 gr.Markdown("The depth map as a scene in metres: drag to turn it, scroll to zoom. The camera is "
                             "assumed, not measured; the sky and far pixels are left out.")
                 scene_view = gr.Model3D(label="The photo in 3D (metres)", elem_id="scene", interactive=False,
-                                        clear_color=(0.08, 0.08, 0.1, 1.0), camera_position=(90, 90, None))
+                                        clear_color=(0.08, 0.08, 0.1, 1.0),
+                                        camera_position=(85, 87, VIEW_PIVOT))  # a few degrees off the photo's viewpoint
                 with gr.Row():
                     scene_fov = gr.Slider(20, 120, value=DEFAULT_FOV, step=1, elem_id="scene-fov",
                                           label="Camera's horizontal field of view (degrees; a phone's is about 65)")
@@ -620,19 +558,19 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
         with gr.Tab("Video", id="video", elem_id="video-tab"):
             gr.Markdown(f"Upload a short street clip (MP4, WebM or MOV): every frame is labelled and its depth "
                         f"estimated, and the result comes back as a video at the clip's frame rate. This app takes "
-                        f"{VIDEO_LIMITS.describe()}, files up to {ARGS.max_video_size.upper()}.")
+                        f"{VIDEO_LIMITS.describe()}, files up to {megabytes(VIDEO_UPLOADS.max_bytes)}.")
             with gr.Row(equal_height=False):
-                video_in = gr.Video(sources=["upload"], label="Your street clip", elem_id="video-input", height=300)
-                video_out = gr.Video(label="Result", elem_id="video-output", height=300, interactive=False)
+                video_in = gr.Video(sources=["upload"], label="Your street clip", elem_id="video-input", height=240)
+                with gr.Column():
+                    video_layout = gr.Radio(list(LAYOUTS), value=DEFAULT_LAYOUT, label="Views", elem_id="video-layout")
+                    video_offered, video_default = video_resolutions(DEFAULT_MODEL)
+                    video_resolution = gr.Radio(video_offered, value=video_default, elem_id="video-resolution",
+                                                label="Processing resolution (smaller runs faster)")
+                    video_smoothing = gr.Slider(0, 0.9, value=0.5, step=0.1, elem_id="video-smoothing",
+                                                label="Smoothing over frames (0 = off; more = steadier)")
+                    video_button = gr.Button("Run the clip again with these settings", elem_id="video-run")
+            video_out = gr.Video(label="Result", elem_id="video-output", interactive=False)
             video_summary = gr.Markdown(elem_id="video-summary")
-            with gr.Row():
-                video_layout = gr.Radio(list(LAYOUTS), value=DEFAULT_LAYOUT, label="Views", elem_id="video-layout")
-                video_offered, video_default = video_resolutions(DEFAULT_MODEL)
-                video_resolution = gr.Radio(video_offered, value=video_default, elem_id="video-resolution",
-                                            label="Processing resolution (smaller runs faster)")
-                video_smoothing = gr.Slider(0, 0.9, value=0.5, step=0.1, elem_id="video-smoothing",
-                                            label="Smoothing over frames (0 = off; more = steadier, slower to follow)")
-            video_button = gr.Button("Run the clip again with these settings", elem_id="video-run")
         with gr.Tab("Live webcam", id="live", elem_id="live-tab"):
             gr.Markdown("Allow the camera, press Record and point it at a street: each frame is labelled and its depth "
                         f"estimated at {LIVE_RESOLUTION[0]}x{LIVE_RESOLUTION[1]}, as fast as this server manages (a "

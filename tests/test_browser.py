@@ -39,7 +39,10 @@ def have_browser() -> str:
     return ""
 
 
-def new_driver(profile: str, window=DESKTOP):
+def new_driver(profile: str, window=DESKTOP, camera: Path | None = None, webgl: bool = False):
+    """Headless Chromium at ``window`` size. ``camera``: a Y4M clip the page's webcam shows
+    (Chromium's fake capture device, permission granted); ``webgl``: WebGL in software
+    (SwiftShader), for the 3D view."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -47,10 +50,14 @@ def new_driver(profile: str, window=DESKTOP):
     phone = window[0] < 600
     opts = Options()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    extra = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader") if webgl else ("--disable-gpu",)
+    if camera:
+        extra += ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                  f"--use-file-for-fake-video-capture={camera}")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-                f"--window-size={window[0]},{window[1]}"):
+                f"--window-size={window[0]},{window[1]}", *extra):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the viewport itself is window-sized

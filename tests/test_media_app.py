@@ -80,13 +80,25 @@ def test_the_3d_endpoint_returns_a_mesh_and_a_point_cloud(client):
     glb, ply = sorted(files, key=lambda f: f.endswith(".ply"))
     assert model3d.endswith(".glb") and glb.endswith(".glb") and ply.endswith(".ply")
     assert glb_points(model3d) >= 10_000 and ply_points(ply) >= 10_000
-    assert glb_points(glb) == ply_points(ply)
+    assert glb_points(glb) == ply_points(ply) + 4  # and the 4 unused vertices that place the viewer
     assert "60° horizontal field of view" in caption and "points" in caption
     # a narrower view and a nearer limit: fewer points, coloured by class
     _, files, caption = client.predict(handle_file(str(EXAMPLE)), None, "256x512", 30, 20, "segmentation", False,
                                        api_name="/predict_3d")
     assert ply_points(next(f for f in files if f.endswith(".ply"))) < ply_points(ply)
     assert "30° horizontal field of view" in caption
+
+
+def test_the_readme_calls_run_as_written(client, tmp_path):
+    """The documented calls with the file alone: every other input takes its control's default."""
+    from gradio_client import handle_file
+
+    clip = write_clip(tmp_path / "my_street.mp4", seconds=1, fps=10)
+    video, summary = client.predict(handle_file(str(clip)), api_name="/predict_video")
+    assert count_frames(video)[:2] == (10, Fraction(10)) and "network input" in summary
+    mesh, (glb, ply), caption = client.predict(handle_file(str(EXAMPLE)), api_name="/predict_3d")
+    assert mesh.endswith(".glb") and glb.endswith(".glb") and ply.endswith(".ply")
+    assert "40.0 m" in caption  # the default distance limit
 
 
 def test_3d_settings_out_of_range_are_refused(client):

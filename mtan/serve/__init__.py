@@ -9,6 +9,8 @@ module                 job
 ``jpeg``               what a JPEG asks of its decoder, read from its markers
 ``prediction``         the network on one photo: outputs at the photo's size, compact masks
 ``render``             the pictures: overlays, legends, coloured depth, normals, mask heat maps
+``video``              street clips frame by frame, and the live webcam's frames
+``scene3d``            a photo's depth as a scene in metres: a mesh (GLB) and a point cloud (PLY)
 ``downloads``          the files to download and the folders they live in
 ``examples``           the example photos and the cache that answers them at once
 ``guard``, ``uploads`` every request's values checked; which files a request may make the app read

@@ -187,3 +187,24 @@ class DownloadFolders:
         out = self.root / uuid.uuid4().hex
         out.mkdir()
         return out
+
+    def jpegs(self, stem: str, **images) -> list[str | None]:
+        """Each PIL image (None: skipped) as a JPEG file of its own, ``<stem>_<name>.jpg`` in one
+        fresh folder; their paths, in order.
+
+        The app hands its views to gradio as files, not PIL images: gradio writes a PIL output to
+        a path named after its content by truncating and rewriting that file, so two requests with
+        the same output (two visitors, one example) can hand a client a file that is being
+        rewritten (an empty or cut download, seen under load). A file is copied atomically instead.
+        """
+        folder = None
+        paths = []
+        for name, im in images.items():
+            if im is None:
+                paths.append(None)
+                continue
+            folder = folder or self.new()
+            path = folder / f"{stem}_{name}.jpg"
+            im.save(path, "JPEG")
+            paths.append(str(path))
+        return paths

@@ -11,14 +11,17 @@ replaced by a clean copy, or the request is refused with one short message, logg
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
 import sys
+import traceback
 
 import gradio as gr
 
+from mtan.serve.process import release_memory
 from mtan.serve.uploads import UploadPolicy, UploadRefused
 
 log = logging.getLogger("mtan.app.requests")
@@ -54,6 +57,29 @@ def _choices(block) -> list:
 
 def _choice_labels(block) -> list:
     return [c[0] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])]
+
+
+def guarded(fn):
+    """``fn`` with the app's error handling: our refusals pass through; running out of memory and
+    any other exception become one plain message (the API client sees that text too), the
+    traceback in the log; the photo's temporaries go back to the OS afterwards."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
+        except gr.Error:
+            raise
+        except MemoryError:
+            raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
+                                     "processing resolution.") from None
+        except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
+            traceback.print_exc()
+            raise gr.Error("This photo could not be processed because of an error on the server (it has been "
+                           "logged): try again, or another photo.", print_exception=False) from None
+    return run
 
 
 class RequestGuard:

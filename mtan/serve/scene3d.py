@@ -7,8 +7,8 @@ default; a phone's main camera is about 65, the CityScapes camera 49) gives the 
 pixels, ``f = (width / 2) / tan(fov / 2)``. A pixel (u, v) at distance Z metres goes to
 ``x = (u - cx) Z / f``, ``y = -(v - cy) Z / f``, ``z = -Z`` (glTF's axes: x right, y up, the camera
 looking down -z). The sky, pixels without depth and pixels beyond ``max_metres`` are left out;
-a triangle is left out where it would bridge a jump in depth (an object's edge against what lies
-behind it).
+a triangle is left out where it would bridge a jump in depth (an object's outline against what
+lies behind it, see :func:`depth_jumps`).
 """
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ from mtan.serve import render
 from mtan.serve.prediction import Prediction
 
 DEFAULT_FOV = 60.0            # degrees, horizontal
-DEFAULT_MAX_METRES = 80.0     # farther pixels are left out
+DEFAULT_MAX_METRES = 40.0     # farther pixels are left out (far depth is the roughest)
 MAX_VERTICES = 150_000        # the grid of points is at most this many (about 5 MB of GLB)
-EDGE_JUMP = 0.12              # a triangle whose corners' distances differ by more than 12 % is an edge: left out
+EDGE_JUMP = 8.0               # a jump in 1 / distance 8 times the picture's typical step between neighbours is an edge
+SMOOTHING = 5                 # the depth's speckles removed first: a 5 x 5 median at the network's resolution
+MIN_JUMP = 0.002              # ... and at least this (1 / metres: 10 m against 10.2 m)
 COLOURINGS = ("photo", "segmentation")
+VIEW_PIVOT = 15.0             # metres ahead of the camera: the point the page's 3D view turns around
 SKY_CLASSES = {"sky"}
 
 
@@ -65,14 +68,32 @@ def grid_size(size: tuple[int, int], max_vertices: int = MAX_VERTICES) -> tuple[
     return max(2, int(h * s)), max(2, int(w * s))
 
 
-def _resized(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resized(values: np.ndarray, size: tuple[int, int], median: int = 0) -> np.ndarray:
+    """``values`` (h x w) bilinear to ``size``; first, with ``median`` (odd), each value replaced
+    by the median of its ``median`` x ``median`` neighbourhood (speckles go, outlines stay)."""
     t = torch.from_numpy(np.ascontiguousarray(values, np.float32))[None, None]
     t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+    if median > 1:
+        k = median // 2
+        windows = F.unfold(F.pad(t, (k, k, k, k), mode="replicate"), median)
+        t = windows.median(dim=1).values.view_as(t)
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def depth_jumps(inverse: np.ndarray) -> np.ndarray:
+    """For each grid cell (h - 1 x w - 1), whether its four corners straddle a jump in depth: in
+    inverse distance (1 / metres), where a receding ground or wall changes evenly from pixel to
+    pixel, the spread of the corners is over :data:`EDGE_JUMP` times the picture's median step
+    (each pixel's larger step to its right or lower neighbour) and over :data:`MIN_JUMP`. An object's outline
+    against what lies behind it is such a jump; a road running to the horizon is not."""
+    steps = np.maximum(np.abs(np.diff(inverse, axis=0))[:, :-1], np.abs(np.diff(inverse, axis=1))[:-1])
+    limit = max(EDGE_JUMP * float(np.median(steps)) if steps.size else 0.0, MIN_JUMP)
+    corners = np.stack([inverse[:-1, :-1], inverse[:-1, 1:], inverse[1:, :-1], inverse[1:, 1:]])
+    return corners.max(axis=0) - corners.min(axis=0) > limit
 
 
 def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = DEFAULT_MAX_METRES,
@@ -88,7 +109,8 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
     if not max_metres > 0:
         raise ValueError(f"the distance limit must be above 0 m, got {max_metres:g}")
     gh, gw = grid_size(pred.size, max_vertices)
-    metres = dep.to_metres(torch.from_numpy(_resized(pred.depth[dep.name], (gh, gw)))).numpy().astype(np.float32)
+    depth = _resized(pred.depth[dep.name], (gh, gw), median=SMOOTHING)
+    metres = dep.to_metres(torch.from_numpy(depth)).numpy().astype(np.float32)
     valid = np.isfinite(metres) & (metres > 0)
     near = valid & (metres <= max_metres)
     dropped_far = int((valid & ~near).sum())
@@ -112,9 +134,8 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
     # Two triangles per grid cell whose four corners are kept and lie at about the same distance.
     a, b, c, d = (slice(None, -1), slice(None, -1)), (slice(None, -1), slice(1, None)), \
         (slice(1, None), slice(None, -1)), (slice(1, None), slice(1, None))
-    corners = np.stack([z[a], z[b], z[c], z[d]])
     cell = np.stack([keep[a], keep[b], keep[c], keep[d]]).all(axis=0)
-    cell &= corners.max(axis=0) <= corners.min(axis=0) * (1 + EDGE_JUMP)
+    cell &= ~depth_jumps(np.where(keep, 1 / np.maximum(metres, 1e-6), 0.0))
     index = np.full((gh, gw), -1, np.int64)
     index[keep] = np.arange(int(keep.sum()))
     ia, ib, ic, id_ = index[a][cell], index[b][cell], index[c][cell], index[d][cell]
@@ -147,14 +168,32 @@ def _padded(data: bytes, fill: bytes = b"\0") -> bytes:
     return data + fill * (-len(data) % 4)
 
 
-def write_glb(scene: Scene3D, path: str | Path) -> Path:
+def viewer_anchors(points: np.ndarray, pivot: float = VIEW_PIVOT) -> np.ndarray:
+    """Four vertices that no triangle uses, placed so that the bounding box of the scene and them
+    is centred ``pivot`` metres straight ahead of the camera: a viewer that turns around the
+    centre of the bounding box (the page's) then turns around that point, and a viewer placed
+    ``pivot`` metres back from it starts where the photo was taken."""
+    lo, hi = (points.min(0), points.max(0)) if len(points) else (np.zeros(3), np.zeros(3))
+    x, y = (float(max(abs(lo[i]), abs(hi[i]))) for i in (0, 1))
+    z_lo = min(float(lo[2]), -2 * pivot - float(hi[2]))
+    z_hi = -2 * pivot - z_lo
+    return np.array([[-x, -y, z_lo], [x, y, z_hi], [-x, y, z_lo], [x, -y, z_hi]], np.float32)
+
+
+def write_glb(scene: Scene3D, path: str | Path, anchored: bool = True) -> Path:
     """The mesh (or, with no triangles, the points) as binary glTF 2.0: positions, vertex colours
     (RGBA, normalised bytes), 32-bit indices; an unlit double-sided material so the photo's
-    colours show as they are from either side."""
+    colours show as they are from either side. ``anchored``: with :func:`viewer_anchors` after
+    the points (not for a point-only file, where every vertex is drawn)."""
     path = Path(path)
-    n = len(scene.points)
-    positions = np.ascontiguousarray(scene.points, "<f4").tobytes()
-    rgba = np.concatenate([scene.colours, np.full((n, 1), 255, np.uint8)], axis=1)
+    points = scene.points
+    colours = scene.colours
+    if anchored and len(scene.faces):
+        points = np.concatenate([points, viewer_anchors(points)])
+        colours = np.concatenate([colours, np.zeros((4, 3), np.uint8)])
+    n = len(points)
+    positions = np.ascontiguousarray(points, "<f4").tobytes()
+    rgba = np.concatenate([colours, np.full((n, 1), 255, np.uint8)], axis=1)
     colours = np.ascontiguousarray(rgba, np.uint8).tobytes()
     indices = np.ascontiguousarray(scene.faces, "<u4").tobytes()
     views, offset, blob = [], 0, b""
@@ -162,8 +201,8 @@ def write_glb(scene: Scene3D, path: str | Path) -> Path:
         views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": target})
         blob += _padded(data)
         offset = len(blob)
-    lo = scene.points.min(axis=0).tolist() if n else [0.0] * 3
-    hi = scene.points.max(axis=0).tolist() if n else [0.0] * 3
+    lo = points.min(axis=0).tolist() if n else [0.0] * 3
+    hi = points.max(axis=0).tolist() if n else [0.0] * 3
     accessors = [
         {"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3", "min": lo, "max": hi},
         {"bufferView": 1, "componentType": 5121, "normalized": True, "count": n, "type": "VEC4"},

@@ -1,0 +1,33 @@
+"""The app page's fixed texts and its style sheet."""
+
+ABOUT = """**MTAN** (Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR 2019) shares one
+SegNet-style network between all tasks and gives each task a chain of small soft-attention masks, one per encoder
+and decoder stage, that select from the shared features what that task needs. The masks are cheap 1x1 convolutions,
+so a new task adds few parameters, and comparing them (the *Attention* section) shows which features each task
+relies on. **Dynamic Weight Average (DWA)** balances the tasks during training by weighting each task's loss by how
+slowly it fell over the last two epochs (a softmax with temperature 2), so that no task dominates.
+[Paper](https://arxiv.org/abs/1803.10704)"""
+
+HOW_TO_READ = """Each task multiplies the shared features by its own mask before using them: bright means the
+task lets that feature through at that place, dark means it shuts it out. Where the two tasks' pictures differ
+(the last one), they draw on different features: stage 1 works at the photo's full size, stage 5 at 1/16 of it."""
+
+CSS = """
+.mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
+             border-radius: 6px}
+.mtan-error {border-left: 4px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 6px 12px;
+            border-radius: 6px; font-weight: 600}
+.mtan-legend ul {list-style: none; padding: 0; margin: 4px 0; display: flex; flex-wrap: wrap; gap: 4px 14px}
+.mtan-legend-item {display: flex; align-items: center; gap: 6px; font-size: 13px}
+.mtan-legend-title, .mtan-colorbar-title {font-size: 13px; font-weight: 600}
+.mtan-swatch {width: 14px; height: 14px; border-radius: 3px; display: inline-block;
+             box-shadow: 0 0 0 1px #fff, 0 0 0 2px #0008}
+.mtan-legend-share {opacity: .7}
+.mtan-colorbar-bar {height: 14px; border-radius: 3px; margin: 4px 0}
+.mtan-colorbar-ticks {display: flex; justify-content: space-between; font-size: 12px; text-align: center}
+.mtan-colorbar-note {font-size: 12px; opacity: .75; margin-top: 4px}
+@media (max-width: 640px) {  /* a phone: a smaller title, so that the first result shows without scrolling */
+  #intro h1 {font-size: 1.2rem; line-height: 1.25; margin-bottom: 0.2em}
+  #intro p {font-size: 0.85rem; line-height: 1.35; margin: 0}
+}
+"""

@@ -1,0 +1,171 @@
+"""The video, live webcam and 3D views in a real browser: headless Chromium (selenium) uploads a
+clip in the Video tab and plays the result, opens the 3D section under a photo's results and
+checks the scene is drawn, and streams a webcam (Chromium's fake camera, fed a street clip) in the
+Live webcam tab until the results and the frame rate show.
+
+Skipped when chromium or chromedriver is missing (Debian: apt-get install chromium chromium-driver).
+
+Also the tool that takes the README's screenshots of these views with the default model::
+
+    python tests/test_browser_media.py docs/
+"""
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from apphelpers import REPO, running_app  # noqa: E402
+from mediahelpers import write_clip  # noqa: E402
+from test_browser import DESKTOP, Page, have_browser, new_driver  # noqa: E402
+
+WEIGHTS = REPO / "weights"
+
+
+def camera_feed(path: Path, photo: Path, size=(240, 320), frames: int = 30) -> Path:
+    """A Y4M clip (what Chromium's fake camera plays) of the camera panning across ``photo``."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    im = Image.open(photo).convert("RGB")
+    im = im.resize((round(im.width * h / im.height), h))
+    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
+        stream = out.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            x = (im.width - w) * i // max(1, frames - 1)
+            frame = av.VideoFrame.from_ndarray(np.asarray(im.crop((x, 0, x + w, h))), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def open_tab(driver, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if name in t.text).click()
+    time.sleep(0.5)
+
+
+def colours(png: bytes) -> int:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return len(im.convert("RGB").getcolors(1 << 20) or range(1 << 20))
+
+
+def visit_media(url: str, clip: Path, photo: Path, camera: Path, shots: Path | None = None,
+                timeout: float = 240.0) -> dict:
+    """The three views, as a visitor uses them; what each shows (and screenshots into ``shots``)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seen = {}
+    with tempfile.TemporaryDirectory() as profile:
+        driver = new_driver(profile, DESKTOP, camera=camera, webgl=True)
+        page = Page(driver)
+        wait = WebDriverWait(driver, timeout)
+        try:
+            driver.get(url)
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "button[role=tab]")))
+
+            # Video: upload, the result plays
+            open_tab(driver, "Video")
+            driver.find_element(By.CSS_SELECTOR, "#video-input input[type=file]").send_keys(str(clip.resolve()))
+            video = "#video-output video"
+            wait.until(lambda d: d.execute_script(
+                f"const v = document.querySelector('{video}'); return v && v.readyState >= 2 && v.duration > 0"))
+            seen["video"] = driver.execute_script(
+                f"const v = document.querySelector('{video}'); return [v.duration, v.videoWidth, v.videoHeight]")
+            seen["video_summary"] = driver.find_element(By.CSS_SELECTOR, "#video-summary").text
+            driver.execute_script(f"document.querySelector('{video}').currentTime = 1.0")
+            time.sleep(1.0)
+            if shots:
+                driver.save_screenshot(str(shots / "app_video.png"))
+
+            # 3D: a photo, then the section opened
+            open_tab(driver, "Photo")
+            driver.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(photo.resolve()))
+            wait.until(lambda d: page.src("segmentation") and page.images_loaded("segmentation", "depth"))
+            driver.execute_script("document.querySelector('#scene-section .label-wrap').click()")
+            wait.until(lambda d: "points" in d.find_element(By.CSS_SELECTOR, "#scene-caption").text)
+            canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene canvas")))
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+            time.sleep(4.0)  # the viewer loads the mesh and draws it
+            seen["scene_caption"] = driver.find_element(By.CSS_SELECTOR, "#scene-caption").text
+            seen["scene_colours"] = colours(canvas.screenshot_as_png)
+            seen["scene_files"] = [a.get_attribute("href") or ""
+                                   for a in driver.find_elements(By.CSS_SELECTOR, "#scene-downloads a")]
+            if shots:
+                driver.save_screenshot(str(shots / "app_3d.png"))
+
+            # Live webcam: the camera allowed, Record, results stream in with their rate
+            driver.execute_script("window.scrollTo(0, 0)")
+            open_tab(driver, "Live webcam")
+            driver.find_element(By.CSS_SELECTOR, "#live-input div[title='grant webcam access'] button").click()
+            wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#live-input button[aria-label='capture photo']"))
+                       ).click()
+            wait.until(lambda d: "frames/s" in d.find_element(By.CSS_SELECTOR, "#live-rate").text
+                       and page.images_loaded("live-output"))
+            time.sleep(6.0)  # a few seconds of streaming: the rate over the last frames
+            seen["live_rate"] = driver.find_element(By.CSS_SELECTOR, "#live-rate").text
+            seen["live_image"] = driver.execute_script(
+                "const i = document.querySelector('#live-output img'); return [i.naturalWidth, i.naturalHeight]")
+            if shots:
+                driver.save_screenshot(str(shots / "app_live.png"))
+            return seen
+        finally:
+            driver.quit()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if have_browser():
+        pytest.skip(have_browser())
+    tmp = tmp_path_factory.mktemp("browser-media")
+    with running_app({"MTAN_MODEL": str(WEIGHTS), "MTAN_MODELS": "", "MTAN_DEFAULT_MODEL": str(WEIGHTS)},
+                     tmp / "app.log") as url:
+        yield url
+
+
+def test_video_3d_and_live_webcam_render(app_url, tmp_path):
+    clip = write_clip(tmp_path / "street.mp4", seconds=2, fps=10, size=(120, 160))
+    camera = camera_feed(tmp_path / "camera.y4m", REPO / "examples" / "street_02.jpg")
+    seen = visit_media(app_url, clip, REPO / "examples" / "street_01.jpg", camera, shots=tmp_path)
+    duration, width, height = seen["video"]
+    assert abs(duration - 2.0) < 0.15 and (width, height) == (3 * 160, 120), seen["video"]
+    assert "20 frames at 10 frames/s" in seen["video_summary"]
+    assert "points" in seen["scene_caption"] and "field of view" in seen["scene_caption"]
+    assert seen["scene_colours"] > 200, seen["scene_colours"]  # the scene is drawn, not an empty canvas
+    assert any(".glb" in f for f in seen["scene_files"]) and any(".ply" in f for f in seen["scene_files"]), seen
+    assert "frames/s" in seen["live_rate"] and "measuring" not in seen["live_rate"], seen["live_rate"]
+    assert seen["live_image"] == [2 * 320, 240]  # segmentation | depth of each 320x240 camera frame
+    for shot in ("app_video.png", "app_3d.png", "app_live.png"):
+        assert colours((tmp_path / shot).read_bytes()) > 50, shot
+
+
+if __name__ == "__main__":
+    if have_browser():
+        sys.exit(have_browser())
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, running_app(
+            {"MTAN_MODEL": str(WEIGHTS), "MTAN_MODELS": ""}, Path(tmp) / "app.log") as url:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from media import panning_clip
+        from PIL import Image
+
+        clip = panning_clip(Path(tmp) / "street.mp4", Image.open(REPO / "examples" / "street_05.jpg").convert("RGB"),
+                            (360, 640), 15, 3)
+        camera = camera_feed(Path(tmp) / "camera.y4m", REPO / "examples" / "street_02.jpg", (480, 640))
+        seen = visit_media(url, clip, REPO / "examples" / "street_01.jpg", camera, shots=out)
+        print({k: v for k, v in seen.items()})
