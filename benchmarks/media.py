@@ -5,6 +5,10 @@
   frames per second of the whole job (decoding, the network, drawing, encoding) and of the network.
 - ``live``: the live webcam's work per frame in this process (a 640x480 JPEG decoded, run at
   128x256, drawn): frames per second. The page asks for at most 5 frames a second.
+- ``live_browser`` (with ``--browser``): the same through the page, end to end: the app started,
+  headless Chromium's fake camera playing a street clip at 640x480, the rate the page shows
+  (frames answered per second over the last ten), read every 5 s for 30 s. The browser runs on
+  the same cores as the server here; on a Space it runs on the visitor's machine.
 - ``scene3d``: a 2-megapixel photo (--photo-size) through the network at 256x512, then the 3D
   scene built and written as GLB and PLY: seconds of each part.
 
@@ -12,6 +16,7 @@ Prints one JSON object.
 
     python benchmarks/media.py
     python benchmarks/media.py --clip-size 1920x1080 --fps 30 --seconds 5
+    python benchmarks/media.py --browser       # also the live webcam through the page (needs chromium)
 """
 from __future__ import annotations
 
@@ -54,6 +59,47 @@ def panning_clip(path: Path, photo: Image.Image, size: tuple[int, int], fps: int
     return path
 
 
+def live_in_browser(model: str, tmp: Path, seconds: float = 30.0) -> dict:
+    """The rate the Live webcam tab shows, with Chromium's fake camera (see the module docstring)."""
+    import re
+
+    sys.path[:0] = [str(REPO / "tests")]
+    from apphelpers import running_app
+    from selenium.webdriver.common.by import By
+    from test_browser import DESKTOP, have_browser, new_driver
+    from test_browser_media import camera_feed, open_tab
+
+    if have_browser():
+        return {"skipped": have_browser()}
+    camera = camera_feed(tmp / "camera.y4m", REPO / "examples" / "street_02.jpg", (480, 640))
+    rates, network = [], []
+    # torch.compile off: its start-up warm-up would take both cores for minutes
+    with running_app({"MTAN_MODEL": model, "MTAN_MODELS": "", "MTAN_THREADS": "", "MTAN_COMPILE": "off"},
+                     tmp / "app.log") as url, \
+            tempfile.TemporaryDirectory() as profile:
+        driver = new_driver(profile, DESKTOP, camera=camera)
+        try:
+            driver.get(url)
+            time.sleep(5)
+            open_tab(driver, "Live webcam")
+            driver.find_element(By.CSS_SELECTOR, "#live-input div[title='grant webcam access'] button").click()
+            time.sleep(2)
+            driver.find_element(By.CSS_SELECTOR, "#live-input button[aria-label='capture photo']").click()
+            time.sleep(5)
+            for _ in range(int(seconds // 5)):
+                time.sleep(5)
+                text = driver.find_element(By.CSS_SELECTOR, "#live-rate").text
+                m = re.search(r"([\d.]+) frames/s · network (\d+) ms", text)
+                if m:
+                    rates.append(float(m.group(1)))
+                    network.append(int(m.group(2)))
+        finally:
+            driver.quit()
+    return {"camera": "640x480, 10 frames/s", "page_asks_every_s": 0.2, "readings": rates,
+            "frames_per_second": statistics.median(rates) if rates else None,
+            "network_ms": statistics.median(network) if network else None}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "weights"))
@@ -64,6 +110,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--resolutions", default="128x256,256x512")
     ap.add_argument("--photo-size", default="1732x1155", help="the 3D photo, WIDTHxHEIGHT (2 megapixels)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--browser", action="store_true", help="also the live webcam through the page, in Chromium")
     a = ap.parse_args(argv)
 
     loaded = ModelRegistry([a.model]).get()
@@ -99,6 +146,9 @@ def main(argv=None) -> dict:
                           "seconds_per_frame": round(statistics.median(times[5:]), 4),
                           "frames_per_second": round(1 / statistics.median(times[5:]), 2)}
         log("live", result["live"])
+        if a.browser:
+            result["live_browser"] = live_in_browser(a.model, Path(tmp))
+            log("live in the browser", result["live_browser"])
 
         pw, ph = (int(v) for v in a.photo_size.split("x"))
         big = photo.resize((pw, ph), Image.Resampling.BICUBIC)
