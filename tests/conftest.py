@@ -28,6 +28,22 @@ os.environ["MTAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtan-test-cache-")
 os.environ["MTAN_COMPILE"] = "off"
 
 
+# Test files that start the app, a browser or training runs, or take over a few seconds a test:
+# `python -m pytest -m "not slow"` leaves them out (the quick subset: about a minute on 2 cores).
+SLOW_FILES = {
+    "test_app.py", "test_benchmarks.py", "test_browser.py", "test_browser_media.py", "test_compiled.py",
+    "test_convert.py", "test_default_model.py", "test_faults.py", "test_hostile_requests.py", "test_learning.py",
+    "test_load.py", "test_media_app.py", "test_pinned.py", "test_precision.py", "test_recipe.py", "test_release.py",
+    "test_secrets.py", "test_synthetic.py", "test_train.py", "test_uploads.py", "test_video.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def cityscapes_tasks():
     return preset_tasks("cityscapes-7")
