@@ -1,7 +1,7 @@
 """Video, live webcam and 3D speed with the default model (or --model), on this machine.
 
 - ``video``: a street clip (made here: the camera panning across an example photo, --clip-size at
-  --fps for --seconds, H.264) run as ``/predict_video`` runs it, at each processing resolution:
+  --fps for --seconds, H.264, as the tests make them) run as ``/predict_video`` runs it, at each processing resolution:
   frames per second of the whole job (decoding, the network, drawing, encoding) and of the network.
 - ``live``: the live webcam's work per frame in this process (a 640x480 JPEG decoded, run at
   128x256, drawn): frames per second. The page asks for at most 5 frames a second.
@@ -33,37 +33,19 @@ from PIL import Image
 
 from _common import REPO, emit, log, machine  # noqa: E402 (adds the checkout to sys.path)
 
+sys.path.insert(0, str(REPO / "tests"))
+from mediahelpers import write_pan  # noqa: E402 (the clips the tests make)
+
 from mtan.model import fit_size  # noqa: E402
 from mtan.serve import ModelRegistry, load_image, parse_resolution, predict_photo  # noqa: E402
 from mtan.serve.scene3d import build_scene, write_glb, write_ply  # noqa: E402
 from mtan.serve.video import LiveSession, process_clip  # noqa: E402
 
 
-def panning_clip(path: Path, photo: Image.Image, size: tuple[int, int], fps: int, seconds: float) -> Path:
-    """The camera panning across ``photo``: ``size`` (h, w) frames, H.264 in MP4."""
-    import av
-
-    h, w = size
-    scale = h / photo.height
-    wide = photo.resize((max(w + 1, round(photo.width * scale)), h), Image.Resampling.BICUBIC)
-    count = round(fps * seconds)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(count):
-            x = (wide.width - w) * i // max(1, count - 1)
-            frame = av.VideoFrame.from_ndarray(np.asarray(wide.crop((x, 0, x + w, h))), format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 def live_in_browser(model: str, tmp: Path, seconds: float = 30.0) -> dict:
     """The rate the Live webcam tab shows, with Chromium's fake camera (see the module docstring)."""
     import re
 
-    sys.path[:0] = [str(REPO / "tests")]
     from apphelpers import running_app
     from selenium.webdriver.common.by import By
     from test_browser import DESKTOP, have_browser, new_driver
@@ -120,7 +102,7 @@ def main(argv=None) -> dict:
     result = {"machine": machine(next(loaded.model.parameters()).device),
               "model": a.model, "runs": loaded.running, "video": {}, "live": {}, "scene3d": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        clip = panning_clip(Path(tmp) / "clip.mp4", photo, (ch, cw), a.fps, a.seconds)
+        clip = write_pan(Path(tmp) / "clip.mp4", photo, (ch, cw), a.fps, round(a.fps * a.seconds))
         for res in a.resolutions.split(","):
             box = parse_resolution(res)
             process_clip(loaded, clip, Path(tmp) / "warm.mp4", box)  # warm-up: oneDNN primitives for this size

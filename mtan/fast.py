@@ -252,9 +252,16 @@ warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.q
                         category=UserWarning)
 
 
+# A convolution's inputs are quantised to 0..127, not 0..255: x86 CPUs without VNNI multiply uint8
+# by int8 in pairs summed into 16 bits, which overflow at full range (a 3x3 convolution's result
+# was off by 18 % of its range here, on a Zen 3); PyTorch's own x86 qconfig reduces the range so.
+INT8_INPUT_LEVELS = 127
+
+
 @lru_cache(maxsize=None)
 def int8_available() -> bool:
-    """Whether this torch build runs a quantised 3x3 convolution + ReLU on the CPU, correctly."""
+    """Whether this torch build runs a quantised 3x3 convolution + ReLU on the CPU, correctly
+    (checked on a small convolution against float32, as the model runs it)."""
     try:
         if not any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn")):
             return False
@@ -264,7 +271,7 @@ def int8_available() -> bool:
             conv.bias.copy_(torch.linspace(-0.2, 0.2, 4))
         x = torch.linspace(0, 1, 2 * 3 * 8 * 8).view(2, 3, 8, 8)
         want = torch.relu(conv(x)).detach()
-        got = Int8ConvReLU(conv, [1 / 255, 0, float(want.max()) / 255, 0])(x)
+        got = Int8ConvReLU(conv, [1 / INT8_INPUT_LEVELS, 0, float(want.max()) / 255, 0, INT8_INPUT_LEVELS])(x)
         return bool((got - want).abs().max() < 0.05 * float(want.max()))
     except Exception:  # no quantised engine, or the ops are gone from this build
         return False
@@ -277,8 +284,9 @@ def _int8_blocks(net: nn.Module) -> dict[str, ConvBNReLU]:
 
 def int8_calibration(model: MTAN, images: torch.Tensor, batch: int = 2) -> dict[str, list[float]]:
     """Activation scales for ``precision="int8"``: for each quantised block, ``[input scale,
-    input zero point, output scale, output zero point]`` from PyTorch's ``HistogramObserver``
-    (uint8, which clips rare outliers to keep resolution for the bulk) over ``images``
+    input zero point, output scale, output zero point, input levels]`` from PyTorch's
+    ``HistogramObserver`` (uint8, which clips rare outliers to keep resolution for the bulk; the
+    inputs on 0..127, see :data:`INT8_INPUT_LEVELS`) over ``images``
     (N x 3 x H x W in [0, 1]: generated street scenes and training photos), run through the
     folded float32 network. Kept in the model's ``precisions.json``, so that the network checked
     at release is the one the app builds."""
@@ -287,7 +295,7 @@ def int8_calibration(model: MTAN, images: torch.Tensor, batch: int = 2) -> dict[
     net = fold_batchnorm(model).float().eval()
     observers, hooks = {}, []
     for name, block in _int8_blocks(net).items():
-        obs = (HistogramObserver(dtype=torch.quint8), HistogramObserver(dtype=torch.quint8))
+        obs = (HistogramObserver(dtype=torch.quint8, reduce_range=True), HistogramObserver(dtype=torch.quint8))
         observers[name] = obs
         hooks.append(block.register_forward_pre_hook(lambda m, args, o=obs[0]: o(args[0].detach().float())))
         hooks.append(block.register_forward_hook(lambda m, args, out, o=obs[1]: o(out.detach().float())))
@@ -301,14 +309,15 @@ def int8_calibration(model: MTAN, images: torch.Tensor, batch: int = 2) -> dict[
     scales = {}
     for name, (inp, out) in observers.items():
         (si, zi), (so, zo) = inp.calculate_qparams(), out.calculate_qparams()
-        scales[name] = [float(si), int(zi), float(so), int(zo)]
+        scales[name] = [float(si), int(zi), float(so), int(zo), INT8_INPUT_LEVELS]
     return scales
 
 
 class Int8ConvReLU(nn.Module):
-    """``relu(conv(x))`` with ``x`` quantised to uint8 (``scales``: input scale and zero point,
-    output scale and zero point), the weights to int8 per output channel, run by
-    ``torch.ops.quantized.conv2d_relu``; float32 in and out."""
+    """``relu(conv(x))`` with ``x`` quantised to uint8 on 0..127 (``scales``: input scale and zero
+    point, output scale and zero point, and the input levels they were measured for: 127; scales
+    measured for 0..255, as earlier records have them, are widened to 0..127), the weights to int8
+    per output channel, run by ``torch.ops.quantized.conv2d_relu``; float32 in and out."""
 
     def __init__(self, conv: nn.Conv2d, scales: list[float]):
         super().__init__()
@@ -320,9 +329,14 @@ class Int8ConvReLU(nn.Module):
                                                          list(conv.dilation), conv.groups)
         self.in_scale, self.in_zero, self.out_scale, self.out_zero = (float(scales[0]), int(scales[1]),
                                                                       float(scales[2]), int(scales[3]))
+        levels = int(scales[4]) if len(scales) > 4 else 255
+        if levels > INT8_INPUT_LEVELS:  # the same float range on 0..127
+            self.in_scale *= levels / INT8_INPUT_LEVELS
+            self.in_zero = round(self.in_zero * INT8_INPUT_LEVELS / levels)
+        self.in_top = (INT8_INPUT_LEVELS - self.in_zero) * self.in_scale  # larger inputs are clipped to it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.quantize_per_tensor(x.float(), self.in_scale, self.in_zero, torch.quint8)
+        q = torch.quantize_per_tensor(x.float().clamp(max=self.in_top), self.in_scale, self.in_zero, torch.quint8)
         return torch.ops.quantized.conv2d_relu(q, self.packed, self.out_scale, self.out_zero).dequantize()
 
 

@@ -42,6 +42,26 @@ def write_clip(path: Path, seconds: float = 3.0, fps: int | Fraction = 10, size:
     return path
 
 
+def write_pan(path: Path, photo: Path | Image.Image, size: tuple[int, int], fps: int, frames: int,
+              y4m: bool = False) -> Path:
+    """The camera panning across ``photo``: ``frames`` frames of ``size`` (h, w) at ``fps``, H.264 in
+    MP4, or with ``y4m`` raw YUV4MPEG (what Chromium's fake camera plays)."""
+    h, w = size
+    im = photo if isinstance(photo, Image.Image) else Image.open(photo)
+    im = im.convert("RGB")
+    im = im.resize((max(w + 1, round(im.width * h / im.height)), h), Image.Resampling.BICUBIC)
+    with av.open(str(path), "w", format="yuv4mpegpipe" if y4m else None) as out:
+        stream = out.add_stream("rawvideo" if y4m else "libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            x = (im.width - w) * i // max(1, frames - 1)
+            frame = av.VideoFrame.from_ndarray(np.asarray(im.crop((x, 0, x + w, h))), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
 def write_tone(out, stream, seconds: float) -> None:
     rate, samples = 22050, 1024
     t = 0

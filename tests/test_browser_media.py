@@ -21,7 +21,7 @@ import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from apphelpers import REPO, running_app  # noqa: E402
-from mediahelpers import write_clip  # noqa: E402
+from mediahelpers import write_clip, write_pan  # noqa: E402
 from test_browser import DESKTOP, Page, have_browser, new_driver  # noqa: E402
 
 WEIGHTS = REPO / "weights"
@@ -29,23 +29,7 @@ WEIGHTS = REPO / "weights"
 
 def camera_feed(path: Path, photo: Path, size=(240, 320), frames: int = 30) -> Path:
     """A Y4M clip (what Chromium's fake camera plays) of the camera panning across ``photo``."""
-    import av
-    import numpy as np
-    from PIL import Image
-
-    h, w = size
-    im = Image.open(photo).convert("RGB")
-    im = im.resize((round(im.width * h / im.height), h))
-    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
-        stream = out.add_stream("rawvideo", rate=10)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            x = (im.width - w) * i // max(1, frames - 1)
-            frame = av.VideoFrame.from_ndarray(np.asarray(im.crop((x, 0, x + w, h))), format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
+    return write_pan(path, photo, size, 10, frames, y4m=True)
 
 
 def open_tab(driver, name: str) -> None:
@@ -184,12 +168,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp, running_app(
             {"MTAN_MODEL": str(WEIGHTS), "MTAN_MODELS": "", "MTAN_COMPILE": "off", "MTAN_THREADS": ""},
             Path(tmp) / "app.log") as url:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from media import panning_clip
-        from PIL import Image
-
-        clip = panning_clip(Path(tmp) / "street.mp4", Image.open(REPO / "examples" / "street_05.jpg").convert("RGB"),
-                            (360, 640), 15, 3)
+        clip = write_pan(Path(tmp) / "street.mp4", REPO / "examples" / "street_05.jpg", (360, 640), 15, 45)
         camera = camera_feed(Path(tmp) / "camera.y4m", REPO / "examples" / "street_02.jpg", (480, 640))
         seen = visit_media(url, clip, REPO / "examples" / "street_01.jpg", shots=out)
         seen |= visit_live(url, camera, shots=out, live_seconds=20)

@@ -207,3 +207,24 @@ def test_int8_quantises_the_3x3_convolutions_with_calibrated_scales():
 def test_quality_check_refuses_an_unknown_precision():
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         check_precisions(_street_model(), [], candidates=("fp32", "int4"))
+
+
+@pytest.mark.skipif(not int8_available(), reason="this CPU's torch build has no working quantised engine")
+@pytest.mark.parametrize("levels", [127, 255])
+def test_int8_convolution_is_right_over_its_whole_input_range(levels):
+    """Large inputs times large weights: on x86 CPUs without VNNI, inputs quantised on 0..255
+    overflow the 16-bit pair sums (the result was off by 18 % of its range on a Zen 3). Inputs go
+    on 0..127; scales measured for 0..255 (earlier records) are widened to it."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.sign(torch.randn_like(conv.weight)) * 0.05)  # every weight at the int8 extreme
+        conv.bias.zero_()
+    x = torch.rand(1, 64, 16, 16) * 4.0  # inputs over the whole calibrated range 0..4
+    with torch.no_grad():
+        want = torch.relu(conv(x))
+    top = float(want.max())
+    got = Int8ConvReLU(conv, [4.0 / levels, 0, top / 255, 0] + ([levels] if levels == 127 else []))(x)
+    assert float((got - want).abs().max()) < 0.03 * top
+    clipped = Int8ConvReLU(conv, [4.0 / levels, 0, top / 255, 0, levels] if levels == 127 else [4.0 / levels, 0, top / 255, 0])
+    assert clipped.in_top == pytest.approx(4.0, rel=1e-6)  # larger inputs are clipped to the calibrated top
