@@ -295,7 +295,8 @@ def int8_calibration(model: MTAN, images: torch.Tensor, batch: int = 2) -> dict[
     net = fold_batchnorm(model).float().eval()
     observers, hooks = {}, []
     for name, block in _int8_blocks(net).items():
-        obs = (HistogramObserver(dtype=torch.quint8, reduce_range=True), HistogramObserver(dtype=torch.quint8))
+        obs = (HistogramObserver(dtype=torch.quint8, quant_min=0, quant_max=INT8_INPUT_LEVELS),
+               HistogramObserver(dtype=torch.quint8))
         observers[name] = obs
         hooks.append(block.register_forward_pre_hook(lambda m, args, o=obs[0]: o(args[0].detach().float())))
         hooks.append(block.register_forward_hook(lambda m, args, out, o=obs[1]: o(out.detach().float())))

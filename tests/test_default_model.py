@@ -110,3 +110,40 @@ def test_example_photo_through_the_app(model, index):
     others = [depth[lab == c].mean() for c in range(7) if c != SKY and int((lab == c).sum()) >= 50]
     if int((lab == SKY).sum()) >= 50:
         assert depth[lab == SKY].mean() < min(others)
+
+
+def test_precision_record_keeps_int8_with_its_calibration():
+    """weights/precisions.json: fp32 and int8 scored on both validation sets and kept; int8's scales
+    cover every quantised block, measured for inputs on 0..127; the app offers both and times them."""
+    from mtan.fast import INT8_INPUT_LEVELS
+    from mtan.model import ConvBNReLU
+    from mtan.records import allowed_precisions, int8_scales, read_record
+    from mtan.serve import ModelRegistry
+
+    record = read_record(WEIGHTS)
+    assert allowed_precisions(record) == ("fp32", "int8")
+    scales = int8_scales(record)
+    blocks = [n for n, m in MTAN.from_pretrained(WEIGHTS).named_modules() if type(m) is ConvBNReLU]
+    assert sorted(scales) == sorted(blocks) and all(s[4] == INT8_INPUT_LEVELS and s[0] > 0 for s in scales.values())
+    for name in record["evaluations"]:
+        fp32, int8 = (record["precisions"][p]["metrics"][name] for p in ("fp32", "int8"))
+        assert int8["semantic.miou"] >= fp32["semantic.miou"] - 0.005
+    assert "Kept: fp32, int8." in README.read_text()
+    loaded = ModelRegistry([str(WEIGHTS)]).get()
+    assert loaded.precisions == ("fp32", "int8") and loaded.int8_scales == scales
+
+
+def test_card_int8_camvid_figure_is_reproduced(camvid_root, monkeypatch, tmp_path):
+    """The card's int8 mIoU on CamVid val, run again through the app's int8 network."""
+    import json
+
+    from mtan.evaluate import main as evaluate_main
+    from mtan.records import read_record
+
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_root))
+    out = tmp_path / "int8.json"
+    assert evaluate_main(["--model", str(WEIGHTS), "--data", "camvid", "--app-resolution", "256x512",
+                          "--precision", "int8", "--out", str(out)]) == 0
+    recorded = read_record(WEIGHTS)["precisions"]["int8"]["metrics"]["camvid val at 256x512"]["semantic.miou"]
+    # int8 kernels round their requantisation differently on other CPUs: a few pixels of 101 photos move
+    assert json.loads(out.read_text())["semantic.miou"] == pytest.approx(recorded, abs=2e-3)

@@ -104,7 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto",) + PRECISIONS, default=env("MTAN_INFERENCE_PRECISION") or "auto",
                    help="what the network computes in: auto (default) times, at start, each precision the model's "
                         "precisions.json says keeps its quality and runs the fastest (remembered per CPU); fp32, "
-                        "bf16 or bf16-convs force one")
+                        "bf16, bf16-convs or int8 force one")
     p.add_argument("--compile", choices=COMPILE_MODES, default=env("MTAN_COMPILE") or "auto",
                    help="auto (default): torch.compile the network in the background at start, at low priority, and "
                         "use it for the input sizes where it is measured faster (about a minute per size on 2 cores; "
