@@ -7,11 +7,13 @@ waits for: the page's first results (``/predict_views``: upload, queue, the netw
 and the images the page shows fetched over HTTP as a browser does), the page's second step
 (``/details``: the attention views and the downloads), ``/predict``'s single answer with
 everything, and gradio_client's default that also downloads every file of that answer one after
-the other (``client_all_files``). The photo is sent as a re-encoded copy: the app keeps the
+the other (``client_all_files``). Then the first results once more, spoken in gradio's wire
+protocol as the browser speaks it (``wire``): upload, queue join, wait, the server's work, the
+images fetched, the server's own network time and its page faults per call. The photo is sent as a re-encoded copy: the app keeps the
 results of its own example photos, and a benchmark must time the work. Then, in
 this process, the same work piece by piece (``parts``, medians over --calls): decoding the
 upload, the network (the app's inference copy, its precision as the app chose it), bringing the
-outputs to the photo's size, the first views drawn and encoded, the attention views, writing the
+outputs to the photo's size (also called from a worker thread, as gradio calls it), the first views drawn and encoded, the attention views, writing the
 downloads, the page's attention section and overview, and each redraw the page makes without the
 network when a control moves (``redraw_*_s``: opacity, colours, before/after, attention); and, for reference, a plain eager fp32 forward of the same weights at the
 same input size (``plain_forward_s``). Prints one JSON object.
@@ -98,6 +100,82 @@ def timed_calls(url: str, photo: Path, resolution: str, calls: int) -> dict:
         "page_first_results_max_s": round(max(times["page_first_results"]), 3)}
 
 
+def _post(url: str, data: bytes, content_type: str) -> dict | list:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` so far (Linux ``/proc/PID/stat``, field 10)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> dict:
+    """The page's first results with gradio's wire protocol spoken as the browser speaks it, no
+    client library: the upload (``POST /gradio_api/upload``), the queue join, the wait in the
+    queue and the server's work (from the event stream's ``process_starts`` to
+    ``process_completed``), and the four images fetched. Medians over ``calls`` after one warm-up,
+    with the server's own time for the network and its outputs (read from the result's summary
+    line) and the server's minor page faults per call."""
+    import re
+    import uuid
+
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    components = {c["id"]: c for c in config["components"]}
+    event = next(d for d in config["dependencies"] if d.get("api_name") == "predict_views")
+    times: dict[str, list[float]] = {}
+    faults = page_faults(pid)
+    for call in range(calls + 1):
+        t0 = time.perf_counter()
+        boundary = uuid.uuid4().hex
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{photo.name}"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n").encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        stored = _post(url + "gradio_api/upload", body, f"multipart/form-data; boundary={boundary}")[0]
+        t1 = time.perf_counter()
+        values = []
+        for cid in event["inputs"]:
+            c = components[cid]
+            props = c.get("props", {})
+            choices = [ch[1] if isinstance(ch, list) else ch for ch in props.get("choices") or []]
+            values.append({"path": stored, "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
+                          if c["type"] == "image" else resolution if resolution in choices else props.get("value"))
+        session = uuid.uuid4().hex[:11]
+        _post(url + "gradio_api/queue/join", json.dumps({"data": values, "event_data": None, "fn_index": event["id"],
+                                                         "trigger_id": None, "session_hash": session}).encode(),
+              "application/json")
+        t2 = time.perf_counter()
+        started = None
+        with urllib.request.urlopen(url + f"gradio_api/queue/data?session_hash={session}", timeout=60) as stream:
+            for line in stream:
+                if not line.startswith(b"data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_starts":
+                    started = time.perf_counter()
+                if message.get("msg") == "process_completed":
+                    output = message["output"]
+                    break
+        t3 = time.perf_counter()
+        if "error" in output and output["error"]:
+            raise SystemExit(f"/predict_views failed: {output['error']}")
+        data = output["data"]
+        fetch(file_urls([data[0], data[1], data[5]]))
+        t4 = time.perf_counter()
+        summary = next((v for v in data if isinstance(v, str) and " s on " in v), "")
+        seconds = re.search(r"([0-9.]+) s on ", summary)
+        if call == 0:
+            faults = page_faults(pid)
+            continue
+        for key, value in (("upload", t1 - t0), ("join", t2 - t1), ("queue_wait", (started or t2) - t2),
+                           ("server_work", t3 - (started or t2)), ("fetch_images", t4 - t3), ("total", t4 - t0),
+                           ("server_network_and_outputs", float(seconds.group(1)) if seconds else float("nan"))):
+            times.setdefault(key, []).append(value)
+    result = {f"{k}_s": round(statistics.median(v), 3) for k, v in times.items()}
+    result["server_page_faults_per_call"] = round((page_faults(pid) - faults) / max(calls, 1))
+    return result
+
+
 def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
     """Median seconds of each piece of a round trip, run in this process as the app runs them."""
     if model:
@@ -122,11 +200,16 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         times.setdefault(name, []).append(time.perf_counter() - t)
         return value
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    worker = ThreadPoolExecutor(1)
     for call in range(calls + 1):  # the first is a warm-up
         if call == 1:
             times.clear()
         image, _ = timed("decode", lambda: serve.load_image(data, app.ARGS.max_pixels, app.ARGS.max_image_pixels))
         pred = timed("network_and_resize", lambda: serve.predict_photo(loaded, image, box))
+        # the same call from a worker thread, where gradio runs a request
+        timed("network_and_resize_worker_thread", lambda: worker.submit(serve.predict_photo, loaded, image, box).result())
         times.setdefault("network", []).append(pred.seconds_network)
         pred.resolution = resolution
         timed("main_views", lambda: app.main_views(pred, loaded, 0.55, render.DEFAULT_COLORMAP, "segmentation"))
@@ -213,6 +296,7 @@ def main():
         compile_line = next((line for line in log.read_text(errors="replace").splitlines()
                              if "compile warm-up done" in line), "")
         calls = timed_calls(url, photo, args.resolution, args.calls)
+        wire = wire_calls(url, photo, args.resolution, args.calls, proc.pid)
     finally:
         proc.terminate()
         proc.wait()
@@ -220,6 +304,7 @@ def main():
         "photo": str(photo), "resolution": args.resolution, "model": args.model or "weights/ (default)",
         "ready_page_s": round(ready, 2), "compile_warmed_up_s": round(warmed, 1) if args.compile == "auto" else None,
         "compile": compile_line.split("compile warm-up done; ", 1)[-1] or args.compile, **calls, "calls": args.calls,
+        "wire": wire,
         "parts": parts(photo, args.resolution, args.model, args.calls),
         "load_average": [round(v, 2) for v in os.getloadavg()], "cores": os.cpu_count(),
     }))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mtan.fast import int8_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +114,26 @@ def test_app_latency_parts(tmp_path):
     assert parts["network_s"] <= parts["network_and_resize_s"] < parts["first_results_in_process_s"]
     assert parts["first_results_in_process_s"] < parts["everything_in_process_s"]
     assert parts["precision"] == "fp32" and parts["network_input"] == "128x256"
+
+
+@pytest.mark.slow
+def test_app_latency_through_the_server(tmp_path):
+    """The real app started and timed with gradio_client and with gradio's own wire protocol."""
+    from apphelpers import make_models
+
+    model = make_models(tmp_path)["city"]
+    proc = subprocess.run([sys.executable, str(BENCH / "app_latency.py"), "--calls", "1", "--model", model,
+                           "--compile", "off", "--photo", str(REPO / "examples" / "street_01.jpg"),
+                           "--resolution", "128x256"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ready_page_s"] > 0 and report["page_first_results_median_s"] > 0
+    wire = report["wire"]
+    for key in ("upload", "join", "queue_wait", "server_work", "fetch_images"):
+        assert wire[f"{key}_s"] >= 0, key
+    assert wire["fetch_images_s"] > 0 and wire["server_page_faults_per_call"] >= 0
+    assert 0 < wire["server_network_and_outputs_s"] <= wire["server_work_s"] < wire["total_s"]
+    assert report["parts"]["network_and_resize_worker_thread_s"] > 0
 
 
 def test_media_benchmark_tiny(tmp_path):
