@@ -134,6 +134,28 @@ def test_app_latency_through_the_server(tmp_path):
     assert wire["fetch_images_s"] > 0 and wire["server_page_faults_per_call"] >= 0
     assert 0 < wire["server_network_and_outputs_s"] <= wire["server_work_s"] < wire["total_s"]
     assert report["parts"]["network_and_resize_worker_thread_s"] > 0
+    speedups = report["speedup_vs_plain_forward"]
+    assert speedups["predict_answer"] == pytest.approx(report["parts"]["plain_forward_s"]
+                                                       / report["predict_answer_median_s"], rel=0.02, abs=0.01)
+    assert set(speedups) == {"page_first_results", "predict_answer", "wire_first_results"}
+
+
+def test_app_latency_full_width_model_folder(tmp_path):
+    """--model full-width's folder: the 3-task network, loadable by the app, every precision this CPU runs allowed."""
+    sys.path.insert(0, str(BENCH))
+    from app_latency import full_width_model
+
+    from mtan import MTAN
+    from mtan.fast import int8_available
+    from mtan.records import allowed_precisions, int8_scales, read_record
+
+    folder = Path(full_width_model("64x128", folder=tmp_path / "fw", width=0.0625))
+    model = MTAN.from_pretrained(folder)
+    assert model.task_names == ["semantic", "depth", "normal"] and model.width == 0.0625
+    record = read_record(folder)
+    assert set(allowed_precisions(record)) == {"fp32", "bf16", "bf16-convs"} | ({"int8"} if int8_available() else set())
+    assert (int8_scales(record) is not None) == int8_available()
+    assert full_width_model("64x128", folder=folder) == str(folder)  # built once, then reused
 
 
 def test_media_benchmark_tiny(tmp_path):
