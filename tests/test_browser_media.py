@@ -15,6 +15,7 @@ import io
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,24 @@ def open_tab(driver, name: str) -> None:
     time.sleep(0.5)
 
 
+@contextmanager
+def page_with_tabs(url: str, timeout: float, **driver_options):
+    """``(driver, page, wait)``: headless Chromium on the app's page, its tabs drawn; closed after."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with tempfile.TemporaryDirectory() as profile:
+        driver = new_driver(profile, DESKTOP, **driver_options)
+        try:
+            wait = WebDriverWait(driver, timeout)
+            driver.get(url)
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "button[role=tab]")))
+            yield driver, Page(driver), wait
+        finally:
+            driver.quit()
+
+
 def colours(png: bytes) -> int:
     from PIL import Image
 
@@ -51,50 +70,40 @@ def visit_media(url: str, clip: Path, photo: Path, shots: Path | None = None, ti
     into ``shots``)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     seen = {}
-    with tempfile.TemporaryDirectory() as profile:
-        driver = new_driver(profile, DESKTOP, webgl=True)
-        page = Page(driver)
-        wait = WebDriverWait(driver, timeout)
-        try:
-            driver.get(url)
-            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "button[role=tab]")))
+    with page_with_tabs(url, timeout, webgl=True) as (driver, page, wait):
+        # Video: upload, the result plays
+        open_tab(driver, "Video")
+        driver.find_element(By.CSS_SELECTOR, "#video-input input[type=file]").send_keys(str(clip.resolve()))
+        video = "#video-output video"
+        wait.until(lambda d: d.execute_script(
+            f"const v = document.querySelector('{video}'); return v && v.readyState >= 2 && v.duration > 0"))
+        seen["video"] = driver.execute_script(
+            f"const v = document.querySelector('{video}'); return [v.duration, v.videoWidth, v.videoHeight]")
+        seen["video_summary"] = driver.find_element(By.CSS_SELECTOR, "#video-summary").text
+        driver.execute_script(f"document.querySelector('{video}').currentTime = 1.0")
+        time.sleep(1.0)
+        if shots:
+            driver.save_screenshot(str(shots / "app_video.png"))
 
-            # Video: upload, the result plays
-            open_tab(driver, "Video")
-            driver.find_element(By.CSS_SELECTOR, "#video-input input[type=file]").send_keys(str(clip.resolve()))
-            video = "#video-output video"
-            wait.until(lambda d: d.execute_script(
-                f"const v = document.querySelector('{video}'); return v && v.readyState >= 2 && v.duration > 0"))
-            seen["video"] = driver.execute_script(
-                f"const v = document.querySelector('{video}'); return [v.duration, v.videoWidth, v.videoHeight]")
-            seen["video_summary"] = driver.find_element(By.CSS_SELECTOR, "#video-summary").text
-            driver.execute_script(f"document.querySelector('{video}').currentTime = 1.0")
-            time.sleep(1.0)
-            if shots:
-                driver.save_screenshot(str(shots / "app_video.png"))
+        # 3D: a photo, then the section opened
+        open_tab(driver, "Photo")
+        driver.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(photo.resolve()))
+        wait.until(lambda d: page.src("segmentation") and page.images_loaded("segmentation", "depth"))
+        driver.execute_script("document.querySelector('#scene-section .label-wrap').click()")
+        wait.until(lambda d: "points" in d.find_element(By.CSS_SELECTOR, "#scene-caption").text)
+        canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene canvas")))
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        time.sleep(4.0)  # the viewer loads the mesh and draws it
+        seen["scene_caption"] = driver.find_element(By.CSS_SELECTOR, "#scene-caption").text
+        seen["scene_colours"] = colours(canvas.screenshot_as_png)
+        seen["scene_files"] = [a.get_attribute("href") or ""
+                               for a in driver.find_elements(By.CSS_SELECTOR, "#scene-downloads a")]
+        if shots:
+            driver.save_screenshot(str(shots / "app_3d.png"))
 
-            # 3D: a photo, then the section opened
-            open_tab(driver, "Photo")
-            driver.find_element(By.CSS_SELECTOR, "#input-image input[type=file]").send_keys(str(photo.resolve()))
-            wait.until(lambda d: page.src("segmentation") and page.images_loaded("segmentation", "depth"))
-            driver.execute_script("document.querySelector('#scene-section .label-wrap').click()")
-            wait.until(lambda d: "points" in d.find_element(By.CSS_SELECTOR, "#scene-caption").text)
-            canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene canvas")))
-            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-            time.sleep(4.0)  # the viewer loads the mesh and draws it
-            seen["scene_caption"] = driver.find_element(By.CSS_SELECTOR, "#scene-caption").text
-            seen["scene_colours"] = colours(canvas.screenshot_as_png)
-            seen["scene_files"] = [a.get_attribute("href") or ""
-                                   for a in driver.find_elements(By.CSS_SELECTOR, "#scene-downloads a")]
-            if shots:
-                driver.save_screenshot(str(shots / "app_3d.png"))
-
-            return seen
-        finally:
-            driver.quit()
+        return seen
 
 
 def visit_live(url: str, camera: Path, shots: Path | None = None, timeout: float = 120.0,
@@ -104,32 +113,23 @@ def visit_live(url: str, camera: Path, shots: Path | None = None, timeout: float
     WebGL would take this machine's CPU from the server.)"""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     seen = {}
-    with tempfile.TemporaryDirectory() as profile:
-        driver = new_driver(profile, DESKTOP, camera=camera)
-        page = Page(driver)
-        wait = WebDriverWait(driver, timeout)
-        try:
-            driver.get(url)
-            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "button[role=tab]")))
-            open_tab(driver, "Live webcam")
-            driver.find_element(By.CSS_SELECTOR, "#live-input div[title='grant webcam access'] button").click()
-            wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#live-input button[aria-label='capture photo']"))
-                       ).click()
-            wait.until(lambda d: "frames/s" in d.find_element(By.CSS_SELECTOR, "#live-rate").text
-                       and page.images_loaded("live-output"))
-            time.sleep(live_seconds)  # a few seconds of streaming: the rate over the last frames
-            wait.until(lambda d: page.images_loaded("live-output"))
-            seen["live_rate"] = driver.find_element(By.CSS_SELECTOR, "#live-rate").text
-            seen["live_image"] = driver.execute_script(
-                "const i = document.querySelector('#live-output img'); return [i.naturalWidth, i.naturalHeight]")
-            if shots:
-                driver.save_screenshot(str(shots / "app_live.png"))
-            return seen
-        finally:
-            driver.quit()
+    with page_with_tabs(url, timeout, camera=camera) as (driver, page, wait):
+        open_tab(driver, "Live webcam")
+        driver.find_element(By.CSS_SELECTOR, "#live-input div[title='grant webcam access'] button").click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#live-input button[aria-label='capture photo']"))
+                   ).click()
+        wait.until(lambda d: "frames/s" in d.find_element(By.CSS_SELECTOR, "#live-rate").text
+                   and page.images_loaded("live-output"))
+        time.sleep(live_seconds)  # a few seconds of streaming: the rate over the last frames
+        wait.until(lambda d: page.images_loaded("live-output"))
+        seen["live_rate"] = driver.find_element(By.CSS_SELECTOR, "#live-rate").text
+        seen["live_image"] = driver.execute_script(
+            "const i = document.querySelector('#live-output img'); return [i.naturalWidth, i.naturalHeight]")
+        if shots:
+            driver.save_screenshot(str(shots / "app_live.png"))
+        return seen
 
 
 @pytest.fixture(scope="module")
