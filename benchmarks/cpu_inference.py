@@ -52,11 +52,10 @@ from mtan.fast import (
     PRECISIONS,
     cpu_amx_bf16,
     cpu_bf16_support,
-    int8_available,
-    int8_calibration,
     optimize_for_inference,
     resolve_precision,
 )
+from mtan.int8 import int8_available, int8_calibration
 
 GOALS = {"speedup": 3.0, "label_agreement": 0.995, "depth_mean_rel_diff": 0.01, "default_model_forward_s": 0.3}
 

@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from mtan.fast import PRECISIONS, int8_available, int8_calibration
+from mtan.fast import PRECISIONS
+from mtan.int8 import int8_available, int8_calibration
 from mtan.records import ResolutionAdvice, write_record
 
 MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's

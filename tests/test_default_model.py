@@ -115,7 +115,7 @@ def test_example_photo_through_the_app(model, index):
 def test_precision_record_keeps_int8_with_its_calibration():
     """weights/precisions.json: fp32 and int8 scored on both validation sets and kept; int8's scales
     cover every quantised block, measured for inputs on 0..127; the app offers both and times them."""
-    from mtan.fast import INT8_INPUT_LEVELS
+    from mtan.int8 import INT8_INPUT_LEVELS
     from mtan.model import ConvBNReLU
     from mtan.records import allowed_precisions, int8_scales, read_record
     from mtan.serve import ModelRegistry

@@ -12,11 +12,11 @@ from mtan import MTAN, preset_tasks
 from mtan.fast import (
     InferenceModel,
     cpu_bf16_support,
-    fold_batchnorm,
     onednn_fusion_available,
     optimize_for_inference,
     resolve_precision,
 )
+from mtan.folding import fold_batchnorm
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import InferenceModel, Int8ConvReLU, int8_available, int8_calibration, optimize_for_inference
+from mtan.fast import InferenceModel, optimize_for_inference
+from mtan.int8 import Int8ConvReLU, int8_available, int8_calibration
 from mtan.model import AttentionMask, ConvBNReLU
 from mtan.precision import check_precisions, verdict
 from mtan.records import allowed_precisions, int8_scales, read_record
