@@ -1,27 +1,28 @@
 """Time from `python app.py` to a ready page, the end-to-end latency of the `predict` API, and
 where a round trip's time goes.
 
-Starts the real app on a free port with the default model (or --model), waits for the page,
-then times with gradio_client (one warm-up round, then --calls timed rounds) what a visitor
-waits for: the page's first results (``/predict_views``: upload, queue, the network, the views,
-and the images the page shows fetched over HTTP as a browser does), the page's second step
-(``/details``: the attention views and the downloads), ``/predict``'s single answer with
-everything, and gradio_client's default that also downloads every file of that answer one after
-the other (``client_all_files``). Then the first results once more, spoken in gradio's wire
-protocol as the browser speaks it (``wire``): upload, queue join, wait, the server's work, the
-images fetched, the server's own network time and its page faults per call. The photo is sent as a re-encoded copy: the app keeps the
-results of its own example photos, and a benchmark must time the work. Then, in
-this process, the same work piece by piece (``parts``, medians over --calls): decoding the
-upload, the network (the app's inference copy, its precision as the app chose it), bringing the
-outputs to the photo's size (also called from a worker thread, as gradio calls it), the first views drawn and encoded, the attention views, writing the
-downloads, the page's attention section and overview, and each redraw the page makes without the
-network when a control moves (``redraw_*_s``: opacity, colours, before/after, attention); and, for reference, a plain eager fp32 forward of the same weights at the
-same input size (``plain_forward_s``). Prints one JSON object.
+Starts the real app on a free port with the default model (or --model), waits for the page, then
+times with gradio_client (one warm-up round, then --calls timed rounds) what a visitor waits for:
+the page's first results (``/predict_views``: upload, queue, the network, the views, and the images
+the page shows fetched over HTTP as a browser does), the page's second step (``/details``: the
+attention views and the downloads), ``/predict``'s single answer with everything, and
+gradio_client's default that also downloads every file of that answer one after the other
+(``client_all_files``). Then the first results once more, spoken in gradio's wire protocol as the
+browser speaks it (``wire``): upload, queue join, wait, the server's work, the images fetched, the
+server's own network time and its page faults per call. The photo is sent as a re-encoded copy: the
+app keeps the results of its own example photos, and a benchmark must time the work. Then, in this
+process, the same work piece by piece (``parts``, medians over --calls): decoding the upload, the
+network (the app's inference copy, its precision as the app chose it), bringing the outputs to the
+photo's size (also called from a worker thread, as gradio calls it), the first views drawn and
+encoded, the attention views, writing the downloads, the page's attention section and overview, and
+each redraw the page makes without the network when a control moves (``redraw_*_s``: opacity,
+colours, before/after, attention); and, for reference, a plain eager fp32 forward of the same
+weights at the same input size (``plain_forward_s``). Prints one JSON object.
 
     python benchmarks/app_latency.py                       # a generated 1024x2048 street photo, 256x512
     python benchmarks/app_latency.py --photo examples/street_01.jpg --resolution 512x1024
     python benchmarks/app_latency.py --parts-only --calls 3   # no server: the pieces only
-    python benchmarks/app_latency.py --model full-width --compile off --calls 3   # the full-width 3-task network
+    python benchmarks/app_latency.py --model full-width --compile off --calls 3   # full width, 3 tasks
 
 ``speedup_vs_plain_forward`` divides the plain forward by the page's first results, by
 ``/predict``'s answer and by the wire's first results: above 1, the round trip is faster than a
@@ -130,7 +131,6 @@ def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> 
     components = {c["id"]: c for c in config["components"]}
     event = next(d for d in config["dependencies"] if d.get("api_name") == "predict_views")
     times: dict[str, list[float]] = {}
-    faults = page_faults(pid)
     for call in range(calls + 1):
         t0 = time.perf_counter()
         boundary = uuid.uuid4().hex
@@ -162,14 +162,14 @@ def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> 
                     output = message["output"]
                     break
         t3 = time.perf_counter()
-        if "error" in output and output["error"]:
+        if output.get("error"):
             raise SystemExit(f"/predict_views failed: {output['error']}")
         data = output["data"]
         fetch(file_urls([data[0], data[1], data[5]]))
         t4 = time.perf_counter()
         summary = next((v for v in data if isinstance(v, str) and " s on " in v), "")
         seconds = re.search(r"([0-9.]+) s on ", summary)
-        if call == 0:
+        if call == 0:  # a warm-up: faults are counted from its end
             faults = page_faults(pid)
             continue
         for key, value in (("upload", t1 - t0), ("join", t2 - t1), ("queue_wait", (started or t2) - t2),
