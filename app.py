@@ -10,38 +10,35 @@ Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTA
 GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
 MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
 --queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE,
---precision / MTAN_INFERENCE_PRECISION, --compile / MTAN_COMPILE, --threads / MTAN_THREADS.
+--precision / MTAN_INFERENCE_PRECISION, --compile / MTAN_COMPILE, --threads / MTAN_THREADS,
+--keep-freed-memory / MTAN_KEEP_FREED_MEMORY.
 README.md, "Safety and limits", says what happens at each limit.
 """
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import os
 import signal
 import sys
-import math
-import hashlib
 import traceback
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
 
 from mtan import serve
-from mtan.records import DEFAULT_RESOLUTION, RESOLUTIONS
 from mtan.serve import render
 from mtan.serve import views
 from mtan.serve.card import split_card
 from mtan.serve.page_text import ABOUT, CSS, HOW_TO_READ
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
 from mtan.serve.guard import RequestGuard, guarded, refusal
-from mtan.serve.scene3d import (COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT, build_scene, write_glb,
-                                write_ply)
+from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT
+from mtan.serve.media_events import MediaEvents, video_resolutions
 from mtan.serve.settings import byte_size, parse_args
 from mtan.serve.uploads import UploadPolicy, megabytes
-from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS, LiveSession, VideoError, VideoLimits, process_clip
+from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS, VideoLimits
 from mtan.serve.zerogpu import gpu_task
 
 
@@ -49,7 +46,8 @@ ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 
 # ---- models: the default one loads now (the only heavy work at import), others on first use ----
 serve.configure_pil(ARGS.max_image_pixels)
-serve.limit_malloc_arenas(2)  # before any worker thread: bounded resident memory under many requests
+serve.tune_malloc()  # before any worker thread: large blocks reused by the next request, memory bounded
+serve.keep_freed_memory(ARGS.keep_freed_memory)
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 REGISTRY = serve.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
@@ -83,14 +81,6 @@ LIVE_STREAMS = 4              # webcam streams at once (each holds a slot while 
 LIVE_SECONDS = 120            # a stream ends after this long (Record starts another)
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
-clip_on_device = gpu_task(process_clip, duration=180)
-
-
-def _live_on_device(session: LiveSession, photo):
-    return session(photo)
-
-
-live_on_device = gpu_task(_live_on_device, duration=10)
 
 
 def get_model(key: str | None) -> serve.LoadedModel:
@@ -247,119 +237,12 @@ def attention_masks(pred):
     return pred.masks_file, pred.masks_note
 
 
-# ---- video, the live webcam and the scene in 3D ----------------------------------------------------
+# ---- video, the live webcam and the scene in 3D (mtan/serve/media_events.py) ----------------------
 
-
-def video_resolutions(loaded: serve.LoadedModel | None) -> tuple[list[str], str]:
-    """The processing resolutions for clips and the webcam: every one up to the model's photo
-    default (frames per second count more than for a photo), the smallest first and by default."""
-    default = serve.parse_resolution(loaded.resolutions.default if loaded else DEFAULT_RESOLUTION)
-    offered = [r for r in RESOLUTIONS if math.prod(serve.parse_resolution(r)) <= math.prod(default)]
-    return offered, offered[0]
-
-
-@guarded
-def predict_video(video, model, resolution, layout, smoothing, colormap, opacity, progress=gr.Progress()):
-    """Segment and estimate the depth of every frame of a street clip (``/predict_video``).
-
-    Returns the output video (H.264 MP4 at the clip's frame rate, photo | segmentation | depth side
-    by side or the chosen ``layout``) and a summary. ``smoothing`` (0 to 0.9): how much of the
-    previous frames' outputs each frame keeps (less flicker). Limits: ``--max-video-*``."""
-    if video is None:
-        raise refusal("predict_video", "Upload a video clip first (MP4, WebM or MOV).")
-    try:
-        path = VIDEO_UPLOADS.check(video.get("path") if isinstance(video, dict) else video)
-    except ValueError as e:
-        raise refusal("predict_video", str(e)) from None
-    name = (video.get("orig_name") if isinstance(video, dict) else None) or path.name
-    loaded = get_model(model)
-    offered, default = video_resolutions(loaded)
-    if (resolution or default) not in offered:
-        raise refusal("predict_video", f"{resolution} is not a processing resolution for clips; choose "
-                                       f"{', '.join(offered)}.")
-    box = serve.parse_resolution(resolution or default)
-    out = DOWNLOADS.new() / f"{safe_stem(name)}_mtan.mp4"
-    progress(0, desc="Reading the clip")
-    try:
-        result = clip_on_device(loaded, path, out, box, VIDEO_LIMITS, layout, float(smoothing or 0), colormap, opacity,
-                              progress=lambda done, total: progress((done, total), desc="Frames", unit="frames"))
-    except VideoError as e:
-        raise refusal("predict_video", str(e)) from None
-    h, w = result.processing_size
-    summary = (f"**{serve.model_label(loaded.key)}** · {result.frames} frames at {float(result.fps):.3g} frames/s · "
-               f"network input {w}x{h} · {result.seconds:.1f} s ({result.frames_per_second:.1f} frames/s; network "
-               f"{result.seconds_network:.1f} s) on {REGISTRY.device}")
-    return str(result.path), "\n\n".join([summary] + [f"⚠️ {n}" for n in result.notes])
-
-
-def page_video(video, *args, progress=gr.Progress()):
-    """The page's clip run: the video and its summary, or the one message that says why not."""
-    if video is None:
-        return None, ""
-    try:
-        return predict_video(video, *args, progress=progress)
-    except gr.Error as e:
-        return None, f"⚠️ **{e.message}**"
-
-
-def frame_bytes(frame) -> bytes:
-    """A webcam frame's bytes: inline (a ``data:`` URL, checked by the request guard) or an upload."""
-    url = frame.get("url") if isinstance(frame, dict) else None
-    if isinstance(url, str) and url.startswith("data:"):
-        return base64.b64decode(url.split(",", 1)[1])
-    return UPLOADS.read(frame.get("path") if isinstance(frame, dict) else frame)
-
-
-def live_frame(frame, model, layout, session):
-    """One webcam frame of the live view: the chosen views of it, the frame rate, the session."""
-    if frame is None:
-        return gr.skip(), gr.skip(), session
-    try:
-        photo, _ = serve.load_image(frame_bytes(frame), ARGS.max_pixels, ARGS.max_image_pixels)
-    except (ValueError, serve.ImageLoadError) as e:
-        raise refusal("live_frame", str(e)) from None
-    loaded = get_model(model)
-    try:
-        if session is None or session.key != loaded.key or session.layout != layout:
-            session = LiveSession(loaded, LIVE_RESOLUTION, layout if layout in LAYOUTS else "segmentation | depth")
-        picture = live_on_device(session, np.asarray(photo))
-        return picture, session.describe(), session
-    finally:
-        serve.release_memory()
-
-
-def scene_of(pred: serve.Prediction, fov, max_metres, colouring, event: str = "predict_3d"):
-    """The 3D scene of a prediction: the GLB for the viewer, the GLB and PLY to download, a caption."""
-    try:
-        scene = build_scene(pred, float(fov), float(max_metres), colouring if colouring in COLOURINGS else "photo")
-    except ValueError as e:
-        raise refusal(event, str(e)) from None
-    folder = DOWNLOADS.new()
-    glb, ply = write_glb(scene, folder / f"{pred.stem}_3d.glb"), write_ply(scene, folder / f"{pred.stem}_3d.ply")
-    return str(glb), [str(glb), str(ply)], scene.describe()
-
-
-@guarded
-def predict_3d(image, model, resolution, fov=DEFAULT_FOV, max_metres=DEFAULT_MAX_METRES, colouring="photo",
-               mirror=False):
-    """The photo's depth as a 3D scene in metres (``/predict_3d``): a coloured mesh (GLB), the
-    GLB and a coloured point cloud (PLY) to download, and a caption (points, triangles, the camera
-    assumed). ``fov``: the camera's horizontal field of view in degrees; pixels farther than
-    ``max_metres`` and the sky are left out; ``colouring``: ``photo`` or ``segmentation``."""
-    pred, _ = run_photo(image, model, resolution, mirror)
-    return scene_of(pred, fov, max_metres, colouring)
-
-
-def page_scene(pred, shown, fov, max_metres, colouring):
-    """The page's 3D view: built when its section is open and a photo has run."""
-    if pred is None or not shown:
-        return gr.skip(), gr.skip(), gr.skip()
-    try:
-        return scene_of(pred, fov, max_metres, colouring, event="scene")
-    except gr.Error as e:
-        return None, None, f"⚠️ {e.message}"
-    finally:
-        serve.release_memory()
+MEDIA = MediaEvents(get_model, run_photo, DOWNLOADS, UPLOADS, VIDEO_UPLOADS, VIDEO_LIMITS, ARGS.max_pixels,
+                    ARGS.max_image_pixels, str(REGISTRY.device), LIVE_RESOLUTION)
+predict_video, page_video, live_frame = MEDIA.predict_video, MEDIA.page_video, MEDIA.live_frame
+predict_3d, page_scene = MEDIA.predict_3d, MEDIA.page_scene
 
 
 # ---- the page's own events: one message for a problem, never an error on every output ------------
@@ -678,7 +561,8 @@ LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "q
           "downloads_max_age_s": OUT_MAX_AGE_S, "downloads_max_bytes": OUT_MAX_BYTES,
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
           "example_cache": EXAMPLE_CACHE.capacity, "live_streams": LIVE_STREAMS, "live_seconds": LIVE_SECONDS,
-          "device": str(REGISTRY.device), "threads": torch.get_num_threads()}
+          "keep_freed_memory": ARGS.keep_freed_memory, "device": str(REGISTRY.device),
+          "threads": torch.get_num_threads()}
 
 
 

@@ -9,7 +9,10 @@ attention views and the downloads), ``/predict``'s single answer with everything
 gradio_client's default that also downloads every file of that answer one after the other
 (``client_all_files``). Then the first results once more, spoken in gradio's wire protocol as the
 browser speaks it (``wire``): upload, queue join, wait, the server's work, the images fetched, the
-server's own network time and its page faults per call. The photo is sent as a re-encoded copy: the
+server's own network time and its page faults per call; and ``/predict``'s answer the same way
+(``wire_predict``, its three views fetched). On a machine of few cores gradio_client's own work
+(about 0.1 s of CPU a call) takes CPU from the server, as a browser on the visitor's machine does
+not: the wire figures are what a visitor waits for. The photo is sent as a re-encoded copy: the
 app keeps the results of its own example photos, and a benchmark must time the work. Then, in this
 process, the same work piece by piece (``parts``, medians over --calls): decoding the upload, the
 network (the app's inference copy, its precision as the app chose it), bringing the outputs to the
@@ -17,7 +20,8 @@ photo's size (also called from a worker thread, as gradio calls it), the first v
 encoded, the attention views, writing the downloads, the page's attention section and overview, and
 each redraw the page makes without the network when a control moves (``redraw_*_s``: opacity,
 colours, before/after, attention); and, for reference, a plain eager fp32 forward of the same
-weights at the same input size (``plain_forward_s``). Prints one JSON object.
+weights at the same input size in a Python process of its own, as a script runs it
+(``plain_forward_s``). Prints one JSON object.
 
     python benchmarks/app_latency.py                       # a generated 1024x2048 street photo, 256x512
     python benchmarks/app_latency.py --photo examples/street_01.jpg --resolution 512x1024
@@ -25,8 +29,9 @@ weights at the same input size (``plain_forward_s``). Prints one JSON object.
     python benchmarks/app_latency.py --model full-width --compile off --calls 3   # full width, 3 tasks
 
 ``speedup_vs_plain_forward`` divides the plain forward by the page's first results, by
-``/predict``'s answer and by the wire's first results: above 1, the round trip is faster than a
-plain eager fp32 forward of the same weights.
+``/predict``'s answer (both through gradio_client), and by the wire's first results and
+``/predict`` answer: above 1, the round trip is faster than a plain eager fp32 forward of the same
+weights.
 """
 from __future__ import annotations
 
@@ -117,11 +122,14 @@ def page_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
-def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> dict:
-    """The page's first results with gradio's wire protocol spoken as the browser speaks it, no
-    client library: the upload (``POST /gradio_api/upload``), the queue join, the wait in the
-    queue and the server's work (from the event stream's ``process_starts`` to
-    ``process_completed``), and the four images fetched. Medians over ``calls`` after one warm-up,
+def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int, api_name: str = "predict_views",
+               images: tuple[int, ...] = (0, 1, 5)) -> dict:
+    """The page's first results (or another event: ``api_name``, the outputs whose images are
+    fetched: ``images``) with gradio's wire protocol spoken as the browser speaks it, no client
+    library (whose own work would take CPU from the server on a small machine): the upload
+    (``POST /gradio_api/upload``), the queue join, the wait in the queue and the server's work
+    (from the event stream's ``process_starts`` to ``process_completed``), and the images
+    fetched (the page's first results: four). Medians over ``calls`` after one warm-up,
     with the server's own time for the network and its outputs (read from the result's summary
     line) and the server's minor page faults per call."""
     import re
@@ -129,7 +137,7 @@ def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> 
 
     config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
     components = {c["id"]: c for c in config["components"]}
-    event = next(d for d in config["dependencies"] if d.get("api_name") == "predict_views")
+    event = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
     times: dict[str, list[float]] = {}
     for call in range(calls + 1):
         t0 = time.perf_counter()
@@ -163,9 +171,9 @@ def wire_calls(url: str, photo: Path, resolution: str, calls: int, pid: int) -> 
                     break
         t3 = time.perf_counter()
         if output.get("error"):
-            raise SystemExit(f"/predict_views failed: {output['error']}")
+            raise SystemExit(f"/{api_name} failed: {output['error']}")
         data = output["data"]
-        fetch(file_urls([data[0], data[1], data[5]]))
+        fetch(file_urls([data[k] for k in images]))
         t4 = time.perf_counter()
         summary = next((v for v in data if isinstance(v, str) and " s on " in v), "")
         seconds = re.search(r"([0-9.]+) s on ", summary)
@@ -216,16 +224,43 @@ def full_width_model(resolution: str, folder: Path = FULL_WIDTH_FOLDER, width: f
     return str(folder)
 
 
+_PLAIN_FORWARD = """
+import statistics, sys, time
+import torch
+from mtan import MTAN
+from mtan.model import padded_forward
+model = MTAN.from_pretrained(sys.argv[1]).eval()
+x = torch.rand(1, 3, int(sys.argv[2]), int(sys.argv[3]))
+times = []
+with torch.inference_mode():
+    padded_forward(model, x)
+    for _ in range(int(sys.argv[4])):
+        t = time.perf_counter()
+        padded_forward(model, x)
+        times.append(time.perf_counter() - t)
+print(statistics.median(times))
+"""
+
+
+def plain_forward_seconds(model: str, h: int, w: int, calls: int) -> float:
+    """The reference: a plain eager fp32 forward of the model's weights at h x w, as a script of
+    its own runs it (a fresh Python process: no app, glibc's malloc as it comes, the model as
+    loaded), median of ``calls`` after one warm-up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _PLAIN_FORWARD, model, str(h), str(w), str(max(calls, 1))],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"the plain forward failed: {out.stderr[-2000:]}")
+    return round(float(out.stdout.split()[-1]), 4)
+
+
 def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
     """Median seconds of each piece of a round trip, run in this process as the app runs them."""
     if model:
         os.environ["MTAN_MODEL"] = model
-    import torch
-
     import app
     from mtan import serve
     from mtan.serve import render
-    from mtan.model import padded_forward
 
     loaded = app.REGISTRY.get()
     if loaded.warm_up is not None:  # time what runs once the app's torch.compile warm-up is over
@@ -264,13 +299,8 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         timed("redraw_compare", lambda: app.redraw_compare(pred, ("depth", "segmentation")[call % 2], "inferno"))
         timed("redraw_attention", lambda: app.redraw_attention(pred, "decoder", 1 + call % 5, call % 3))
     h, w = pred.processing_size
-    x = torch.rand(1, 3, h, w)
-    plain = loaded.model.eval()
-    with torch.inference_mode():
-        padded_forward(plain, x)
-        for _ in range(calls):
-            timed("plain_forward", lambda: padded_forward(plain, x))
     result = {f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()}
+    result["plain_forward_s"] = plain_forward_seconds(model or str(REPO / "weights"), h, w, calls)
     first = ("decode", "network_and_resize", "main_views")
     result["first_results_in_process_s"] = round(sum(result[f"{k}_s"] for k in first), 4)
     result["everything_in_process_s"] = round(sum(result[f"{k}_s"] for k in first + (
@@ -340,6 +370,7 @@ def main():
                              if "compile warm-up done" in line), "")
         calls = timed_calls(url, photo, args.resolution, args.calls)
         wire = wire_calls(url, photo, args.resolution, args.calls, proc.pid)
+        wire_predict = wire_calls(url, photo, args.resolution, args.calls, proc.pid, "predict", images=(0, 1, 2))
     finally:
         proc.terminate()
         proc.wait()
@@ -350,11 +381,13 @@ def main():
         "ready_page_s": round(ready, 2), "compile_warmed_up_s": round(warmed, 1) if args.compile == "auto" else None,
         "compile": compile_line.split("compile warm-up done; ", 1)[-1] or args.compile, **calls, "calls": args.calls,
         "wire": wire,
+        "wire_predict": wire_predict,
         "parts": measured,
         # how many times faster than a plain eager fp32 forward of the same weights (above 1: faster)
         "speedup_vs_plain_forward": {"page_first_results": round(plain / calls["page_first_results_median_s"], 2),
                                      "predict_answer": round(plain / calls["predict_answer_median_s"], 2),
-                                     "wire_first_results": round(plain / wire["total_s"], 2)},
+                                     "wire_first_results": round(plain / wire["total_s"], 2),
+                                     "wire_predict_answer": round(plain / wire_predict["total_s"], 2)},
         "load_average": [round(v, 2) for v in os.getloadavg()], "cores": os.cpu_count(),
     }))
 

@@ -23,6 +23,7 @@ from apphelpers import write_photo as _write
 from PIL import Image
 
 from mtan import MTAN, preset_tasks
+from mtan.serve import process
 
 MAX_PIXELS = 300_000  # the app under test downscales larger photos to this
 
@@ -248,10 +249,13 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     monkeypatch.setenv("MTAN_DEFAULT_MODEL", models["city"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MTAN_DOWNLOADS_SPACE", "3mb")
+    monkeypatch.setenv("MTAN_KEEP_FREED_MEMORY", "64mb")
+    monkeypatch.setattr(process, "_KEEP", list(process._KEEP))  # the app sets it: back as it was afterwards
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
     try:
         assert app.OUT_MAX_BYTES == app.LIMITS["downloads_max_bytes"] == 3 * 2**20  # from the environment
+        assert app.LIMITS["keep_freed_memory"] == process._KEEP[0] == 64 * 2**20
         upload = app.UPLOADS.upload_root / uuid.uuid4().hex  # where gradio stores an upload: predict reads only those
         upload.mkdir(parents=True)
         path, (w, h) = _write("jpeg", upload)

@@ -137,7 +137,12 @@ def test_app_latency_through_the_server(tmp_path):
     speedups = report["speedup_vs_plain_forward"]
     assert speedups["predict_answer"] == pytest.approx(report["parts"]["plain_forward_s"]
                                                        / report["predict_answer_median_s"], rel=0.02, abs=0.01)
-    assert set(speedups) == {"page_first_results", "predict_answer", "wire_first_results"}
+    assert set(speedups) == {"page_first_results", "predict_answer", "wire_first_results", "wire_predict_answer"}
+    predict = report["wire_predict"]  # /predict's one answer on the wire: its views fetched
+    assert 0 < predict["server_network_and_outputs_s"] <= predict["server_work_s"] < predict["total_s"]
+    assert predict["fetch_images_s"] > 0
+    assert speedups["wire_predict_answer"] == pytest.approx(report["parts"]["plain_forward_s"] / predict["total_s"],
+                                                            rel=0.02, abs=0.01)
 
 
 def test_app_latency_full_width_model_folder(tmp_path):

@@ -274,3 +274,6 @@ def test_invalid_settings_stop_the_app_with_a_clear_message():
     result = subprocess.run([sys.executable, str(REPO / "app.py"), "--downloads-space", "all of it"], cwd=REPO,
                             env=os.environ | TEST_ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--downloads-space: expected a size such as 25mb" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO, capture_output=True, text=True,
+                            env=os.environ | TEST_ENV | {"MTAN_KEEP_FREED_MEMORY": "half"}, timeout=120)
+    assert result.returncode == 2 and "--keep-freed-memory: expected a size such as 25mb" in result.stderr
