@@ -58,6 +58,7 @@ try:
           file=sys.stderr, flush=True)
 except serve.ModelUnavailableError as e:
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
+serve.release_memory()  # loading and timing the model's precisions freed memory no request reuses
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
 EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serve.EXAMPLES_DIR)
 EXAMPLES = serve.example_files(EXAMPLES_DIR)
