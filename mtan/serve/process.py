@@ -26,10 +26,18 @@ def env_flag(name: str) -> bool:
 _LIBC: list = []
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
 def _libc():
+    """glibc, loaded once (None where the C library is not glibc)."""
     if not _LIBC:
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            if hasattr(lib, "mallinfo2"):  # glibc 2.33 and later
+                lib.mallinfo2.restype = _MallInfo2
             _LIBC.append(lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None)
         except (OSError, AttributeError):
             _LIBC.append(None)
@@ -82,11 +90,6 @@ def keep_freed_memory(nbytes: int) -> None:
     _KEEP[0] = int(nbytes)
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
 _TRIM_LOCK = threading.Lock()
 _AFTER_TRIM: list[int] = []  # the resident memory not in use, measured after the last trim
 
@@ -103,7 +106,6 @@ def unused_resident_bytes() -> int | None:
         resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
-    lib.mallinfo2.restype = _MallInfo2
     info = lib.mallinfo2()
     return resident - info.uordblks - info.hblkhd
 
