@@ -11,8 +11,10 @@ GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS,
 MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
 --queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE,
 --precision / MTAN_INFERENCE_PRECISION, --compile / MTAN_COMPILE, --threads / MTAN_THREADS,
---keep-freed-memory / MTAN_KEEP_FREED_MEMORY.
-README.md, "Safety and limits", says what happens at each limit.
+--keep-freed-memory / MTAN_KEEP_FREED_MEMORY; clips: --max-video-size, --max-video-seconds,
+--max-video-fps, --max-video-pixels, --max-video-work-seconds (MTAN_MAX_VIDEO_*); the live webcam:
+--live-streams, --live-seconds, --live-idle-seconds (MTAN_LIVE_*).
+docs/safety.md says what happens at each limit.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from mtan.serve.guard import RequestGuard, guarded, refusal
 from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT
 from mtan.serve.media_events import MediaEvents, video_resolutions
 from mtan.serve.settings import byte_size, parse_args
+from mtan.serve.streams import StreamPolicy
 from mtan.serve.uploads import UploadPolicy, megabytes
 from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS, VideoLimits
 from mtan.serve.zerogpu import gpu_task
@@ -76,10 +79,12 @@ UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_f
 VIDEO_UPLOADS = UploadPolicy.create(gr.utils.get_upload_folder(), byte_size(ARGS.max_video_size), excluded=[OUT_ROOT],
                                     noun="video clip")
 GRADIO_MAX_FILE_SIZE = max(byte_size(ARGS.max_file_size), byte_size(ARGS.max_video_size))  # each kind: its policy
-VIDEO_LIMITS = VideoLimits(ARGS.max_video_seconds, ARGS.max_video_fps, ARGS.max_video_pixels)
+VIDEO_LIMITS = VideoLimits(ARGS.max_video_seconds, ARGS.max_video_fps, ARGS.max_video_pixels,
+                           ARGS.max_video_work_seconds)
 LIVE_RESOLUTION = (128, 256)  # the webcam runs small, for a smooth frame rate
-LIVE_STREAMS = 4              # webcam streams at once (each holds a slot while it is open, busy or not)
-LIVE_SECONDS = 120            # a stream ends after this long (Record starts another)
+LIVE_STREAMS = ARGS.live_streams        # webcam streams at once, one per visitor (each holds a slot while open)
+LIVE_SECONDS = ARGS.live_seconds        # a stream ends after this long (Record starts another)
+LIVE_IDLE_SECONDS = ARGS.live_idle_seconds  # or when no frame came for this long
 DOWNLOADS = DownloadFolders(OUT_ROOT, OUT_MAX_AGE_S, OUT_MAX_BYTES)
 predict_on_device = gpu_task(serve.predict_photo)  # on a ZeroGPU Space it holds a GPU for the call only
 
@@ -458,7 +463,7 @@ with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enab
         with gr.Tab("Live webcam", id="live", elem_id="live-tab"):
             gr.Markdown("Allow the camera, press Record and point it at a street: each frame is labelled and its depth "
                         f"estimated at {LIVE_RESOLUTION[0]}x{LIVE_RESOLUTION[1]}, as fast as this server manages (a "
-                        f"stream runs {LIVE_SECONDS // 60} minutes; press Record again for more).")
+                        f"stream runs {LIVE_SECONDS / 60:g} minutes; press Record again for more).")
             with gr.Row(equal_height=False):
                 live_in = gr.Image(sources=["webcam"], streaming=True, type="filepath", label="Your camera",
                                    elem_id="live-input", height=300)
@@ -552,6 +557,7 @@ RequestGuard(UPLOADS, open_choices=[compare, attention_task, resolution, video_r
              video_policy=VIDEO_UPLOADS).install(demo)
 OTHER_CONCURRENCY = 4  # redraws and the attention overview (no network run) at once
 demo.queue(default_concurrency_limit=OTHER_CONCURRENCY, max_size=ARGS.queue_size)
+StreamPolicy(("live_frame",), LIVE_IDLE_SECONDS).install(demo)  # idle streams end; one stream per visitor
 
 # Every limit in force, printed at start (benchmarks/load_test.py reads it; README: "Safety and limits").
 LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "queue_size": ARGS.queue_size,
@@ -562,6 +568,7 @@ LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "q
           "downloads_max_age_s": OUT_MAX_AGE_S, "downloads_max_bytes": OUT_MAX_BYTES,
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
           "example_cache": EXAMPLE_CACHE.capacity, "live_streams": LIVE_STREAMS, "live_seconds": LIVE_SECONDS,
+          "live_idle_seconds": LIVE_IDLE_SECONDS, "max_video_work_seconds": VIDEO_LIMITS.max_work_seconds,
           "keep_freed_memory": ARGS.keep_freed_memory, "device": str(REGISTRY.device),
           "threads": torch.get_num_threads()}
 

@@ -4,6 +4,7 @@ app; prints ONE JSON object (progress on stderr).
     python benchmarks/load_test.py                              # starts `python app.py` (weights/), 20 x 5
     python benchmarks/load_test.py --clients 4 --requests 2 --model path/to/model --resolution 128x256
     python benchmarks/load_test.py --url http://127.0.0.1:7860/ [--pid PID]   # an app already running
+    python benchmarks/load_test.py --clients 20 --requests 4 --mixed --webcam-streams 4   # photos, clips, 3D, webcams
 
 Each client is one thread with its own gradio_client.Client (its own session, as one browser tab
 is) and sends its requests one after another, downloading every returned file as a browser
@@ -16,6 +17,11 @@ result, queue wait included), the largest queue position a client was told, thro
 server's resident memory (``VmRSS`` from /proc sampled every 0.2 s, and the kernel's peak
 ``VmHWM``), the disk its download folders and gradio cache took, the load average, and the
 app's limits (from the line ``mtan app limits: {...}`` it prints at start).
+
+``--mixed``: each client's requests take turns between a photo (``/predict``), a 2-second clip
+(``/predict_video`` at 128x256) and the scene in 3D (``/predict_3d``); latencies are reported per
+kind too. ``--webcam-streams N``: N live webcam streams (the raw protocol, one session each) send
+a frame every 0.2 s for the whole run, as N browsers would; their answered frames are reported.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -158,8 +165,105 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+KINDS = ("photo", "clip", "3d")
+
+
+def write_clip(path: Path, seconds: float = 2.0, fps: int = 10) -> Path:
+    """A short 320x240 H.264 clip of the example photo panning (PyAV)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.open(REPO / "examples" / "street_01.jpg").convert("RGB").resize((480, 240))
+    a = np.asarray(photo)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        for i in range(int(seconds * fps)):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:, i * 4: i * 4 + 320]), format="rgb24")
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    return path
+
+
+class WebcamStream(threading.Thread):
+    """One live webcam stream in gradio's raw protocol: joins with a frame, then sends a frame
+    every ``interval`` seconds until stopped; counts the frames answered."""
+
+    def __init__(self, url: str, frame_url: str, interval: float = 0.2):
+        super().__init__(daemon=True)
+        import uuid
+
+        self.url, self.frame_url, self.interval = url, frame_url, interval
+        self.session = uuid.uuid4().hex[:11]
+        self.answered = 0
+        self.streams = 0
+        self.error: str | None = None
+        self.stopped = threading.Event()
+
+    def body(self, fn_index: int, data: list) -> bytes:
+        return json.dumps({"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None,
+                           "session_hash": self.session}).encode()
+
+    def post(self, path: str, body: bytes) -> dict:
+        request = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    def run(self):
+        try:
+            config = json.loads(urllib.request.urlopen(self.url + "config", timeout=30).read())
+            fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "live_frame")
+            comps = {c["id"]: c for c in config["components"]}
+            frame = {"path": None, "url": self.frame_url, "orig_name": "webcam.jpg", "meta": {"_type": "gradio.FileData"}}
+            data = [frame if comps[c]["type"] == "image" else comps[c].get("props", {}).get("value")
+                    for c in config["dependencies"][fn_index]["inputs"]]
+            while not self.stopped.is_set():  # a stream that ended (its time limit) is started again, as Record does
+                event_id = self.post("gradio_api/queue/join", self.body(fn_index, data))["event_id"]
+                self.streams += 1
+                listener = threading.Thread(target=self.listen, args=(event_id,), daemon=True)
+                listener.start()
+                while not self.stopped.wait(self.interval) and listener.is_alive():
+                    try:
+                        self.post(f"gradio_api/stream/{event_id}", self.body(fn_index, data))
+                    except urllib.error.HTTPError as e:
+                        if e.code != 404:  # 404: the stream has just ended
+                            raise
+                if self.stopped.is_set():
+                    try:
+                        self.post(f"gradio_api/stream/{event_id}/close", b"{}")
+                    except urllib.error.HTTPError:
+                        pass
+        except Exception as e:  # noqa: BLE001 (reported, not raised: the crowd goes on)
+            self.error = f"{type(e).__name__}: {str(e)[:200]}"
+
+    def listen(self, event_id: str):
+        with urllib.request.urlopen(self.url + f"gradio_api/queue/data?session_hash={self.session}", timeout=900) as s:
+            for line in s:
+                line = line.decode(errors="replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg.get("event_id") == event_id and msg.get("msg") == "process_streaming":
+                    self.answered += 1
+                if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
+                    return
+
+
+def submit(client, kind: str, photo: Path, clip: Path | None, args):
+    from gradio_client import handle_file
+
+    if kind == "clip":
+        return client.submit(handle_file(str(clip)), None, "128x256", "photo | segmentation | depth", 0.0,
+                             api_name="/predict_video")
+    if kind == "3d":
+        return client.submit(handle_file(str(photo)), None, args.resolution, api_name="/predict_3d")
+    return client.submit(handle_file(str(photo)), resolution=args.resolution, api_name="/predict")
+
+
 def client_worker(index: int, url: str, photos: list[Path], args, results: list, downloads: Path,
-                  start_gate: threading.Barrier):
+                  start_gate: threading.Barrier, clip: Path | None = None):
     from gradio_client import Client, handle_file
 
     try:
@@ -179,10 +283,11 @@ def client_worker(index: int, url: str, photos: list[Path], args, results: list,
         pass
     for r in range(args.requests):
         photo = photos[(index * args.requests + r) % len(photos)]
+        kind = KINDS[(index + r) % len(KINDS)] if args.mixed else "photo"
         start = time.perf_counter()
         max_rank = None
         try:
-            job = client.submit(handle_file(str(photo)), resolution=args.resolution, api_name="/predict")
+            job = submit(client, kind, photo, clip, args)
             while not job.done():
                 status = job.status()
                 rank = getattr(status, "rank", None)
@@ -190,13 +295,13 @@ def client_worker(index: int, url: str, photos: list[Path], args, results: list,
                     max_rank = rank if max_rank is None else max(max_rank, rank)
                 time.sleep(0.25)
             out = job.result(timeout=args.request_timeout)
-            ok = isinstance(out, (list, tuple)) and len(out) >= 12 and out[0] is not None
+            ok = isinstance(out, (list, tuple)) and len(out) >= (12 if kind == "photo" else 2) and out[0] is not None
             error = None if ok else f"unexpected result: {str(out)[:200]}"
         except Exception as e:
             ok, error = False, f"{type(e).__name__}: {str(e)[:300]}"
-        results.append({"client": index, "request": r, "ok": ok, "seconds": time.perf_counter() - start,
+        results.append({"client": index, "request": r, "kind": kind, "ok": ok, "seconds": time.perf_counter() - start,
                         "max_queue_rank": max_rank, "error": error})
-        log(f"client {index:2d} request {r}: {'ok' if ok else 'FAILED ' + str(error)} "
+        log(f"client {index:2d} request {r} ({kind}): {'ok' if ok else 'FAILED ' + str(error)} "
             f"{time.perf_counter() - start:.1f} s")
 
 
@@ -212,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", default="256x512")
     p.add_argument("--photo", default=str(REPO / "examples" / "street_01.jpg"))
     p.add_argument("--same-file", action="store_true", help="upload the photo itself (the example cache answers)")
+    p.add_argument("--mixed", action="store_true", help="photos, clips and 3D in turns (see above)")
+    p.add_argument("--webcam-streams", type=int, default=0, help="live webcam streams running all along")
     p.add_argument("--request-timeout", type=float, default=1800.0)
     p.add_argument("--start-timeout", type=float, default=180.0)
     args = p.parse_args(argv)
@@ -231,12 +338,19 @@ def main(argv: list[str] | None = None) -> int:
         uploads.mkdir()
         photos = [photo] if args.same_file else unique_copies(photo, total, uploads)
         downloads = workdir / "downloads"
+        clip = write_clip(workdir / "clip.mp4") if args.mixed else None
         load_before = [round(v, 2) for v in os.getloadavg()]
         sampler = RssSampler(pid)
         sampler.start()
         results: list[dict] = []
+        import base64
+
+        frame_url = "data:image/jpeg;base64," + base64.b64encode(Path(args.photo).read_bytes()).decode()
+        streams = [WebcamStream(url, frame_url) for _ in range(args.webcam_streams)]
+        for stream in streams:
+            stream.start()
         gate = threading.Barrier(args.clients)
-        threads = [threading.Thread(target=client_worker, args=(i, url, photos, args, results, downloads, gate),
+        threads = [threading.Thread(target=client_worker, args=(i, url, photos, args, results, downloads, gate, clip),
                                     daemon=True) for i in range(args.clients)]
         log(f"{args.clients} clients x {args.requests} requests at {args.resolution} on {url}")
         start = time.perf_counter()
@@ -245,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
+        for stream in streams:
+            stream.stopped.set()
+        for stream in streams:
+            stream.join(30)
         sampler.stop()
         load_after = [round(v, 2) for v in os.getloadavg()]
         alive = proc.poll() is None if proc else None
@@ -267,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                           "p95": round(percentile(latencies, 95), 2) if latencies else None,
                           "max": round(max(latencies), 2) if latencies else None,
                           "mean": round(statistics.fmean(latencies), 2) if latencies else None},
+            "latency_by_kind_s": {k: {"completed": len(v), "p50": round(percentile(v, 50), 2), "max": round(max(v), 2)}
+                                  for k in KINDS if (v := [r["seconds"] for r in ok if r["kind"] == k])},
+            "webcam_streams": [{"frames_answered": s.answered, "streams_started": s.streams, "error": s.error}
+                               for s in streams],
             "max_queue_position": max(ranks) + 1 if ranks else None,  # gradio's rank counts from 0
             "wall_s": round(wall, 1),
             "throughput_per_s": round(len(ok) / wall, 3) if wall > 0 else None,

@@ -32,7 +32,7 @@ os.environ["MTAN_COMPILE"] = "off"
 # `python -m pytest -m "not slow"` leaves them out (the quick subset: about a minute on 2 cores).
 SLOW_FILES = {
     "test_app.py", "test_benchmarks.py", "test_browser.py", "test_browser_media.py", "test_compiled.py",
-    "test_convert.py", "test_default_model.py", "test_faults.py", "test_hostile_requests.py", "test_learning.py",
+    "test_convert.py", "test_default_model.py", "test_faults.py", "test_hostile_media.py", "test_hostile_requests.py", "test_learning.py",
     "test_load.py", "test_media_app.py", "test_pinned.py", "test_precision.py", "test_recipe.py", "test_release.py",
     "test_secrets.py", "test_synthetic.py", "test_train.py", "test_uploads.py", "test_video.py",
 }

@@ -126,6 +126,7 @@ def planted(app) -> dict[str, str]:
         (folder / "to_screenshot.png").symlink_to(REPO / "docs" / "app_desktop.png")
         (folder.parent / "outside").symlink_to(REPO / "docs")  # a linked folder
         os.mkfifo(folder / "pipe.jpg")
+    if not (folder / "huge.jpg").exists():  # a refusal removes a stored file over the limit: planted again
         with open(folder / "huge.jpg", "wb") as f:
             f.truncate(MAX_FILE_SIZE + 1)  # sparse: no disk used
     return {"link to /etc/passwd": str(folder / "to_passwd.jpg"),
@@ -189,6 +190,8 @@ def test_every_file_event_refuses_files_it_may_not_read(app, baseline, normal_ph
         streaming = app["components"][event["inputs"][image_at]].get("props", {}).get("streaming")
         messages = {}
         for name, value in attacks.items():
+            if name.startswith("over the upload limit"):
+                value = {"path": planted(app)[name]} | {"meta": {"_type": "gradio.FileData"}}
             data = defaults(app, event)
             data[image_at] = value
             over_limit = name.startswith("over the upload limit")
@@ -196,6 +199,8 @@ def test_every_file_event_refuses_files_it_may_not_read(app, baseline, normal_ph
             answer = refused(app, index, data, name, r"too large: this app accepts photos of up to 10 MB" if over_limit
                              else r"The image is too large: 28000x28000 pixels" if inline else None)
             messages[name] = answer.message
+            if over_limit:
+                assert not Path(value["path"]).exists(), "a stored upload over the limit is removed as it is refused"
         # One answer for every path it may not read: nothing tells whether a path exists on the server.
         same = {m for n, m in messages.items() if not n.startswith(("over the upload limit", "a number", "a list",
                                                                       "a bare string"))

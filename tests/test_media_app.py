@@ -118,8 +118,6 @@ def test_hostile_media_get_a_clear_message_and_the_server_keeps_serving(app, cli
     run_clip(client, good)  # warm up before measuring memory
     before = proc_status_kb(proc.pid)
     for name, (path, message) in cases.items():
-        if name == "1,000-frame animation":
-            message = "The clip is 40.0 s long; this app takes clips of up to 10 s"
         with pytest.raises(AppError, match=message):
             run_clip(client, path)
     assert count_frames(run_clip(client, good)[0])[0] == 20

@@ -135,15 +135,16 @@ def hostile(tmp_path) -> dict:
     cut_index = write_clip(tmp_path / "index_last.mp4", seconds=2, fps=10, faststart=False)
     return {
         "empty": (empty, "The file is empty"),
-        "text": (text, "not a video that can be read"),
-        "noise": (noise, "not a video that can be read"),
-        "still JPEG named .mp4": (still, "still image, not a video"),
-        "still PNG named .mov": (png, "still image, not a video"),
+        "text": (text, "not a video clip that can be read"),
+        "noise": (noise, "not a video clip that can be read"),
+        "still JPEG named .mp4": (still, "a JPEG image, not a video clip"),
+        "still PNG named .mov": (png, "a PNG image, not a video clip"),
         "audio only": (write_audio_only(tmp_path / "sound.mp4"), r"no video track \(only sound\)"),
         "header claims hours": (write_hours_long(tmp_path / "hours.mp4"), "The clip is 3 h 0 min long"),
         "header claims 8K": (write_8k(tmp_path / "8k.mp4"), "7680x4320 pixels is over this app's limit"),
-        "truncated, index at the end": (write_truncated(tmp_path / "cut1.mp4", cut_index), "not a video that can be read"),
-        "1,000-frame animation": (write_animation(tmp_path / "anim.gif", frames=1000), "The clip is 40.0 s long"),
+        "truncated, index at the end": (write_truncated(tmp_path / "cut1.mp4", cut_index),
+                                        "not a video clip that can be read"),
+        "1,000-frame animation": (write_animation(tmp_path / "anim.gif", frames=1000), "a GIF image, not a video clip"),
         "good": (good, None),
     }
 
@@ -183,3 +184,50 @@ def test_frames_over_the_pixel_limit_are_refused_from_the_header(loaded, tmp_pat
     clip = write_clip(tmp_path / "c.mp4", seconds=1, size=(120, 160))
     with pytest.raises(VideoError, match="160x120 pixels is over this app's limit"):
         process_clip(loaded, clip, tmp_path / "o.mp4", (64, 128), VideoLimits(max_pixels=160 * 100))
+
+
+def test_the_decoder_refuses_frames_larger_than_the_limit_whatever_the_header_says(loaded, tmp_path):
+    """A clip whose container header claims small frames but whose stream holds larger ones: the
+    decoder itself is capped at the pixel limit, so decoding stops at the first large frame."""
+    clip = write_clip(tmp_path / "c.mp4", seconds=1, size=(120, 160))
+    data = bytearray(clip.read_bytes())
+    at = data.find(b"avc1")
+    assert at > 0
+    # avc1 sample entry: 4 type, 6 reserved, 2 index, 16 pre-defined/reserved, then width, height (16 bits each)
+    data[at + 28: at + 32] = (32).to_bytes(2, "big") + (24).to_bytes(2, "big")
+    lying = tmp_path / "lying.mp4"
+    lying.write_bytes(bytes(data))
+    limits = VideoLimits(max_pixels=160 * 100)  # above 32x24, below the real 160x120
+    try:
+        result = process_clip(loaded, lying, tmp_path / "o.mp4", (64, 128), limits)
+    except VideoError as e:  # refused from the header (FFmpeg read the true size) or at the first frame
+        assert "160x120" in str(e) or "could be decoded" in str(e), str(e)
+    else:
+        assert result.frames == 0 or any("over the limit" in n or "damaged" in n for n in result.notes)
+
+
+def test_a_clip_stops_at_the_server_time_limit(loaded, tmp_path, monkeypatch):
+    """Server seconds, not clip seconds: a clip stops when its work passes the limit, keeping
+    the frames so far (a clock that runs a second per reading stands in for a slow server)."""
+    import time as real_time
+
+    import mtan.serve.video as video
+
+    clip = write_clip(tmp_path / "c.mp4", seconds=3, fps=10)
+    with pytest.raises(VideoError, match="more than 1e-09 s of the server's time before its first frame"):
+        process_clip(loaded, clip, tmp_path / "o.mp4", (64, 128), VideoLimits(max_work_seconds=1e-9))
+
+    class SlowClock:
+        now = 0.0
+        perf_counter = staticmethod(real_time.perf_counter)
+
+        @classmethod
+        def monotonic(cls):
+            cls.now += 1.0
+            return cls.now
+
+    monkeypatch.setattr(video, "time", SlowClock)
+    result = process_clip(loaded, clip, tmp_path / "o.mp4", (64, 128), VideoLimits(max_work_seconds=10))
+    assert 0 < result.frames < 30
+    assert any("Processing stopped after 10 s of the server's time" in n for n in result.notes), result.notes
+    assert count_frames(result.path)[0] == result.frames

@@ -59,26 +59,31 @@ def _choice_labels(block) -> list:
     return [c[0] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])]
 
 
-def guarded(fn):
+def guarded(fn=None, *, noun: str = "photo"):
     """``fn`` with the app's error handling: our refusals pass through; running out of memory and
-    any other exception become one plain message (the API client sees that text too), the
-    traceback in the log; the photo's temporaries go back to the OS afterwards."""
+    any other exception become one plain message about the visitor's ``noun`` (a photo, a clip, a
+    webcam frame; the API client sees that text too), the traceback in the log; the request's
+    temporaries go back to the OS afterwards. ``@guarded`` or ``@guarded(noun="clip")``."""
+    if fn is None:
+        return functools.partial(guarded, noun=noun)
+    smaller = {"clip": "a shorter or smaller clip"}.get(noun, f"a smaller {noun}")
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             try:
                 return fn(*args, **kwargs)
             finally:
-                release_memory()  # the temporaries of this photo: back to the OS, not kept by malloc
+                release_memory()  # the temporaries of this request: back to the OS, not kept by malloc
         except gr.Error:
             raise
         except MemoryError:
-            raise refusal("predict", "The server ran out of memory on this photo: try a smaller photo or a lower "
-                                     "processing resolution.") from None
+            raise refusal(fn.__name__, f"The server ran out of memory on this {noun}: try {smaller} or a lower "
+                                       f"processing resolution.") from None
         except Exception:  # a bug or an input nobody foresaw: a plain message, the traceback in the log
             traceback.print_exc()
-            raise gr.Error("This photo could not be processed because of an error on the server (it has been "
-                           "logged): try again, or another photo.", print_exception=False) from None
+            raise gr.Error(f"This {noun} could not be processed because of an error on the server (it has been "
+                           f"logged): try again, or another {noun}.", print_exception=False) from None
     return run
 
 
@@ -121,7 +126,7 @@ class RequestGuard:
             return [self.value(block, value) for block, value in zip(block_fn.inputs, inputs)]
         except UploadRefused as e:
             raise refusal(event, str(e)) from None
-        except ValueError as e:
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
             raise refusal(event, f"This request's values are not valid: {e}") from None
 
     def value(self, block, value):
@@ -136,11 +141,7 @@ class RequestGuard:
         if isinstance(block, gr.Slider):
             if value is None:
                 return block.value
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{_label(block)} must be a number")
-            if not block.minimum <= value <= block.maximum:
-                raise ValueError(f"{_label(block)} must be between {block.minimum:g} and {block.maximum:g}")
-            return value
+            return self.number(block, value)
         if isinstance(block, (gr.Radio, gr.Dropdown)):
             if block._id in self.open_choices:
                 if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS):
@@ -162,6 +163,18 @@ class RequestGuard:
                 raise ValueError(f"example must be a number from 0 to {len(block.samples) - 1}")
             return value
         raise ValueError(f"{type(block).__name__} values are not accepted")
+
+    @staticmethod
+    def number(block, value):
+        """A slider's value: a number (not a boolean, not a huge integer, finite) within its range,
+        checked before any arithmetic touches it."""
+        between = f"between {block.minimum:g} and {block.maximum:g}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{_label(block)} must be a number {between}")
+        if (isinstance(value, int) and value.bit_length() > 64) or not math.isfinite(value) \
+                or not block.minimum <= value <= block.maximum:  # a huge int is refused before float() sees it
+            raise ValueError(f"{_label(block)} must be {between}")
+        return value
 
     def image(self, value) -> dict:
         """A clean file value for an uploaded image: only its checked real path and its name."""

@@ -23,6 +23,18 @@ class ImageLoadError(ValueError):
 DEFAULT_MAX_PIXELS = 4_000_000         # larger photos are downscaled to this; views and downloads too
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding (configurable)
 MAX_SIDE = 65_000                      # no side longer than this (JPEG's limit for the returned views)
+# At most this much memory for decoding one image, estimated from its header before decoding
+# (:func:`decode_bytes`): with the rest of a request, one photo costs the server under 500 MB.
+MAX_DECODE_BYTES = 448 * 2**20
+# Bytes a pixel takes while an image of a PIL mode is decoded and downscaled (PIL keeps 3-band
+# images in 4 bytes; images with transparency are premultiplied into a second copy as they are
+# resized; palettes are expanded to RGB first).
+_DECODE_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 5, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGB": 4,
+                           "YCbCr": 4, "LAB": 4, "HSV": 4, "CMYK": 8, "I": 4, "F": 4, "LA": 8, "La": 8, "PA": 8,
+                           "RGBA": 8, "RGBa": 8}
+# A progressive JPEG keeps every DCT coefficient (2 bytes each, 1.5 components a pixel in 4:2:0)
+# while it decodes, then the full-size RGB image.
+_PROGRESSIVE_JPEG_BYTES_PER_PIXEL = 7
 # The formats load_image opens (PIL knows many more: EPS would run Ghostscript, others are rarely
 # tested parsers). "JPEG" includes MPO, which some cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -88,6 +100,13 @@ def _too_large(width: int | None, height: int | None, limit: int, pil_message: s
         what = f"{int(m.group(1)):,} pixels" if m else "it"
     return ImageLoadError(f"The image is too large: {what} is over this app's limit of {limit:,} pixels "
                           f"(decoded). Downscale it and upload it again.")
+
+
+def decode_bytes(width: int, height: int, mode: str, progressive_jpeg: bool = False) -> int:
+    """The memory that decoding and downscaling an image of this size and PIL mode takes (an estimate
+    from the header, measured against the real peak in the tests)."""
+    per_pixel = _PROGRESSIVE_JPEG_BYTES_PER_PIXEL if progressive_jpeg else _DECODE_BYTES_PER_PIXEL.get(mode, 8)
+    return width * height * per_pixel
 
 
 def _scaled(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
@@ -169,6 +188,14 @@ def load_image(source: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_
                 im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never smaller than target
             if im.width * im.height > max_image_pixels:  # from the header: nothing decoded yet
                 raise _too_large(w, h, max_image_pixels)
+            cost = decode_bytes(im.width, im.height, im.mode, full_size_jpeg)
+            if cost > MAX_DECODE_BYTES:
+                kind = "progressive JPEG" if full_size_jpeg else f"{im.mode} image"
+                raise ImageLoadError(f"The image is too large to decode here: this {w}x{h} {kind} would take about "
+                                     f"{cost / 2**20:,.0f} MB of memory, over this app's limit of "
+                                     f"{MAX_DECODE_BYTES / 2**20:,.0f} MB. Downscale it"
+                                     + (" (or save it without transparency)" if "A" in im.mode else "")
+                                     + " and upload it again.")
             if getattr(im, "is_animated", False):
                 notes.append("The file holds several images (an animation or several pages): the first was used.")
             im.load()

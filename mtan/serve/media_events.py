@@ -35,6 +35,7 @@ def _live(session: LiveSession, photo: np.ndarray):
 
 
 live_on_device = gpu_task(_live, duration=10)
+LIVE_MAX_PIXELS = 3840 * 2160  # a webcam frame is at most 4K
 
 
 def video_resolutions(loaded: LoadedModel | None) -> tuple[list[str], str]:
@@ -61,10 +62,11 @@ class MediaEvents:
     max_image_pixels: int               # and refused above this many, from its header
     device: str                         # named in the clip's summary
     live_resolution: tuple[int, int] = (128, 256)  # the webcam runs small, for a smooth frame rate
+    live_max_pixels: int = LIVE_MAX_PIXELS          # a webcam frame over this many pixels is refused from its header
 
     # ---- a video clip -------------------------------------------------------------------------
 
-    @guarded
+    @guarded(noun="clip")
     def predict_video(self, video, model, resolution, layout, smoothing, colormap, opacity, progress=gr.Progress()):
         """Segment and estimate the depth of every frame of a street clip (``/predict_video``).
 
@@ -116,14 +118,16 @@ class MediaEvents:
             return base64.b64decode(url.split(",", 1)[1])
         return self.uploads.read(frame.get("path") if isinstance(frame, dict) else frame)
 
+    @guarded(noun="webcam frame")
     def live_frame(self, frame, model, layout, session):
         """One webcam frame of the live view: the chosen views of it, the frame rate, the session."""
         if frame is None:
             return gr.skip(), gr.skip(), session
         try:
-            photo, _ = load_image(self.frame_bytes(frame), self.max_pixels, self.max_image_pixels)
+            photo, _ = load_image(self.frame_bytes(frame), self.max_pixels,
+                                  min(self.max_image_pixels, self.live_max_pixels))
         except (ValueError, ImageLoadError) as e:
-            raise refusal("live_frame", str(e)) from None
+            raise refusal("live_frame", "This webcam frame cannot be used: " + str(e)) from None
         loaded = self.get_model(model)
         try:
             if session is None or session.key != loaded.key or session.layout != layout:

@@ -9,6 +9,7 @@ import re
 from mtan.compiled import COMPILE_MODES
 from mtan.fast import PRECISIONS
 from mtan.serve.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS
+from mtan.serve.streams import DEFAULT_LIVE_IDLE_SECONDS, DEFAULT_LIVE_SECONDS, DEFAULT_LIVE_STREAMS
 
 
 def positive_int(text: str) -> int:
@@ -64,7 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "MTAN_DEFAULT_MODEL (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), "
                "GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, MTAN_DEVICE, MTAN_MAX_PIXELS, MTAN_MAX_IMAGE_PIXELS, "
                "MTAN_MAX_FILE_SIZE, MTAN_MAX_VIDEO_SIZE, MTAN_MAX_VIDEO_SECONDS, MTAN_MAX_VIDEO_FPS, "
-               "MTAN_MAX_VIDEO_PIXELS, MTAN_CONCURRENCY, MTAN_QUEUE_SIZE, MTAN_MAX_SESSIONS, MTAN_INFERENCE_PRECISION, "
+               "MTAN_MAX_VIDEO_PIXELS, MTAN_MAX_VIDEO_WORK_SECONDS, MTAN_LIVE_STREAMS, MTAN_LIVE_SECONDS, "
+               "MTAN_LIVE_IDLE_SECONDS, MTAN_CONCURRENCY, MTAN_QUEUE_SIZE, MTAN_MAX_SESSIONS, MTAN_INFERENCE_PRECISION, "
                "MTAN_COMPILE, MTAN_THREADS, MTAN_DOWNLOADS_SPACE, MTAN_KEEP_FREED_MEMORY, MTAN_CACHE_DIR (measured "
                "choices).")
     p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
@@ -93,6 +95,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-video-pixels", type=positive_int,
                    default=env("MTAN_MAX_VIDEO_PIXELS") or str(3840 * 2160),
                    help="clips with larger frames are refused from their header (default: 4K, 3840x2160)")
+    p.add_argument("--max-video-work-seconds", type=positive_number,
+                   default=env("MTAN_MAX_VIDEO_WORK_SECONDS") or "120",
+                   help="server seconds one clip may take; the frames processed by then are returned (default 120)")
+    p.add_argument("--live-streams", type=positive_int, default=env("MTAN_LIVE_STREAMS") or str(DEFAULT_LIVE_STREAMS),
+                   help=f"live webcam streams at once, one per visitor (default {DEFAULT_LIVE_STREAMS})")
+    p.add_argument("--live-seconds", type=positive_number,
+                   default=env("MTAN_LIVE_SECONDS") or str(DEFAULT_LIVE_SECONDS),
+                   help=f"a live webcam stream ends after this many seconds (default {DEFAULT_LIVE_SECONDS}; Record "
+                        f"starts another)")
+    p.add_argument("--live-idle-seconds", type=positive_number,
+                   default=env("MTAN_LIVE_IDLE_SECONDS") or str(DEFAULT_LIVE_IDLE_SECONDS),
+                   help=f"a live webcam stream that sends no frame for this long ends and gives its slot back "
+                        f"(default {DEFAULT_LIVE_IDLE_SECONDS:g})")
     p.add_argument("--concurrency", type=positive_int, default=env("MTAN_CONCURRENCY") or None,
                    help="predictions run at once (default: 1 on CPU, 2 on GPU)")
     p.add_argument("--queue-size", type=positive_int, default=env("MTAN_QUEUE_SIZE") or "32",

@@ -41,6 +41,13 @@ class UploadPolicy:
         return cls(Path(os.path.realpath(upload_root)), int(max_bytes),
                    tuple(Path(os.path.realpath(p)) for p in excluded), noun)
 
+    @property
+    def not_uploaded(self) -> str:
+        """The one message for every path a request may not read (it never says whether it exists)."""
+        if self.noun == "photo":
+            return NOT_UPLOADED
+        return f"This request names a file that was not uploaded to this app: upload a {self.noun}."
+
     def too_large(self) -> UploadRefused:
         return UploadRefused(f"The file is too large: this app accepts {self.noun}s of up to "
                              f"{megabytes(self.max_bytes)}. Upload a smaller {self.noun}.")
@@ -48,22 +55,28 @@ class UploadPolicy:
     def check(self, path) -> Path:
         """The real path of an allowed file, from its metadata alone (nothing is opened), or
         :class:`UploadRefused`. Refused: anything but a plain path string (URLs, ``data:``),
-        symbolic links, devices, pipes, folders, files outside the allowed places, too large files."""
+        symbolic links, devices, pipes, folders, files outside the allowed places, too large files.
+        A stored upload over this kind's limit is removed as it is refused (gradio's own upload
+        limit is the largest of all kinds', so it stored the file)."""
         if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or "\0" in path:
-            raise UploadRefused(NOT_UPLOADED)
+            raise UploadRefused(self.not_uploaded)
         if ":" in path.split("/", 1)[0] or "://" in path:  # data:..., file:..., http://...
-            raise UploadRefused(NOT_UPLOADED)
+            raise UploadRefused(self.not_uploaded)
         absolute = Path(os.path.abspath(path))
         try:
             real = Path(os.path.realpath(absolute))
             info = os.lstat(absolute)
         except (OSError, ValueError):
-            raise UploadRefused(NOT_UPLOADED) from None
+            raise UploadRefused(self.not_uploaded) from None
         allowed = (real.is_relative_to(self.upload_root) and real != self.upload_root
                    and not any(real.is_relative_to(folder) for folder in self.excluded))
         if not allowed or not stat.S_ISREG(info.st_mode):
-            raise UploadRefused(NOT_UPLOADED)
+            raise UploadRefused(self.not_uploaded)
         if info.st_size > self.max_bytes:
+            try:
+                os.unlink(real)
+            except OSError:
+                pass
             raise self.too_large()
         return real
 
@@ -75,11 +88,11 @@ class UploadPolicy:
         try:
             fd = os.open(real, flags)
         except OSError:
-            raise UploadRefused(NOT_UPLOADED) from None
+            raise UploadRefused(self.not_uploaded) from None
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise UploadRefused(NOT_UPLOADED)
+                raise UploadRefused(self.not_uploaded)
             if info.st_size > self.max_bytes:
                 raise self.too_large()
             data = f.read(self.max_bytes + 1)

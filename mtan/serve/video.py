@@ -38,10 +38,28 @@ LAYOUTS = {
 DEFAULT_LAYOUT = "photo | segmentation | depth"
 PANEL_BOX = (360, 640)      # each view of the output video fits inside this (h, w)
 FRAMES_PER_BATCH = 4        # frames run through the network at once
-# Demuxers that FFmpeg uses for still images: such a file is a photo, whatever its name says.
-STILL_IMAGE_FORMATS = {"image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe",
-                       "jpegls_pipe", "jpegxl_pipe", "qoi_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "psd_pipe",
-                       "svg_pipe", "dpx_pipe", "exr_pipe", "j2k_pipe", "pictor_pipe", "sgi_pipe", "xbm_pipe"}
+# What a clip may be. FFmpeg opens a clip only as one of these containers (its own detection, from
+# the content; the file name plays no part) and decodes only these video codecs: no playlist,
+# manifest, concatenation list or image sequence, whose demuxers open other files or URLs, and no
+# still-image codec, whose frames can be huge. Names as FFmpeg's format_whitelist and
+# codec_whitelist options read them ("mov" is MP4, MOV, M4V, 3GP; "matroska" is MKV and WebM).
+CONTAINERS = ("mov", "matroska")
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg",
+                "prores")
+CONTAINER_NAMES = "MP4, MOV, M4V, 3GP, MKV or WebM"
+CODEC_NAMES = "H.264, H.265, VP8, VP9, AV1, MPEG-4, MPEG-1/2, Motion JPEG or ProRes"
+# One decoded frame may take at most this many bytes (a 4K frame in 8-bit 4:4:4, or 16-bit 4:2:0):
+# with the decoder's reference frames and threads, a clip's decoding stays within a few hundred MB.
+MAX_FRAME_BYTES = 3840 * 2160 * 3
+DECODER_THREADS = 2
+# Signatures of files that are not clips, for a message that says what the file is.
+_NOT_A_CLIP = (
+    (b"#EXTM3U", "a playlist (M3U/HLS)"), (b"ffconcat", "a concatenation list"),
+    (b"<?xml", "a manifest or XML file (DASH, SMIL ...)"), (b"<MPD", "a DASH manifest"),
+    (b"[playlist]", "a playlist (PLS)"), (b"v=0", "a stream description (SDP)"),
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+)
 
 
 class VideoError(ValueError):
@@ -51,15 +69,17 @@ class VideoError(ValueError):
 @dataclass(frozen=True)
 class VideoLimits:
     """What the app takes: clips of at most ``max_seconds``; frames of at most ``max_pixels``;
-    above ``max_fps`` frames are skipped evenly (the output runs at the lower rate)."""
+    above ``max_fps`` frames are skipped evenly (the output runs at the lower rate); at most
+    ``max_work_seconds`` of the server's time per clip (the frames processed by then are kept)."""
 
     max_seconds: float = 20.0
     max_fps: float = 30.0
     max_pixels: int = 3840 * 2160
+    max_work_seconds: float = 120.0
 
     def describe(self) -> str:
         return (f"clips up to {self.max_seconds:g} s, {self.max_fps:g} frames/s (faster clips are thinned), "
-                f"frames up to {self.max_pixels / 1e6:.1f} megapixels")
+                f"frames up to {self.max_pixels / 1e6:.1f} megapixels, {self.max_work_seconds:g} s of processing")
 
 
 @dataclass
@@ -104,34 +124,94 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def _refuse_other_files(url, flags, options):
+    """FFmpeg asks this for every file or URL a clip's data names (playlist entries, references,
+    sidecar files): none is opened."""
+    raise PermissionError("a clip may not open other files")
+
+
+def _what_it_is(path: Path) -> str | None:
+    """What a file that is not a clip is, from its first bytes (for the message), or None."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    for magic, what in _NOT_A_CLIP:
+        if head.startswith(magic):
+            return what
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    return None
+
+
+def frame_bytes(width: int, height: int, pix_fmt: str | None) -> int:
+    """Bytes of one decoded frame of this size and pixel format (8 bytes a pixel when unknown)."""
+    import av
+
+    bits = 64
+    if pix_fmt:
+        try:
+            bits = av.VideoFormat(pix_fmt).padded_bits_per_pixel or 64
+        except (ValueError, TypeError):
+            pass
+    return math.ceil(width * height * bits / 8)
+
+
 def open_clip(path: str | Path, limits: VideoLimits):
     """The opened container, its video stream and what the header says of it, checked against
-    ``limits`` before any frame is decoded; :class:`VideoError` with a plain message otherwise."""
+    ``limits`` before any frame is decoded; :class:`VideoError` with a plain message otherwise.
+
+    The file is handed to FFmpeg as an open file, with every other open refused: a clip's data
+    can never make FFmpeg read another file or a URL. It is opened only as one of
+    :data:`CONTAINERS` (FFmpeg's format_whitelist, by the content FFmpeg detects) with only
+    :data:`VIDEO_CODECS` decodable (codec_whitelist): nothing is decoded while the header is read,
+    so a frame's size and pixel format are checked (at most ``limits.max_pixels`` pixels,
+    :data:`MAX_FRAME_BYTES` bytes) before the first frame exists; the decoder itself is capped at
+    the same pixel count, so a frame larger than the header said stops decoding there."""
     import av
 
     path = Path(path)
     if path.stat().st_size == 0:
         raise VideoError("The file is empty: upload a video clip (MP4, WebM or MOV).")
+    options = {"format_whitelist": ",".join(CONTAINERS), "codec_whitelist": ",".join(VIDEO_CODECS),
+               "protocol_whitelist": "none", "enable_drefs": "0", "use_absolute_path": "0"}
+    handle = open(path, "rb")
     try:
-        container = av.open(str(path), mode="r", metadata_errors="ignore")
+        container = av.open(handle, mode="r", options=options, io_open=_refuse_other_files,
+                            metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
-        raise VideoError("This file is not a video that can be read (damaged, truncated, or not a video at "
-                         "all): upload an MP4, WebM or MOV clip.") from None
+        handle.close()
+        what = _what_it_is(path)
+        if what in ("a playlist (M3U/HLS)", "a concatenation list", "a manifest or XML file (DASH, SMIL ...)",
+                    "a DASH manifest", "a playlist (PLS)", "a stream description (SDP)"):
+            raise VideoError(f"This file is {what}, not a video clip: playlists, manifests and lists of other "
+                             f"files are not accepted. Upload the video itself ({CONTAINER_NAMES}).") from None
+        if what is not None:
+            raise VideoError(f"This file is {what}, not a video clip (image sequences and animated images are "
+                             f"not accepted): use the Photo tab for photos, or upload a video clip "
+                             f"({CONTAINER_NAMES}).") from None
+        raise VideoError(f"This file is not a video clip that can be read (damaged, truncated, or not in one of the "
+                         f"formats this app reads: {CONTAINER_NAMES}).") from None
     try:
         name = container.format.name or ""
-        if name in STILL_IMAGE_FORMATS or name.split(",")[0] in STILL_IMAGE_FORMATS:
-            raise VideoError("This file is a still image, not a video: use the Photo tab for photos.")
         if not container.streams.video:
             what = "only sound" if container.streams.audio else "no picture"
-            raise VideoError(f"This file has no video track ({what}): upload a video clip.")
+            raise VideoError(f"This clip has no video track ({what}): upload a video clip.")
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if (ctx.name or "") not in VIDEO_CODECS:
+            codec = (ctx.name or "an unknown codec").upper()
+            raise VideoError(f"This clip's video is stored as {codec:.30}, which this app does not decode: export it "
+                             f"as {CODEC_NAMES} (an ordinary MP4 or WebM) and upload it again.")
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
-            raise VideoError("This video's frame size cannot be read (damaged or truncated): upload another clip.")
+            raise VideoError("This clip's frame size cannot be read (damaged or truncated): upload another clip.")
         if width * height > limits.max_pixels:
-            raise VideoError(f"The video's frames are too large: {width}x{height} pixels is over this app's limit "
+            raise VideoError(f"The clip's frames are too large: {width}x{height} pixels is over this app's limit "
                              f"of {limits.max_pixels / 1e6:.1f} megapixels: export the clip at 4K or less.")
+        pix_fmt = ctx.format.name if ctx.format is not None else None
+        if frame_bytes(width, height, pix_fmt) > MAX_FRAME_BYTES:
+            raise VideoError(f"The clip's frames take too much memory to decode ({width}x{height} pixels in "
+                             f"{pix_fmt or 'a pixel format of up to 16 bits a channel'}): export it in 8-bit colour "
+                             f"or smaller and upload it again.")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(rate) if rate and float(rate) > 0 and math.isfinite(float(rate)) else Fraction(0)
         seconds = None
@@ -148,11 +228,23 @@ def open_clip(path: str | Path, limits: VideoLimits):
             else:
                 fps = Fraction(25)
         info = ClipInfo(width, height, fps, seconds, ctx.name or "unknown", name, bool(container.streams.audio))
+        # The decoder refuses any frame over the pixel limit, whatever the header said.
+        ctx.options = {"max_pixels": str(int(limits.max_pixels))}
         stream.thread_type = "AUTO"
+        ctx.thread_count = DECODER_THREADS
         return container, stream, info
     except BaseException:
         container.close()
+        handle.close()
         raise
+
+
+def close_clip(container) -> None:
+    """Close a container from :func:`open_clip` and the file under it."""
+    container.close()
+    handle = getattr(container, "file", None)
+    if handle is not None and hasattr(handle, "close"):
+        handle.close()
 
 
 def _ordinal(n: int) -> str:
@@ -165,11 +257,16 @@ def _upright(a: np.ndarray, rotation: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(a, turns)) if turns else a
 
 
-def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimits, notes: list[str]):
+def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimits, notes: list[str],
+                   deadline: float | None = None, stopped: set | None = None):
     """The clip's frames (``raw``: PyAV's decoded frames) as ``size`` (h, w) RGB arrays, upright,
     thinned to at most ``limits.max_fps``; stops at ``limits.max_seconds`` of output, at a frame
-    larger than the limit, or at damaged data (with a note, keeping the frames so far)."""
+    larger than the limit, at damaged data, or when ``time.monotonic()`` passes ``deadline``
+    (with a note, keeping the frames so far). ``stopped`` gets the reason decoding stopped early
+    ("time", "size", "damaged" or "length")."""
     import av
+
+    stopped = set() if stopped is None else stopped
 
     step = thinning(info, limits)
     if step > 1:
@@ -180,13 +277,20 @@ def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimi
     h, w = size
     try:
         for frame in raw:
+            if deadline is not None and time.monotonic() > deadline:
+                notes.append(f"Processing stopped after {limits.max_work_seconds:g} s of the server's time (this "
+                             f"app's limit per clip): the first {kept} frames were processed.")
+                stopped.add("time")
+                return
             if frame.width * frame.height > limits.max_pixels:
                 notes.append(f"The clip changes to {frame.width}x{frame.height} pixels, over the limit: it was "
                              f"processed up to there.")
+                stopped.add("size")
                 return
             if index % step == 0:
                 if kept >= most:
                     notes.append(f"Only the first {limits.max_seconds:g} s were processed (this app's limit).")
+                    stopped.add("length")
                     return
                 rotation = getattr(frame, "rotation", 0) or 0
                 fw, fh = (h, w) if round(rotation / 90) % 2 else (w, h)
@@ -195,6 +299,7 @@ def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimi
             index += 1
     except av.FFmpegError:
         notes.append(f"The clip is damaged or cut short: {kept} frames could be read and were processed.")
+        stopped.add("damaged")
 
 
 def thinning(info: ClipInfo, limits: VideoLimits) -> int:
@@ -356,6 +461,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
     import av
 
     start = time.perf_counter()
+    deadline = time.monotonic() + limits.max_work_seconds
     container, stream, info = open_clip(path, limits)
     notes: list[str] = []
     if info.has_audio:
@@ -374,7 +480,8 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
         fps = info.fps / step
         total = None if info.frames is None else min(math.ceil(info.frames / step),
                                                      math.floor(limits.max_seconds * float(fps) + 1e-6))
-        frames = decoded_frames(raw, info, size, limits, notes)
+        stopped: set[str] = set()
+        frames = decoded_frames(raw, info, size, limits, notes, deadline, stopped)
         while True:
             photos = [f for _, f in zip(range(batch), frames)]
             if not photos:
@@ -394,6 +501,9 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
                 written += 1
             if progress is not None:
                 progress(written, total)
+        if output is None and "time" in stopped:
+            raise VideoError(f"This clip took more than {limits.max_work_seconds:g} s of the server's time before "
+                             f"its first frame (this app's limit per clip): try again later, or a shorter clip.")
         if output is None:
             raise VideoError("No frame of this clip could be decoded (damaged or truncated): upload another clip.")
         output.mux(encoder.encode(None))
@@ -407,8 +517,8 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
         out_path.unlink(missing_ok=True)
         raise
     finally:
-        container.close()
-    if total and written < total - 1 and not any("damaged" in n or "over the limit" in n for n in notes):
+        close_clip(container)
+    if total and written < total - 1 and not stopped & {"damaged", "size", "time"}:
         notes.append(f"The clip ended after {written} of the {total} frames its header announces (damaged or cut "
                      f"short): those were processed.")
     if written == 1:
