@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from mtan.train import PRESETS, NonFiniteLossError, TrainConfig, apply_preset, command_line, train
+from mtan.train.config import CLASS_BALANCE
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -47,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--labels", help=f"CityScapes label set: label_7, label_19, label_2 (default {d.labels})")
     g.add_argument("--train-frames", type=int, help="synthetic: frames to generate for training")
     g.add_argument("--val-frames", type=int, help="synthetic: frames to generate for validation")
+    g.add_argument("--data-option", dest="data_options", action="append", metavar="PART.KEY=VALUE",
+                   type=data_option, help="an option of one dataset's builder, e.g. camvid.splits=blocks (train and "
+                   "val split by time, so tuning photos have no near-copy in training) or camvid.splits=all "
+                   "(every labelled photo in training); repeatable")
     g.add_argument("--data-workers", type=int, help="processes that read or render the data once, before training "
                    "(default 0: the main process; e.g. 16 on a 16-core GPU machine)")
     aug = g.add_mutually_exclusive_group()
@@ -82,9 +87,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, help="cosine / poly: linear warm-up over this many epochs")
     g.add_argument("--step-size", type=int, help=f"StepLR: epochs between learning-rate drops (default {d.step_size})")
     g.add_argument("--gamma", type=float, help=f"StepLR: learning-rate factor at each drop (default {d.gamma:g})")
-    g.add_argument("--class-weights", choices=["none", "median-frequency"],
-                   help="semantic training loss: none (the paper) or median-frequency balancing of the classes "
-                        "(as SegNet on CamVid), computed from the training labels")
+    g.add_argument("--class-weights", choices=list(CLASS_BALANCE),
+                   help="semantic training loss: none (the paper), median-frequency balancing of the classes "
+                        "(as SegNet on CamVid, from the training labels), or its square root (a tempered balance: a "
+                        "class 16x rarer than the median weighs 4x)")
     g.add_argument("--label-smoothing", type=float, help="semantic cross-entropy label smoothing (default 0)")
     g.add_argument("--depth-smoothness", type=float, help="weight of an edge-aware smoothness term on the predicted "
                    "depth (needs no depth labels; default 0)")
@@ -110,8 +116,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def data_option(text: str) -> tuple[str, str, object]:
+    """``camvid.splits=blocks`` -> ("camvid", "splits", "blocks"); numbers and true/false are read as such."""
+    part, _, rest = text.partition(".")
+    key, eq, value = rest.partition("=")
+    if not (part and key and eq):
+        raise argparse.ArgumentTypeError(f"expected PART.KEY=VALUE such as camvid.splits=blocks, got {text!r}")
+    parsed: object = value
+    if value.lower() in ("true", "false"):
+        parsed = value.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                parsed = kind(value)
+                break
+            except ValueError:
+                pass
+    return part, key, parsed
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     values = {k: v for k, v in vars(args).items() if k not in ("preset", "resume")}
+    if values.get("data_options") is not None:
+        options: dict = {}
+        for part, key, value in values["data_options"]:
+            options.setdefault(part, {})[key] = value
+        values["data_options"] = options
     if args.resume:
         saved = Path(args.resume) / "train_config.json"
         if not saved.is_file():

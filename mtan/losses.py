@@ -32,17 +32,18 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return _safe_mean(total, weight[target.clamp_min(0)].mul(valid).sum())
 
 
-def median_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def median_frequency_weights(labels: torch.Tensor, num_classes: int, power: float = 1.0) -> torch.Tensor:
     """Median frequency balancing (as SegNet trained on CamVid): class c gets
-    ``median(freq) / freq[c]``, with ``freq`` each class's share of the labelled pixels (-1 ignored);
-    a class that never occurs gets weight 1."""
+    ``(median(freq) / freq[c]) ** power``, with ``freq`` each class's share of the labelled pixels
+    (-1 ignored); a class that never occurs gets weight 1. ``power`` 0.5 tempers the balance (a
+    class 16x rarer than the median weighs 4x, not 16x)."""
     flat = labels.reshape(-1).long()
     counts = torch.bincount(flat[flat >= 0], minlength=num_classes)[:num_classes].double()
     freq = counts / counts.sum().clamp_min(1)
     present = freq > 0
     weights = torch.ones(num_classes, dtype=torch.float64, device=labels.device)
     if present.any():
-        weights[present] = freq[present].median() / freq[present]
+        weights[present] = (freq[present].median() / freq[present]) ** power
     return weights.float()
 
 

@@ -151,8 +151,9 @@ class Task:
         term, which needs the ``image``: depth) and ignores the others."""
         raise NotImplementedError
 
-    def class_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
-        """Per-class loss weights from the training targets; None where the task has no classes."""
+    def class_weights(self, labels: torch.Tensor, power: float = 1.0) -> torch.Tensor | None:
+        """Per-class loss weights from the training targets (median-frequency balance raised to
+        ``power``); None where the task has no classes."""
         return None
 
     def has_valid(self, target: torch.Tensor) -> torch.Tensor:
@@ -205,8 +206,8 @@ class SemanticTask(Task):
     def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
         return losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing)
 
-    def class_weights(self, labels):
-        return losses.median_frequency_weights(labels, self.num_classes)
+    def class_weights(self, labels, power=1.0):
+        return losses.median_frequency_weights(labels, self.num_classes, power)
 
     def has_valid(self, target):
         return (target >= 0).any()

@@ -62,6 +62,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> str:
+    """The CPU's model name and a digest of its feature flags: two CPUs sold under one name (an
+    "AMD EPYC" with or without bf16 units) tell apart."""
+    import hashlib
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return f"{cpu_name()} [{hashlib.sha1(flags.encode()).hexdigest()[:8]}]"
+
+
 def choice_cache_path() -> Path:
     """Where measured choices are kept: ``$MTAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/mtan`` or
     ``~/.cache/mtan``, file ``precision-choices.json``."""

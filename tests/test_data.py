@@ -516,3 +516,47 @@ def test_in_memory_save_load_and_augment(tmp_path, cs_release):
     runs = [[b["semantic"] for b in memory.iter_batches(3, generator=torch.Generator().manual_seed(1),
                                                         augment=True)] for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))  # reproducible with a generator
+
+
+def test_camvid_blocks_split_holds_out_time_blocks_with_a_gap(tmp_path):
+    """splits=blocks: train and val together, split by time; no tuning frame has a training frame
+    within 90 video frames; splits=all trains on everything."""
+    from mtan.data.camvid import BLOCK_GAP_FRAMES, _frame_number
+
+    root = tmp_path / "camvid"
+    names = {"train": [f"SEQA_{i:05d}" for i in range(0, 9000, 30)] + [f"SEQB_f{i:05d}" for i in range(0, 1800, 30)],
+             "val": [f"SEQA_{i:05d}" for i in range(2, 3000, 30)]}  # interleaved with train, 2 frames apart
+    label = np.zeros((12, 16), np.uint8)
+    for split, stems in names.items():
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
+        for stem in stems:
+            Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / split / "images" / f"{stem}.jpg")
+            Image.fromarray(label).save(root / split / "labels" / f"{stem}.png")
+    train = CamVidDataset(root, "train", splits="blocks")
+    val = CamVidDataset(root, "val", splits="blocks")
+    everything = names["train"] + names["val"]
+    assert not set(train.names) & set(val.names)
+    assert set(train.names) | set(val.names) < set(everything)  # the gap's frames are in neither
+    for seq in ("SEQA", "SEQB"):
+        held = [n for n in val.names if n.startswith(seq)]
+        total = sum(n.startswith(seq) for n in everything)
+        assert abs(len(held) - 0.15 * total) <= 2, (seq, len(held), total)
+    for t in train.names:
+        near = [v for v in val.names if v.split("_")[0] == t.split("_")[0]
+                and abs(_frame_number(v) - _frame_number(t)) <= BLOCK_GAP_FRAMES]
+        assert not near, (t, near)
+    assert len(CamVidDataset(root, "train", splits="all")) == len(everything)
+    assert CamVidDataset(root, "val", splits="all").names == sorted(names["val"])
+    assert train[0]["image"].shape == (3, 12, 16)  # frames are read from either folder
+    with pytest.raises(ValueError, match="splits must be one of"):
+        CamVidDataset(root, "train", splits="random")
+
+
+def test_tempered_class_balance_is_the_square_root():
+    from mtan.losses import median_frequency_weights
+
+    labels = torch.tensor([0] * 64 + [1] * 16 + [2] * 4 + [-1] * 10)
+    full = median_frequency_weights(labels, 3)
+    assert torch.allclose(full, torch.tensor([0.25, 1.0, 4.0]))
+    assert torch.allclose(median_frequency_weights(labels, 3, power=0.5), full.sqrt())

@@ -342,3 +342,38 @@ def test_init_from_and_class_weights(tmp_path, dwa_run):
         Engine(apply_preset(None, {**base, "width": 0.125, "init_from": str(dwa_run)}), log=lambda *a: None)
     with pytest.raises(ValueError, match="--class-weights 'inverse': must be one of none, median-frequency"):
         TrainConfig(class_weights="inverse")
+
+
+def test_a_run_resumed_on_another_cpu_times_its_precision_again(tmp_path, monkeypatch):
+    """--amp auto keeps its choice on the CPU that made it; resumed on another kind of CPU it times
+    float32 and bf16 again, and the run continues where it stopped (its finished epochs kept)."""
+    import mtan.train.engine as engine
+
+    base = dict(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4, lr=1e-3,
+                progress=False, amp="auto", out=str(tmp_path / "run"))
+    train(TrainConfig(**base, epochs=2), log=lambda *a: None)
+    first_two = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    lines: list[str] = []
+    train(TrainConfig(**base, epochs=3), resume=True, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any("as the run being resumed chose on this CPU" in line for line in lines), lines
+    assert not any("amp auto:" in line for line in lines), lines
+    monkeypatch.setattr(engine, "cpu_identity", lambda: "Another CPU [00000000]")
+    again: list[str] = []
+    train(TrainConfig(**base, epochs=4), resume=True, log=lambda *a: again.append(" ".join(map(str, a))))
+    assert any("resuming on another CPU" in line for line in again), again
+    assert any("amp auto:" in line for line in again), again
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[:2] == first_two
+
+
+def test_data_options_on_the_command_line():
+    sys.path.insert(0, str(REPO))
+    import train as train_script
+
+    args = train_script.parser().parse_args(["--data", "camvid", "--data-option", "camvid.splits=blocks",
+                                             "--data-option", "camvid.classes=11", "--data-option", "synthetic.cache=false"])
+    config, _ = train_script.config_from_args(args)
+    assert config.data_options == {"camvid": {"splits": "blocks", "classes": 11}, "synthetic": {"cache": False}}
+    with pytest.raises(SystemExit):
+        train_script.parser().parse_args(["--data-option", "splits"])

@@ -40,7 +40,8 @@ DATASETS: dict[str, str] = {
     "nyuv2": "NYUv2, MTAN release (.npy, 288x384): 13-class semantic + metric depth + surface normals; "
              "795 train / 654 val",
     "camvid": "CamVid (SegNet version, 480x360): semantic only, classes=7 (CityScapes categories) or 11; "
-              "depth filled invalid; 367 train / 101 val",
+              "depth filled invalid; 367 train / 101 val (splits=blocks: train and val split by time into "
+              "398 train / 70 held-out val; splits=all: all 468 in train)",
     "synthetic": "procedural street scenes (7 categories + inverse depth): rendered on the fly "
                  "(num_frames=, seed=) or read from a written release (root=)",
 }
@@ -81,8 +82,9 @@ def _nyuv2(root, split="train", size=None, tasks=("semantic", "depth", "normal")
     return NYUv2Dataset(root, split, size=size, tasks=tasks)
 
 
-def _camvid(root, split="train", size=None, classes=7, fit="crop", depth=True, pseudo_depth=False):
-    return CamVidDataset(root, split, classes=int(classes), size=size, fit=fit, depth=depth, pseudo_depth=pseudo_depth)
+def _camvid(root, split="train", size=None, classes=7, fit="crop", depth=True, pseudo_depth=False, splits="standard"):
+    return CamVidDataset(root, split, classes=int(classes), size=size, fit=fit, depth=depth, pseudo_depth=pseudo_depth,
+                         splits=splits)
 
 
 def _synthetic(root, split="train", size=None, num_frames=None, seed=0, cache=True, sky_depth=None):

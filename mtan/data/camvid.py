@@ -37,6 +37,45 @@ UNLABELLED = 11
 TO_CITYSCAPES_7 = {0: 4, 1: 1, 2: 2, 3: 0, 4: 0, 5: 3, 6: 2, 7: 1, 8: 6, 9: 5, 10: 5, UNLABELLED: -1}
 
 FITS = ("crop", "stretch")
+# How the labelled photos are split (the ``splits`` option):
+#   standard: "train" and "val" are the release's folders;
+#   blocks:   train and val together, split by time: from each sequence, blocks of consecutive
+#             frames are held out as "val" (a tuning set) and the frames within BLOCK_GAP of a
+#             block are left out of "train", so no tuning photo has a near-copy in training;
+#   all:      "train" is every labelled photo (train and val); "val" stays the release's val
+#             folder (seen in training: for monitoring only).
+SPLITS = ("standard", "blocks", "all")
+BLOCK_SHARE = 0.15       # of each sequence's labelled frames held out
+BLOCK_GAP_FRAMES = 90    # video frames (3 s at 30 frames/s) either side of a block used for neither
+FRAMES_PER_BLOCK = 150   # one held-out block per this many labelled frames of a sequence (at least one)
+
+
+def _frame_number(name: str) -> int:
+    """The video frame a CamVid file name gives (``0016E5_08057`` -> 8057, ``0006R0_f00930`` -> 930)."""
+    digits = re.sub(r"\D", "", name.split("_", 1)[1]) if "_" in name else ""
+    return int(digits) if digits else 0
+
+
+def sequence_blocks(names: list[str]) -> tuple[set[str], set[str]]:
+    """(held out, left out) frame names of the ``blocks`` split: per sequence (the name before the
+    first ``_``, frames in video order), ``max(1, n // FRAMES_PER_BLOCK)`` blocks of consecutive
+    labelled frames spread evenly, together :data:`BLOCK_SHARE` of them; and every other frame
+    within :data:`BLOCK_GAP_FRAMES` video frames of a held-out one."""
+    sequences: dict[str, list[str]] = {}
+    for name in sorted(names, key=lambda n: (n.split("_", 1)[0], _frame_number(n))):
+        sequences.setdefault(name.split("_", 1)[0], []).append(name)
+    held, gap = set(), set()
+    for frames in sequences.values():
+        n = len(frames)
+        blocks = max(1, n // FRAMES_PER_BLOCK)
+        size = max(1, round(BLOCK_SHARE * n / blocks))
+        for b in range(blocks):
+            start = min(n - size, max(0, round((b + 0.5) * n / blocks - size / 2)))
+            block = frames[start:start + size]
+            held.update(block)
+            lo, hi = _frame_number(block[0]) - BLOCK_GAP_FRAMES, _frame_number(block[-1]) + BLOCK_GAP_FRAMES
+            gap.update(f for f in frames if lo <= _frame_number(f) <= hi)
+    return held, gap - held
 
 
 def default_root() -> Path | None:
@@ -75,7 +114,11 @@ class CamVidDataset(torch.utils.data.Dataset):
                   "{train,val}/{images,labels}/ (docs/data.md says where to get it).")
 
     def __init__(self, root=None, split: str = "train", classes: int = 7, size=None, fit: str = "crop",
-                 depth: bool = True, pseudo_depth: bool = False, name: str = "camvid"):
+                 depth: bool = True, pseudo_depth: bool = False, name: str = "camvid", splits: str = "standard"):
+        if splits not in SPLITS:
+            raise ValueError(f"camvid splits must be one of {SPLITS}, got {splits!r}")
+        if splits != "standard" and split not in ("train", "val"):
+            raise ValueError(f"camvid splits={splits!r} has the splits train and val, not {split!r}")
         if classes not in (7, 11):
             raise ValueError(f"camvid classes must be 7 (CityScapes categories) or 11, got {classes!r}")
         if fit not in FITS:
@@ -84,7 +127,7 @@ class CamVidDataset(torch.utils.data.Dataset):
         if root is None:
             raise DatasetError(f"camvid: no root folder given and none found. {self.how_to_get}")
         self.root = Path(root).expanduser()
-        self.split, self.classes, self.fit, self.name = split, classes, fit, name
+        self.split, self.classes, self.fit, self.name, self.splits = split, classes, fit, name, splits
         if pseudo_depth and not depth:
             raise ValueError("camvid: pseudo_depth=True needs depth=True (it fills the depth target)")
         self.pseudo_depth = pseudo_depth
@@ -95,21 +138,39 @@ class CamVidDataset(torch.utils.data.Dataset):
         self.tasks = tasks_from_config(self.task_configs)
         self.table = torch.from_numpy(label_lookup(classes)).long()
         self.table7 = torch.from_numpy(label_lookup(7)).long()
-        self.names = self._check_structure()
+        self.items = self._items()  # (folder, name) of each frame
         self.native_size = self._first_frame_size()
         self.size = parse_size(size) or self.native_size
         self.horizon = self._horizon() if pseudo_depth else None
 
     # -- structure --------------------------------------------------------------------------
 
+    @property
+    def names(self) -> list[str]:
+        return [name for _, name in self.items]
+
     def image_path(self, index: int) -> Path:
-        return self.root / self.split / "images" / f"{self.names[index]}{self.image_suffix}"
+        folder, name = self.items[index]
+        return self.root / folder / "images" / f"{name}{self.image_suffix}"
 
     def label_path(self, index: int) -> Path:
-        return self.root / self.split / "labels" / f"{self.names[index]}.png"
+        folder, name = self.items[index]
+        return self.root / folder / "labels" / f"{name}.png"
 
-    def _check_structure(self) -> list[str]:
-        images, labels = self.root / self.split / "images", self.root / self.split / "labels"
+    def _items(self) -> list[tuple[str, str]]:
+        """The frames of this split as (folder, name), as ``splits`` says (see :data:`SPLITS`)."""
+        if self.splits == "standard":
+            return [(self.split, n) for n in self._check_structure(self.split)]
+        both = [(f, n) for f in ("train", "val") for n in self._check_structure(f)]
+        if self.splits == "all":
+            return both if self.split == "train" else [(f, n) for f, n in both if f == "val"]
+        held, gap = sequence_blocks([n for _, n in both])
+        if self.split == "val":
+            return sorted((f, n) for f, n in both if n in held)
+        return sorted((f, n) for f, n in both if n not in held and n not in gap)
+
+    def _check_structure(self, split: str) -> list[str]:
+        images, labels = self.root / split / "images", self.root / split / "labels"
         for folder in (images, labels):
             if not folder.is_dir():
                 raise DatasetError(f"camvid: folder {folder} is missing; expected ROOT/{{train,val}}/images/*.jpg "
@@ -136,7 +197,7 @@ class CamVidDataset(torch.utils.data.Dataset):
         from mtan.data.pseudo_depth import estimate_horizon
 
         folder = self.root / "train" / "labels"
-        folder = folder if folder.is_dir() else self.root / self.split / "labels"
+        folder = folder if folder.is_dir() else self.root / self.items[0][0] / "labels"
         try:
             return estimate_horizon(str(folder), road_value=3)
         except ValueError as e:
@@ -204,7 +265,7 @@ class CamVidDataset(torch.utils.data.Dataset):
                             lambda key: str(self.image_path(index) if key == "image" else self.label_path(index)))
 
     def __repr__(self) -> str:
-        return (f"CamVidDataset(root={str(self.root)!r}, split={self.split!r}, classes={self.classes}, "
+        return (f"CamVidDataset(root={str(self.root)!r}, split={self.split!r}, splits={self.splits!r}, classes={self.classes}, "
                 f"frames={len(self)}, size={self.size}"
                 + (", pseudo_depth=True)" if self.pseudo_depth else ")"))
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from mtan.data.common import parse_size
 
 
+# --class-weights: the power of the median-frequency balance (none: no weights).
+CLASS_BALANCE = {"none": None, "median-frequency": 1.0, "sqrt-median-frequency": 0.5}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved as ``train_config.json`` in the run folder)."""
@@ -45,7 +49,7 @@ class TrainConfig:
     scale_range: str | None = None        # "0.5,2.0": zoom scales drawn log-uniformly, out as well as in
     crop: str | None = None               # "HxW": training crop (default the data's size); validation stays whole
     photometric: bool = False             # colour, gamma, blur, JPEG and noise augmentation (mtan.data.photometric)
-    class_weights: str = "none"           # none | median-frequency: balance the semantic classes in the training loss
+    class_weights: str = "none"           # none | median-frequency | sqrt-median-frequency (tempered): class balance
     label_smoothing: float = 0.0          # semantic cross-entropy label smoothing
     depth_smoothness: float = 0.0         # weight of an edge-aware smoothness term on the predicted depth
     # engine
@@ -96,7 +100,7 @@ class TrainConfig:
                 bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
         for name, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", "on", "off")),
                               ("batched_attention", ("auto", "on", "off")),
-                              ("class_weights", ("none", "median-frequency")), ("optimizer", ("adam", "adamw")),
+                              ("class_weights", tuple(CLASS_BALANCE)), ("optimizer", ("adam", "adamw")),
                               ("schedule", ("step", "cosine", "poly"))):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {', '.join(allowed)}")

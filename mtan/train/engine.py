@@ -44,8 +44,8 @@ from mtan.model import MTAN, ModelConfigError, count_parameters
 from mtan.runtime import all_reduce_, setup_runtime, shard_order
 from mtan.scoring import evaluate_model
 from mtan.tasks import Task, tasks_from_config
-from mtan.timing import fastest
-from mtan.train.config import TrainConfig
+from mtan.timing import cpu_identity, fastest
+from mtan.train.config import CLASS_BALANCE, TrainConfig
 from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.plots import plot_curves
 from mtan.train.run_folder import export, monitor_score, read_metrics, summary_line
@@ -126,12 +126,18 @@ class Engine:
     def _choose_cpu_amp(self) -> None:
         """``--amp auto`` on a CPU: time a few training steps in float32 and in bf16 autocast on this
         machine and keep the faster (bf16 is twice as fast as float32 on some CPUs and half as fast
-        on others). A resumed run keeps the choice its checkpoints record."""
-        recorded = self._recorded_amp()
-        if recorded is not None:
+        on others). A run resumed on the same CPU keeps the choice its checkpoints record; on another
+        kind of CPU it times again and continues in what is fast there (everything but the
+        arithmetic resumes exactly: the timing steps leave no trace)."""
+        recorded, recorded_cpu = self._recorded_amp()
+        here = cpu_identity()
+        if recorded is not None and recorded_cpu in (None, here):
             self.amp_dtype = torch.bfloat16 if recorded == "bf16" else None
-            self.log(f"amp {recorded} (as the run being resumed chose)")
+            self.log(f"amp {recorded} (as the run being resumed chose on this CPU)")
             return
+        if recorded is not None:
+            self.log(f"resuming on another CPU ({here}; the run so far: {recorded_cpu}, amp {recorded}): "
+                     f"timing float32 and bf16 again")
         batch = next(self._batches(self.train_data, self.config.batch_size, 0, self.config.augment))
         saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state())
 
@@ -148,14 +154,16 @@ class Engine:
         self.log(f"amp auto: {choice} (seconds per training step on this CPU: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
 
-    def _recorded_amp(self) -> str | None:
+    def _recorded_amp(self) -> tuple[str | None, str | None]:
+        """The precision and CPU the newest checkpoint records (None, None without one)."""
         found = list_checkpoints(self.out / "checkpoints")
         if not found:
-            return None
+            return None, None
         try:
-            return read_header(found[0][1]).get("amp")  # the header alone: resume() reads the tensors
+            header = read_header(found[0][1])  # the header alone: resume() reads the tensors
         except CheckpointError:
-            return None
+            return None, None
+        return header.get("amp"), header.get("cpu")
 
     def _init_from(self, source: str) -> None:
         """Copy the weights of a saved model with the same architecture, tasks and width."""
@@ -174,11 +182,12 @@ class Engine:
 
     def _class_weights(self) -> dict[str, torch.Tensor]:
         """Per-class weights of the semantic training losses (``--class-weights``), from the training labels."""
-        if self.config.class_weights == "none":
+        power = CLASS_BALANCE[self.config.class_weights]
+        if power is None:
             return {}
         out = {}
         for t in self.tasks:
-            weights = t.class_weights(self.train_data.targets[t.name]) if t.name in self.train_data.targets else None
+            weights = t.class_weights(self.train_data.targets[t.name], power) if t.name in self.train_data.targets else None
             if weights is not None:
                 out[t.name] = weights
                 pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(t.class_set.classes, out[t.name].tolist()))
@@ -435,7 +444,7 @@ class Engine:
         save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
                         optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
                         meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg),
-                              "amp": "bf16" if self.amp_dtype is not None else "off"})
+                              "amp": "bf16" if self.amp_dtype is not None else "off", "cpu": cpu_identity()})
         prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
 
     def card_kwargs(self, record: dict) -> dict:
