@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from mtan.train import PRESETS, NonFiniteLossError, TrainConfig, apply_preset, command_line, train
+from mtan.data.common import option_value
 from mtan.train.config import CLASS_BALANCE
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
@@ -122,17 +123,7 @@ def data_option(text: str) -> tuple[str, str, object]:
     key, eq, value = rest.partition("=")
     if not (part and key and eq):
         raise argparse.ArgumentTypeError(f"expected PART.KEY=VALUE such as camvid.splits=blocks, got {text!r}")
-    parsed: object = value
-    if value.lower() in ("true", "false"):
-        parsed = value.lower() == "true"
-    else:
-        for kind in (int, float):
-            try:
-                parsed = kind(value)
-                break
-            except ValueError:
-                pass
-    return part, key, parsed
+    return part, key, option_value(value)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:

@@ -197,10 +197,20 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="synthetic: seed of the split")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the dataset's builder, e.g. splits=blocks for CamVid (repeatable)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
     from mtan.data import DatasetError
+    from mtan.data.common import option_value
     from mtan.model import ModelConfigError
+
+    options = {}
+    for item in args.data_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            p.error(f"--data-option {item!r}: expected KEY=VALUE, e.g. splits=blocks")
+        options[key] = option_value(value)
 
     metrics: dict = {}
     try:
@@ -210,8 +220,8 @@ def main(argv=None) -> int:
         else:
             result = evaluate(args.model, args.data, args.data_root, args.split, args.size, args.batch_size,
                               args.device, args.labels, args.frames, args.seed, progress=sys.stderr.isatty(),
-                              app_resolution=args.app_resolution, metrics_out=metrics, flip=args.flip,
-                              precision=args.precision)
+                              options=options, app_resolution=args.app_resolution, metrics_out=metrics,
+                              flip=args.flip, precision=args.precision)
     except (DatasetError, ModelConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

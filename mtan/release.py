@@ -25,8 +25,8 @@ import torch
 from mtan.fast import optimize_for_inference
 from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
 from mtan.precision import table as precision_table
-from mtan.records import (PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS, RESOLUTIONS_FILE, ResolutionAdvice,
-                          allowed_precisions, int8_scales, write_record)
+from mtan.records import (DEFAULT_RESOLUTION, PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS, RESOLUTIONS_FILE,
+                          ResolutionAdvice, allowed_precisions, int8_scales, write_record)
 from mtan.timing import cpu_name
 
 #: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
@@ -114,6 +114,7 @@ def run_datasets(config) -> list[dict]:
             command.append(f"--frames {options['num_frames']}")
         if part in ("cityscapes", "cityscapes-raw"):
             command.append(f"--labels {config.labels}")
+        command += [f"--data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items())]
         name, kind = DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
         datasets.append({"name": name, "type": kind, "data": part, "command": " ".join(command),
                          "kwargs": {"data": part, "data_root": root or None, "split": "val", "size": size,
@@ -209,12 +210,69 @@ def measure_resolutions(model, config) -> dict | None:
             return None
         scores[resolution] = result["semantic.miou"]
     name = DATA_DESCRIPTIONS.get(part, (part,))[0]
+    extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items()))
     return {"dataset": name, "metric": "semantic.miou", "scores": scores,
-            "command": f"python -m mtan.evaluate --model MODEL --data {part} --app-resolution RESOLUTION"}
+            "command": f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"}
+
+
+def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
+    """The class bias (:mod:`mtan.calibrate`) fitted on the training photos of the run's real data
+    (its first part in :data:`REAL_PHOTOS`, at their own size, as the app runs them) and scored on
+    its validation photos; and the record."""
+    from mtan.calibrate import fit
+    from mtan.data import build_dataset
+
+    datasets = [d for d in run_datasets(config) if d["data"] in REAL_PHOTOS]
+    if not datasets:
+        raise ValueError(f"--calibrate fits the class bias on labelled real photos, and the run's data "
+                         f"({config.data}) has none of {', '.join(REAL_PHOTOS)}")
+    kw = datasets[0]["kwargs"]
+    fit_data = build_dataset(kw["data"], root=kw["data_root"], split="train", **kw["options"])
+    check = build_dataset(kw["data"], root=kw["data_root"], split="val", **kw["options"])
+    bias, record = fit(model, fit_data, check, DEFAULT_RESOLUTION, log=log)
+    options = "".join(f" --data-option {k}={v}" for k, v in sorted(kw["options"].items()))
+    record["fitted_on"].update({"data": kw["data"], "split": "train", "options": kw["options"],
+                                "command": f"python -m mtan.calibrate MODEL --data {kw['data']}{options} "
+                                           f"--split train --check-split val"})
+    record["check"]["split"] = "val"
+    return bias, record
+
+
+def calibration_text(record: dict) -> str:
+    """The card's section on the class bias: what it is, where it was fitted, what it changes."""
+    fit, check = record["fit"], record.get("check") or {}
+    names = list(record["class_bias"])
+    rows = [f"| mIoU | {fit['miou_without']:.4f} | {fit['miou_with']:.4f} |"
+            + (f" {check['miou_without']:.4f} | {check['miou_with']:.4f} |" if check else "")]
+    for n in names:
+        def cell(part, key):
+            v = part[key].get(n)
+            return "-" if v is None else f"{v:.3f}"
+        rows.append(f"| IoU {n} | {cell(fit, 'iou_without')} | {cell(fit, 'iou_with')} |"
+                    + (f" {cell(check, 'iou_without')} | {cell(check, 'iou_with')} |" if check else ""))
+    if check:
+        human = "human" if "human" in names else None
+        if human:
+            s = check["shares_without"][human], check["shares_with"][human]
+            rows.append(f"| pixels called {human} (labelled {s[0]['labelled']:.2%}) | | | {s[0]['predicted']:.2%} | "
+                        f"{s[1]['predicted']:.2%} |")
+    head = "| | fitted on: without | with |" + (" not fitted on: without | with |" if check else "")
+    line = "|---|---|---|" + ("---|---|" if check else "")
+    bias = ", ".join(f"{n} {v:+.2f}" for n, v in record["class_bias"].items())
+    fitted = record["fitted_on"]
+    return (f"A per-class bias is added to the segmentation's class scores before the class is chosen "
+            f"({bias}; `class_bias` in `config.json`, applied wherever the model is used). It is fitted after "
+            f"training on {fitted['photos']} labelled {fitted['data']} photos ({fitted['split']} split), run as the "
+            f"app runs photos at {fitted['app_resolution']}, to the best mean IoU: the class balance used in "
+            f"training makes rare classes (people, poles and signs) seem far more likely than they are, and this "
+            f"undoes most of that. Scored as the app runs photos at {fitted['app_resolution']}"
+            + (f"; \"not fitted on\" is the {check['photos']} photos of the {check.get('split', 'val')} split" if check
+               else "") + f" (`calibration.json`; `{fitted.get('command', 'python -m mtan.calibrate')}`):\n\n"
+            + head + "\n" + line + "\n" + "\n".join(rows))
 
 
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
-            latency: bool = True, check_precision: bool = True, log=print) -> dict:
+            latency: bool = True, check_precision: bool = True, calibrate: bool = False, log=print) -> dict:
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
     from mtan.train import TrainConfig
     from mtan.model import MTAN, count_parameters
@@ -226,6 +284,13 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
                                     "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
     config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
     model = MTAN.from_pretrained(run).eval()
+    calibration = None
+    if calibrate:
+        from mtan.tasks import find_task
+
+        log("fitting the class bias on the run's real training photos ...")
+        bias, calibration = calibrate_on_run(model, config, log=log)
+        find_task(model.tasks, "semantic").class_bias = tuple(float(v) for v in bias)
     log(f"evaluating {run} on the validation split of {config.data} ...")
     evaluations = evaluate_run(model, config)
     log("scoring the app's processing resolutions ...")
@@ -277,6 +342,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
         "has the lowest mean inverse depth of all classes in view):\n\n" + check)
     sections.append(("How to check the results", results_note))
+    if calibration:
+        sections.append(("Calibration", calibration_text(calibration)))
     if precisions:
         kept = ", ".join(p for p in allowed)
         sections.append(("Precision", (
@@ -316,9 +383,14 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         (out / RESOLUTIONS_FILE).write_text(json.dumps(resolutions, indent=1) + "\n")
     if precisions:
         write_record(out, precisions)
+    if calibration:
+        from mtan.calibrate import CALIBRATION_FILE
+
+        (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1) + "\n")
     # save_pretrained keeps an existing README.md: the card of the model written now replaces it
     model.generate_model_card(**card_kwargs).save(out / "README.md")
     report = {"evaluations": evaluations, "training": facts, "speed": speed, "precisions": precisions,
+              "calibration": calibration,
               "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
     log(json.dumps(report, indent=2, default=float))
     return report
@@ -332,6 +404,10 @@ def main(argv=None) -> int:
     p.add_argument("--repo-id", help="the Hub name to show on the card")
     p.add_argument("--hardware", help="what the run trained on (default: this machine's CPU)")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the CPU timing")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a per-class bias on the segmentation's scores on the run's real training photos first "
+                        "(python -m mtan.calibrate); every figure and record is then of the calibrated model, and the "
+                        "card reports both")
     p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
                    help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
@@ -339,7 +415,7 @@ def main(argv=None) -> int:
     from mtan.model import ModelConfigError
 
     try:
-        release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision)
+        release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate)
     except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

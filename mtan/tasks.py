@@ -15,6 +15,7 @@ Tasks are described by small JSON-friendly dicts (they live in a model's ``confi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -190,8 +191,26 @@ class Task:
 
 @dataclass
 class SemanticTask(Task):
+    """``class_bias``: one number per class added to the network's class scores (logits) before
+    anything reads them: a calibration fitted after training (``python -m mtan.calibrate``) that
+    moves the decision between classes, e.g. undoing the prior that class balancing taught."""
+
     class_set: ClassSet = CITYSCAPES_7
+    class_bias: tuple[float, ...] | None = None
     kind: str = field(init=False, default="semantic")
+
+    def __post_init__(self):
+        if self.class_bias is not None:
+            bias = tuple(float(v) for v in self.class_bias)
+            if len(bias) != self.num_classes or not all(math.isfinite(v) for v in bias):
+                raise ValueError(f"task {self.name!r}: 'class_bias' must hold {self.num_classes} finite numbers, one "
+                                 f"per class, got {list(self.class_bias)!r}")
+            self.class_bias = bias
+
+    def finish(self, raw):
+        if self.class_bias is None:
+            return raw
+        return raw + torch.tensor(self.class_bias, dtype=raw.dtype, device=raw.device).view(1, -1, 1, 1)
 
     @property
     def num_classes(self) -> int:
@@ -239,6 +258,8 @@ class SemanticTask(Task):
         else:
             cfg["classes"] = list(self.class_set.classes)
             cfg["palette"] = [list(c) for c in self.class_set.palette]
+        if self.class_bias is not None:
+            cfg["class_bias"] = [round(v, 6) for v in self.class_bias]
         return cfg
 
 
@@ -380,7 +401,7 @@ def task_from_config(cfg: dict) -> Task:
         raise ValueError(f"task config {cfg!r}: 'name' must be a non-empty string")
     known = {"name", "kind"}
     if kind == "semantic":
-        known |= {"class_set", "classes", "palette", "num_classes"}
+        known |= {"class_set", "classes", "palette", "num_classes", "class_bias"}
         if "classes" in cfg:
             classes = tuple(str(c) for c in cfg["classes"])
             palette = cfg.get("palette") or generic_class_set(len(classes)).palette
@@ -398,7 +419,11 @@ def task_from_config(cfg: dict) -> Task:
             cs = class_set_for(int(cfg["num_classes"]))
         else:
             cs = CITYSCAPES_7
-        task: Task = SemanticTask(name, cs)
+        bias = cfg.get("class_bias")
+        if bias is not None and not (isinstance(bias, list) and all(isinstance(v, (int, float)) and
+                                                                   not isinstance(v, bool) for v in bias)):
+            raise ValueError(f"task {name!r}: 'class_bias' must be a list of numbers, one per class, got {bias!r}")
+        task: Task = SemanticTask(name, cs, tuple(bias) if bias is not None else None)
     elif kind == "depth":
         known |= {"depth_kind", "scale"}
         task = DepthTask(name, cfg.get("depth_kind", "inverse"), float(cfg.get("scale", CITYSCAPES_INVERSE_DEPTH_SCALE)))

@@ -69,3 +69,29 @@ def test_release_refuses_a_folder_without_a_run(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train_config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
+    """--calibrate: the class bias is fitted on the run's real training photos, stored in config.json,
+    reported on the card with and without it, and every card figure (the calibrated model's) is
+    reproduced by the card's commands, which name the run's data options."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64", "--train-frames",
+           "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_root}",
+           "--data-option", "camvid.splits=blocks", "--class-weights", "sqrt-median-frequency", "--out", str(run)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "mtan.release", str(run), str(out), "--no-latency",
+                           "--no-precision-check", "--calibrate"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["fitted_on"]["options"] == {"splits": "blocks"} and calibration["check"]["photos"] == 70
+    assert calibration["fit"]["miou_with"] >= calibration["fit"]["miou_without"]
+    bias = MTAN.from_pretrained(out).tasks[0].class_bias
+    assert bias == pytest.approx(list(calibration["class_bias"].values()), abs=1e-4)
+    readme = out / "README.md"
+    text = readme.read_text()
+    assert "## Calibration" in text and "not fitted on: without" in text and "--data-option splits=blocks" in text
+    reproduced = run_commands([c for c in card_commands(readme) if "camvid" in c], tmp_path)
+    check_card_against(readme, reproduced, complete=False)

@@ -365,3 +365,15 @@ class ReleaseDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, split={self.split!r}, "
                 f"frames={len(self)}, size={self.size})")
+
+
+def option_value(text: str):
+    """A dataset option's value from the command line: ``true``/``false``, a number, or the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
