@@ -228,18 +228,58 @@ class DepthOrderMetric(Metric):
     images. It does not depend on the depth's scale; 0 for a map that is planar in log depth
     inside every region; blotches and grid patterns raise it. Runs per image on the host: meant
     for evaluation, not training.
+
+    Objects against what stands behind them (``objects``: CityScapes-7 human and vehicle; behind
+    them: every other class but the ground, which lies in front of an object's foot): pixel pairs
+    ``gap`` pixels apart, across rows or columns, one on an object and the other behind it, so
+    that the object's outline lies between them. ``objects_nearer``: the share of such pairs
+    whose object pixel is predicted nearer (larger inverse depth); 0.5 is a map without objects in
+    it. ``object_edge_contrast``: the mean |difference of log inverse depth| across those pairs
+    over the same inside one object (pairs as far apart with both ends on one object class): 1 is
+    a map in which an object's outline is no sharper than its inside; above 1, objects stand out.
     """
 
-    lower_is_better = {"ground_row_spearman": False, "sky_farthest": False, "roughness": True}
+    lower_is_better = {"ground_row_spearman": False, "sky_farthest": False, "roughness": True,
+                       "objects_nearer": False, "object_edge_contrast": False}
 
-    def __init__(self, num_classes: int, ground: int = 0, sky: int = 4, min_pixels: int = 50):
+    def __init__(self, num_classes: int, ground: int = 0, sky: int = 4, min_pixels: int = 50,
+                 objects: tuple[int, ...] = (5, 6), gap: int = 6):
         self.num_classes, self.ground, self.sky, self.min_pixels = num_classes, ground, sky, min_pixels
+        self.objects, self.gap = objects, gap
         self.reset()
 
     def reset(self) -> None:
         self.rhos: list[float] = []
         self.sky_checks: list[bool] = []
         self.roughness: list[float] = []
+        self.edge_pairs = self.edge_nearer = 0
+        self.edge_step = self.inside_step = 0.0
+        self.inside_pairs = 0
+
+    def _objects_against_background(self, p: torch.Tensor, lab: torch.Tensor) -> None:
+        """Accumulate the object-outline pairs of one image (see the class docstring)."""
+        g = self.gap
+        if min(lab.shape) <= g:
+            return
+        obj = torch.zeros_like(lab, dtype=torch.bool)
+        for c in self.objects:
+            obj |= lab == c
+        behind = (lab >= 0) & ~obj & (lab != self.ground)
+        logv = p.clamp_min(1e-6).log()
+        for a, b in (((slice(None), slice(None, -g)), (slice(None), slice(g, None))),
+                     ((slice(None, -g), slice(None)), (slice(g, None), slice(None)))):
+            for first, second in ((a, b), (b, a)):
+                pairs = obj[first] & behind[second]
+                n = int(pairs.sum())
+                if n:
+                    self.edge_pairs += n
+                    self.edge_nearer += int((p[first][pairs] > p[second][pairs]).sum())
+                    self.edge_step += float((logv[first][pairs] - logv[second][pairs]).abs().sum())
+            same = obj[a] & (lab[a] == lab[b])
+            m = int(same.sum())
+            if m:
+                self.inside_pairs += m
+                self.inside_step += float((logv[a][same] - logv[b][same]).abs().sum())
 
     def update(self, pred_depth: torch.Tensor, labels: torch.Tensor) -> None:
         """``pred_depth`` N x 1 x H x W inverse depth, ``labels`` N x H x W (-1 = void)."""
@@ -261,13 +301,19 @@ class DepthOrderMetric(Metric):
             value = laplacian_roughness(p, lab)
             if value == value:
                 self.roughness.append(value)
+            self._objects_against_background(p, lab)
 
     def compute(self) -> dict[str, float]:
         nan = float("nan")
+        inside = self.inside_step / self.inside_pairs if self.inside_pairs else nan
+        edge = self.edge_step / self.edge_pairs if self.edge_pairs else nan
         return {"ground_row_spearman": sum(self.rhos) / len(self.rhos) if self.rhos else nan,
                 "sky_farthest": sum(self.sky_checks) / len(self.sky_checks) if self.sky_checks else nan,
                 "roughness": sum(self.roughness) / len(self.roughness) if self.roughness else nan,
-                "images_ground": float(len(self.rhos)), "images_sky": float(len(self.sky_checks))}
+                "objects_nearer": self.edge_nearer / self.edge_pairs if self.edge_pairs else nan,
+                "object_edge_contrast": edge / inside if inside == inside and inside > 0 else nan,
+                "images_ground": float(len(self.rhos)), "images_sky": float(len(self.sky_checks)),
+                "object_edge_pairs": float(self.edge_pairs)}
 
 
 def laplacian_roughness(inverse_depth: torch.Tensor, labels: torch.Tensor) -> float:

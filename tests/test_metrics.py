@@ -86,3 +86,26 @@ def test_delta_m_against_baselines():
     assert delta_m({"miou": 0.6, "abs_err": 0.008}, baselines, lower) == pytest.approx((20 + 20) / 2)
     with pytest.raises(KeyError, match="lower is better"):
         delta_m(results, baselines, {"miou": False})
+
+
+def test_objects_stand_out_of_what_is_behind_them():
+    """A car (vehicle) drawn nearer than the building behind it: every outline pair says nearer and
+    the outline is sharper than the inside; the same labels over a map without the car: half and 1."""
+    from mtan.metrics import DepthOrderMetric
+
+    lab = torch.full((1, 60, 80), 1)            # construction behind
+    lab[0, 40:, :] = 0                            # ground in front
+    lab[0, 20:45, 20:50] = 6                      # a vehicle
+    depth = torch.full((1, 1, 60, 80), 0.02)
+    depth[0, 0, 20:45, 20:50] = 0.1 + torch.linspace(0, 0.01, 30)  # nearer, a little slope inside
+    m = DepthOrderMetric(7, gap=4)
+    m.update(depth, lab)
+    out = m.compute()
+    assert out["objects_nearer"] == 1.0 and out["object_edge_contrast"] > 10
+    assert out["object_edge_pairs"] > 0
+    rng = torch.Generator().manual_seed(0)
+    flat = 0.05 + 0.001 * torch.rand(1, 1, 60, 80, generator=rng)  # no object in the depth: only noise
+    m.reset()
+    m.update(flat, lab)
+    noise = m.compute()
+    assert 0.3 < noise["objects_nearer"] < 0.7 and 0.5 < noise["object_edge_contrast"] < 2.0

@@ -189,3 +189,23 @@ def test_depth_order_metric():
     metric.reset()
     none = metric.compute()
     assert none["ground_row_spearman"] != none["ground_row_spearman"]  # no image qualified: nan
+
+
+def test_what_stands_behind_a_car_gets_the_depth_of_its_visible_foot():
+    """A facade whose foot a nearer car hides takes, row by row, the depth of the same facade where
+    its foot is visible: farther than the car, so the targets jump at the car's outline. A facade
+    that would come out nearer than the car in front of it gets nothing."""
+    lab = np.full((40, 20), FLAT, dtype=np.int64)
+    lab[:10] = SKY
+    lab[10:30, :] = CONSTRUCTION              # a facade standing on the pavement at row 30
+    lab[22:35, 8:12] = VEHICLE                # a car in front of it, standing at row 35
+    lab[12:30, 15:17] = NATURE                # a tree cut into the facade: a stretch of its own
+    depth = ground_plane_depth(lab, 15.0, 0.02)
+    facade, car = depth[25, 0], depth[30, 9]
+    assert 0 < facade < car
+    np.testing.assert_allclose(depth[10:22, 8:12], facade)      # above the car: the facade's depth
+    np.testing.assert_allclose(depth[22:35, 8:12], car)         # the car: its own contact depth
+    far = lab.copy()                           # a car whose own foot is hidden (no target of its own):
+    far[22:29, 8:12] = VEHICLE                 # nothing is known of what it hides
+    far[29:35, 8:12] = CONSTRUCTION
+    assert np.all(ground_plane_depth(far, 15.0, 0.02)[10:22, 8:12] == 0)

@@ -9,8 +9,12 @@ length in pixels. In the CityScapes convention of inverse depth ``v = 1.85 / z``
 A vertical surface standing on the ground (a facade, a pole, a person, the side of a car) has
 the same depth all along an image column, so every pixel of a vertical run of one category
 whose lowest pixel touches a flat pixel gets the ground's inverse depth at that contact row.
-Runs that end on something else (a building behind a parked car, a tree crown over a wall) or
-at the image border get no target. Sky gets :data:`SKY_INVERSE_DEPTH`, a value below that of
+Runs that end at the image border or on something else get no target, with one exception: a
+facade or a tree whose foot is hidden by a car or a person (its run ends on the object) gets the
+depth of the same facade or tree where, in the same row, its foot is visible (the nearest such
+pixel left or right, within one unbroken stretch of that class), if that is farther than the
+object that hides it: so the training targets say that what stands behind an object is farther
+than the object, and depth jumps at the object's outline. Sky gets :data:`SKY_INVERSE_DEPTH`, a value below that of
 any surface the generated scenes contain, so the network learns that sky is the farthest thing
 in view. All other pixels stay 0 (invalid), as in the CityScapes release.
 
@@ -45,6 +49,9 @@ HFOV_DEG = 58.5
 #: Rows closer than this fraction of the image height to the horizon get no target (too far to
 #: be told apart, and the horizon estimate is uncertain by a few rows).
 HORIZON_MARGIN = 0.02
+#: CityScapes 7 categories that can hide the foot of what stands behind them (human, vehicle), and
+#: those that get the depth of their visible foot behind them (construction, nature).
+OCCLUDERS, BEHIND = (5, 6), (1, 3)
 
 
 def ground_scale(height: int, width: int, camera_height: float = CAMERA_HEIGHT_M, hfov_deg: float = HFOV_DEG) -> float:
@@ -84,9 +91,38 @@ def ground_plane_depth(categories: np.ndarray, horizon_row: float, scale: float,
     objects = (lab >= 0) & ~flat & (lab != SKY) & standing
     depth[objects] = ground[contact[objects]]
 
+    _fill_behind_objects(depth, lab, contact, cols, h)
     if sky_value is not None:
         depth[lab == SKY] = sky_value
     return depth
+
+
+def _fill_behind_objects(depth: np.ndarray, lab: np.ndarray, contact: np.ndarray, cols: np.ndarray, h: int) -> None:
+    """In place: pixels of a :data:`BEHIND` class whose vertical run ends on an :data:`OCCLUDERS`
+    pixel get the target of the nearest pixel of their class in the same row and the same unbroken
+    stretch that has one, when it is farther than the occluder (see the module docstring)."""
+    hidden = np.isin(lab, BEHIND) & np.isin(lab[contact, cols], OCCLUDERS) & (depth == 0)
+    if not hidden.any():
+        return
+    occluder = depth[contact, cols]  # the occluder's own target below each pixel (0 if it has none)
+    w = lab.shape[1]
+    index = np.broadcast_to(np.arange(w), lab.shape)
+    # stretches: a new one starts wherever the class changes along the row
+    start = np.concatenate([np.ones((h, 1), bool), lab[:, 1:] != lab[:, :-1]], axis=1)
+    start_at = np.maximum.accumulate(np.where(start, index, 0), axis=1)
+    end = np.concatenate([lab[:, 1:] != lab[:, :-1], np.ones((h, 1), bool)], axis=1)
+    end_at = np.flip(np.minimum.accumulate(np.flip(np.where(end, index, w - 1), axis=1), axis=1), axis=1)
+    source = (depth > 0) & np.isin(lab, BEHIND)
+    left = np.maximum.accumulate(np.where(source, index, -1), axis=1)
+    right = np.flip(np.minimum.accumulate(np.flip(np.where(source, index, w), axis=1), axis=1), axis=1)
+    left_ok = (left >= start_at) & (left >= 0)
+    right_ok = (right <= end_at) & (right < w)
+    use_left = left_ok & (~right_ok | (index - left <= right - index))
+    pick = np.where(use_left, left, np.where(right_ok, right, -1))
+    rows = np.broadcast_to(np.arange(h)[:, None], lab.shape)
+    value = np.where(pick >= 0, depth[rows, np.clip(pick, 0, w - 1)], 0.0)
+    ok = hidden & (pick >= 0) & (value > 0) & (occluder > 0) & (value < occluder)
+    depth[ok] = value[ok]
 
 
 @lru_cache(maxsize=8)
