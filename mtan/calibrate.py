@@ -210,7 +210,9 @@ def calibrate(model_dir, data: str = "camvid", data_root=None, split: str = "tra
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mtan.calibrate", description=__doc__.split("\n\n")[0],
+    from mtan.cli import help_text
+
+    p = argparse.ArgumentParser(prog="python -m mtan.calibrate", description=help_text(__doc__.split("\n\n")[0]),
                                 epilog="Example: python -m mtan.calibrate weights --data camvid --split train "
                                        "--check-split val")
     p.add_argument("model", help="a model folder (config.json and model.safetensors); its config.json is updated")

@@ -172,9 +172,11 @@ def evaluate_run(run, **kwargs) -> dict:
 
 
 def main(argv=None) -> int:
+    from mtan.cli import help_text
+
     from mtan.fast import PRECISIONS
 
-    p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained / a run folder) or Hub repo id")
     p.add_argument("--data", default=None, help="dataset name: cityscapes, nyuv2, camvid, synthetic, ... (default, "

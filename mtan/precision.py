@@ -122,7 +122,9 @@ def table(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mtan.precision", description=__doc__,
+    from mtan.cli import help_text
+
+    p = argparse.ArgumentParser(prog="python -m mtan.precision", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a model folder (the record is written there)")
     p.add_argument("--data", action="append", help="a dataset to score on (repeatable; default: synthetic, and "

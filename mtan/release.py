@@ -397,7 +397,9 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mtan.release", description=__doc__,
+    from mtan.cli import help_text
+
+    p = argparse.ArgumentParser(prog="python -m mtan.release", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished run folder (train.py --out)")
     p.add_argument("out", help="the model folder to write (e.g. weights)")

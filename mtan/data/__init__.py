@@ -22,9 +22,6 @@ import os
 from pathlib import Path
 
 from mtan.data.augment import AugmentParams, BatchAugment, augment_batch
-from mtan.data.camvid import CamVidDataset
-from mtan.data.cityscapes import CityScapesDataset, PrepareReport, is_prepared
-from mtan.data.cityscapes import prepare as prepare_cityscapes
 from mtan.data.common import DatasetError, ReleaseDataset, parse_size
 from mtan.data.memory import InMemoryDataset, bytes_per_frame, to_memory
 from mtan.data.mixture import MixtureDataset
@@ -55,7 +52,8 @@ def default_cache_dir() -> Path:
 def _cityscapes_raw(root, split="train", size=None, labels="label_7", depth="release", cache_dir=None,
                     prepare: bool = True, workers: int = 1):
     """The official download, converted on first use into ``cache_dir`` (one folder per root/size/depth)."""
-    from mtan.data.cityscapes import label_folder
+    from mtan.data.cityscapes import CityScapesDataset, is_prepared, label_folder
+    from mtan.data.cityscapes import prepare as prepare_cityscapes
 
     if root is None:
         raise DatasetError("cityscapes-raw: pass root= the folder holding leftImg8bit/, gtFine/ and disparity/.")
@@ -75,6 +73,8 @@ def _cityscapes_raw(root, split="train", size=None, labels="label_7", depth="rel
 
 
 def _cityscapes(root, split="train", size=None, labels="label_7", depth=True):
+    from mtan.data.cityscapes import CityScapesDataset
+
     return CityScapesDataset(root, split, labels=labels, size=size, depth=depth)
 
 
@@ -83,6 +83,8 @@ def _nyuv2(root, split="train", size=None, tasks=("semantic", "depth", "normal")
 
 
 def _camvid(root, split="train", size=None, classes=7, fit="crop", depth=True, pseudo_depth=False, splits="standard"):
+    from mtan.data.camvid import CamVidDataset
+
     return CamVidDataset(root, split, classes=int(classes), size=size, fit=fit, depth=depth, pseudo_depth=pseudo_depth,
                          splits=splits)
 
@@ -152,6 +154,24 @@ def build_dataset(name: str, root=None, split: str = "train", size=None, **optio
         opts.update(own.get(part, {}))
         datasets.append(_build_one(part, part_root, split, size, opts))
     return MixtureDataset(datasets, name="+".join(parts))
+
+
+# The CamVid and CityScapes modules are also commands (python -m mtan.data.camvid ...): they are
+# loaded when first used, not with the package, so that running them imports them only once.
+_LAZY = {"CamVidDataset": ("mtan.data.camvid", "CamVidDataset"),
+         "CityScapesDataset": ("mtan.data.cityscapes", "CityScapesDataset"),
+         "PrepareReport": ("mtan.data.cityscapes", "PrepareReport"),
+         "is_prepared": ("mtan.data.cityscapes", "is_prepared"),
+         "prepare_cityscapes": ("mtan.data.cityscapes", "prepare")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'mtan.data' has no attribute {name!r}")
 
 
 __all__ = [

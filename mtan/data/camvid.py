@@ -303,6 +303,9 @@ def fetch(url: str, dest: Path, progress: bool = True) -> Path:
 def install_segnet_archive(archive: Path, out: Path) -> dict[str, int]:
     """The CamVid folder of the SegNet tutorial's archive, checked (every split complete, a label for
     every image) and written as ``out/{train,val,test}/{images,labels}/``. Returns the counts."""
+    if not Path(archive).is_file():
+        raise DatasetError(f"camvid download: {archive} does not exist; check the path given to --archive, or leave "
+                           f"--archive out to download the archive.")
     try:
         z = zipfile.ZipFile(archive)
     except (OSError, zipfile.BadZipFile) as e:

@@ -10,7 +10,7 @@ module          job
 ``storage``     ``config.json`` and safetensors weights read with checked errors
 ==============  ======================================================================
 """
-from mtan.hub import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError
+from mtan.model.files import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError
 from mtan.model.blocks import (ARCHITECTURES, BASE_WIDTHS, MULTIPLE, NUM_STAGES, AttentionMask, ConvBNReLU, Head,
                                stage_widths)
 from mtan.model.geometry import fit_size, flip_average, padded_forward

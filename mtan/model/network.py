@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from mtan.hub import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError, model_card, resolve_model_files
+from mtan.model.files import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError, resolve_model_files
 from mtan.model.batched import norm_signature, plain_norm, shared_conv, task_mask
 from mtan.model.blocks import (ARCHITECTURES, MULTIPLE, NUM_STAGES, Decoder, Encoder, Head, SharedAttentionConvs,
                                TaskAttention, stage_widths)
@@ -271,10 +272,16 @@ class MTAN(
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
 
-        save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
+        weights = Path(save_directory) / WEIGHTS_NAME
+        save_model(self, str(weights))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(weights, 0o666 & ~umask)  # safetensors writes 0600; the folder's other files are 0644
         (Path(save_directory) / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n")
 
     def generate_model_card(self, *args, **kwargs):
+        from mtan.card import model_card  # publishing: loaded when a card is written, not with the network
+
         return model_card(self, **kwargs)
 
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from mtan.hub import ModelConfigError
+from mtan.model.files import ModelConfigError
 
 CONFIG_FIELDS = {"tasks", "arch", "width"}
 

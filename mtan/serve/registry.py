@@ -199,7 +199,7 @@ class ModelRegistry:
         return loaded
 
     def _load_source(self, source: str) -> LoadedModel:
-        from mtan.hub import HubUnavailableError
+        from mtan.model.files import HubUnavailableError
 
         card, record, precisions = "", None, None
         if is_hub_id(source):

@@ -1,0 +1,40 @@
+"""The documented commands as a newcomer meets them: every --help reads as plain text and prints
+no warning; small things the commands must get right (file modes, a missing archive)."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = [["-m", "mtan.hub"], ["-m", "mtan.data.camvid"], ["-m", "mtan.data.cityscapes"], ["-m", "mtan.release"],
+            ["-m", "mtan.evaluate"], ["-m", "mtan.calibrate"], ["-m", "mtan.precision"], ["-m", "mtan.convert"],
+            ["-m", "mtan.data"], ["train.py"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
+def test_help_is_plain_text_without_warnings(command):
+    r = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr  # e.g. runpy's "found in sys.modules after import of package" warning
+    for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):
+        assert markup not in r.stdout, (markup, r.stdout[:500])
+
+
+def test_saved_weights_are_readable_like_the_other_files(tmp_path):
+    from mtan import MTAN, preset_tasks
+
+    MTAN(preset_tasks("cityscapes-7"), width=1 / 16).save_pretrained(tmp_path / "m")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
+
+
+def test_camvid_download_names_a_missing_archive(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mtan.data.camvid", "download", "--archive", str(tmp_path / "no.zip"),
+                        "--out", str(tmp_path / "camvid")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "delete it" not in r.stderr
