@@ -6,7 +6,8 @@ street photo, and the per-task attention masks that decide which shared features
     MTAN_MODELS=weights,user/a,user/b python app.py # several models in a dropdown
 
 Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTAN_DEFAULT_MODEL
-(the local fallback, default weights/), MTAN_EXAMPLES (default examples/), --host /
+(the local default model, weights/), --fallback / MTAN_FALLBACK (serve it in place of a model that
+cannot be loaded, instead of stopping), MTAN_EXAMPLES (default examples/), --host /
 GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
 MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
 --queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE,
@@ -54,12 +55,19 @@ serve.keep_freed_memory(ARGS.keep_freed_memory)
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 REGISTRY = serve.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
-                                          compile=ARGS.compile)
+                                          compile=ARGS.compile, fallback=ARGS.fallback)
 try:
     DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
-    print(f"mtan app: {serve.model_label(DEFAULT_MODEL.key)} runs {DEFAULT_MODEL.runner_description}",
-          file=sys.stderr, flush=True)
+    if DEFAULT_MODEL.source != DEFAULT_MODEL.key:
+        print(f"mtan app: {DEFAULT_MODEL.key} could not be loaded; serving the local default model "
+              f"{DEFAULT_MODEL.source} in its place (--fallback)", file=sys.stderr, flush=True)
+    print(f"mtan app: {DEFAULT_MODEL.startup_line}", file=sys.stderr, flush=True)
 except serve.ModelUnavailableError as e:
+    if __name__ == "__main__":  # the terminal says it, once, and nothing is served that would disagree with it
+        print(f"mtan app: cannot start: {e}. Check --model / MTAN_MODEL (a model folder with config.json and "
+              f"model.safetensors, or a Hub id USER/NAME), or add --fallback to serve the local default model "
+              f"instead.", file=sys.stderr, flush=True)
+        sys.exit(2)
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
 serve.release_memory()  # loading and timing the model's precisions freed memory no request reuses
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
@@ -579,7 +587,12 @@ def _stop(signum, frame):
 
 
 if __name__ == "__main__":
-    print("mtan app limits: " + json.dumps(LIMITS), flush=True)
+    print(f"mtan app: limits: photos up to {ARGS.max_file_size} and {ARGS.max_image_pixels / 1e6:g} megapixels, "
+          f"clips up to {ARGS.max_video_size} and {VIDEO_LIMITS.max_seconds:g} s, {CONCURRENCY} photo at a time, "
+          f"{ARGS.queue_size} waiting at most, {LIVE_STREAMS} webcam streams (docs/safety.md has them all)",
+          flush=True)
+    if os.environ.get("MTAN_LOG_LIMITS") == "json":  # for tools (benchmarks/load_test.py)
+        print("mtan app limits: " + json.dumps(LIMITS), flush=True)
     share = ARGS.share
     if share and not serve.host_reachable("api.gradio.app", 443, timeout=3.0):
         print("--share: no internet connection (api.gradio.app is unreachable), so no public link; "

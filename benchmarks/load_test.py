@@ -111,7 +111,8 @@ def start_app(args, workdir: Path) -> tuple[subprocess.Popen, str, Path]:
     tmp = workdir / "tmp"
     tmp.mkdir()
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                        "HF_HUB_DISABLE_TELEMETRY": "1", "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+                        "HF_HUB_DISABLE_TELEMETRY": "1", "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+                        "MTAN_LOG_LIMITS": "json"}
     cmd = [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     if args.model:
         cmd += ["--model", args.model]

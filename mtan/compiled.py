@@ -23,6 +23,17 @@ import time
 import torch
 
 from mtan.model import MULTIPLE, fit_size
+# torch.compile's own loggers warn about things that are expected here (no CUDA on a CPU machine,
+# quantised tensors it cannot trace and runs eagerly): the outcome is measured and reported instead.
+COMPILER_LOGGERS = ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension")
+
+
+def quiet_compiler_logs() -> None:
+    """torch.compile's internal warnings off (errors still show); the warm-up reports what it measured."""
+    import logging
+
+    for name in COMPILER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 from mtan.timing import fastest, remember_choice, remembered_choice
 
 COMPILE_MODES = ("auto", "off")
@@ -77,6 +88,7 @@ class CompileWarmUp:
             runner._compiled = torch.compile(runner.net, dynamic=False)
 
     def start(self, low_priority: bool = True, on_done=None) -> "CompileWarmUp":
+        quiet_compiler_logs()
         """Warm up in a background thread (at the lowest CPU priority); ``on_done(self)`` after."""
         def work():
             if low_priority:

@@ -122,17 +122,29 @@ def space_files(space_id: str, model: str | None = None, zerogpu: bool = False,
 
 
 def deploy_space(space_id: str, model: str | None = None, hardware: str | None = None, private: bool = False,
-                 token: str | None = None, log=print) -> str | None:
+                 token: str | None = None, log=print, dry_run: bool = False) -> str | None:
     """Create or update the Gradio Space ``space_id`` with the app (and the default model, or the
     ``model`` repo id as its ``MTAN_MODEL``). ``hardware`` e.g. ``cpu-basic``, ``t4-small`` or
     ``zero-a10g`` (ZeroGPU: the ``spaces`` package joins the requirements). Returns the Space's URL,
-    or None after saying why it failed (nothing here is changed)."""
+    or None after saying why it failed (nothing here is changed). ``dry_run``: say what would be
+    uploaded and where, and touch no network."""
     import tempfile
-
-    from huggingface_hub import HfApi
 
     zerogpu = bool(hardware and hardware.startswith("zero"))
     files = space_files(space_id, model, zerogpu)
+    url = f"https://huggingface.co/spaces/{space_id}"
+    if dry_run:
+        sizes = {name: (source.stat().st_size if isinstance(source, Path) else len(source.encode()))
+                 for name, source in files.items()}
+        log(f"dry run: would create or update the Gradio Space {url}" + (" (private)" if private else "")
+            + (f" on {hardware} hardware" if hardware else "") + (f" with MTAN_MODEL={model}" if model else "")
+            + f", uploading {len(files)} files ({sum(sizes.values()) / 1e6:.1f} MB):")
+        for name in sorted(sizes):
+            log(f"  {name}  ({sizes[name] / 1e3:,.1f} kB)")
+        return url
+
+    from huggingface_hub import HfApi
+
     retry = f"python -m mtan.hub deploy-space {space_id}" + (f" --model {model}" if model else "") + \
         (f" --hardware {hardware}" if hardware else "")
     with tempfile.TemporaryDirectory(prefix="mtan-space-") as staging:
@@ -177,10 +189,11 @@ def main(argv=None) -> int:
     space.add_argument("--model", default=None, help="a Hub model id for the Space to load (default: ship weights/)")
     space.add_argument("--hardware", default=None, help="cpu-basic, t4-small, zero-a10g (ZeroGPU) ...")
     space.add_argument("--private", action="store_true", help="create the Space as private")
+    space.add_argument("--dry-run", action="store_true", help="print what would be uploaded and where; no network")
     args = p.parse_args(argv)
     try:
         if args.command == "deploy-space":
-            url = deploy_space(args.space_id, args.model, args.hardware, private=args.private)
+            url = deploy_space(args.space_id, args.model, args.hardware, private=args.private, dry_run=args.dry_run)
         else:
             url = push_run(args.run_dir, args.repo_id, private=args.private)
     except ModelConfigError as e:

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apphelpers import make_models, page_config, running_app, size_of, street_image  # noqa: F401 (test_browser)
+from apphelpers import REPO, TEST_ENV
 from apphelpers import predict as run
 from apphelpers import write_photo as _write
 from PIL import Image
@@ -214,7 +216,7 @@ def test_page_shows_model_card_and_about(app_url):
 
 def test_hub_unreachable_falls_back_to_the_local_default(models, tmp_path):
     env = {"MTAN_MODEL": "some-user/some-mtan-model", "MTAN_MODELS": "", "MTAN_DEFAULT_MODEL": models["city"],
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "MTAN_FALLBACK": "1"}
     start = time.monotonic()
     with running_app(env, tmp_path / "app.log") as url:
         started = time.monotonic() - start
@@ -226,6 +228,26 @@ def test_hub_unreachable_falls_back_to_the_local_default(models, tmp_path):
         assert size_of(out["segmentation"]) == (320, 200)
         assert "Could not load" in out["summary"]
     assert started < 60
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_a_model_that_cannot_be_loaded_stops_the_app_with_one_line(models, tmp_path, problem):
+    """Without --fallback a wrong --model path (or a damaged model.safetensors) stops the app at start,
+    exit 2, one line naming the model and what was wrong; nothing is served."""
+    target = tmp_path / "nope"
+    if problem == "corrupt":
+        import shutil
+
+        shutil.copytree(models["city"], target)
+        (target / "model.safetensors").write_bytes(b"not safetensors at all")
+    r = subprocess.run([sys.executable, "app.py", "--model", str(target)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **TEST_ENV, "MTAN_MODELS": "", "MTAN_DEFAULT_MODEL": models["city"]})
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+    lines = [line for line in r.stderr.splitlines() if line.startswith("mtan app: cannot start")]
+    assert len(lines) == 1 and str(target) in lines[0], r.stderr[-2000:]
+    assert ("no such model folder" in lines[0]) if problem == "missing" else ("safetensors" in lines[0])
+    assert "Traceback" not in r.stderr and "running on" not in r.stdout
 
 
 def test_placeholder_model_shows_a_notice(tmp_path):

@@ -386,7 +386,7 @@ def test_sigkill_while_a_checkpoint_is_being_written(tmp_path):
     resumed = run_train(["--resume", out, "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "removed 1 temporary file" in resumed.stdout and caught in resumed.stdout
-    assert "resumed" in resumed.stdout and "after epoch 1 (checkpoint epoch_0000)" in resumed.stdout
+    assert "resumed" in resumed.stdout and "1 of" in resumed.stdout and "epochs done (from epoch_0000.safetensors), continuing with epoch 2" in resumed.stdout
     assert sorted(os.listdir(folder)) == ["epoch_0000.safetensors", "epoch_0001.safetensors"]
     assert assert_all_checkpoints_load(folder) == [0, 1]
     assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]

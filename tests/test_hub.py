@@ -210,3 +210,19 @@ def test_the_gpu_decorator_is_applied_on_zerogpu_only(monkeypatch):
     monkeypatch.setitem(sys.modules, "spaces", None)  # ZeroGPU without the package: a clear message
     with pytest.raises(RuntimeError, match="add `spaces` to requirements.txt"):
         gpu_task(work)
+
+
+def test_deploy_space_dry_run_lists_the_files_and_touches_no_network(monkeypatch, capsys):
+    import huggingface_hub
+
+    from mtan.hub import main
+
+    def no_network(*a, **k):
+        raise AssertionError("a dry run must not call the Hub")
+
+    for name in ("create_repo", "upload_folder", "add_space_variable", "request_space_hardware"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
+    assert main(["deploy-space", "someone/demo", "--dry-run", "--hardware", "cpu-basic"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: would create or update the Gradio Space https://huggingface.co/spaces/someone/demo" in out
+    assert "app.py" in out and "weights/model.safetensors" in out and "on cpu-basic hardware" in out

@@ -39,6 +39,7 @@ class LoadedModel:
     precision: str = "auto"                  # what to run: auto = the fastest of ``precisions`` here
     int8_scales: dict | None = None          # int8's activation scales (its precisions.json)
     compile: str = "off"                     # auto: torch.compile warmed up in the background (mtan.compiled)
+    precisions_recorded: bool = False        # whether the model has a precisions.json at all
 
     @property
     def placeholder(self) -> bool:
@@ -89,6 +90,28 @@ class LoadedModel:
         return getattr(self.runner, "precision", "fp32")
 
     @property
+    def startup_line(self) -> str:
+        """What runs the photos and why, in one plain sentence (the app's first line)."""
+        runner = self.runner
+        precision = getattr(runner, "precision", "fp32")
+        device = getattr(runner, "device", None) or next(self.model.parameters()).device
+        where = "the CPU" if torch.device(device).type == "cpu" else str(device)
+        choice = getattr(runner, "choice", None)
+        if self.precision != "auto":
+            why = "as --precision asks"
+        elif choice:
+            times = ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in choice["seconds"].items())
+            why = (f"the fastest here of the precisions that keep this model's quality ({times} a photo at "
+                   f"{choice['size']}{', measured at an earlier start' if choice.get('remembered') else ''})")
+        elif tuple(self.precisions) == ("fp32",):
+            why = ("this model's precisions.json keeps no reduced precision" if self.precisions_recorded else
+                   "this model has no precisions.json saying which reduced precisions keep its quality; "
+                   "--precision forces one")
+        else:
+            why = "the only precision this machine runs of those that keep the model's quality"
+        return f"{model_label(self.key)} runs on {where} in {precision}: {why}"
+
+    @property
     def runner_description(self) -> str:
         """What runs the photos and why (the app's start-up line)."""
         runner = self.runner
@@ -106,11 +129,14 @@ class ModelRegistry:
 
     def __init__(self, sources: list[str], default_local: str | Path = "weights",
                  device: torch.device | str | None = None, hub_timeout: float = 3.0, precision: str = "auto",
-                 compile: str = "off"):
+                 compile: str = "off", fallback: bool = False):
+        """``fallback``: a model that cannot be loaded is replaced by ``default_local`` (with a notice
+        on the page); without it, asking for that model is an error that says why."""
         if not sources:
             sources = [str(default_local)]
         self.sources = list(dict.fromkeys(str(s).strip() for s in sources if str(s).strip()))
         self.default_local = str(default_local)
+        self.fallback = bool(fallback)
         self.device = pick_device(str(device) if device else None)
         self.hub_timeout = hub_timeout
         self.precision = resolve_precision(precision)
@@ -124,16 +150,19 @@ class ModelRegistry:
 
     @classmethod
     def from_env(cls, model: str | None = None, models: str | None = None, default_local: str | None = None,
-                 device: str | None = None, precision: str = "auto", compile: str = "off") -> "ModelRegistry":
+                 device: str | None = None, precision: str = "auto", compile: str = "off",
+                 fallback: bool = False) -> "ModelRegistry":
         """``model`` / ``MTAN_MODEL``: the default choice; ``models`` / ``MTAN_MODELS``: comma-separated
-        dropdown choices; ``default_local`` / ``MTAN_DEFAULT_MODEL``: the offline fallback (``weights/``)."""
+        dropdown choices; ``default_local`` / ``MTAN_DEFAULT_MODEL``: the local model served instead of
+        one that cannot be loaded, when ``fallback`` asks for that (``weights/``)."""
         default_local = default_local or os.environ.get("MTAN_DEFAULT_MODEL") or "weights"
         model = model or os.environ.get("MTAN_MODEL") or None
         listed = [s.strip() for s in (models or os.environ.get("MTAN_MODELS") or "").split(",") if s.strip()]
         sources = ([model] if model else []) + listed
         if not sources:
             sources = [default_local]
-        return cls(sources, default_local=default_local, device=device, precision=precision, compile=compile)
+        return cls(sources, default_local=default_local, device=device, precision=precision, compile=compile,
+                   fallback=fallback)
 
     @property
     def default_key(self) -> str:
@@ -178,6 +207,8 @@ class ModelRegistry:
             reason = str(e) or type(e).__name__
         if self._is_default(key):
             raise ModelUnavailableError(f"the local default model could not be loaded: {reason}")
+        if not self.fallback:
+            raise ModelUnavailableError(f"{key} could not be loaded: {reason}")
         base = next((m for m in self._models.values() if m.key == m.source and self._is_default(m.source)), None)
         if base is None:
             try:
@@ -226,7 +257,8 @@ class ModelRegistry:
         loaded = LoadedModel(key=source, source=source, model=model, card=strip_front_matter(card),
                              resolutions=ResolutionAdvice.from_record(record),
                              precisions=allowed_precisions(precisions), precision=self.precision,
-                             int8_scales=recorded_int8_scales(precisions), compile=self.compile)
+                             int8_scales=recorded_int8_scales(precisions), compile=self.compile,
+                             precisions_recorded=precisions is not None)
         if loaded.placeholder:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")

@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="MTAN demo app (Gradio): upload a street photo, see its segmentation, depth and attention masks.",
         epilog="Every flag can also be set by an environment variable (the flag wins): MTAN_MODEL, MTAN_MODELS, "
-               "MTAN_DEFAULT_MODEL (the local fallback, default weights/), MTAN_EXAMPLES (default examples/), "
+               "MTAN_DEFAULT_MODEL (the local default model, weights/), MTAN_FALLBACK, MTAN_EXAMPLES (default examples/), "
                "GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, MTAN_DEVICE, MTAN_MAX_PIXELS, MTAN_MAX_IMAGE_PIXELS, "
                "MTAN_MAX_FILE_SIZE, MTAN_MAX_VIDEO_SIZE, MTAN_MAX_VIDEO_SECONDS, MTAN_MAX_VIDEO_FPS, "
                "MTAN_MAX_VIDEO_PIXELS, MTAN_MAX_VIDEO_WORK_SECONDS, MTAN_LIVE_STREAMS, MTAN_LIVE_SECONDS, "
@@ -71,6 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "choices).")
     p.add_argument("--model", default=env("MTAN_MODEL"), help="model folder or Hub repo id (default: weights/)")
     p.add_argument("--models", default=env("MTAN_MODELS"), help="comma-separated models for the dropdown")
+    p.add_argument("--fallback", action="store_true", default=(env("MTAN_FALLBACK") or "").lower() in ("1", "true", "yes"),
+                   help="if a model cannot be loaded, serve the local default model (MTAN_DEFAULT_MODEL, weights/) "
+                        "in its place with a notice, instead of stopping with an error")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME"), help="e.g. 0.0.0.0 to listen on all interfaces")
     p.add_argument("--port", type=positive_int, default=env("GRADIO_SERVER_PORT") or None,
                    help="port to listen on (default 7860, or the next free one)")

@@ -349,7 +349,8 @@ class Engine:
         self.history = read_metrics(self.out / "metrics.jsonl")[: epoch + 1]
         if self.runtime.is_main:
             atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        self.log(f"resumed {self.out} after epoch {epoch + 1} (checkpoint epoch_{epoch:04d})")
+        self.log(f"resumed {self.out}: {epoch + 1} of {self.config.epochs} epochs done (from epoch_{epoch:04d}.safetensors), "
+                 f"continuing with epoch {epoch + 2}")
 
     def fit(self) -> list[dict]:
         cfg = self.config
