@@ -1,13 +1,13 @@
 """Train MTAN (or its split / single-task baselines) with one command.
 
-    python train.py --preset smoke                                   # about 2 minutes on a CPU, generated data
+    python train.py --preset smoke                                   # under a minute on 2 CPU cores, generated data
     python train.py --preset street --init-from weights              # fine-tune the app's default model (CPU: hours)
     python recipes/street_gpu.py                                     # the full-width street model on one GPU
     python train.py --preset paper-cityscapes --data-root data/cityscapes
     python train.py --preset benchmark-cityscapes --data-root data/cityscapes --compile
     python train.py --preset paper-nyuv2 --data-root data/nyuv2
     torchrun --nproc_per_node 4 train.py --preset benchmark-cityscapes --data-root data/cityscapes
-    python train.py --resume runs/mtan                              # continue a killed run exactly
+    python train.py --resume runs/smoke                             # continue a killed run exactly
 
 Defaults are the paper's protocol (Adam 1e-4, StepLR 100 / 0.5, 200 epochs, batch 8, DWA T=2);
 a preset sets a group of them and any flag given explicitly wins over the preset. The run

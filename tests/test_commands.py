@@ -38,3 +38,21 @@ def test_camvid_download_names_a_missing_archive(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mtan.data.camvid", "download", "--archive", str(tmp_path / "no.zip"),
                         "--out", str(tmp_path / "camvid")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "does not exist" in r.stderr and "delete it" not in r.stderr
+
+
+def test_the_cpu_only_install_pins_what_requirements_pins_before_the_rest():
+    """requirements-cpu.txt: PyTorch's CPU wheels at exactly the versions requirements.txt pins
+    (a local +cpu version satisfies ==X.Y.Z), listed before the rest, so nothing swaps them after."""
+    import re
+
+    cpu = [line.strip() for line in (REPO / "requirements-cpu.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    runtime = {m.group(1): m.group(2) for line in (REPO / "requirements.txt").read_text().splitlines()
+               if (m := re.match(r"(torch|torchvision)==([\d.]+)", line.strip()))}
+    assert set(runtime) == {"torch", "torchvision"}
+    assert cpu[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    pins = {m.group(1): m.group(2) for line in cpu if (m := re.match(r"(torch|torchvision)==([\d.]+)\+cpu$", line))}
+    assert pins == runtime
+    assert cpu.index("-r requirements.txt") > max(i for i, line in enumerate(cpu) if line.startswith("torch"))
+    readme = (REPO / "README.md").read_text()
+    assert "pip install -r requirements-cpu.txt && python app.py" in " ".join(readme.split())

@@ -377,3 +377,16 @@ def test_data_options_on_the_command_line():
     assert config.data_options == {"camvid": {"splits": "blocks", "classes": 11}, "synthetic": {"cache": False}}
     with pytest.raises(SystemExit):
         train_script.parser().parse_args(["--data-option", "splits"])
+
+
+def test_the_first_line_comes_at_once_and_a_log_gets_progress_lines(tmp_path, monkeypatch):
+    import mtan.train.engine as engine
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
+    lines: list[str] = []
+    train(TrainConfig(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4,
+                      epochs=1, progress=False, amp="off", out=str(tmp_path / "run")),
+          log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert lines[0].startswith("preparing synthetic: reading")
+    progress = [line for line in lines if line.startswith("epoch 1/1: ")]
+    assert progress and "batches" in progress[0] and "images/s" in progress[0]

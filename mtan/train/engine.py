@@ -53,6 +53,9 @@ from mtan.train.schedule import build_schedule
 from mtan.weighting import build_weighting
 
 
+PROGRESS_EVERY_S = 60.0  # without a progress bar (output to a log file): a progress line this often
+
+
 class Engine:
     """Holds the model, optimiser, data and settings of one run; ``fit()`` trains it."""
 
@@ -71,7 +74,9 @@ class Engine:
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
 
         # data: validated before the first step, held in memory on the device
-
+        self.log(f"preparing {config.data}: reading (or rendering) and checking the data, then building the model"
+                 + (" and timing float32 against bf16 on this CPU" if config.amp == "auto" and not cuda else "")
+                 + " ...")
         train_set = build_split(config, "train")
         self.val_raw = validation_sets(config)
         if config.data_workers:  # generated frames: render them in parallel before the checks read them
@@ -274,7 +279,7 @@ class Engine:
                    desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
                    disable=not self.show_progress)
         t0, last_shown = time.perf_counter(), 0.0
-        last_checked = t0
+        last_checked = last_logged = t0
         for step, batch in enumerate(bar):
             if self.compile_unproven:  # the first compiled step: fall back to eager if compiling fails
                 try:
@@ -306,6 +311,12 @@ class Engine:
                 means = (loss_sums / loss_batches.clamp_min(1)).tolist()
                 bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, means)})
                 last_shown = now
+            if not self.show_progress and now - last_logged > PROGRESS_EVERY_S:  # a log file: a line a minute
+                last_logged = now
+                means = (loss_sums / loss_batches.clamp_min(1)).tolist()
+                self.log(f"epoch {epoch + 1}/{cfg.epochs}: {step + 1}/{n_batches} batches, "
+                         f"{images / (now - t0):.1f} images/s, loss "
+                         + " ".join(f"{t.name} {v:.4f}" for t, v in zip(self.tasks, means)))
             if not self.runtime.distributed and now - last_checked > 2.0:
                 last_checked = now  # a diverged run stops within seconds, not at the end of the epoch
                 if bool(nonfinite.any()):
