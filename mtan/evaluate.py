@@ -161,6 +161,9 @@ def evaluate_run(run, **kwargs) -> dict:
     from mtan.train.datasets import validation_parts
 
     path = Path(str(run)) / "train_config.json"
+    if not Path(str(run)).exists():
+        raise ValueError(f"{run} does not exist here: pass a run folder (train.py --out, e.g. runs/smoke); a model "
+                         "folder or a Hub id USER/NAME needs --data too (e.g. --data camvid)")
     if not path.is_file():
         raise ValueError(f"--data is needed: {run} is not a run folder (it has no train_config.json), so it "
                          "says nothing about its data; e.g. --data camvid or --data synthetic")

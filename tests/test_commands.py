@@ -56,3 +56,9 @@ def test_the_cpu_only_install_pins_what_requirements_pins_before_the_rest():
     assert cpu.index("-r requirements.txt") > max(i for i, line in enumerate(cpu) if line.startswith("torch"))
     readme = (REPO / "README.md").read_text()
     assert "pip install -r requirements-cpu.txt && python app.py" in " ".join(readme.split())
+
+
+def test_evaluate_names_a_missing_run_folder_first(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(tmp_path / "runs" / "mtan")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "--data is needed" not in r.stderr
