@@ -40,6 +40,15 @@ DATA_DESCRIPTIONS = {
     "nyuv2": ("NYUv2 val", "nyuv2"),
 }
 
+
+
+def data_description(part: str, options: dict | None = None) -> tuple[str, str]:
+    """(the card's name, the Hub's dataset type) of a part's validation data with these options."""
+    if part == "camvid" and (options or {}).get("splits") == "blocks":
+        return "CamVid held-out blocks (real street photos, Cambridge)", "camvid"
+    return DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
+
+
 LIMITS = """\
 - **Trained on**: {trained_on}. Nothing else: no night, rain, snow, motorway, rural or indoor
   scenes, no cameras other than a car's forward view. Photos far from that (a selfie, a
@@ -115,7 +124,7 @@ def run_datasets(config) -> list[dict]:
         if part in ("cityscapes", "cityscapes-raw"):
             command.append(f"--labels {config.labels}")
         command += [f"--data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items())]
-        name, kind = DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
+        name, kind = data_description(part, config.data_options.get(part, {}))
         datasets.append({"name": name, "type": kind, "data": part, "command": " ".join(command),
                          "kwargs": {"data": part, "data_root": root or None, "split": "val", "size": size,
                                     "options": options}})
@@ -209,10 +218,29 @@ def measure_resolutions(model, config) -> dict | None:
         if result.get("semantic.miou") is None:
             return None
         scores[resolution] = result["semantic.miou"]
-    name = DATA_DESCRIPTIONS.get(part, (part,))[0]
+    name = data_description(part, config.data_options.get(part, {}))[0]
     extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items()))
     return {"dataset": name, "metric": "semantic.miou", "scores": scores,
             "command": f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"}
+
+
+def camvid_text(config) -> str:
+    """Which CamVid photos the run trained on, as its split option says."""
+    splits = config.data_options.get("camvid", {}).get("splits", "standard")
+    if splits == "blocks":
+        from mtan.data.camvid import BLOCK_GAP_FRAMES, CamVidDataset
+
+        try:
+            train, val = (len(CamVidDataset(None, s, splits="blocks")) for s in ("train", "val"))
+        except Exception:  # noqa: BLE001 (CamVid not here: say it without the counts)
+            return ("CamVid's train and val photos split by time (Cambridge, UK, daytime): blocks of consecutive "
+                    "frames held out for validation")
+        return (f"{train} of CamVid's 468 labelled photos (Cambridge, UK, daytime); {val} others, blocks of "
+                f"consecutive frames from each sequence, are held out for validation, and the frames within "
+                f"{BLOCK_GAP_FRAMES // 30} s of them are used for neither")
+    if splits == "all":
+        return "all 468 of CamVid's labelled photos, train and val (Cambridge, UK, daytime)"
+    return "CamVid's 367 training photos (Cambridge, UK, daytime)"
 
 
 def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
@@ -301,7 +329,7 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     speed = forward_latency(model, allowed=allowed, int8_scales=int8_scales(precisions)) if latency else None
 
     parts = config.data.split("+")
-    trained_on = {"camvid": "CamVid's 367 training photos (Cambridge, UK, daytime)",
+    trained_on = {"camvid": camvid_text(config),
                   "synthetic": f"{config.train_frames or 500} generated street scenes",
                   "cityscapes": "CityScapes (50 German cities, daytime)", "nyuv2": "NYUv2 indoor scenes"}
     data_lines = [f"- `{p}`: {trained_on.get(p, p)}" for p in parts]

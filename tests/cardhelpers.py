@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from mtan.evaluate import main as evaluate_main
-from mtan.release import DATA_DESCRIPTIONS
+from mtan.release import data_description
 
 
 def card_commands(readme: Path) -> list[list[str]]:
@@ -36,7 +36,8 @@ def run_commands(commands: list[list[str]], tmp_path: Path) -> list[dict]:
     for i, args in enumerate(commands):
         out = tmp_path / f"eval{i}.json"
         assert evaluate_main([*args, "--out", str(out)]) == 0
-        results.append({"data": data_of(args), "result": json.loads(out.read_text())})
+        options = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--data-option")
+        results.append({"data": data_of(args), "options": options, "result": json.loads(out.read_text())})
     return results
 
 
@@ -50,7 +51,7 @@ def check_card_against(readme: Path, reproduced: list[dict], complete: bool = Tr
         assert len({name for name, _ in values}) == len(reproduced)
     text = readme.read_text()
     for rep in reproduced:
-        name, result = DATA_DESCRIPTIONS[rep["data"]][0], rep["result"]
+        name, result = data_description(rep["data"], rep.get("options"))[0], rep["result"]
         assert values[(name, "mean_iou")] == pytest.approx(result["semantic.miou"], **close)
         assert values[(name, "pixel_accuracy")] == pytest.approx(result["semantic.pixel_acc"], **close)
         if "depth.abs_err" in result:
