@@ -34,7 +34,7 @@ def quiet_compiler_logs() -> None:
 
     for name in COMPILER_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-from mtan.timing import fastest, remember_choice, remembered_choice
+from mtan.timing import measure, remember_choice, remembered_choice, still_fresh
 
 COMPILE_MODES = ("auto", "off")
 # Photo shapes warmed up, in this order: street datasets and dash cams (2:1), phones and cameras
@@ -118,11 +118,16 @@ class CompileWarmUp:
     def _warm_up(self, size: tuple[int, int]) -> None:
         runner, name = self.runner, f"{size[0]}x{size[1]}"
         key = compile_key(runner, size)
-        known = remembered_choice(key) if self.remember else None
-        if known is not None and not known.get("compiled"):
-            self.status[name] = dict(known, remembered=True)
-            return
         x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+        known = remembered_choice(key) if self.remember else None
+        if known is not None and not known.get("compiled") and known.get("quiet", True):
+            # "compiled is not faster", measured at an earlier start: kept while eager still takes what it did
+            with torch.inference_mode():
+                fresh, _ = still_fresh(float(known["seconds"].get("eager", 0)),
+                                       lambda: runner(x, return_attention=True, use_compiled=False))
+            if fresh:
+                self.status[name] = dict(known, remembered=True)
+                return
         shape = (1, 3, *size)
         with torch.inference_mode():  # as the app runs photos: the compiled graph guards on it
             start = time.perf_counter()
@@ -133,12 +138,12 @@ class CompileWarmUp:
             # Requests meanwhile run eager: the shape joins compiled_shapes only once it proved faster.
             paths = {path: (lambda c=compiled: runner(x, return_attention=True, use_compiled=c))
                      for path, compiled in (("eager", False), ("compiled", True))}
-            best, seconds = fastest(paths, warmup=1, repeats=self.repeats, margin=self.margin)
-        record = {"compiled": best == "compiled", "seconds": seconds, "compile_s": round(compile_s, 1)}
-        if best == "compiled":
+            m = measure(paths, warmup=1, repeats=self.repeats, margin=self.margin)
+        record = {"compiled": m.best == "compiled", "compile_s": round(compile_s, 1), **m.record()}
+        if m.best == "compiled":
             runner.compiled_shapes.add(shape)
         self.status[name] = record
-        if self.remember:
+        if self.remember and m.quiet:  # a verdict taken while the machine was busy is not kept
             remember_choice(key, record)
 
     def describe(self) -> str:

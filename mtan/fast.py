@@ -52,7 +52,7 @@ import torch.nn as nn
 from mtan.folding import fold_batchnorm
 from mtan.int8 import int8_available, quantise_blocks
 from mtan.model import MTAN, AttentionMask
-from mtan.timing import cpu_name, fastest, remember_choice, remembered_choice
+from mtan.timing import cpu_identity, measure, remember_choice, remembered_choice, still_fresh
 
 #: The precisions an inference copy can run in (see the module docstring); fp32 is the reference.
 PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
@@ -402,12 +402,6 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
     if len(candidates) == 1:
         return build("fp32")
     key = choice_key(model, candidates, size, device)
-    known = remembered_choice(key) if remember else None
-    if known is not None and known.get("precision") in candidates:
-        runner = build(known["precision"])
-        runner.choice = dict(known, remembered=True)
-        return runner
-    runners = {p: build(p) for p in candidates}
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
 
     def timed(runner):
@@ -417,10 +411,22 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
                 torch.cuda.synchronize(runner.device)
         return run
 
-    best, seconds = fastest({p: timed(r) for p, r in runners.items()}, warmup=2, repeats=5)
-    runner = runners[best]
-    runner.choice = {"precision": best, "seconds": seconds, "size": f"{size[0]}x{size[1]}"}
-    if remember:
+    known = remembered_choice(key) if remember else None
+    stale = None
+    if known is not None and known.get("precision") in candidates and known.get("quiet", True):
+        runner = build(known["precision"])
+        fresh, now = still_fresh(float(known["seconds"].get(known["precision"], 0)), timed(runner))
+        if fresh:  # the remembered figures still hold here: no need to time every precision again
+            runner.choice = dict(known, remembered=True)
+            return runner
+        stale = {"remembered_s": known["seconds"].get(known["precision"]), "now_s": round(now, 4)}
+    runners = {p: build(p) for p in candidates}
+    m = measure({p: timed(r) for p, r in runners.items()}, warmup=2, repeats=5)
+    runner = runners[m.best]
+    runner.choice = {"precision": m.best, "size": f"{size[0]}x{size[1]}", **m.record()}
+    if stale:
+        runner.choice["remeasured"] = stale
+    if remember and m.quiet:  # a figure taken while the machine was busy is used now, never kept
         remember_choice(key, runner.choice)
     return runner
 
@@ -432,7 +438,7 @@ def choice_key(model: MTAN, candidates, size, device=None) -> str:
     """What a speed measurement depends on: the processor (or GPU), torch, the threads, the network's
     shape (architecture, width, tasks) and the input size; not the weights' values."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_identity()
     tasks = ",".join(f"{t.name}:{t.kind}:{t.out_channels}" for t in model.tasks)
     return (f"{where} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model.arch} "
             f"x{model.width:g} [{tasks}] | {size[0]}x{size[1]} | {'/'.join(candidates)}")

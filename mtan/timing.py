@@ -12,28 +12,64 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from mtan.checkpoint import atomic_write
 
 
-def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5,
-            margin: float = 0.1, give_up: float = 2.0) -> tuple[str, dict[str, float]]:
+# A measurement is trusted (kept for later starts) only when it was quiet: each option's timings
+# within this spread of their median, and the process got this share of the cores it asked for.
+MAX_SPREAD = 0.3
+MIN_CPU_SHARE = 0.5
+# A remembered figure is used only while the same work still takes within this factor of it.
+STALE_FACTOR = 1.5
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` found: the fastest option, every option's median seconds, and how
+    quiet the machine was while it measured."""
+
+    best: str
+    seconds: dict[str, float]
+    spread: float              # the largest (max - min) / median of any option's timed runs
+    cpu_share: float | None    # this process's CPU time / (wall time x its threads), 0..1
+    load_average: float | None
+
+    @property
+    def quiet(self) -> bool:
+        return self.spread <= MAX_SPREAD and (self.cpu_share is None or self.cpu_share >= MIN_CPU_SHARE)
+
+    def record(self) -> dict:
+        return {"seconds": self.seconds, "spread": round(self.spread, 3),
+                "cpu_share": None if self.cpu_share is None else round(self.cpu_share, 3),
+                "load_average": self.load_average, "quiet": self.quiet}
+
+
+def measure(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5,
+            margin: float = 0.1, give_up: float = 2.0, threads: int | None = None) -> Measurement:
     """Run each option ``warmup`` times untimed, then ``repeats`` times interleaved (so that a
-    change in the machine's load hits every option alike); return the name of the fastest by
-    median time and every option's median in seconds. The first option is the reference: another
-    is chosen only if it is faster by more than ``margin`` (10 %), so that noise does not flip the
-    choice between options that are about as fast. An option whose first timed run is more than
-    ``give_up`` times the fastest first run is not run again (it cannot win, and on some CPUs bf16
-    runs 15x slower than float32: timing it five more times would cost minutes)."""
+    change in the machine's load hits every option alike); the fastest by median time. The first
+    option is the reference: another is chosen only if it is faster by more than ``margin`` (10 %),
+    so that noise does not flip the choice between options that are about as fast. An option whose
+    first timed run is more than ``give_up`` times the fastest first run is not run again (it
+    cannot win, and on some CPUs bf16 runs 15x slower than float32). Also measured: the spread of
+    each option's runs and the share of the cores (``threads``, default torch's) the process got,
+    which tell a busy machine from a quiet one (:attr:`Measurement.quiet`)."""
     if not options:
-        raise ValueError("fastest() needs at least one option")
+        raise ValueError("measure() needs at least one option")
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     for run in options.values():
         for _ in range(warmup):
             run()
     times: dict[str, list[float]] = {name: [] for name in options}
     running = list(options)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     for round_ in range(max(1, repeats)):
         for name in running:
             start = time.perf_counter()
@@ -42,12 +78,40 @@ def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: 
         if round_ == 0:
             best_first = min(times[name][0] for name in running)
             running = [name for name in running if times[name][0] <= give_up * best_first]
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     reference = next(iter(options))
     best = min(medians, key=lambda name: medians[name])
     if medians[best] > medians[reference] * (1 - margin):
         best = reference
-    return best, medians
+    spread = max(((max(t) - min(t)) / medians[n] if medians[n] > 0 and len(t) > 1 else 0.0) for n, t in times.items())
+    share = min(1.0, cpu / (wall * max(1, threads))) if wall > 0 else None
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        load = None
+    return Measurement(best, medians, spread, share, load)
+
+
+def fastest(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: int = 5,
+            margin: float = 0.1, give_up: float = 2.0) -> tuple[str, dict[str, float]]:
+    """:func:`measure`'s choice and every option's median seconds."""
+    m = measure(options, warmup, repeats, margin, give_up)
+    return m.best, m.seconds
+
+
+def still_fresh(recorded_seconds: float, run: Callable[[], object], repeats: int = 3) -> tuple[bool, float]:
+    """Whether work that was measured at ``recorded_seconds`` still takes about that long here
+    (within :data:`STALE_FACTOR` either way): one untimed run, then the median of ``repeats``."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    now = sorted(times)[len(times) // 2]
+    fresh = recorded_seconds > 0 and recorded_seconds / STALE_FACTOR <= now <= recorded_seconds * STALE_FACTOR
+    return fresh, now
 
 
 def cpu_name() -> str:

@@ -45,7 +45,34 @@ def test_warm_up_sizes_are_the_padded_inputs_of_common_photo_shapes():
     assert all(h % 32 == 0 and w % 32 == 0 for h, w in warm_up_sizes((200, 300)))
 
 
-def test_compiled_for_warmed_sizes_only_and_remembered(monkeypatch):
+def eager_seconds(runner, size) -> float:
+    """The median eager time of ``runner`` on an input of ``size``, as the warm-up times it."""
+    import statistics
+    import time
+
+    x = torch.rand(1, 3, *size)
+    times = []
+    with torch.inference_mode():
+        runner(x, return_attention=True, use_compiled=False)
+        for _ in range(5):
+            start = time.perf_counter()
+            runner(x, return_attention=True, use_compiled=False)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.fixture
+def steady(monkeypatch):
+    """Timings of tiny networks scatter by more than a real network's: here every measurement
+    counts as quiet, and a remembered figure as fresh within 3x (a 20x one is stale)."""
+    import mtan.timing as timing
+
+    monkeypatch.setattr(timing, "MAX_SPREAD", 1e9)
+    monkeypatch.setattr(timing, "MIN_CPU_SHARE", 0.0)
+    monkeypatch.setattr(timing, "STALE_FACTOR", 3.0)
+
+
+def test_compiled_for_warmed_sizes_only_and_remembered(monkeypatch, steady):
     model, runner = tiny_runner()
     warm = CompileWarmUp(runner, [(64, 128)], repeats=3)
     runner._compiled = Counting(runner._compiled)
@@ -71,13 +98,21 @@ def test_compiled_for_warmed_sizes_only_and_remembered(monkeypatch):
     stored = json.loads(choice_cache_path().read_text())[compile_key(runner, (64, 128))]
     assert stored["compiled"] == record["compiled"]
 
-    # a size remembered as not faster is not compiled again
-    remember_choice(compile_key(runner, (32, 64)), {"compiled": False, "seconds": {"eager": 0.01, "compiled": 0.02}})
+    # a size remembered as not faster is not compiled again, while eager still takes what it took then
+    eager = eager_seconds(runner, (32, 64))
+    remember_choice(compile_key(runner, (32, 64)), {"compiled": False, "seconds": {"eager": eager, "compiled": 2 * eager}})
     calls.clear()
     again = CompileWarmUp(runner, [(32, 64)])
     assert again.run()["32x64"]["remembered"] and calls == [] and (1, 3, 32, 64) not in runner.compiled_shapes
-    assert again.describe() == ("torch.compile: 32x64 eager (compiled not faster): eager 10 ms, compiled 20 ms, "
-                                "measured earlier")
+    assert again.describe() == (f"torch.compile: 32x64 eager (compiled not faster): eager {eager * 1000:.0f} ms, "
+                                f"compiled {2 * eager * 1000:.0f} ms, measured earlier")
+    # a verdict whose eager time no longer holds (taken on a busy machine: 20x slower) is measured again
+    remember_choice(compile_key(runner, (32, 64)), {"compiled": False, "seconds": {"eager": 20 * eager,
+                                                                                  "compiled": 40 * eager}})
+    calls.clear()
+    stale = CompileWarmUp(runner, [(32, 64)], repeats=3)
+    record = stale.run()["32x64"]
+    assert not record.get("remembered") and calls and "spread" in record and "cpu_share" in record
 
 
 def test_a_failing_compile_falls_back_to_eager():
@@ -95,7 +130,7 @@ def test_a_failing_compile_falls_back_to_eager():
 
 
 @pytest.mark.parametrize("mode", ["auto", "off"])
-def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch):
+def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch, steady):
     """compile="auto": the app's model starts a background warm-up of the default resolution's
     sizes (here all remembered as not faster, so the thread finishes without compiling)."""
     from mtan.serve import ModelRegistry
@@ -105,7 +140,8 @@ def test_the_registry_warms_up_in_the_background(tmp_path, mode, monkeypatch):
     model.save_pretrained(tmp_path / "m")
     probe = optimize_for_inference(model, precision="fp32")
     for size in warm_up_sizes((256, 512)):  # the default resolution of a model without resolutions.json
-        remember_choice(compile_key(probe, size), {"compiled": False, "seconds": {"eager": 0.01, "compiled": 0.02}})
+        eager = eager_seconds(probe, size)
+        remember_choice(compile_key(probe, size), {"compiled": False, "seconds": {"eager": eager, "compiled": 2 * eager}})
     registry = ModelRegistry([str(tmp_path / "m")], default_local=tmp_path / "m", device="cpu", compile=mode)
     loaded = registry.get()
     if mode == "off":

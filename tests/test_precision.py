@@ -87,7 +87,14 @@ def test_bf16_convs_keeps_the_attention_masks_and_heads_in_float32():
         optimize_for_inference(model, precision="bf16-convs", batched_attention=True)
 
 
-def test_auto_times_only_the_allowed_precisions_and_remembers_the_choice():
+def test_auto_times_only_the_allowed_precisions_and_remembers_the_choice(monkeypatch):
+    import mtan.timing as timing
+
+    # this test is about remembering: every measurement counts as quiet and every figure as fresh
+    # (the rules for a busy machine have their own tests)
+    monkeypatch.setattr(timing, "MAX_SPREAD", 1e9)
+    monkeypatch.setattr(timing, "MIN_CPU_SHARE", 0.0)
+    monkeypatch.setattr(timing, "STALE_FACTOR", 1e9)
     model = _street_model()
     assert optimize_for_inference(model).precision == "fp32"  # only fp32 allowed: nothing to time
     assert not choice_cache_path().exists()
@@ -229,3 +236,39 @@ def test_int8_convolution_is_right_over_its_whole_input_range(levels):
     assert float((got - want).abs().max()) < 0.03 * top
     clipped = Int8ConvReLU(conv, [4.0 / levels, 0, top / 255, 0, levels] if levels == 127 else [4.0 / levels, 0, top / 255, 0])
     assert clipped.in_top == pytest.approx(4.0, rel=1e-6)  # larger inputs are clipped to the calibrated top
+
+
+def test_a_busy_machine_cannot_poison_the_remembered_choice(monkeypatch):
+    """A measurement taken while the process did not get its cores (or with scattered timings) is
+    used, never kept; a remembered figure that no longer holds here is measured again."""
+    import time
+
+    import mtan.timing as timing
+
+    quiet = timing.measure({"a": lambda: sum(range(200_000)), "b": lambda: sum(range(400_000))}, repeats=3,
+                           threads=1)
+    assert quiet.best == "a" and 0 < quiet.cpu_share <= 1 and quiet.spread >= 0
+    asleep = timing.measure({"a": lambda: time.sleep(0.02), "b": lambda: time.sleep(0.01)}, repeats=3, threads=1)
+    assert asleep.best == "b" and asleep.cpu_share < timing.MIN_CPU_SHARE and not asleep.quiet  # no CPU got
+    delays = iter([0.005, 0.04, 0.005, 0.04, 0.005, 0.04] * 3)
+    scattered = timing.measure({"a": lambda: time.sleep(next(delays))}, warmup=0, repeats=6, threads=1)
+    assert scattered.spread > timing.MAX_SPREAD and not scattered.quiet
+    assert timing.still_fresh(0.01, lambda: time.sleep(0.01))[0]
+    fresh, now = timing.still_fresh(0.2, lambda: time.sleep(0.01))
+    assert not fresh and now < 0.05
+
+    model = _street_model()
+    monkeypatch.setattr(timing, "MAX_SPREAD", 1e9)
+    monkeypatch.setattr(timing, "MIN_CPU_SHARE", 0.0)
+    first = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    key = next(iter(json.loads(choice_cache_path().read_text())))
+    # the record says 100 s a photo (taken on a busy machine): not trusted, measured again, replaced
+    timing.remember_choice(key, {**first.choice, "seconds": {p: 100.0 for p in first.choice["seconds"]}})
+    again = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    assert not again.choice.get("remembered") and again.choice["remeasured"]["remembered_s"] == 100.0
+    assert json.loads(choice_cache_path().read_text())[key]["seconds"]["fp32"] < 100
+    # a measurement that is not quiet is used but not kept
+    monkeypatch.setattr(timing, "MIN_CPU_SHARE", 2.0)  # nothing is quiet now
+    choice_cache_path().unlink()
+    busy = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
+    assert busy.choice["quiet"] is False and not choice_cache_path().exists()
