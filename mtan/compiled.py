@@ -75,8 +75,13 @@ class CompileWarmUp:
     times it against eager and lets the compiled network run the sizes where it is faster.
     ``status`` says, per size, what was measured and what runs; ``error`` why compiling stopped."""
 
-    def __init__(self, runner, sizes, margin: float = 0.1, repeats: int = 5, remember: bool = True):
+    def __init__(self, runner, sizes, margin: float = 0.1, repeats: int = 5, remember: bool = True,
+                 wait_until_idle=None):
+        """``wait_until_idle()``: returns when the server has been quiet for a while; called before
+        each size is compiled and before it is timed, so that the warm-up never takes the cores
+        from a visitor's request (the app passes its request counter's)."""
         self.runner, self.sizes = runner, [tuple(s) for s in sizes]
+        self.wait_until_idle = wait_until_idle or (lambda: None)
         self.margin, self.repeats, self.remember = margin, repeats, remember
         self.status: dict[str, dict] = {}
         self.error: str | None = None
@@ -129,6 +134,7 @@ class CompileWarmUp:
                 self.status[name] = dict(known, remembered=True)
                 return
         shape = (1, 3, *size)
+        self.wait_until_idle()
         with torch.inference_mode():  # as the app runs photos: the compiled graph guards on it
             start = time.perf_counter()
             runner(x, return_attention=True, use_compiled=True)  # compiles (about a minute on two cores)
@@ -138,6 +144,7 @@ class CompileWarmUp:
             # Requests meanwhile run eager: the shape joins compiled_shapes only once it proved faster.
             paths = {path: (lambda c=compiled: runner(x, return_attention=True, use_compiled=c))
                      for path, compiled in (("eager", False), ("compiled", True))}
+            self.wait_until_idle()
             m = measure(paths, warmup=1, repeats=self.repeats, margin=self.margin)
         record = {"compiled": m.best == "compiled", "compile_s": round(compile_s, 1), **m.record()}
         if m.best == "compiled":

@@ -181,3 +181,46 @@ def test_requests_run_eager_while_their_size_compiles():
     assert runner._compiled.calls == [] and (1, 3, 64, 128) not in runner.compiled_shapes
     release.set()
     assert warm.done.wait(120) and warm.error is None and runner._compiled.calls
+
+
+def test_the_warm_up_waits_for_a_quiet_server_before_compiling_and_timing(steady):
+    """The app's request counter: the warm-up compiles and times a size only once no request has
+    run for a while, so a visitor's photo never competes with it."""
+    import threading
+    import time
+
+    from mtan.serve.process import Activity
+
+    activity = Activity(poll_s=0.01)
+    activity.begin()  # a visitor's request is running
+    model, runner = tiny_runner()
+    waits = []
+
+    def wait():
+        waits.append(activity.idle_for())
+        activity.wait_until_idle(quiet_s=0.2)
+
+    warm = CompileWarmUp(runner, [(32, 64)], repeats=2, remember=False, wait_until_idle=wait)
+    thread = threading.Thread(target=warm.run)
+    thread.start()
+    time.sleep(0.3)
+    assert not warm.status and thread.is_alive()  # nothing compiled while the request runs
+    activity.end()
+    thread.join(timeout=300)
+    assert warm.done.is_set() and "32x64" in warm.status
+    assert len(waits) == 2 and waits[0] == 0.0  # before compiling and before timing
+
+
+def test_the_request_counter_of_the_app():
+    from mtan.serve.guard import guarded
+    from mtan.serve.process import ACTIVITY
+
+    seen = []
+
+    @guarded
+    def handler():
+        seen.append(ACTIVITY.running)
+
+    before = ACTIVITY.running
+    handler()
+    assert seen == [before + 1] and ACTIVITY.running == before and ACTIVITY.idle_for() < 5

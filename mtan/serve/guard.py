@@ -21,7 +21,7 @@ import traceback
 
 import gradio as gr
 
-from mtan.serve.process import release_memory
+from mtan.serve.process import ACTIVITY, release_memory
 from mtan.serve.uploads import UploadPolicy, UploadRefused
 
 log = logging.getLogger("mtan.app.requests")
@@ -70,10 +70,12 @@ def guarded(fn=None, *, noun: str = "photo"):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        ACTIVITY.begin()  # background work (the compile warm-up) waits while visitors are served
         try:
             try:
                 return fn(*args, **kwargs)
             finally:
+                ACTIVITY.end()
                 release_memory()  # the temporaries of this request: back to the OS, not kept by malloc
         except gr.Error:
             raise

@@ -7,6 +7,7 @@ import ctypes.util
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 # An absolute path (not part of a URL or of a Hub id): /a/b/c -> its last part, for visitors' eyes.
@@ -129,3 +130,36 @@ def release_memory(keep_bytes: int | None = None) -> bool:
         after = unused_resident_bytes()
         _AFTER_TRIM[:] = [after] if after is not None else []
         return True
+
+
+class Activity:
+    """Requests running now and when the last one ended: background work (the compile warm-up)
+    waits for a quiet server instead of taking the cores from visitors."""
+
+    def __init__(self, poll_s: float = 0.25):
+        self._lock = threading.Lock()
+        self.running = 0
+        self.last_end = time.monotonic()
+        self.poll_s = poll_s
+
+    def begin(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.running = max(0, self.running - 1)
+            self.last_end = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request ended (0 while one runs)."""
+        with self._lock:
+            return 0.0 if self.running else time.monotonic() - self.last_end
+
+    def wait_until_idle(self, quiet_s: float = 10.0) -> None:
+        """Return once no request has run for ``quiet_s`` seconds."""
+        while self.idle_for() < quiet_s:
+            time.sleep(self.poll_s)
+
+
+ACTIVITY = Activity()

@@ -16,6 +16,7 @@ from mtan.model import MTAN, ModelConfigError
 from mtan.records import PRECISIONS_FILE, RESOLUTIONS_FILE, ResolutionAdvice, allowed_precisions, read_record
 from mtan.records import int8_scales as recorded_int8_scales
 from mtan.serve.images import parse_resolution
+from mtan.serve.process import ACTIVITY
 from mtan.runtime import pick_device
 from mtan.serve.sources import (hub_file, hub_reachable, is_hub_id, json_or_none, model_label, resolve_local,
                                 strip_front_matter)
@@ -66,7 +67,8 @@ class LoadedModel:
             if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
                 try:
                     self.__dict__["_warm_up"] = CompileWarmUp(
-                        runner, warm_up_sizes(parse_resolution(self.resolutions.default))).start(
+                        runner, warm_up_sizes(parse_resolution(self.resolutions.default)),
+                        wait_until_idle=ACTIVITY.wait_until_idle).start(
                         on_done=lambda warm: log.warning("mtan app: %s: compile warm-up done; %s", model_label(self.key),
                                                         warm.describe()))
                 except Exception as e:
