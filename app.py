@@ -51,7 +51,6 @@ ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 # ---- models: the default one loads now (the only heavy work at import), others on first use ----
 serve.configure_pil(ARGS.max_image_pixels)
 serve.tune_malloc()  # before any worker thread: large blocks reused by the next request, memory bounded
-serve.keep_freed_memory(ARGS.keep_freed_memory)
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 REGISTRY = serve.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
@@ -69,6 +68,9 @@ except serve.ModelUnavailableError as e:
               f"instead.", file=sys.stderr, flush=True)
         sys.exit(2)
     DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
+KEEP_FREED = (serve.freed_memory_for(DEFAULT_MODEL.model.width if DEFAULT_MODEL else 1.0)
+              if ARGS.keep_freed_memory == "auto" else ARGS.keep_freed_memory)
+serve.keep_freed_memory(KEEP_FREED)
 serve.release_memory()  # loading and timing the model's precisions freed memory no request reuses
 CONCURRENCY = ARGS.concurrency or (2 if REGISTRY.device.type == "cuda" else 1)
 EXAMPLES_DIR = Path(os.environ.get("MTAN_EXAMPLES") or serve.EXAMPLES_DIR)
@@ -577,7 +579,7 @@ LIMITS = {"concurrency": CONCURRENCY, "other_concurrency": OTHER_CONCURRENCY, "q
           "gradio_cache_cleanup_s": list(GRADIO_CACHE),
           "example_cache": EXAMPLE_CACHE.capacity, "live_streams": LIVE_STREAMS, "live_seconds": LIVE_SECONDS,
           "live_idle_seconds": LIVE_IDLE_SECONDS, "max_video_work_seconds": VIDEO_LIMITS.max_work_seconds,
-          "keep_freed_memory": ARGS.keep_freed_memory, "device": str(REGISTRY.device),
+          "keep_freed_memory": KEEP_FREED, "device": str(REGISTRY.device),
           "threads": torch.get_num_threads()}
 
 

@@ -96,3 +96,14 @@ def test_tuned_malloc_reuses_large_blocks_instead_of_fresh_pages(mode):
         assert tuned == "True" and int(faults) < 1000  # the freed block is reused: its pages are there
     else:
         assert int(faults) > 10_000  # glibc's default maps a block this large afresh each time: 16,384 pages
+
+
+def test_freed_memory_kept_follows_the_network_width():
+    MB = 2**20
+    assert process.freed_memory_for(1.0) == 3 * 1024 * MB
+    assert process.freed_memory_for(0.25) == 768 * MB
+    assert process.freed_memory_for(0.0625) == process.KEEP_FREED_BYTES  # at least 512 MB
+    from mtan.serve.settings import parse_args
+
+    assert parse_args([]).keep_freed_memory == "auto"
+    assert parse_args(["--keep-freed-memory", "1gb"]).keep_freed_memory == 2**30

@@ -84,6 +84,13 @@ KEEP_FREED_BYTES = 512 * 2**20
 _KEEP = [KEEP_FREED_BYTES]
 
 
+def freed_memory_for(width: float) -> int:
+    """How much freed memory to keep for a network of this width (``--keep-freed-memory auto``): a
+    request frees memory in proportion to the network's channels: 150-300 MB for width 0.25, about
+    2 GB for the full width at 256x512; at least :data:`KEEP_FREED_BYTES`."""
+    return max(KEEP_FREED_BYTES, int(3 * 2**30 * float(width)))
+
+
 def keep_freed_memory(nbytes: int) -> None:
     """Set how much freed memory :func:`release_memory` leaves to the process (bytes, 0 or more)."""
     if nbytes < 0:

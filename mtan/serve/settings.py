@@ -46,6 +46,11 @@ def byte_size(text: str) -> int:
     return number * _UNITS[unit]
 
 
+def size_or_auto(text: str) -> int | str:
+    """``auto``, or a size such as ``512mb`` in bytes."""
+    return "auto" if str(text).strip().lower() == "auto" else byte_size(text)
+
+
 def positive_number(text: str) -> float:
     """A number > 0 (``20``, ``29.97``)."""
     try:
@@ -120,10 +125,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--downloads-space", type=byte_size, default=env("MTAN_DOWNLOADS_SPACE") or "4gb",
                    help="disk kept for the views and downloads of recent predictions (about 14 MB each at "
                         "256x512); beyond it the oldest are removed, and so are any over an hour old")
-    p.add_argument("--keep-freed-memory", type=byte_size, default=env("MTAN_KEEP_FREED_MEMORY") or "512mb",
-                   help="memory freed by requests that the server keeps for the next ones (default 512mb: a "
-                        "photo at 256x512 reuses it instead of fetching it from the OS again, 0.1 s faster on 2 "
-                        "cores); beyond it, e.g. after a large photo, it goes back to the OS")
+    p.add_argument("--keep-freed-memory", type=size_or_auto, default=env("MTAN_KEEP_FREED_MEMORY") or "auto",
+                   help="memory freed by requests that the server keeps for the next ones, e.g. 512mb; the next "
+                        "photo reuses it instead of fetching it from the OS again (0.1 s faster on 2 cores); beyond "
+                        "it, e.g. after a large photo, it goes back to the OS. Default auto: 3gb x the default "
+                        "model's width, at least 512mb (768mb for the shipped width-0.25 model, 3gb at full width)")
     p.add_argument("--precision", choices=("auto",) + PRECISIONS, default=env("MTAN_INFERENCE_PRECISION") or "auto",
                    help="what the network computes in: auto (default) times, at start, each precision the model's "
                         "precisions.json says keeps its quality and runs the fastest (remembered per CPU); fp32, "
