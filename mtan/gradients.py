@@ -177,4 +177,40 @@ def random_weights(t: int, generator: torch.Generator | None = None) -> torch.Te
     return torch.randn(t, generator=generator).softmax(0)
 
 
-__all__ = ["pcgrad", "min_norm_weights", "mgda", "cagrad", "imtl_g", "nash_mtl", "fairgrad", "random_weights"]
+def famo_weights(logits: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """FAMO (Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, Section 3):
+    the step follows ``sum_i c z_i grad L_i / L_i`` with ``z = softmax(logits)`` and
+    ``c = 1 / sum_i (z_i / L_i)``; these are the loss weights ``c z_i / L_i`` of that step."""
+    z = logits.softmax(0)
+    losses = losses.clamp_min(1e-12)
+    c = 1.0 / (z / losses).sum()
+    return c * z / losses
+
+
+def famo_update(logits: torch.Tensor, losses_before: torch.Tensor, losses_after: torch.Tensor,
+                lr: float = 0.025, decay: float = 1e-3) -> torch.Tensor:
+    """FAMO's logits after a step: ``xi <- xi - lr (delta + decay xi)`` with
+    ``delta = J^T (log L_before - log L_after)`` and ``J = diag(z) - z z^T`` the softmax's Jacobian,
+    so that weight moves towards the tasks whose loss fell least."""
+    z = logits.softmax(0)
+    jac = torch.diag(z) - torch.outer(z, z)
+    delta = jac.T @ (losses_before.clamp_min(1e-12).log() - losses_after.clamp_min(1e-12).log())
+    return logits - lr * (delta + decay * logits)
+
+
+def gradnorm_update(weights: torch.Tensor, grad_norms: torch.Tensor, loss_ratios: torch.Tensor,
+                    alpha: float = 1.5, lr: float = 0.025) -> torch.Tensor:
+    """GradNorm (Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep
+    Multitask Networks", ICML 2018, eqs. 1-2): ``grad_norms[i] = |grad_W w_i L_i|`` on the last
+    shared layer, ``loss_ratios[i] = L_i(t) / L_i(0)``. The target of task i is the mean norm times
+    ``r_i^alpha`` (``r_i``: its ratio over the mean ratio), held constant; one gradient step of
+    ``sum_i |G_i - target_i|`` in the weights (``dG_i / dw_i = G_i / w_i``), then the weights are
+    renormalised to sum to the number of tasks."""
+    r = loss_ratios / loss_ratios.mean()
+    target = grad_norms.mean() * r ** alpha
+    grad = torch.sign(grad_norms - target) * grad_norms / weights.clamp_min(1e-12)
+    new = (weights - lr * grad).clamp_min(1e-6)
+    return new * (len(new) / new.sum())
+
+
+__all__ = ["famo_weights", "famo_update", "gradnorm_update", "pcgrad", "min_norm_weights", "mgda", "cagrad", "imtl_g", "nash_mtl", "fairgrad", "random_weights"]

@@ -94,3 +94,32 @@ def test_random_weights_are_a_fresh_softmax_each_draw():
     gen = torch.Generator().manual_seed(5)
     a, b = random_weights(3, gen), random_weights(3, gen)
     assert close(a.sum(), 1.0) and float(a.min()) > 0 and not torch.equal(a, b)
+
+
+def test_famo_weights_and_their_update():
+    from mtan.gradients import famo_update, famo_weights
+
+    logits = torch.zeros(2, dtype=torch.float64)
+    assert close(famo_weights(logits, T([2.0, 2.0], dtype=torch.float64)), [0.5, 0.5])
+    # weights c z_i / L_i: the task with the smaller loss weighs more (log-loss gradient), summing as c sum z / L = 1
+    w = famo_weights(logits, T([1.0, 3.0], dtype=torch.float64))
+    assert close(w, [0.75, 0.25]) and close((w * T([1.0, 3.0], dtype=torch.float64)).sum(), 1.5)
+    # task 0's loss fell by half, task 1's not at all: weight moves to task 1
+    before, after = T([1.0, 1.0], dtype=torch.float64), T([0.5, 1.0], dtype=torch.float64)
+    new = famo_update(logits, before, after, lr=1.0, decay=0.0)
+    # delta = J^T [log 2, 0] with J = [[.25, -.25], [-.25, .25]]: [0.25 log 2, -0.25 log 2]
+    l2 = torch.log(torch.tensor(2.0, dtype=torch.float64))
+    assert close(new, [-0.25 * l2, 0.25 * l2]) and new.softmax(0)[1] > 0.5
+
+
+def test_gradnorm_moves_weight_to_the_task_that_trains_slower():
+    from mtan.gradients import gradnorm_update
+
+    weights = T([1.0, 1.0], dtype=torch.float64)
+    # equal gradient norms, task 1's loss has fallen less (ratio 1.0 against 0.5): task 1 gains
+    new = gradnorm_update(weights, T([1.0, 1.0], dtype=torch.float64), T([0.5, 1.0], dtype=torch.float64),
+                          alpha=1.0, lr=0.1)
+    assert new[1] > new[0] and close(new.sum(), 2.0)
+    # targets met exactly: nothing moves but the renormalisation
+    same = gradnorm_update(weights, T([2.0, 2.0], dtype=torch.float64), T([1.0, 1.0], dtype=torch.float64))
+    assert close(same, weights)
