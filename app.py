@@ -5,17 +5,8 @@ street photo, and the per-task attention masks that decide which shared features
     python app.py --model user/name --share         # a Hub model (or a folder), public link
     MTAN_MODELS=weights,user/a,user/b python app.py # several models in a dropdown
 
-Settings (flag / environment): --model / MTAN_MODEL, --models / MTAN_MODELS, MTAN_DEFAULT_MODEL
-(the local default model, weights/), --fallback / MTAN_FALLBACK (serve it in place of a model that
-cannot be loaded, instead of stopping), MTAN_EXAMPLES (default examples/), --host /
-GRADIO_SERVER_NAME, --port / GRADIO_SERVER_PORT, --max-pixels / MTAN_MAX_PIXELS, --max-file-size /
-MTAN_MAX_FILE_SIZE, --max-image-pixels / MTAN_MAX_IMAGE_PIXELS, --concurrency / MTAN_CONCURRENCY,
---queue-size / MTAN_QUEUE_SIZE, --max-sessions / MTAN_MAX_SESSIONS, --device / MTAN_DEVICE,
---precision / MTAN_INFERENCE_PRECISION, --compile / MTAN_COMPILE, --threads / MTAN_THREADS,
---keep-freed-memory / MTAN_KEEP_FREED_MEMORY; clips: --max-video-size, --max-video-seconds,
---max-video-fps, --max-video-pixels, --max-video-work-seconds (MTAN_MAX_VIDEO_*); the live webcam:
---live-streams, --live-seconds, --live-idle-seconds (MTAN_LIVE_*).
-docs/safety.md says what happens at each limit.
+Every flag and its environment variable: `python app.py --help` (mtan/serve/settings.py);
+what happens at each limit: docs/safety.md.
 """
 from __future__ import annotations
 
@@ -55,19 +46,7 @@ if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 REGISTRY = serve.ModelRegistry.from_env(ARGS.model, ARGS.models, device=ARGS.device, precision=ARGS.precision,
                                           compile=ARGS.compile, fallback=ARGS.fallback)
-try:
-    DEFAULT_MODEL, STARTUP_ERROR = REGISTRY.get(), ""
-    if DEFAULT_MODEL.source != DEFAULT_MODEL.key:
-        print(f"mtan app: {DEFAULT_MODEL.key} could not be loaded; serving the local default model "
-              f"{DEFAULT_MODEL.source} in its place (--fallback)", file=sys.stderr, flush=True)
-    print(f"mtan app: {DEFAULT_MODEL.startup_line}", file=sys.stderr, flush=True)
-except serve.ModelUnavailableError as e:
-    if __name__ == "__main__":  # the terminal says it, once, and nothing is served that would disagree with it
-        print(f"mtan app: cannot start: {e}. Check --model / MTAN_MODEL (a model folder with config.json and "
-              f"model.safetensors, or a Hub id USER/NAME), or add --fallback to serve the local default model "
-              f"instead.", file=sys.stderr, flush=True)
-        sys.exit(2)
-    DEFAULT_MODEL, STARTUP_ERROR = None, f"No model could be loaded: {e}"
+DEFAULT_MODEL, STARTUP_ERROR = serve.load_default_model(REGISTRY, stop_on_error=__name__ == "__main__")
 KEEP_FREED = (serve.freed_memory_for(DEFAULT_MODEL.model.width if DEFAULT_MODEL else 1.0)
               if ARGS.keep_freed_memory == "auto" else ARGS.keep_freed_memory)
 serve.keep_freed_memory(KEEP_FREED)

@@ -392,9 +392,11 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on.get(p, p) for p in parts),
                                              width_note=width_note,
                                              size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
+    how = (f"fine-tuned from `{config.init_from}`" if config.init_from and len(stages) == 1 else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
-               "for street photos, trained from scratch on real CamVid street photos and mtan's generated street "
-               "scenes." if set(parts) == {"synthetic", "camvid"} else None)
+               f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."
+               + (" A per-class bias fitted on labelled photos after training calibrates its segmentation "
+                  "(*Calibration*)." if calibration else "") if set(parts) == {"synthetic", "camvid"} else None)
     card_kwargs = dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in evaluations],
                        sections=sections, summary=summary, repo_id=repo_id,
                        dataset_name=None, training_command=None, data=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,3 +266,24 @@ class ModelRegistry:
             loaded.notices.append(f"The model `{source}` is a **placeholder** (its model card says so): "
                                   f"its predictions are not meaningful yet.")
         return loaded
+
+
+def load_default_model(registry: "ModelRegistry", stop_on_error: bool = True) -> tuple[LoadedModel | None, str]:
+    """The app's default model at start, and the page's error if there is none. The terminal says
+    what runs (and, with a fallback, what could not be loaded). A model that cannot be loaded
+    stops the process with one line and exit code 2 when ``stop_on_error``, so that nothing is
+    served that would disagree with the terminal."""
+    try:
+        loaded = registry.get()
+    except ModelUnavailableError as e:
+        if stop_on_error:
+            print(f"mtan app: cannot start: {e}. Check --model / MTAN_MODEL (a model folder with config.json and "
+                  f"model.safetensors, or a Hub id USER/NAME), or add --fallback to serve the local default model "
+                  f"instead.", file=sys.stderr, flush=True)
+            sys.exit(2)
+        return None, f"No model could be loaded: {e}"
+    if loaded.source != loaded.key:
+        print(f"mtan app: {loaded.key} could not be loaded; serving the local default model {loaded.source} in its "
+              f"place (--fallback)", file=sys.stderr, flush=True)
+    print(f"mtan app: {loaded.startup_line}", file=sys.stderr, flush=True)
+    return loaded, ""
