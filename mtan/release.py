@@ -73,7 +73,9 @@ road pixel per frame: {horizon:.3f} of the image height), road and pavement pixe
 inverse depth of a level ground plane seen from an assumed camera (height {cam_h} m, horizontal
 field of view {hfov} degrees: the middle of the generated cameras' ranges), every vertical run of
 one class that stands on road or pavement (facades, poles, people, cars) gets the depth of its
-contact row, and sky gets a far target ({sky:g}, i.e. 18.5 km). Other pixels have no target.
+contact row, a facade or tree whose foot a nearer car or person hides gets the depth of its
+visible foot in the same row (so depth steps back behind objects), and sky gets a far target
+({sky:g}, i.e. 18.5 km). Other pixels have no target.
 The generated scenes (domain-randomised cameras, lighting, materials, weather haze) supply exact
 depth, with the same far target for sky. Validation keeps the CityScapes convention (sky has no
 depth), so the generated-scene depth errors above are over surfaces only.
@@ -224,6 +226,11 @@ def measure_resolutions(model, config) -> dict | None:
             "command": f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"}
 
 
+def home_to_tilde(text: str | None) -> str | None:
+    """A command as a card shows it: the home folder written ``~`` (no machine's paths on a card)."""
+    return text.replace(str(Path.home()) + "/", "~/") if text else text
+
+
 def camvid_text(config) -> str:
     """Which CamVid photos the run trained on, as its split option says."""
     splits = config.data_options.get("camvid", {}).get("splits", "standard")
@@ -343,7 +350,7 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     for n, (cfg, f) in enumerate(stages, 1):
         head = f"Stage {n}" if len(stages) > 1 else "The run"
         texts.append(
-            f"{head}:\n\n```bash\n{cfg.command or 'python train.py --preset ' + str(cfg.preset)}\n```\n\n"
+            f"{head}:\n\n```bash\n{home_to_tilde(cfg.command) or 'python train.py --preset ' + str(cfg.preset)}\n```\n\n"
             f"{f['epochs']} epoch{'s' if f['epochs'] != 1 else ''}, {f['seconds'] / 3600:.2f} h of training and "
             f"validation ({f['images_per_second']:.1f} training images/s). {optimiser_text(cfg)}, batch "
             f"{cfg.batch_size}, {cfg.weighting} loss weighting"
@@ -392,7 +399,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on.get(p, p) for p in parts),
                                              width_note=width_note,
                                              size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
-    how = (f"fine-tuned from `{config.init_from}`" if config.init_from and len(stages) == 1 else "trained from scratch")
+    how = (f"fine-tuned from an earlier model (`{config.init_from}`)" if config.init_from and len(stages) == 1
+           else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
                f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."
                + (" A per-class bias fitted on labelled photos after training calibrates its segmentation "
