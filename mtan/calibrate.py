@@ -227,14 +227,12 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
-    from mtan.data.common import option_value
+    from mtan.data.common import options_from_text
 
-    options = {}
-    for item in args.data_option:
-        key, eq, value = item.partition("=")
-        if not eq:
-            p.error(f"--data-option {item!r}: expected KEY=VALUE")
-        options[key] = option_value(value)
+    try:
+        options = options_from_text(args.data_option)
+    except ValueError as e:
+        p.error(str(e))
     try:
         record = calibrate(args.model, args.data, args.data_root, args.split, options, args.app_resolution,
                            args.check_split, args.stride, progress=args.progress, write=not args.dry_run,

@@ -93,8 +93,9 @@ class CompileWarmUp:
             runner._compiled = torch.compile(runner.net, dynamic=False)
 
     def start(self, low_priority: bool = True, on_done=None) -> "CompileWarmUp":
-        quiet_compiler_logs()
         """Warm up in a background thread (at the lowest CPU priority); ``on_done(self)`` after."""
+        quiet_compiler_logs()
+
         def work():
             if low_priority:
                 _lower_priority()

@@ -207,15 +207,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
     from mtan.data import DatasetError
-    from mtan.data.common import option_value
+    from mtan.data.common import options_from_text
     from mtan.model import ModelConfigError
 
-    options = {}
-    for item in args.data_option:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            p.error(f"--data-option {item!r}: expected KEY=VALUE, e.g. splits=blocks")
-        options[key] = option_value(value)
+    try:
+        options = options_from_text(args.data_option)
+    except ValueError as e:
+        p.error(str(e))
 
     metrics: dict = {}
     try:

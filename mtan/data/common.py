@@ -377,3 +377,15 @@ def option_value(text: str):
         except ValueError:
             pass
     return text
+
+
+def options_from_text(items) -> dict:
+    """``["splits=blocks", "classes=11"]`` (the ``--data-option`` flags) as a dict of option values;
+    a ValueError naming the item that is not ``KEY=VALUE``."""
+    options = {}
+    for item in items or ():
+        key, eq, value = str(item).partition("=")
+        if not eq or not key:
+            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE, e.g. splits=blocks")
+        options[key] = option_value(value)
+    return options
