@@ -181,7 +181,7 @@ def test_amp_auto_is_timed_on_the_cpu_logged_and_kept_on_resume(tmp_path):
     resumed = subprocess.run([sys.executable, "train.py", "--resume", str(out), "--epochs", "2", "--no-progress"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"amp {recorded} (as the run being resumed chose)" in resumed.stdout
+    assert f"amp {recorded} (as the run being resumed chose on this CPU)" in resumed.stdout
 
 
 def test_evaluate_scores_any_size_and_as_the_app_does(tmp_path):
