@@ -272,3 +272,12 @@ def test_a_busy_machine_cannot_poison_the_remembered_choice(monkeypatch):
     choice_cache_path().unlink()
     busy = optimize_for_inference(model, allowed=("fp32", "bf16-convs"), size=(32, 64))
     assert busy.choice["quiet"] is False and not choice_cache_path().exists()
+
+    # the terminal's line says which figure is not kept, and which one came from an earlier start
+    from mtan.serve.registry import LoadedModel
+
+    said = LoadedModel(key="m", source="m", model=model, precisions=("fp32", "bf16-convs"))
+    said.__dict__["_runner"] = busy
+    assert "the machine was busy while it measured, so this is measured again at the next start" in said.startup_line
+    busy.choice.update(quiet=True, remembered=True)
+    assert said.startup_line.endswith("a photo at 32x64, measured at an earlier start)")

@@ -65,6 +65,7 @@ class LoadedModel:
                 except Exception as e:  # never lose the demo over an optimisation
                     log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
             self.__dict__["_runner"] = runner
+            log.warning("mtan app: %s", self.startup_line)  # the terminal says what runs each model
             if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
                 try:
                     self.__dict__["_warm_up"] = CompileWarmUp(
@@ -104,8 +105,11 @@ class LoadedModel:
             why = "as --precision asks"
         elif choice:
             times = ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in choice["seconds"].items())
+            when = (", measured at an earlier start" if choice.get("remembered") else
+                    "; the machine was busy while it measured, so this is measured again at the next start"
+                    if choice.get("quiet") is False else "")
             why = (f"the fastest here of the precisions that keep this model's quality ({times} a photo at "
-                   f"{choice['size']}{', measured at an earlier start' if choice.get('remembered') else ''})")
+                   f"{choice['size']}{when})")
         elif tuple(self.precisions) == ("fp32",):
             why = ("this model's precisions.json keeps no reduced precision" if self.precisions_recorded else
                    "this model has no precisions.json saying which reduced precisions keep its quality; "
@@ -285,5 +289,5 @@ def load_default_model(registry: "ModelRegistry", stop_on_error: bool = True) ->
     if loaded.source != loaded.key:
         print(f"mtan app: {loaded.key} could not be loaded; serving the local default model {loaded.source} in its "
               f"place (--fallback)", file=sys.stderr, flush=True)
-    print(f"mtan app: {loaded.startup_line}", file=sys.stderr, flush=True)
+    loaded.runner  # built (and timed) now: building it prints what runs, and why
     return loaded, ""
