@@ -340,6 +340,15 @@ def test_init_from_and_class_weights(tmp_path, dwa_run):
     assert int(weights.argmax()) == int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
     with pytest.raises(ValueError, match="--init-from .*width 0.0625.*this run builds mtan width 0.125"):
         Engine(apply_preset(None, {**base, "width": 0.125, "init_from": str(dwa_run)}), log=lambda *a: None)
+    # a calibrated model (a class bias in its config) is fine-tuned from its weights; the bias stays behind
+    calibrated = MTAN.from_pretrained(dwa_run)
+    calibrated.tasks[0].class_bias = tuple(float(i) / 10 for i in range(7))
+    calibrated.save_pretrained(tmp_path / "calibrated")
+    lines = []
+    engine = Engine(apply_preset(None, {**base, "init_from": str(tmp_path / "calibrated")}), log=lines.append)
+    assert all(torch.equal(v, source[k]) for k, v in engine.model.state_dict().items())
+    assert engine.model.tasks[0].class_bias is None
+    assert any("its calibration of semantic is not carried over" in line for line in lines)
     with pytest.raises(ValueError, match="--class-weights 'inverse': must be one of none, median-frequency"):
         TrainConfig(class_weights="inverse")
 

@@ -176,14 +176,20 @@ class Engine:
             other = MTAN.from_pretrained(source)
         except ModelConfigError as e:
             raise ValueError(f"--init-from {source}: {e}") from None
-        mine = (self.model.arch, self.model.width, [t.to_config() for t in self.model.tasks])
-        theirs = (other.arch, other.width, [t.to_config() for t in other.tasks])
+        def shape(model):  # a calibration (class bias) is fitted after training: it is not carried over
+            return (model.arch, model.width, [{k: v for k, v in t.to_config().items() if k != "class_bias"}
+                                              for t in model.tasks])
+
+        mine, theirs = shape(self.model), shape(other)
         if mine != theirs:
             raise ValueError(f"--init-from {source}: that model is {theirs[0]} width {theirs[1]:g} with tasks "
                              f"{[t['name'] for t in theirs[2]]}; this run builds {mine[0]} width {mine[1]:g} with "
                              f"{[t['name'] for t in mine[2]]} (and their classes must match too)")
         self.model.load_state_dict(other.state_dict())
-        self.log(f"initialised from {source}")
+        calibrated = [t.name for t in other.tasks if getattr(t, "class_bias", None) is not None]
+        self.log(f"initialised from {source}" + (f" (its calibration of {', '.join(calibrated)} is not carried over: "
+                                                  f"python -m mtan.calibrate fits one for the trained model)"
+                                                  if calibrated else ""))
 
     def _class_weights(self) -> dict[str, torch.Tensor]:
         """Per-class weights of the semantic training losses (``--class-weights``), from the training labels."""
