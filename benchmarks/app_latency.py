@@ -260,13 +260,14 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         os.environ["MTAN_MODEL"] = model
     import app
     from mtan import serve
+    from mtan.inference import Resolution
     from mtan.serve import render
 
-    loaded = app.REGISTRY.get()
+    loaded = app.APP.registry.get()
     if loaded.warm_up is not None:  # time what runs once the app's torch.compile warm-up is over
         loaded.warm_up.done.wait()
     data = photo.read_bytes()
-    box = serve.parse_resolution(resolution)
+    box = Resolution.parse(resolution)
     times: dict[str, list[float]] = {}
 
     def timed(name, run):
@@ -287,17 +288,17 @@ def parts(photo: Path, resolution: str, model: str | None, calls: int) -> dict:
         timed("network_and_resize_worker_thread", lambda: worker.submit(serve.predict_photo, loaded, image, box).result())
         times.setdefault("network", []).append(pred.seconds_network)
         pred.resolution = resolution
-        timed("main_views", lambda: app.main_views(pred, loaded, 0.55, render.DEFAULT_COLORMAP, "segmentation"))
-        timed("attention_views", lambda: app.attention_views(pred, pred.tasks[0].name, "encoder", 0, -1))
+        timed("main_views", lambda: app.APP.main_views(pred, loaded, 0.55, render.DEFAULT_COLORMAP, "segmentation"))
+        timed("attention_views", lambda: app.APP.attention_views(pred, pred.tasks[0].name, "encoder", 0, -1))
         pred.files = []  # written again each round
-        timed("downloads", lambda: app.downloads_of(pred))
-        timed("attention_section", lambda: app.attention_section(pred, "encoder", 1, 0))
-        timed("attention_overview", lambda: app.attention_overview(pred, "encoder"))
+        timed("downloads", lambda: app.APP.downloads_of(pred))
+        timed("attention_section", lambda: app.APP.attention_section(pred, "encoder", 1, 0))
+        timed("attention_overview", lambda: app.APP.attention_overview(pred, "encoder"))
         # the page's redraws, which run no network: what a visitor waits for after moving a control
-        timed("redraw_opacity", lambda: app.redraw_segmentation(pred, 0.3 + 0.1 * (call % 2)))
-        timed("redraw_colours", lambda: app.redraw_depth(pred, ("viridis", "magma")[call % 2], "segmentation"))
-        timed("redraw_compare", lambda: app.redraw_compare(pred, ("depth", "segmentation")[call % 2], "inferno"))
-        timed("redraw_attention", lambda: app.redraw_attention(pred, "decoder", 1 + call % 5, call % 3))
+        timed("redraw_opacity", lambda: app.APP.redraw_segmentation(pred, 0.3 + 0.1 * (call % 2)))
+        timed("redraw_colours", lambda: app.APP.redraw_depth(pred, ("viridis", "magma")[call % 2], "segmentation"))
+        timed("redraw_compare", lambda: app.APP.redraw_compare(pred, ("depth", "segmentation")[call % 2], "inferno"))
+        timed("redraw_attention", lambda: app.APP.attention_section(pred, "decoder", 1 + call % 5, call % 3))
     h, w = pred.processing_size
     result = {f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()}
     result["plain_forward_s"] = plain_forward_seconds(model or str(REPO / "weights"), h, w, calls)

@@ -265,7 +265,7 @@ def submit(client, kind: str, photo: Path, clip: Path | None, args):
 
 def client_worker(index: int, url: str, photos: list[Path], args, results: list, downloads: Path,
                   start_gate: threading.Barrier, clip: Path | None = None):
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     try:
         client = Client(url, verbose=False, download_files=str(downloads / f"client{index:02d}"))

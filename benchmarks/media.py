@@ -36,8 +36,8 @@ from _common import REPO, emit, log, machine  # noqa: E402 (adds the checkout to
 sys.path.insert(0, str(REPO / "tests"))
 from mediahelpers import write_pan  # noqa: E402 (the clips the tests make)
 
-from mtan.model import fit_size  # noqa: E402
-from mtan.serve import ModelRegistry, load_image, parse_resolution, predict_photo  # noqa: E402
+from mtan.inference import Resolution  # noqa: E402
+from mtan.serve import ModelRegistry, load_image, predict_photo  # noqa: E402
 from mtan.serve.scene3d import build_scene, write_glb, write_ply  # noqa: E402
 from mtan.serve.video import LiveSession, process_clip  # noqa: E402
 
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_pan(Path(tmp) / "clip.mp4", photo, (ch, cw), a.fps, round(a.fps * a.seconds))
         for res in a.resolutions.split(","):
-            box = parse_resolution(res)
+            box = Resolution.parse(res)
             process_clip(loaded, clip, Path(tmp) / "warm.mp4", box)  # warm-up: oneDNN primitives for this size
             runs = [process_clip(loaded, clip, Path(tmp) / "out.mp4", box, smoothing=0.5) for _ in range(a.repeats)]
             best = min(runs, key=lambda r: r.seconds)
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
             picture, _ = load_image(frame.getvalue())
             live(np.asarray(picture))
             times.append(time.perf_counter() - start)
-        result["live"] = {"frame": "640x480 JPEG", "network_input": "x".join(map(str, fit_size(480, 640, (128, 256)))),
+        result["live"] = {"frame": "640x480 JPEG", "network_input": "x".join(map(str, Resolution(128, 256).fit(480, 640))),
                           "seconds_per_frame": round(statistics.median(times[5:]), 4),
                           "frames_per_second": round(1 / statistics.median(times[5:]), 2)}
         log("live", result["live"])

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_STEPS = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -52,7 +51,7 @@ def collect_scores(model, dataset, resolution: tuple[int, int] | None, stride: i
     from tqdm import tqdm
 
     from mtan.data import to_memory
-    from mtan.evaluate import PhotoView
+    from mtan.inference import PhotoView
     from mtan.tasks import find_task
 
     sem = find_task(model.tasks, "semantic")
@@ -144,13 +143,13 @@ def fit(model, fit_data, check_data=None, app_resolution: str | None = "256x512"
     app runs them at ``app_resolution``), scored also on ``check_data`` (photos not fitted on), and
     the record of both: what it was fitted on, mIoU and per-class IoU with and without it, and each
     class's share of the pixels predicted against labelled."""
-    from mtan.data import parse_size
+    from mtan.inference import Resolution
     from mtan.tasks import find_task
 
     sem = find_task(model.tasks, "semantic")
     if sem is None:
         raise ValueError("this model has no segmentation task: there is nothing to calibrate")
-    resolution = parse_size(app_resolution) if app_resolution else None
+    resolution = Resolution.parse(app_resolution) if app_resolution else None
     names = list(sem.class_set.classes)
     zero = torch.zeros(sem.num_classes)
 

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from mtan.model import MULTIPLE, fit_size
+from mtan.inference.pipeline import Resolution
 # torch.compile's own loggers warn about things that are expected here (no CUDA on a CPU machine,
 # quantised tensors it cannot trace and runs eagerly): the outcome is measured and reported instead.
 COMPILER_LOGGERS = ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension")
@@ -47,8 +47,7 @@ def warm_up_sizes(box: tuple[int, int], aspects=ASPECTS) -> list[tuple[int, int]
     ``aspects`` (h, w ratios) fitted inside ``box``, without repeats."""
     sizes = []
     for ah, aw in aspects:
-        h, w = fit_size(ah * 1000, aw * 1000, box)
-        size = (-(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE)
+        size = Resolution.parse(box).network_size(ah * 1000, aw * 1000)
         if size not in sizes:
             sizes.append(size)
     return sizes

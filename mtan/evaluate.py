@@ -36,37 +36,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
-
-class PhotoView(torch.nn.Module):
-    """``model`` run on images of any size: fitted inside ``resolution`` (h, w; aspect kept) the
-    way the app fits a photo, or at their own size when it is None; padded to multiples of 32;
-    every output brought back to the image's size. ``flip``: also run the mirrored image and
-    average (test-time augmentation). Exposes the model's ``tasks``."""
-
-    def __init__(self, model, resolution: tuple[int, int] | None = None, flip: bool = False):
-        super().__init__()
-        self.model, self.resolution, self.flip = model, resolution, flip
-
-    @property
-    def tasks(self):
-        return self.model.tasks
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from mtan.model import fit_size, flip_average, padded_forward
-
-        h, w = x.shape[-2:]
-        size = fit_size(h, w, self.resolution) if self.resolution else (h, w)
-        if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        out = padded_forward(self.model, x)
-        if self.flip:
-            out = flip_average(self.model.tasks, out, padded_forward(self.model, x.flip(-1)))
-        if size == (h, w):
-            return out
-        return {k: F.interpolate(v.float(), size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
+from mtan.inference.pipeline import PhotoView, Resolution
 
 
 _LOADED: dict = {}  # the last two splits loaded (checked and in memory), by what was asked for
@@ -83,7 +54,7 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     ``precision``: run through the app's inference copy (:mod:`mtan.fast`) in this precision
     (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
     activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
-    from mtan.data import build_dataset, parse_size, to_memory, validate
+    from mtan.data import build_dataset, to_memory, validate
     from mtan.scoring import evaluate_model
     from mtan.fast import optimize_for_inference
     from mtan.model import MTAN
@@ -118,7 +89,7 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     _LOADED[key] = _LOADED.pop(key, memory)  # most recent last
     runner = optimize_for_inference(model, device=dev, precision=precision, int8_scales=int8_scales) \
         if precision else model
-    view = PhotoView(runner, parse_size(app_resolution) if app_resolution else None, flip=flip)
+    view = PhotoView(runner, Resolution.parse(app_resolution) if app_resolution else None, flip=flip)
     order = DepthOrder.of(model, memory)
     result = evaluate_model(view, memory, batch_size, metrics_out=metrics_out,
                             observe=order.update if order else None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from apphelpers import make_models, page_config, running_app, size_of, street_image  # noqa: F401 (test_browser)
 from apphelpers import REPO, TEST_ENV
 from apphelpers import predict as run
@@ -283,62 +284,64 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     monkeypatch.setattr(process, "_KEEP", list(process._KEEP))  # the app sets it: back as it was afterwards
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
+    from mtan.serve import render, views
+
     try:
-        assert app.OUT_MAX_BYTES == app.LIMITS["downloads_max_bytes"] == 3 * 2**20  # from the environment
-        assert app.LIMITS["keep_freed_memory"] == process._KEEP[0] == 64 * 2**20
-        upload = app.UPLOADS.upload_root / uuid.uuid4().hex  # where gradio stores an upload: predict reads only those
+        assert app.APP.downloads.max_bytes == app.APP.limits["downloads_max_bytes"] == 3 * 2**20  # from the environment
+        assert app.APP.limits["keep_freed_memory"] == process._KEEP[0] == 64 * 2**20
+        upload = app.APP.uploads.upload_root / uuid.uuid4().hex  # where gradio stores an upload: predict reads only those
         upload.mkdir(parents=True)
         path, (w, h) = _write("jpeg", upload)
-        out = app.predict(str(path), models["nyu"], "128x256", 0.5, "inferno", "depth", "semantic", "encoder", 0, -1)
+        out = app.APP.predict(str(path), models["nyu"], "128x256", 0.5, "inferno", "depth", "semantic", "encoder", 0, -1)
         pred = out[-1]
-        model = app.REGISTRY.get(models["nyu"]).model
+        model = app.APP.registry.get(models["nyu"]).model
 
         def no_network(*args, **kwargs):
             raise AssertionError("re-rendering must not run the network")
 
         monkeypatch.setattr(model, "forward", no_network)
-        seg1, seg2 = app.redraw_segmentation(pred, 0.1), app.redraw_segmentation(pred, 0.9)  # JPEG files
-        depth, bar, (before, after) = app.redraw_depth(pred, "gray", "depth")  # the slider follows the colours
-        _, _, kept = app.redraw_depth(pred, "gray", "normals")  # ... only when it shows depth
+        seg1, seg2 = app.APP.redraw_segmentation(pred, 0.1), app.APP.redraw_segmentation(pred, 0.9)  # JPEG files
+        depth, bar, (before, after) = app.APP.redraw_depth(pred, "gray", "depth")  # the slider follows the colours
+        _, _, kept = app.APP.redraw_depth(pred, "gray", "normals")  # ... only when it shows depth
         assert not isinstance(kept, tuple)  # left as it is
         assert size_of(seg1) == size_of(seg2) == size_of(depth) == size_of(after) == size_of(before) == (w, h)
         assert not np.array_equal(np.asarray(Image.open(seg1)), np.asarray(Image.open(seg2)))
         assert "far" in bar and "near" in bar
-        photo, normals = app.redraw_compare(pred, "normals", "inferno")
+        photo, normals = app.APP.redraw_compare(pred, "normals", "inferno")
         assert size_of(normals) == (w, h)
-        classes = np.asarray(Image.open(app.redraw_compare(pred, "segmentation", "inferno")[1]).convert("RGB"))
+        classes = np.asarray(Image.open(app.APP.redraw_compare(pred, "segmentation", "inferno")[1]).convert("RGB"))
         sem = pred.first("semantic")
-        truth = app.render.colorize_labels(pred.labels[sem.name], sem.class_set.palette).astype(np.int16)
-        overlay = np.asarray(Image.open(app.redraw_segmentation(pred, 0.55)).convert("RGB"), np.int16)
+        truth = render.colorize_labels(pred.labels[sem.name], sem.class_set.palette).astype(np.int16)
+        overlay = np.asarray(Image.open(app.APP.redraw_segmentation(pred, 0.55)).convert("RGB"), np.int16)
         # the slider shows the class colours themselves (JPEG-encoded), not the overlay (mostly photo)
         assert np.abs(classes - truth).mean() < 0.5 * np.abs(overlay - truth).mean()
         # the attention section: every task side by side at one stage, the channel control bounded
-        panel, scale, caption, channel = app.redraw_attention(pred, "decoder", 1, 3)
+        panel, scale, caption, channel = app.APP.attention_section(pred, "decoder", 1, 3)
         assert size_of(panel)[0] > 3 * size_of(panel)[1] * 0.8  # three tasks and their difference in a row
         assert "Decoder stage 1 (1/1 scale)" in caption and "channel 3 of" in caption and "data-top" in scale
-        _, _, caption, channel = app.redraw_attention(pred, "encoder", 3, 10_000)  # channel clamped to the stage
+        _, _, caption, channel = app.APP.attention_section(pred, "encoder", 3, 10_000)  # channel clamped to the stage
         assert "channel 16 of 16" in caption and channel["maximum"] == 16 and channel["value"] == 16
-        overview, table = app.attention_overview(pred, "encoder")
+        overview, table = app.APP.attention_overview(pred, "encoder")
         assert size_of(overview)[0] > size_of(overview)[1]  # five stages across, tasks down
-        details = app.page_details(pred, "encoder", 1, 0)
+        details = app.APP.page_details(pred, "encoder", 1, 0)
         assert details[-2] is None  # a new photo clears the masks' download of the last one
-        npz, note = app.attention_masks(pred)
-        assert npz.endswith("_attention.npz") and app.attention_masks(pred)[0] == npz  # written once
+        npz, note = app.APP.attention_masks(pred)
+        assert npz.endswith("_attention.npz") and app.APP.attention_masks(pred)[0] == npz  # written once
         assert table.count("\n") == 11 and "most task-specific channels" in table
         assert "encoder stage 1 (1/1 scale)" in table and "decoder stage 1 (1/1 scale)" in table
-        assert app.redraw_segmentation(None, 0.5) is not None  # no prediction yet: skipped
+        assert app.APP.redraw_segmentation(None, 0.5) is not None  # no prediction yet: skipped
 
         # prediction folders: over an hour old, or the oldest beyond the byte budget, are removed
-        monkeypatch.setattr(app.DOWNLOADS, "root", tmp_path / "out")
+        monkeypatch.setattr(app.APP.downloads, "root", tmp_path / "out")
         for i, age in enumerate((7200, 300, 200, 100)):
             folder = tmp_path / "out" / f"f{i}"
             folder.mkdir(parents=True)
             (folder / "x.bin").write_bytes(b"\0" * 1000)
             os.utime(folder, (time.time() - age, time.time() - age))
-        app.DOWNLOADS.clean(max_age_s=3600, max_bytes=2500)
+        app.APP.downloads.clean(max_age_s=3600, max_bytes=2500)
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2", "f3"]
         (tmp_path / "out" / "f3" / "big.bin").write_bytes(b"\0" * (3 * 2**20))  # over the 3 MB set above
-        app.DOWNLOADS.clean()  # the configured budget: the oldest go first, until what is left fits
+        app.APP.downloads.clean()  # the configured budget: the oldest go first, until what is left fits
         assert [p.name for p in (tmp_path / "out").iterdir()] == []  # f2 first, then f3 alone is still over
 
         # other task sets and architectures: a split network (no masks), a depth-only single network
@@ -348,11 +351,11 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         photo = Image.open(path).convert("RGB")
         split = LoadedModel("s", "s", MTAN(preset_tasks("cityscapes-7"), arch="split", width=1 / 16).eval())
         pred = predict_photo(split, photo, (128, 256))
-        assert pred.masks == {} and app.views.show_attention(pred, "semantic", "encoder", 0, -1)[0] is None
-        assert "no attention masks" in app.attention_section(pred, "encoder", 1, 0)[2]
+        assert pred.masks == {} and views.show_attention(pred, "semantic", "encoder", 0, -1)[0] is None
+        assert "no attention masks" in app.APP.attention_section(pred, "encoder", 1, 0)[2]
         assert not any(f.endswith(".npz") for f in write_downloads(pred, tmp_path / "split")[0])
         single = LoadedModel("d", "d", MTAN(preset_tasks("cityscapes-7")[1:], arch="single", width=1 / 16).eval())
-        seg, depth, bar, (_, after), normals = app.views.show_main(predict_photo(single, photo, (128, 256)), 0.5,
+        seg, depth, bar, (_, after), normals = views.show_main(predict_photo(single, photo, (128, 256)), 0.5,
                                                              "turbo", "segmentation")
         assert seg is None and normals is None and depth.size == after.size == (w, h) and "inverse depth" in bar
     finally:
@@ -378,15 +381,31 @@ def test_image_modes_become_rgb(tmp_path):
 
 
 def test_fit_and_resolution():
-    from mtan.model import fit_size
-    from mtan.serve import parse_resolution
+    from mtan.inference import Resolution
 
-    assert parse_resolution("256x512") == (256, 512)
-    with pytest.raises(ValueError):
-        parse_resolution("big")
-    assert fit_size(1024, 2048, (256, 512)) == (256, 512)
-    assert fit_size(4032, 3024, (256, 512)) == (256, 192)  # portrait: fits the height
-    assert fit_size(100, 150, (256, 512)) == (256, 384)    # small photos are enlarged
+    box = Resolution.parse("256x512")
+    assert box == (256, 512) and str(box) == "256x512" and Resolution.parse(box) == box
+    for bad in ("big", "0x512", "256x5000", "1x2x3", None):
+        with pytest.raises(ValueError, match="a processing resolution is HEIGHTxWIDTH, e.g. 256x512"):
+            Resolution.parse(bad)
+    assert box.fit(1024, 2048) == (256, 512)
+    assert box.fit(4032, 3024) == (256, 192)  # portrait: fits the height
+    assert box.fit(100, 150) == (256, 384)    # small photos are enlarged
+    assert box.network_size(4032, 3024) == (256, 192) and box.network_size(1000, 2100) == (256, 512)  # 244x512, padded
+
+
+def test_one_resize_for_every_path():
+    """Photos (8-bit) and tensors (float) are resized alike: the app's input equals the
+    evaluator's to within one 8-bit level."""
+    from mtan.inference import fitted, resize, to_tensor
+
+    photo = np.array(street_image(300, 500))
+    as_photo = fitted(photo, (128, 256))
+    as_tensor = fitted(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255, (128, 256))
+    assert as_photo.shape == as_tensor.shape == (1, 3, 128, 213) and as_photo.dtype == torch.float32
+    assert float((as_photo - as_tensor).abs().max()) <= 1.5 / 255
+    same = to_tensor(photo)
+    assert resize(same, (300, 500)) is same and same.dtype == torch.uint8
 
 
 def test_colorbar_and_depth_png():

@@ -20,7 +20,8 @@ from mtan.data.synthetic import render_frame
 from mtan.metrics import spearman
 from mtan.release import DATA_DESCRIPTIONS
 from mtan.records import DEFAULT_RESOLUTION
-from mtan.serve import LoadedModel, parse_resolution, predict_photo
+from mtan.inference import Resolution
+from mtan.serve import LoadedModel, predict_photo
 from cardhelpers import card_commands, card_values, check_card_against, data_of, run_commands
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_example_photo_through_the_app(model, index):
     truth = render_frame(EXAMPLE_SEED, index, photo.height, photo.width)
     assert np.abs(np.asarray(photo, np.float32) - truth["image"]).mean() < 8  # the file is that frame (JPEG)
     loaded = LoadedModel(key="weights", source=str(WEIGHTS), model=model, card=README.read_text())
-    pred = predict_photo(loaded, photo, parse_resolution(DEFAULT_RESOLUTION))
+    pred = predict_photo(loaded, photo, Resolution.parse(DEFAULT_RESOLUTION))
     labels = pred.labels["semantic"]
     valid = truth["label"] >= 0
     accuracy = float((labels[valid] == truth["label"][valid]).mean())

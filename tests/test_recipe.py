@@ -185,7 +185,8 @@ def test_amp_auto_is_timed_on_the_cpu_logged_and_kept_on_resume(tmp_path):
 
 
 def test_evaluate_scores_any_size_and_as_the_app_does(tmp_path):
-    from mtan.evaluate import PhotoView, evaluate
+    from mtan.evaluate import evaluate
+    from mtan.inference import PhotoView
 
     torch.manual_seed(0)
     model = MTAN(preset_tasks("cityscapes-7"), width=0.0625).eval()

@@ -6,17 +6,17 @@ module          job
 ``network``     :class:`MTAN`: the whole network, its configs, saving and loading
 ``blocks``      convolution layers, attention masks, heads, encoder and decoder stages
 ``batched``     every task's attention branch run in one batched call
-``geometry``    photos of any size: fit inside a box, pad to multiples of 32, mirror average
+``geometry``    inputs of any size: pad to multiples of 32, crop outputs back, mirror average
 ``storage``     ``config.json`` and safetensors weights read with checked errors
 ==============  ======================================================================
 """
 from mtan.model.files import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError
 from mtan.model.blocks import (ARCHITECTURES, BASE_WIDTHS, MULTIPLE, NUM_STAGES, AttentionMask, ConvBNReLU, Head,
                                stage_widths)
-from mtan.model.geometry import fit_size, flip_average, padded_forward
+from mtan.model.geometry import crop, flip_average, pad, padded_forward, padded_size
 from mtan.model.network import MTAN
 from mtan.model.storage import count_parameters, load_safetensors_strict, read_config
 
 __all__ = ["ARCHITECTURES", "BASE_WIDTHS", "CONFIG_NAME", "MTAN", "MULTIPLE", "NUM_STAGES", "WEIGHTS_NAME",
-           "AttentionMask", "ConvBNReLU", "Head", "ModelConfigError", "count_parameters", "fit_size", "flip_average",
-           "load_safetensors_strict", "padded_forward", "read_config", "stage_widths"]
+           "AttentionMask", "ConvBNReLU", "Head", "ModelConfigError", "count_parameters", "crop", "flip_average",
+           "load_safetensors_strict", "pad", "padded_forward", "padded_size", "read_config", "stage_widths"]

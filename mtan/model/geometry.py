@@ -1,6 +1,9 @@
-"""Photos of any size through a network whose input sides are multiples of 32: fitting inside a
-box, padding and cropping back, and the mirror-image average (test-time augmentation)."""
+"""The network's input sides are multiples of 32: padding an image up to that, cropping outputs
+back, and the mirror-image average (test-time augmentation). Fitting a photo inside a processing
+resolution and resizing it are :mod:`mtan.inference.pipeline`'s."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -9,22 +12,34 @@ import torch.nn.functional as F
 from mtan.model.blocks import MULTIPLE
 
 
-def fit_size(height: int, width: int, box: tuple[int, int]) -> tuple[int, int]:
-    """The largest (h, w) with the aspect of ``height`` x ``width`` that fits inside ``box`` (h, w):
-    how a photo is sized for the network (the app, ``mtan.evaluate --app-resolution``)."""
-    s = min(box[0] / height, box[1] / width)
-    return max(1, round(height * s)), max(1, round(width * s))
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The network input size of a ``height`` x ``width`` image: each side rounded up to a multiple of 32."""
+    return -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
+
+
+def pad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N x C x H x W) padded on the bottom and right up to :func:`padded_size` by repeating
+    its edge pixels; ``x`` itself when its sides are multiples of 32 already."""
+    h, w = x.shape[-2:]
+    H, W = padded_size(h, w)
+    return x if (H, W) == (h, w) else F.pad(x, (0, W - w, 0, H - h), mode="replicate")
+
+
+def crop(t: torch.Tensor, size: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
+    """An output (or an attention mask, which lives at a coarser scale) of the network run on a
+    ``padded`` input, cropped back to the part that covers the ``size`` image."""
+    sh, sw = t.shape[-2] / padded[0], t.shape[-1] / padded[1]
+    return t[..., : max(1, math.ceil(size[0] * sh)), : max(1, math.ceil(size[1] * sw))]
 
 
 def padded_forward(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``module(x)`` for N x 3 x H x W images of any size: H and W padded up to multiples of 32
-    (edge replication), every output cropped back to H x W (as :meth:`MTAN.predict` does)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-    if not (ph or pw):
+    """``module(x)`` for N x 3 x H x W images of any size: padded (:func:`pad`), every output
+    cropped back to H x W (as :meth:`MTAN.predict` does)."""
+    size = tuple(x.shape[-2:])
+    big = pad(x)
+    if big is x:
         return module(x)
-    out = module(F.pad(x, (0, pw, 0, ph), mode="replicate"))
-    return {k: v[..., :h, :w] for k, v in out.items()}
+    return {k: crop(v, size, big.shape[-2:]) for k, v in module(big).items()}
 
 
 def flip_average(tasks, out: dict, mirrored: dict) -> dict:

@@ -15,7 +15,6 @@ with H and W multiples of 32 (``predict`` pads any size).
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from mtan.model.files import CONFIG_NAME, WEIGHTS_NAME, ModelConfigError, resolv
 from mtan.model.batched import norm_signature, plain_norm, shared_conv, task_mask
 from mtan.model.blocks import (ARCHITECTURES, MULTIPLE, NUM_STAGES, Decoder, Encoder, Head, SharedAttentionConvs,
                                TaskAttention, stage_widths)
+from mtan.model.geometry import crop, pad
 from mtan.model.storage import load_safetensors_strict, read_config
 from mtan.tasks import Task, tasks_from_config
 
@@ -244,28 +244,20 @@ class MTAN(
         h, w = image.shape[-2:]
         if h == 0 or w == 0:
             raise ValueError(f"predict got an empty image ({h}x{w})")
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
         param = next(self.parameters())
-        x = image.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = pad(image.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32))
         was_training = self.training
         self.eval()
         try:
             result = self(x, return_attention=return_attention)
         finally:
             self.train(was_training)
-        H, W = x.shape[-2:]
-
-        def crop(t):
-            sh, sw = t.shape[-2] / H, t.shape[-1] / W  # masks live at coarser scales
-            return t[..., : max(1, math.ceil(h * sh)), : max(1, math.ceil(w * sw))]
-
+        size, padded = (h, w), tuple(x.shape[-2:])
         if return_attention:
             outputs, masks = result
-            masks = {k: {part: [crop(m) for m in ms] for part, ms in v.items()} for k, v in masks.items()}
-            return {k: crop(v) for k, v in outputs.items()}, masks
-        return {k: crop(v) for k, v in result.items()}
+            masks = {k: {part: [crop(m, size, padded) for m in ms] for part, ms in v.items()} for k, v in masks.items()}
+            return {k: crop(v, size, padded) for k, v in outputs.items()}, masks
+        return {k: crop(v, size, padded) for k, v in result.items()}
 
     # ---- saving and loading -----------------------------------------------------------
 

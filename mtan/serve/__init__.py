@@ -23,7 +23,7 @@ The app (``app.py``) uses the names below; gradio turns :class:`ImageLoadError` 
 from mtan.records import ResolutionAdvice
 from mtan.serve.examples import EXAMPLES_DIR, ExampleCache, example_files, file_digest
 from mtan.serve.images import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS, ImageLoadError, configure_pil,
-                               load_image, parse_resolution, processing_notes, to_rgb)
+                               load_image, processing_notes, to_rgb)
 from mtan.serve.prediction import TASK_OUTPUTS, Prediction, labels_at, predict_photo, quantise_mask, shrink_masks
 from mtan.serve.process import freed_memory_for, keep_freed_memory, release_memory, tune_malloc, without_paths
 from mtan.serve.registry import LoadedModel, ModelRegistry, ModelUnavailableError, load_default_model
@@ -34,6 +34,6 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_PIXELS", "DEFAULT_MODEL_DIR", "EXAMPLES_DIR", "REPO_ROOT", "ExampleCache",
     "ImageLoadError", "LoadedModel", "TASK_OUTPUTS", "ModelRegistry", "ModelUnavailableError", "Prediction", "ResolutionAdvice",
     "configure_pil", "example_files", "file_digest", "host_reachable", "hub_reachable", "labels_at",
-    "load_default_model", "load_image", "model_label", "parse_resolution", "pick_device", "predict_photo",
+    "load_default_model", "load_image", "model_label", "pick_device", "predict_photo",
     "processing_notes", "quantise_mask", "freed_memory_for", "keep_freed_memory", "release_memory", "shrink_masks", "to_rgb", "tune_malloc", "without_paths",
 ]

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from mtan.data.common import parse_size
 from mtan.serve import jpeg
 
 class ImageLoadError(ValueError):
@@ -242,14 +241,3 @@ def processing_notes(size: tuple[int, int], processing_size: tuple[int, int]) ->
                      f"processing resolution the network saw it as {w}x{h} pixels (padded to a multiple of "
                      f"32), so its results are coarse.")
     return notes
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"256x512"`` -> (256, 512), height x width."""
-    try:
-        h, w = parse_size(str(text))
-    except ValueError:
-        h = w = 0
-    if not (0 < h <= 4096 and 0 < w <= 4096):
-        raise ValueError(f"a processing resolution is HEIGHTxWIDTH, e.g. 256x512; got {text!r}")
-    return h, w

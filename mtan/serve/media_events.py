@@ -6,7 +6,6 @@ and the API."""
 from __future__ import annotations
 
 import base64
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +15,8 @@ import numpy as np
 from mtan.records import DEFAULT_RESOLUTION, RESOLUTIONS
 from mtan.serve.downloads import DownloadFolders, safe_stem
 from mtan.serve.guard import guarded, refusal
-from mtan.serve.images import ImageLoadError, load_image, parse_resolution
+from mtan.inference import Resolution
+from mtan.serve.images import ImageLoadError, load_image
 from mtan.serve.prediction import Prediction
 from mtan.serve.process import release_memory
 from mtan.serve.registry import LoadedModel
@@ -41,8 +41,8 @@ LIVE_MAX_PIXELS = 3840 * 2160  # a webcam frame is at most 4K
 def video_resolutions(loaded: LoadedModel | None) -> tuple[list[str], str]:
     """The processing resolutions for clips and the webcam: every one up to the model's photo
     default (frames per second count more than for a photo), the smallest first and by default."""
-    default = parse_resolution(loaded.resolutions.default if loaded else DEFAULT_RESOLUTION)
-    offered = [r for r in RESOLUTIONS if math.prod(parse_resolution(r)) <= math.prod(default)]
+    default = Resolution.parse(loaded.resolutions.default if loaded else DEFAULT_RESOLUTION)
+    offered = [r for r in RESOLUTIONS if Resolution.parse(r).pixels <= default.pixels]
     return offered, offered[0]
 
 
@@ -85,7 +85,7 @@ class MediaEvents:
         if (resolution or default) not in offered:
             raise refusal("predict_video", f"{resolution} is not a processing resolution for clips; choose "
                                            f"{', '.join(offered)}.")
-        box = parse_resolution(resolution or default)
+        box = Resolution.parse(resolution or default)
         out = self.downloads.new() / f"{safe_stem(name)}_mtan.mp4"
         progress(0, desc="Reading the clip")
         try:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mtan.metrics import class_ids
-from mtan.model import MULTIPLE, fit_size, flip_average
+from mtan.inference.pipeline import Resolution, fitted
+from mtan.model import flip_average
 from mtan.serve.registry import LoadedModel
 from mtan.tasks import find_task
 
@@ -104,26 +105,24 @@ def shrink_masks(masks: dict, budget_values: int) -> tuple[dict, bool]:
     return out, factor > 1
 
 
-def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: tuple[int, int], stem: str = "photo",
-                  mask_budget_values: int = 16_000_000, flip: bool = False) -> Prediction:
-    """Fit the photo inside ``resolution`` (aspect kept; ``MTAN.predict`` pads to multiples of 32),
-    run the model once with attention, and bring the outputs back to the photo's size. ``flip``:
-    also run the mirror image and average the outputs (test-time augmentation; the masks shown
-    are the unmirrored run's)."""
+def predict_photo(loaded: LoadedModel, photo: Image.Image, resolution: Resolution | tuple[int, int] | str,
+                  stem: str = "photo", mask_budget_values: int = 16_000_000, flip: bool = False) -> Prediction:
+    """Fit the photo inside ``resolution`` (:mod:`mtan.inference.pipeline`: aspect kept, padded to
+    multiples of 32), run the model once with attention, and bring the outputs back to the photo's
+    size. ``flip``: also run the mirror image and average the outputs (test-time augmentation; the
+    masks shown are the unmirrored run's)."""
     model = loaded.model
-    h, w = fit_size(photo.height, photo.width, resolution)
-    small = photo if (h, w) == (photo.height, photo.width) else photo.resize(
-        (w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    x = torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-    padded = (1, 3, -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE)  # as predict pads
-    compiled = loaded.compiled_for(padded)
+    resolution = Resolution.parse(resolution)
+    x = fitted(photo, resolution)[0]
+    h, w = x.shape[-2:]
+    compiled = loaded.compiled_for((1, 3, *resolution.network_size(photo.height, photo.width)))
     start = time.perf_counter()
     with torch.inference_mode():
         outputs, masks = loaded.runner.predict(x, return_attention=True)
         if flip:
             outputs = flip_average(model.tasks, outputs, loaded.runner.predict(x.flip(-1)))
         network = time.perf_counter() - start
-        pred = Prediction(photo=photo, stem=stem, processing_size=(h, w),
+        pred = Prediction(photo=photo, stem=stem, processing_size=(h, w), resolution=str(resolution),
                           tasks=list(model.tasks), mirrored=bool(flip), model_source=loaded.source,
                           compiled=compiled)
         for t in model.tasks:

@@ -16,7 +16,7 @@ from mtan.fast import optimize_for_inference, resolve_precision
 from mtan.model import MTAN, ModelConfigError
 from mtan.records import PRECISIONS_FILE, RESOLUTIONS_FILE, ResolutionAdvice, allowed_precisions, read_record
 from mtan.records import int8_scales as recorded_int8_scales
-from mtan.serve.images import parse_resolution
+from mtan.inference import Resolution
 from mtan.serve.process import ACTIVITY
 from mtan.runtime import pick_device
 from mtan.serve.sources import (hub_file, hub_reachable, is_hub_id, json_or_none, model_label, resolve_local,
@@ -59,7 +59,7 @@ class LoadedModel:
             if os.environ.get("MTAN_FAST_INFERENCE", "1") != "0":
                 try:
                     runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
-                                                    size=parse_resolution(self.resolutions.default),
+                                                    size=Resolution.parse(self.resolutions.default),
                                                     int8_scales=self.int8_scales)
                     runner.float32_masks = False  # quantise_mask converts them (one pass fewer)
                 except Exception as e:  # never lose the demo over an optimisation
@@ -69,7 +69,7 @@ class LoadedModel:
             if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
                 try:
                     self.__dict__["_warm_up"] = CompileWarmUp(
-                        runner, warm_up_sizes(parse_resolution(self.resolutions.default)),
+                        runner, warm_up_sizes(Resolution.parse(self.resolutions.default)),
                         wait_until_idle=ACTIVITY.wait_until_idle).start(
                         on_done=lambda warm: log.warning("mtan app: %s: compile warm-up done; %s", model_label(self.key),
                                                         warm.describe()))

@@ -19,10 +19,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from mtan.model import fit_size
+from mtan.inference.pipeline import Resolution, as_float, resize, to_tensor
 from mtan.serve import render
 from mtan.serve.prediction import labels_at
 from mtan.serve.registry import LoadedModel
@@ -36,7 +35,7 @@ LAYOUTS = {
     "depth": ("depth",),
 }
 DEFAULT_LAYOUT = "photo | segmentation | depth"
-PANEL_BOX = (360, 640)      # each view of the output video fits inside this (h, w)
+PANEL_BOX = Resolution(360, 640)  # each view of the output video fits inside this (h, w)
 FRAMES_PER_BATCH = 4        # frames run through the network at once
 # What a clip may be. FFmpeg opens a clip only as one of these containers (its own detection, from
 # the content; the file name plays no part) and decodes only these video codecs: no playlist,
@@ -368,9 +367,7 @@ def run_frames(loaded: LoadedModel, photos: list[np.ndarray], size: tuple[int, i
                smoother: "_Smoother") -> tuple[list[np.ndarray], float]:
     """One batch of frames (RGB arrays of one size) through the network at ``size`` (h, w), each
     painted; and the network's seconds."""
-    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float().div_(255)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = as_float(resize(to_tensor(np.stack(photos)), size))
     start = time.perf_counter()
     pictures = []
     with torch.inference_mode():
@@ -403,9 +400,9 @@ class LiveSession:
     def __call__(self, photo: np.ndarray) -> np.ndarray:
         h, w = photo.shape[:2]
         if h > PANEL_BOX[0] or w > PANEL_BOX[1]:
-            h, w = fit_size(h, w, PANEL_BOX)
-            photo = np.asarray(Image.fromarray(photo).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
-        (picture,), self.network = run_frames(self.loaded, [photo], fit_size(h, w, self.box), self.painter,
+            h, w = PANEL_BOX.fit(h, w)
+            photo = np.ascontiguousarray(resize(to_tensor(photo), (h, w))[0].permute(1, 2, 0).numpy())
+        (picture,), self.network = run_frames(self.loaded, [photo], Resolution.parse(self.box).fit(h, w), self.painter,
                                               self.smoother)
         self.times = (self.times + [time.monotonic()])[-10:]
         return picture
@@ -431,7 +428,7 @@ def panel_size(info: ClipInfo, rotation: float = 0) -> tuple[int, int]:
     (never enlarged), even sides (H.264 in 4:2:0 needs them)."""
     h, w = (info.width, info.height) if round(rotation / 90) % 2 else (info.height, info.width)
     if h > PANEL_BOX[0] or w > PANEL_BOX[1]:
-        h, w = fit_size(h, w, PANEL_BOX)
+        h, w = PANEL_BOX.fit(h, w)
     return _even(h), _even(w)
 
 
@@ -473,7 +470,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
     try:
         raw, rotation = _first_frame(container, stream)
         size = panel_size(info, rotation)
-        h, w = fit_size(size[0], size[1], box)
+        h, w = Resolution.parse(box).fit(*size)
         painter = VideoPainter(loaded.model.tasks, layout, colormap, opacity)
         smoother = _Smoother(smoothing)
         step = thinning(info, limits)
