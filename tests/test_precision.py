@@ -277,7 +277,7 @@ def test_a_busy_machine_cannot_poison_the_remembered_choice(monkeypatch):
     from mtan.serve.registry import LoadedModel
 
     said = LoadedModel(key="m", source="m", model=model, precisions=("fp32", "bf16-convs"))
-    said.__dict__["_runner"] = busy
+    said.runner = busy
     assert "the machine was busy while it measured, so this is measured again at the next start" in said.startup_line
     busy.choice.update(quiet=True, remembered=True)
     assert said.startup_line.endswith("a photo at 32x64, measured at an earlier start)")

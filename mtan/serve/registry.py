@@ -2,6 +2,7 @@
 measured records, kept, and replaced by the local default with a notice when it cannot be had."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -42,46 +43,45 @@ class LoadedModel:
     int8_scales: dict | None = None          # int8's activation scales (its precisions.json)
     compile: str = "off"                     # auto: torch.compile warmed up in the background (mtan.compiled)
     precisions_recorded: bool = False        # whether the model has a precisions.json at all
+    _warm_up: CompileWarmUp | None = field(default=None, repr=False)  # started with the runner (compile="auto")
 
     @property
     def placeholder(self) -> bool:
         return "placeholder" in self.card.lower()
 
-    @property
+    @functools.cached_property
     def runner(self):
         """What runs the photos: the inference copy of ``mtan.fast`` (BatchNorm folded, fused
         convolutions, channels-last), built once, in ``precision`` (``auto``: the fastest on this
         machine of the precisions that keep the model's quality, timed at the default processing
         resolution and remembered); ``MTAN_FAST_INFERENCE=0`` uses the plain model. Falls back to
         the plain model if the copy cannot be built."""
-        if "_runner" not in self.__dict__:
-            runner = self.model
-            if os.environ.get("MTAN_FAST_INFERENCE", "1") != "0":
-                try:
-                    runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
-                                                    size=Resolution.parse(self.resolutions.default),
-                                                    int8_scales=self.int8_scales)
-                    runner.float32_masks = False  # quantise_mask converts them (one pass fewer)
-                except Exception as e:  # never lose the demo over an optimisation
-                    log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
-            self.__dict__["_runner"] = runner
-            log.warning("mtan app: %s", self.startup_line)  # the terminal says what runs each model
-            if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
-                try:
-                    self.__dict__["_warm_up"] = CompileWarmUp(
-                        runner, warm_up_sizes(Resolution.parse(self.resolutions.default)),
-                        wait_until_idle=ACTIVITY.wait_until_idle).start(
-                        on_done=lambda warm: log.warning("mtan app: %s: compile warm-up done; %s", model_label(self.key),
-                                                        warm.describe()))
-                except Exception as e:
-                    log.warning("torch.compile unavailable (%s: %s); eager", type(e).__name__, e)
-        return self.__dict__["_runner"]
+        runner = self.model
+        if os.environ.get("MTAN_FAST_INFERENCE", "1") != "0":
+            try:
+                runner = optimize_for_inference(self.model, precision=self.precision, allowed=self.precisions,
+                                                size=Resolution.parse(self.resolutions.default),
+                                                int8_scales=self.int8_scales)
+                runner.float32_masks = False  # quantise_mask converts them (one pass fewer)
+            except Exception as e:  # never lose the demo over an optimisation
+                log.warning("fast inference unavailable (%s: %s); using the plain model", type(e).__name__, e)
+        log.warning("mtan app: %s", self.describe_runner(runner))  # the terminal says what runs each model
+        if self.compile == "auto" and hasattr(runner, "compiled_shapes"):
+            try:
+                self._warm_up = CompileWarmUp(
+                    runner, warm_up_sizes(Resolution.parse(self.resolutions.default)),
+                    wait_until_idle=ACTIVITY.wait_until_idle).start(
+                    on_done=lambda warm: log.warning("mtan app: %s: compile warm-up done; %s", model_label(self.key),
+                                                    warm.describe()))
+            except Exception as e:
+                log.warning("torch.compile unavailable (%s: %s); eager", type(e).__name__, e)
+        return runner
 
     @property
     def warm_up(self) -> CompileWarmUp | None:
         """The background torch.compile warm-up of the runner (``compile="auto"``), if one started."""
         self.runner
-        return self.__dict__.get("_warm_up")
+        return self._warm_up
 
     def compiled_for(self, shape) -> bool:
         """Whether the compiled network runs inputs of ``shape`` (N, 3, H, W, padded) now."""
@@ -96,7 +96,9 @@ class LoadedModel:
     @property
     def startup_line(self) -> str:
         """What runs the photos and why, in one plain sentence (the app's first line)."""
-        runner = self.runner
+        return self.describe_runner(self.runner)
+
+    def describe_runner(self, runner) -> str:
         precision = getattr(runner, "precision", "fp32")
         device = getattr(runner, "device", None) or next(self.model.parameters()).device
         where = "the CPU" if torch.device(device).type == "cpu" else str(device)
@@ -231,9 +233,8 @@ class ModelRegistry:
                              notices=[notice] + base.notices, resolutions=base.resolutions,
                              precisions=base.precisions, precision=base.precision, int8_scales=base.int8_scales,
                              compile=base.compile)
-        for shared in ("_runner", "_warm_up"):  # the same weights: share the measured inference copy
-            if shared in base.__dict__:
-                loaded.__dict__[shared] = base.__dict__[shared]
+        if "runner" in vars(base):  # the same weights: share the measured inference copy
+            loaded.runner, loaded._warm_up = base.runner, base._warm_up
         return loaded
 
     def _load_source(self, source: str) -> LoadedModel:

@@ -9,6 +9,7 @@ time, and decoding stops at the duration limit whatever the header claimed.
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 import time
@@ -35,6 +36,16 @@ LAYOUTS = {
     "depth": ("depth",),
 }
 DEFAULT_LAYOUT = "photo | segmentation | depth"
+
+
+class Stop(enum.Enum):
+    """Why decoding a clip stopped before its end."""
+    TIME = "the server's time for a clip ran out"
+    SIZE = "a frame was larger than its header said"
+    LENGTH = "the clip is longer than this app takes"
+    DAMAGED = "a frame could not be decoded"
+
+
 PANEL_BOX = Resolution(360, 640)  # each view of the output video fits inside this (h, w)
 FRAMES_PER_BATCH = 4        # frames run through the network at once
 # What a clip may be. FFmpeg opens a clip only as one of these containers (its own detection, from
@@ -262,7 +273,7 @@ def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimi
     thinned to at most ``limits.max_fps``; stops at ``limits.max_seconds`` of output, at a frame
     larger than the limit, at damaged data, or when ``time.monotonic()`` passes ``deadline``
     (with a note, keeping the frames so far). ``stopped`` gets the reason decoding stopped early
-    ("time", "size", "damaged" or "length")."""
+    (a :class:`Stop`)."""
     import av
 
     stopped = set() if stopped is None else stopped
@@ -279,17 +290,17 @@ def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimi
             if deadline is not None and time.monotonic() > deadline:
                 notes.append(f"Processing stopped after {limits.max_work_seconds:g} s of the server's time (this "
                              f"app's limit per clip): the first {kept} frames were processed.")
-                stopped.add("time")
+                stopped.add(Stop.TIME)
                 return
             if frame.width * frame.height > limits.max_pixels:
                 notes.append(f"The clip changes to {frame.width}x{frame.height} pixels, over the limit: it was "
                              f"processed up to there.")
-                stopped.add("size")
+                stopped.add(Stop.SIZE)
                 return
             if index % step == 0:
                 if kept >= most:
                     notes.append(f"Only the first {limits.max_seconds:g} s were processed (this app's limit).")
-                    stopped.add("length")
+                    stopped.add(Stop.LENGTH)
                     return
                 rotation = getattr(frame, "rotation", 0) or 0
                 fw, fh = (h, w) if round(rotation / 90) % 2 else (w, h)
@@ -298,7 +309,7 @@ def decoded_frames(raw, info: ClipInfo, size: tuple[int, int], limits: VideoLimi
             index += 1
     except av.FFmpegError:
         notes.append(f"The clip is damaged or cut short: {kept} frames could be read and were processed.")
-        stopped.add("damaged")
+        stopped.add(Stop.DAMAGED)
 
 
 def thinning(info: ClipInfo, limits: VideoLimits) -> int:
@@ -477,7 +488,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
         fps = info.fps / step
         total = None if info.frames is None else min(math.ceil(info.frames / step),
                                                      math.floor(limits.max_seconds * float(fps) + 1e-6))
-        stopped: set[str] = set()
+        stopped: set[Stop] = set()
         frames = decoded_frames(raw, info, size, limits, notes, deadline, stopped)
         while True:
             photos = [f for _, f in zip(range(batch), frames)]
@@ -498,7 +509,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
                 written += 1
             if progress is not None:
                 progress(written, total)
-        if output is None and "time" in stopped:
+        if output is None and Stop.TIME in stopped:
             raise VideoError(f"This clip took more than {limits.max_work_seconds:g} s of the server's time before "
                              f"its first frame (this app's limit per clip): try again later, or a shorter clip.")
         if output is None:
@@ -515,7 +526,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
         raise
     finally:
         close_clip(container)
-    if total and written < total - 1 and not stopped & {"damaged", "size", "time"}:
+    if total and written < total - 1 and not stopped & {Stop.DAMAGED, Stop.SIZE, Stop.TIME}:
         notes.append(f"The clip ended after {written} of the {total} frames its header announces (damaged or cut "
                      f"short): those were processed.")
     if written == 1:
