@@ -55,6 +55,7 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
     activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
     from mtan.data import build_dataset, to_memory, validate
+    from mtan.data.registry import spec
     from mtan.scoring import evaluate_model
     from mtan.fast import optimize_for_inference
     from mtan.model import MTAN
@@ -71,13 +72,7 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
                                  "(python -m mtan.precision MODEL measures it)")
         model = MTAN.from_pretrained(model)
     model = model.to(dev).eval()
-    opts = dict(options or {})
-    if data in ("cityscapes", "cityscapes-raw"):
-        opts.setdefault("labels", labels)
-    if data == "synthetic":
-        opts.setdefault("seed", seed)
-        if frames is not None:
-            opts.setdefault("num_frames", frames)
+    opts = {**spec(data).split_options(split, labels=labels, frames=frames, seed=seed), **(options or {})}
     key = json.dumps([data, str(data_root), split, size, str(dev), opts], sort_keys=True, default=str)
     memory = _LOADED.get(key)
     if memory is None:

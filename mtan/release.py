@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mtan.data.registry import SPECS, spec
 from mtan.fast import optimize_for_inference
 from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
 from mtan.precision import table as precision_table
@@ -29,24 +30,9 @@ from mtan.records import (DEFAULT_RESOLUTION, PRECISIONS_FILE, RESOLUTION_TOLERA
                           ResolutionAdvice, allowed_precisions, int8_scales, write_record)
 from mtan.timing import cpu_name
 
-#: Datasets of real photos: scored at the photos' own size on a card (generated scenes at the run's size).
-REAL_PHOTOS = ("camvid",)
-
-#: What the data names mean on a card.
-DATA_DESCRIPTIONS = {
-    "camvid": ("CamVid val (real street photos, Cambridge)", "camvid"),
-    "synthetic": ("mtan generated street scenes, val", "synthetic"),
-    "cityscapes": ("CityScapes val", "cityscapes"),
-    "nyuv2": ("NYUv2 val", "nyuv2"),
-}
-
-
-
 def data_description(part: str, options: dict | None = None) -> tuple[str, str]:
     """(the card's name, the Hub's dataset type) of a part's validation data with these options."""
-    if part == "camvid" and (options or {}).get("splits") == "blocks":
-        return "CamVid held-out blocks (real street photos, Cambridge)", "camvid"
-    return DATA_DESCRIPTIONS.get(part, (f"{part} val", part))
+    return spec(part).describe(options)
 
 
 LIMITS = """\
@@ -115,16 +101,13 @@ def run_datasets(config) -> list[dict]:
     datasets = []
     for part, root in zip(parts, roots):
         options = builder_options(config, part, "val")
-        size = None if part in REAL_PHOTOS else config.size  # real photos are scored at their own size
+        size = None if spec(part).own_size else config.size  # real photos are scored at their own size
         command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
         if root:
             command.append(f"--data-root {root}")
         if size:
             command.append(f"--size {size}")
-        if part == "synthetic" and "num_frames" in options:
-            command.append(f"--frames {options['num_frames']}")
-        if part in ("cityscapes", "cityscapes-raw"):
-            command.append(f"--labels {config.labels}")
+        command += spec(part).evaluate_args(options, config.labels)
         command += [f"--data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items())]
         name, kind = data_description(part, config.data_options.get(part, {}))
         datasets.append({"name": name, "type": kind, "data": part, "command": " ".join(command),
@@ -208,11 +191,11 @@ def measure_resolutions(model, config) -> dict | None:
     from mtan.evaluate import evaluate
 
     parts = config.data.split("+")
-    part = "camvid" if "camvid" in parts else parts[0]
+    part = next((p for p in parts if spec(p).own_size), parts[0])
     roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
     root = roots[parts.index(part)] if len(roots) == len(parts) else None
     options = builder_options(config, part, "val")
-    size = None if part == "camvid" else config.size  # real photos at their own size
+    size = None if spec(part).own_size else config.size  # real photos at their own size
     scores = {}
     for resolution in RESOLUTIONS:
         result = evaluate(model, part, data_root=root or None, split="val", size=size, options=options,
@@ -231,36 +214,18 @@ def home_to_tilde(text: str | None) -> str | None:
     return text.replace(str(Path.home()) + "/", "~/") if text else text
 
 
-def camvid_text(config) -> str:
-    """Which CamVid photos the run trained on, as its split option says."""
-    splits = config.data_options.get("camvid", {}).get("splits", "standard")
-    if splits == "blocks":
-        from mtan.data.camvid import BLOCK_GAP_FRAMES, CamVidDataset
-
-        try:
-            train, val = (len(CamVidDataset(None, s, splits="blocks")) for s in ("train", "val"))
-        except Exception:  # noqa: BLE001 (CamVid not here: say it without the counts)
-            return ("CamVid's train and val photos split by time (Cambridge, UK, daytime): blocks of consecutive "
-                    "frames held out for validation")
-        return (f"{train} of CamVid's 468 labelled photos (Cambridge, UK, daytime); {val} others, blocks of "
-                f"consecutive frames from each sequence, are held out for validation, and the frames within "
-                f"{BLOCK_GAP_FRAMES // 30} s of them are used for neither")
-    if splits == "all":
-        return "all 468 of CamVid's labelled photos, train and val (Cambridge, UK, daytime)"
-    return "CamVid's 367 training photos (Cambridge, UK, daytime)"
-
-
 def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
     """The class bias (:mod:`mtan.calibrate`) fitted on the training photos of the run's real data
-    (its first part in :data:`REAL_PHOTOS`, at their own size, as the app runs them) and scored on
+    (its first part of real photos, at their own size, as the app runs them) and scored on
     its validation photos; and the record."""
     from mtan.calibrate import fit
     from mtan.data import build_dataset
 
-    datasets = [d for d in run_datasets(config) if d["data"] in REAL_PHOTOS]
+    datasets = [d for d in run_datasets(config) if spec(d["data"]).own_size]
     if not datasets:
+        real = ", ".join(name for name, s in SPECS.items() if s.own_size)
         raise ValueError(f"--calibrate fits the class bias on labelled real photos, and the run's data "
-                         f"({config.data}) has none of {', '.join(REAL_PHOTOS)}")
+                         f"({config.data}) has none of {real}")
     kw = datasets[0]["kwargs"]
     fit_data = build_dataset(kw["data"], root=kw["data_root"], split="train", **kw["options"])
     check = build_dataset(kw["data"], root=kw["data_root"], split="val", **kw["options"])
@@ -336,10 +301,8 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     speed = forward_latency(model, allowed=allowed, int8_scales=int8_scales(precisions)) if latency else None
 
     parts = config.data.split("+")
-    trained_on = {"camvid": camvid_text(config),
-                  "synthetic": f"{config.train_frames or 500} generated street scenes",
-                  "cityscapes": "CityScapes (50 German cities, daytime)", "nyuv2": "NYUv2 indoor scenes"}
-    data_lines = [f"- `{p}`: {trained_on.get(p, p)}" for p in parts]
+    trained_on = {p: spec(p).trained_on(config) for p in parts}
+    data_lines = [f"- `{p}`: {trained_on[p]}" for p in parts]
     data_text = "\n".join(data_lines) + (
         f"\n\nAt {config.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
         "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
@@ -396,7 +359,7 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
                                   f"{speed['cpu']}, {speed['threads']} threads."))
     width_note = (f"narrow (width x{model.width:g}, {count_parameters(model) / 1e6:.1f} M parameters) so that it "
                   "answers fast on a small CPU" if model.width < 1 else "the paper's full width")
-    sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on.get(p, p) for p in parts),
+    sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on[p] for p in parts),
                                              width_note=width_note,
                                              size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
     how = (f"fine-tuned from an earlier model (`{config.init_from}`)" if config.init_from and len(stages) == 1

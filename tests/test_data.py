@@ -560,3 +560,23 @@ def test_tempered_class_balance_is_the_square_root():
     full = median_frequency_weights(labels, 3)
     assert torch.allclose(full, torch.tensor([0.25, 1.0, 4.0]))
     assert torch.allclose(median_frequency_weights(labels, 3, power=0.5), full.sqrt())
+
+
+def test_every_dataset_has_a_spec():
+    """The dataset registry and the builders name the same datasets; what differs between them is
+    asked of the spec (options a split is built with, its name on a card)."""
+    from mtan.data import BUILDERS
+    from mtan.data.registry import SPECS, spec
+    from mtan.train import TrainConfig
+    from mtan.train.datasets import builder_options
+
+    assert set(SPECS) == set(BUILDERS)
+    assert spec("camvid").own_size and not spec("synthetic").own_size
+    assert spec("camvid").describe({"splits": "blocks"})[0] == "CamVid held-out blocks (real street photos, Cambridge)"
+    assert spec("elsewhere").describe() == ("elsewhere val", "elsewhere") and spec("elsewhere").split_options("train") == {}
+    config = TrainConfig(data="synthetic+cityscapes", labels="label_19", train_frames=12, val_frames=4, seed=3,
+                         data_options={"synthetic": {"num_frames": 20}})
+    assert builder_options(config, "synthetic", "train") == {"seed": 3, "num_frames": 20}  # --data-option wins
+    assert builder_options(config, "synthetic", "val") == {"seed": 0, "num_frames": 20}
+    assert builder_options(config, "cityscapes", "val") == {"labels": "label_19"}
+    assert spec("synthetic").trained_on(config) == "12 generated street scenes"

@@ -18,7 +18,7 @@ from PIL import Image
 from mtan import MTAN
 from mtan.data.synthetic import render_frame
 from mtan.metrics import spearman
-from mtan.release import DATA_DESCRIPTIONS
+from mtan.data.registry import spec
 from mtan.records import DEFAULT_RESOLUTION
 from mtan.inference import Resolution
 from mtan.serve import LoadedModel, predict_photo
@@ -55,7 +55,7 @@ def test_card_depth_order_and_accuracy_floor():
     sky farthest."""
     values = card_values(README)
     camvid = next(name for name, _ in values if name.startswith("CamVid"))  # val, or held-out blocks of it
-    synthetic = DATA_DESCRIPTIONS["synthetic"][0]
+    synthetic = spec("synthetic").val_name
     assert values[(camvid, "mean_iou")] >= 0.48
     assert values[(synthetic, "mean_iou")] >= 0.60
     # the depth-order figures on CamVid val, from the card's results table

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from mtan.data.common import parse_size
+from mtan.data.registry import SPECS, spec
 
 
 # --class-weights: the power of the median-frequency balance (none: no weights).
@@ -104,8 +105,9 @@ class TrainConfig:
                               ("schedule", ("step", "cosine", "poly"))):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {', '.join(allowed)}")
-        if self.pseudo_depth and not {"camvid", "synthetic"} & set(str(self.data).split("+")):
-            bad("pseudo_depth", f"applies to camvid and synthetic data, and --data is {self.data!r}")
+        if self.pseudo_depth and not any(spec(p).fills_depth for p in str(self.data).split("+")):
+            takes = " and ".join(name for name, s in SPECS.items() if s.fills_depth)
+            bad("pseudo_depth", f"applies to {takes} data, and --data is {self.data!r}")
         for name in ("size", "crop"):
             if getattr(self, name) is not None:
                 try:

@@ -5,24 +5,18 @@ from __future__ import annotations
 import torch
 
 from mtan.data import build_dataset, to_memory
-from mtan.data.pseudo_depth import SKY_INVERSE_DEPTH
+from mtan.data.registry import spec
 from mtan.train.config import TrainConfig
 
 
 def builder_options(config: TrainConfig, part: str, split: str) -> dict:
-    options = {}
-    if part in ("cityscapes", "cityscapes-raw"):
-        options["labels"] = config.labels
-    if part == "synthetic":
-        frames = config.train_frames if split == "train" else config.val_frames
-        if frames is not None:
-            options["num_frames"] = frames
-        options["seed"] = config.seed if split == "train" else 0
-    if config.pseudo_depth and split == "train":  # validation keeps the release convention (sky = invalid)
-        if part == "camvid":
-            options["pseudo_depth"] = True
-        if part == "synthetic":
-            options["sky_depth"] = SKY_INVERSE_DEPTH
+    """The options ``split`` of one part of the run's data is built with: what its spec takes from
+    the run's settings (validation: generated scenes seeded 0, depth as the data has it), then the
+    run's ``--data-option`` values for that part."""
+    train = split == "train"
+    options = spec(part).split_options(split, labels=config.labels, seed=config.seed if train else 0,
+                                       frames=config.train_frames if train else config.val_frames,
+                                       pseudo_depth=config.pseudo_depth)
     options.update(config.data_options.get(part, {}))
     return options
 

@@ -40,6 +40,7 @@ from mtan.data import validate
 from mtan.data.augment import BatchAugment
 from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
+from mtan.data.registry import spec
 from mtan.model import MTAN, ModelConfigError, count_parameters
 from mtan.runtime import all_reduce_, setup_runtime, shard_order
 from mtan.scoring import evaluate_model
@@ -469,8 +470,7 @@ class Engine:
         cfg = self.config
         val = record.get("val") or (self.history and self._last_val()) or {}
         first = next(iter(val.values()), {}) if val else {}
-        dataset_name = {"cityscapes": "CityScapes", "nyuv2": "NYUv2", "camvid": "CamVid",
-                        "synthetic": "mtan procedural street scenes"}.get(cfg.data.split("+")[0], cfg.data)
+        dataset_name = spec(cfg.data.split("+")[0]).title
         table = {f"{name}/{k}" if len(val) > 1 else k: v for name, m in val.items() for k, v in m.items()
                  if not k.startswith("loss.")}
         return {
