@@ -399,3 +399,26 @@ def test_the_first_line_comes_at_once_and_a_log_gets_progress_lines(tmp_path, mo
     assert lines[0].startswith("preparing synthetic: reading")
     progress = [line for line in lines if line.startswith("epoch 1/1: ")]
     assert progress and "batches" in progress[0] and "images/s" in progress[0]
+
+
+def test_every_setting_is_declared_once_and_has_its_flag():
+    """train.py's flags are made from TrainConfig's fields: each field (but the run's own record of
+    its command) has one flag whose help states the field's default, and no flag sets
+    anything unless it is given."""
+    import dataclasses
+
+    from mtan.train.cli import parser
+
+    p = parser()
+    dests: dict = {}
+    for action in p._actions:
+        dests.setdefault(action.dest, action)
+    for f in dataclasses.fields(TrainConfig):
+        assert (f.name in dests) == (f.name != "command"), f.name  # --preset is the preset's own flag
+    assert "(default 0.0001)" in dests["lr"].help and "(default dwa)" in dests["weighting"].help
+    assert dests["weighting"].choices == ("equal", "dwa", "uncertainty")
+    assert all(v is None for k, v in vars(p.parse_args([])).items())
+    args = p.parse_args(["--no-augment", "--no-progress", "--lr", "0.5", "--train-frames", "3"])
+    assert (args.augment, args.progress, args.lr, args.train_frames) == (False, False, 0.5, 3)
+    with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty"):
+        TrainConfig(weighting="often")

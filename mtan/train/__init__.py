@@ -3,7 +3,8 @@
 ==================  ====================================================================
 module              job
 ==================  ====================================================================
-``config``          :class:`TrainConfig`, its checks, the presets
+``config``          :class:`TrainConfig` (each field's default, check and flag, declared once), the presets
+``cli``             ``train.py``: the flags made from the config's fields, resume, exit codes
 ``datasets``        the run's training split and validation sets, held in memory
 ``schedule``        the learning-rate schedule
 ``engine``          :class:`Engine`: the model, optimiser and data of one run, and its loop

@@ -15,96 +15,141 @@ from mtan.data.registry import SPECS, spec
 CLASS_BALANCE = {"none": None, "median-frequency": 1.0, "sqrt-median-frequency": 0.5}
 
 
+def option(default=None, help: str = "", *, group: str, choices=None, whole: int | None = None,
+           number: tuple[float, bool] | None = None, show_default: bool = True, cli: dict | None = None,
+           factory=None):
+    """A field of :class:`TrainConfig` with everything the command line and the checks need: its
+    ``help`` and command-line ``group``; ``choices``; ``whole``: a whole number at least this;
+    ``number``: a finite number above ``low`` (``strict``) or at least it; ``cli``: argparse
+    settings of its own (flags, action), or ``False`` for a field that is not a flag."""
+    meta = {"help": help, "group": group, "choices": choices, "whole": whole, "number": number,
+            "show_default": show_default, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATA, MODEL, OPTIM, ENGINE, HUB = "data", "model", "optimisation", "engine", "hub"
+ON_OFF = ("auto", "on", "off")
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved as ``train_config.json`` in the run folder)."""
+    """Everything that defines a training run (saved as ``train_config.json`` in the run folder).
+    Each field is declared once, here: its default, its check and its command-line flag
+    (``train.py``'s parser is made from these fields, :func:`mtan.train.cli.parser`)."""
 
     # data
-    data: str = "cityscapes"              # registry name, e.g. cityscapes, nyuv2, camvid, synthetic, synthetic+camvid
-    data_root: str | None = None          # folder(s); for mixtures "ROOT_A+ROOT_B"
-    size: str | None = None               # "HxW"; None = the dataset's native size
-    labels: str = "label_7"               # CityScapes release labels: label_7, label_19, label_2
-    train_frames: int | None = None       # synthetic only: frames to generate per split
-    val_frames: int | None = None
-    data_options: dict = field(default_factory=dict)  # extra builder options, e.g. {"camvid": {"classes": 7}}
-    data_workers: int = 0                 # processes that read / render the data once before training (0: this one)
-    pseudo_depth: bool = False            # train split only: CamVid ground-plane depth, sky targets (mtan.data.pseudo_depth)
+    data: str = option("cityscapes", "dataset by registry name: cityscapes, cityscapes-raw, nyuv2, camvid, "
+                       "synthetic, or a mixture like synthetic+camvid", group=DATA)
+    data_root: str | None = option(None, "dataset folder; for a mixture ROOT_A+ROOT_B (synthetic needs none)",
+                                   group=DATA)
+    size: str | None = option(None, "HxW to train at, e.g. 128x256 (default: the dataset's own)", group=DATA)
+    labels: str = option("label_7", "CityScapes label set: label_7, label_19, label_2", group=DATA)
+    train_frames: int | None = option(None, "synthetic: frames to generate for training", group=DATA, whole=1)
+    val_frames: int | None = option(None, "synthetic: frames to generate for validation", group=DATA, whole=1)
+    data_options: dict = option(help="an option of one dataset's builder, e.g. camvid.splits=blocks (train and val "
+                                "split by time, so tuning photos have no near-copy in training) or camvid.splits=all "
+                                "(every labelled photo in training); repeatable", group=DATA, factory=dict,
+                                cli={"flags": ["--data-option"], "action": "append", "metavar": "PART.KEY=VALUE",
+                                     "type": "data_option"})
+    data_workers: int = option(0, "processes that read or render the data once, before training (default 0: the "
+                               "main process; e.g. 16 on a 16-core GPU machine)", group=DATA, whole=0,
+                               show_default=False)
+    augment: bool = option(False, "random scale-crop {1, 1.2, 1.5} + horizontal flip, on the GPU on whole batches",
+                           group=DATA, cli={"no": "no augmentation (the paper)"})
+    scale_range: str | None = option(None, "with --augment: zoom scales drawn log-uniformly in [LOW, HIGH], e.g. "
+                                     "0.5,2.0 (below 1 zooms out: the image sits inside a black, ignored border)",
+                                     group=DATA, cli={"metavar": "LOW,HIGH"})
+    crop: str | None = option(None, "with --augment: train on crops of this size (multiples of 32) of the --size "
+                              "data; validation stays whole", group=DATA, cli={"metavar": "HxW"})
+    photometric: bool = option(False, "colour, gamma, blur, JPEG and noise augmentation on whole batches "
+                               "(mtan/data/photometric.py)", group=DATA)
+    pseudo_depth: bool = option(False, "train split: CamVid gets ground-plane pseudo-depth, sky gets a far target "
+                                "(mtan/data/pseudo_depth.py; the demo preset's default)", group=DATA,
+                                cli={"no": "no pseudo-depth: CamVid trains segmentation only, sky has no depth "
+                                           "target"})
     # model
-    arch: str = "mtan"                    # mtan | split | single
-    task: str | None = None               # the task of a single-task run
-    width: float = 1.0
-    init_from: str | None = None          # start from this model's weights (folder, run folder or Hub id): fine-tuning
+    arch: str = option("mtan", "architecture", group=MODEL, choices=("mtan", "split", "single"))
+    task: str | None = option(None, "the task of --arch single: semantic, depth or normal", group=MODEL)
+    width: float = option(1.0, "width multiplier, 1.0 = the paper's 64..512", group=MODEL, number=(0.0, True))
+    init_from: str | None = option(None, "start from the weights of a saved model with the same architecture, tasks "
+                                   "and width (a folder, a run folder or a Hub repo id): fine-tuning", group=MODEL,
+                                   cli={"metavar": "MODEL"})
     # optimisation (defaults = the paper)
-    weighting: str = "dwa"                # equal | dwa | uncertainty
-    temperature: float = 2.0
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    step_size: int = 100
-    gamma: float = 0.5
-    epochs: int = 200
-    batch_size: int = 8
-    optimizer: str = "adam"               # adam (the paper) | adamw (decoupled weight decay)
-    schedule: str = "step"                # step (StepLR: x gamma every step_size epochs) | cosine | poly (per step)
-    warmup_epochs: float = 0.0            # linear warm-up from 0 over this many epochs (cosine and poly)
-    augment: bool = False                 # random zoom-crop + flip (scales 1, 1.2, 1.5 unless --scale-range)
-    scale_range: str | None = None        # "0.5,2.0": zoom scales drawn log-uniformly, out as well as in
-    crop: str | None = None               # "HxW": training crop (default the data's size); validation stays whole
-    photometric: bool = False             # colour, gamma, blur, JPEG and noise augmentation (mtan.data.photometric)
-    class_weights: str = "none"           # none | median-frequency | sqrt-median-frequency (tempered): class balance
-    label_smoothing: float = 0.0          # semantic cross-entropy label smoothing
-    depth_smoothness: float = 0.0         # weight of an edge-aware smoothness term on the predicted depth
+    weighting: str = option("dwa", "loss weighting", group=OPTIM, choices=("equal", "dwa", "uncertainty"))
+    temperature: float = option(2.0, "DWA temperature T", group=OPTIM, number=(0.0, True))
+    optimizer: str = option("adam", "optimiser: adam (the paper) or adamw (decoupled weight decay)", group=OPTIM,
+                            choices=("adam", "adamw"))
+    lr: float = option(1e-4, "peak learning rate", group=OPTIM, number=(0.0, True))
+    weight_decay: float = option(0.0, "weight decay (decoupled with adamw)", group=OPTIM, number=(0.0, False))
+    schedule: str = option("step", "learning-rate schedule: step (StepLR, the paper), cosine or poly (power 0.9) "
+                           "decay to 0 over the run, per step", group=OPTIM, choices=("step", "cosine", "poly"))
+    warmup_epochs: float = option(0.0, "cosine / poly: linear warm-up over this many epochs", group=OPTIM,
+                                  number=(0.0, False), show_default=False)
+    step_size: int = option(100, "StepLR: epochs between learning-rate drops", group=OPTIM, whole=1)
+    gamma: float = option(0.5, "StepLR: learning-rate factor at each drop", group=OPTIM, number=(0.0, True))
+    class_weights: str = option("none", "semantic training loss: none (the paper), median-frequency balancing of the "
+                                "classes (as SegNet on CamVid, from the training labels), or its square root (a "
+                                "tempered balance: a class 16x rarer than the median weighs 4x)", group=OPTIM,
+                                choices=tuple(CLASS_BALANCE), show_default=False)
+    label_smoothing: float = option(0.0, "semantic cross-entropy label smoothing", group=OPTIM, number=(0.0, False))
+    depth_smoothness: float = option(0.0, "weight of an edge-aware smoothness term on the predicted depth (needs no "
+                                     "depth labels)", group=OPTIM, number=(0.0, False))
+    epochs: int = option(200, "number of epochs", group=OPTIM, whole=1)
+    batch_size: int = option(8, "images per step and process", group=OPTIM, whole=1)
     # engine
-    seed: int = 0
-    device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                     # auto (bf16 on CUDA; on a CPU the faster of off and bf16, timed) | bf16 | off
-    channels_last: str = "auto"           # auto (on CUDA) | on | off
-    compile: bool = False
-    batched_attention: str = "auto"       # auto (on CUDA) | on | off: all tasks' attention as one computation
-    eval_every: int = 1
-    eval_batch_size: int | None = None
-    out: str = "runs/mtan"
-    keep_checkpoints: int = 2
-    progress: bool = True
-    push_to_hub: str | None = None
-    private: bool = False
-    preset: str | None = None
-    command: str | None = None            # the command line that started the run (for the model card)
+    seed: int = option(0, "random seed: same seed, same run", group=ENGINE)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", group=ENGINE)
+    amp: str = option("auto", "bf16 autocast: auto = on CUDA; on a CPU the faster of off and bf16, timed on this "
+                      "machine at start (the choice is logged and kept by --resume)", group=ENGINE,
+                      choices=("auto", "bf16", "off"), show_default=False)
+    channels_last: str = option("auto", "channels-last memory: auto = on CUDA only", group=ENGINE, choices=ON_OFF,
+                                show_default=False)
+    compile: bool = option(False, "torch.compile the model (eager fallback)", group=ENGINE)
+    batched_attention: str = option("auto", "run all tasks' attention branches as one batched computation (same "
+                                    "math): auto = on CUDA", group=ENGINE, choices=ON_OFF, show_default=False)
+    eval_every: int = option(1, "validate every N epochs (and after the last)", group=ENGINE, whole=1,
+                             show_default=False)
+    eval_batch_size: int | None = option(None, "validation batch size (default: --batch-size)", group=ENGINE,
+                                         whole=1)
+    out: str = option("runs/mtan", "run folder (default runs/mtan; the smoke preset uses runs/smoke)", group=ENGINE,
+                      show_default=False)
+    keep_checkpoints: int = option(2, "checkpoints kept in RUN_DIR/checkpoints", group=ENGINE, whole=1)
+    progress: bool = option(True, "no tqdm bars", group=ENGINE,
+                            cli={"flags": ["--no-progress"], "action": "store_false"})
+    push_to_hub: str | None = option(None, "upload the final model, card, curves and metrics", group=HUB,
+                                     cli={"metavar": "USER/REPO"})
+    private: bool = option(False, "create the Hub repo as private", group=HUB)
+    preset: str | None = option(None, group=ENGINE, cli=False)    # the preset the run started from
+    command: str | None = option(None, group=ENGINE, cli=False)   # the command line that started it (model card)
 
     def __post_init__(self):
         self.check()
 
     def check(self) -> None:
         """Reject values that would only fail later (mid-run, or with a traceback); the message
-        names the command-line flag."""
+        names the command-line flag. What each field takes is declared with it (:func:`option`)."""
         def flag(name):
             return "--" + name.replace("_", "-")
 
         def bad(name, why):
             raise ValueError(f"{flag(name)} {getattr(self, name)!r}: {why}")
 
-        for name in ("epochs", "batch_size", "step_size", "eval_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, "must be a whole number >= 1")
-        if isinstance(self.data_workers, bool) or not isinstance(self.data_workers, int) or self.data_workers < 0:
-            bad("data_workers", "must be a whole number >= 0")
-        for name in ("eval_batch_size", "train_frames", "val_frames"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                bad(name, "must be a whole number >= 1")
-        for name, low, strict in (("lr", 0.0, True), ("gamma", 0.0, True), ("temperature", 0.0, True),
-                                  ("weight_decay", 0.0, False), ("width", 0.0, True), ("warmup_epochs", 0.0, False),
-                                  ("label_smoothing", 0.0, False), ("depth_smoothness", 0.0, False)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or (value <= low if strict else value < low):
-                bad(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
-        for name, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", "on", "off")),
-                              ("batched_attention", ("auto", "on", "off")),
-                              ("class_weights", tuple(CLASS_BALANCE)), ("optimizer", ("adam", "adamw")),
-                              ("schedule", ("step", "cosine", "poly"))):
-            if getattr(self, name) not in allowed:
-                bad(name, f"must be one of {', '.join(allowed)}")
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None and f.default is None:
+                continue
+            if meta.get("whole") is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                  or value < meta["whole"]):
+                bad(f.name, f"must be a whole number >= {meta['whole']}")
+            if meta.get("number") is not None:
+                low, strict = meta["number"]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or (value <= low if strict else value < low):
+                    bad(f.name, f"must be a finite number {'>' if strict else '>='} {low:g}")
+            if meta.get("choices") and value not in meta["choices"]:
+                bad(f.name, f"must be one of {', '.join(meta['choices'])}")
         if self.pseudo_depth and not any(spec(p).fills_depth for p in str(self.data).split("+")):
             takes = " and ".join(name for name, s in SPECS.items() if s.fills_depth)
             bad("pseudo_depth", f"applies to {takes} data, and --data is {self.data!r}")
