@@ -206,8 +206,8 @@ def full_width_model(resolution: str, folder: Path = FULL_WIDTH_FOLDER, width: f
 
     from mtan import MTAN, preset_tasks
     from mtan.data.common import parse_size
-    from mtan.fast import PRECISIONS
-    from mtan.int8 import int8_available, int8_calibration
+    from mtan.records import PRECISIONS
+    from mtan.inference.int8 import int8_available, int8_calibration
 
     torch.manual_seed(0)
     model = MTAN(preset_tasks("nyuv2"), arch="mtan", width=width).eval()

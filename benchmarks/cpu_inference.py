@@ -14,7 +14,7 @@ have realistic scales; its predictions still have near-ties that trained weights
 Paths, on the same weights and the same input (a generated 256x512 street frame):
 
 * ``naive``: the model as loaded, eager fp32 NCHW, BatchNorm as separate layers;
-* ``fast``: ``mtan.fast.optimize_for_inference(model)`` as the app uses it (BatchNorm folded,
+* ``fast``: ``mtan.inference.fast.optimize_for_inference(model)`` as the app uses it (BatchNorm folded,
   conv + activation fused in oneDNN, channels-last, float32);
 * ``fast_bf16``, ``fast_bf16_convs``, ``fast_int8``: the same in bf16, in bf16 convolutions with
   float32 attention masks and heads, and in int8 convolutions (activation scales calibrated on
@@ -48,14 +48,14 @@ from _common import REPO, emit, load_average, log, machine
 
 from mtan import MTAN, count_parameters, preset_tasks
 from mtan.data.common import parse_size
-from mtan.fast import (
+from mtan.inference.fast import (
     PRECISIONS,
     cpu_amx_bf16,
     cpu_bf16_support,
     optimize_for_inference,
     resolve_precision,
 )
-from mtan.int8 import int8_available, int8_calibration
+from mtan.inference.int8 import int8_available, int8_calibration
 
 GOALS = {"speedup": 3.0, "label_agreement": 0.995, "depth_mean_rel_diff": 0.01, "default_model_forward_s": 0.3}
 

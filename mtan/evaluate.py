@@ -51,13 +51,13 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     """Metrics of ``model`` (an MTAN, a folder or a Hub repo id) on a dataset split, at the data's
     own size (or ``size``), or as the app sees photos with ``app_resolution`` ("256x512").
     ``metrics_out`` receives each task's metric object (see :func:`mtan.scoring.evaluate_model`).
-    ``precision``: run through the app's inference copy (:mod:`mtan.fast`) in this precision
+    ``precision``: run through the app's inference copy (:mod:`mtan.inference.fast`) in this precision
     (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
     activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
     from mtan.data import build_dataset, to_memory, validate
     from mtan.data.registry import spec
     from mtan.scoring import evaluate_model
-    from mtan.fast import optimize_for_inference
+    from mtan.inference.fast import optimize_for_inference
     from mtan.model import MTAN
     from mtan.runtime import pick_device
 
@@ -143,7 +143,7 @@ def evaluate_run(run, **kwargs) -> dict:
 def main(argv=None) -> int:
     from mtan.cli import help_text
 
-    from mtan.fast import PRECISIONS
+    from mtan.records import PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,12 +5,12 @@
 
 A reduced precision (bf16; bf16 convolutions with float32 attention masks and heads; int8
 convolutions with activation scales calibrated on generated street scenes and training photos;
-see :mod:`mtan.fast`) is judged by what it does to the tasks, not by pixel-by-pixel agreement with
+see :mod:`mtan.inference.fast`) is judged by what it does to the tasks, not by pixel-by-pixel agreement with
 float32: each candidate scores the same validation sets through the app's inference path
 (:func:`mtan.evaluate.evaluate` with ``precision=``), and it is *kept* when every mIoU stays within
 ``0.005`` of float32's and every depth error (``abs_err``, ``rel_err``) within 2 % of float32's,
 relative. The record goes into the model folder as ``precisions.json``; the app and
-:func:`mtan.fast.optimize_for_inference` then time only the kept ones on the machine at hand
+:func:`mtan.inference.fast.optimize_for_inference` then time only the kept ones on the machine at hand
 and run the fastest. A folder without the file runs in float32.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from mtan.fast import PRECISIONS
-from mtan.int8 import int8_available, int8_calibration
+from mtan.records import PRECISIONS
+from mtan.inference.int8 import int8_available, int8_calibration
 from mtan.records import ResolutionAdvice, write_record
 
 MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's

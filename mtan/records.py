@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtan.fast import PRECISIONS
+#: The precisions a model can run in (what each is: :mod:`mtan.inference.fast`); fp32 is the reference.
+PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
 
 # Processing resolutions offered in the app (height x width); photos are fitted inside them.
 RESOLUTIONS = ("128x256", "256x512", "512x1024")

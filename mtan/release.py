@@ -7,7 +7,7 @@ every part of its training data (exactly what ``python -m mtan.evaluate`` prints
 numbers can be checked with the commands it lists); it is scored at each of the app's processing
 resolutions (``resolutions.json``) and in each reduced precision (``precisions.json``: which keep
 its quality, see :mod:`mtan.precision`); its forward time is measured on this machine's CPU at
-256x512 through the app's inference path (``mtan.fast``, in the fastest kept precision), and the
+256x512 through the app's inference path (``mtan.inference.fast``, in the fastest kept precision), and the
 folder gets ``model.safetensors``, ``config.json`` and a model card with the data, the command,
 the training time and hardware, the metrics, the speed and the limits.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mtan.data.registry import SPECS, spec
-from mtan.fast import optimize_for_inference
+from mtan.inference.fast import optimize_for_inference
 from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
 from mtan.precision import table as precision_table
 from mtan.records import (DEFAULT_RESOLUTION, PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS, RESOLUTIONS_FILE,
@@ -69,7 +69,7 @@ depth), so the generated-scene depth errors above are over surfaces only.
 
 
 def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",), int8_scales=None) -> dict:
-    """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.fast):
+    """Median forward time (s) at ``size``, batch 1, on the CPU, through the app's path (mtan.inference.fast):
     the precision the app would choose here among ``allowed`` (timed afresh), and float32."""
     from mtan.data.synthetic import render_frame
 

@@ -3,7 +3,7 @@
 Which precision or schedule is fastest depends on the processor (bf16 convolutions run at twice
 the float32 rate on some CPUs and half of it on others), so the project decides by measuring,
 never from CPU flags. The trainer's ``--amp auto`` uses this on a CPU, and the inference copy
-(:mod:`mtan.fast`) its precision; the inference choice is remembered (:func:`remember_choice`) so
+(:mod:`mtan.inference.fast`) its precision; the inference choice is remembered (:func:`remember_choice`) so
 that a restart on the same machine does not measure again.
 """
 from __future__ import annotations

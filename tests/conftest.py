@@ -20,7 +20,7 @@ CAMVID = Path(os.environ.get("MTAN_CAMVID") or next(
 
 # Tests run on 2 CPU cores: keep torch from oversubscribing them.
 torch.set_num_threads(2)
-# Measured precision choices (mtan.fast) go to a folder of this test run, never the user's cache;
+# Measured precision choices (mtan.inference.fast) go to a folder of this test run, never the user's cache;
 # the apps the tests start inherit it.
 os.environ["MTAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtan-test-cache-")
 # The apps the tests start run eager: a background torch.compile would take both cores for minutes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mtan.int8 import int8_available
+from mtan.inference.int8 import int8_available
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -151,7 +151,7 @@ def test_app_latency_full_width_model_folder(tmp_path):
     from app_latency import full_width_model
 
     from mtan import MTAN
-    from mtan.int8 import int8_available
+    from mtan.inference.int8 import int8_available
     from mtan.records import allowed_precisions, int8_scales, read_record
 
     folder = Path(full_width_model("64x128", folder=tmp_path / "fw", width=0.0625))

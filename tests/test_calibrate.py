@@ -9,7 +9,7 @@ import torch
 
 from mtan import MTAN, preset_tasks
 from mtan.calibrate import Scores, calibrate, confusion, fit_class_bias, main, miou
-from mtan.fast import optimize_for_inference
+from mtan.inference.fast import optimize_for_inference
 from mtan.tasks import task_from_config
 
 

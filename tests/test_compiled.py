@@ -1,4 +1,4 @@
-"""torch.compile for inference where it is measured faster (mtan.compiled): the sizes warmed up,
+"""torch.compile for inference where it is measured faster (mtan.inference.compiled): the sizes warmed up,
 the measurement and its record, compiled only for warmed sizes, eager when compiling fails."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.compiled import CompileWarmUp, compile_key, warm_up_sizes
-from mtan.fast import optimize_for_inference
+from mtan.inference.compiled import CompileWarmUp, compile_key, warm_up_sizes
+from mtan.inference.fast import optimize_for_inference
 from mtan.timing import choice_cache_path, remember_choice
 
 

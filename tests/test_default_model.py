@@ -120,7 +120,7 @@ def test_precision_record_keeps_every_precision_with_int8_calibration():
     """weights/precisions.json: every precision scored on both validation sets (kept or dropped by
     the quality rule); int8's scales cover every quantised block, measured for inputs on 0..127;
     the app offers the kept ones and times them."""
-    from mtan.int8 import INT8_INPUT_LEVELS
+    from mtan.inference.int8 import INT8_INPUT_LEVELS
     from mtan.model import ConvBNReLU
     from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
     from mtan.records import allowed_precisions, int8_scales, read_record

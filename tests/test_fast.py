@@ -9,14 +9,14 @@ import torch
 import torch.nn as nn
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import (
+from mtan.inference.fast import (
     InferenceModel,
     cpu_bf16_support,
     onednn_fusion_available,
     optimize_for_inference,
     resolve_precision,
 )
-from mtan.folding import fold_batchnorm
+from mtan.inference.folding import fold_batchnorm
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """Reduced precisions: kept only where the quality stays (mtan.precision), run only where they are
-faster on the machine at hand (mtan.fast.optimize_for_inference), the choice remembered."""
+faster on the machine at hand (mtan.inference.fast.optimize_for_inference), the choice remembered."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mtan import MTAN, preset_tasks
-from mtan.fast import InferenceModel, optimize_for_inference
-from mtan.int8 import Int8ConvReLU, int8_available, int8_calibration
+from mtan.inference.fast import InferenceModel, optimize_for_inference
+from mtan.inference.int8 import Int8ConvReLU, int8_available, int8_calibration
 from mtan.model import AttentionMask, ConvBNReLU
 from mtan.precision import check_precisions, verdict
 from mtan.records import allowed_precisions, int8_scales, read_record

@@ -10,7 +10,7 @@ import pytest
 from cardhelpers import card_commands, check_card_against, run_commands
 
 from mtan import MTAN
-from mtan.int8 import int8_available
+from mtan.inference.int8 import int8_available
 
 REPO = Path(__file__).resolve().parents[1]
 

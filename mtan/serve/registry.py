@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mtan.compiled import COMPILE_MODES, CompileWarmUp, warm_up_sizes
-from mtan.fast import optimize_for_inference, resolve_precision
+from mtan.inference.compiled import COMPILE_MODES, CompileWarmUp, warm_up_sizes
+from mtan.inference.fast import optimize_for_inference, resolve_precision
 from mtan.model import MTAN, ModelConfigError
 from mtan.records import PRECISIONS_FILE, RESOLUTIONS_FILE, ResolutionAdvice, allowed_precisions, read_record
 from mtan.records import int8_scales as recorded_int8_scales
@@ -41,7 +41,7 @@ class LoadedModel:
     precisions: tuple[str, ...] = ("fp32",)  # those that keep the model's quality (its precisions.json)
     precision: str = "auto"                  # what to run: auto = the fastest of ``precisions`` here
     int8_scales: dict | None = None          # int8's activation scales (its precisions.json)
-    compile: str = "off"                     # auto: torch.compile warmed up in the background (mtan.compiled)
+    compile: str = "off"                     # auto: torch.compile warmed up in the background (mtan.inference.compiled)
     precisions_recorded: bool = False        # whether the model has a precisions.json at all
     _warm_up: CompileWarmUp | None = field(default=None, repr=False)  # started with the runner (compile="auto")
 
@@ -51,7 +51,7 @@ class LoadedModel:
 
     @functools.cached_property
     def runner(self):
-        """What runs the photos: the inference copy of ``mtan.fast`` (BatchNorm folded, fused
+        """What runs the photos: the inference copy of ``mtan.inference.fast`` (BatchNorm folded, fused
         convolutions, channels-last), built once, in ``precision`` (``auto``: the fastest on this
         machine of the precisions that keep the model's quality, timed at the default processing
         resolution and remembered); ``MTAN_FAST_INFERENCE=0`` uses the plain model. Falls back to

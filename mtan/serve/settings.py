@@ -6,8 +6,8 @@ import argparse
 import os
 import re
 
-from mtan.compiled import COMPILE_MODES
-from mtan.fast import PRECISIONS
+from mtan.inference.compiled import COMPILE_MODES
+from mtan.records import PRECISIONS
 from mtan.serve.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS
 from mtan.serve.streams import DEFAULT_LIVE_IDLE_SECONDS, DEFAULT_LIVE_SECONDS, DEFAULT_LIVE_STREAMS
 

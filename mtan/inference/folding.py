@@ -1,5 +1,5 @@
 """BatchNorm folded into the convolution before it: the eval-mode arithmetic of both in one
-convolution, for inference copies (:mod:`mtan.fast`, :mod:`mtan.int8`)."""
+convolution, for inference copies (:mod:`mtan.inference.fast`, :mod:`mtan.inference.int8`)."""
 from __future__ import annotations
 
 import copy

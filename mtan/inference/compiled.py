@@ -1,6 +1,6 @@
 """torch.compile for inference, used only where it is measured faster.
 
-Compiling the inference copy (:mod:`mtan.fast`) with ``torch.compile`` makes a forward pass
+Compiling the inference copy (:mod:`mtan.inference.fast`) with ``torch.compile`` makes a forward pass
 10-20 % faster on some CPUs, but the first call at each input size compiles for about a minute
 on two cores, and a compiled network that is not faster is no gain. So the app compiles in a
 background thread, at low priority, one input size after another (the sizes that photos of the
@@ -55,7 +55,7 @@ def warm_up_sizes(box: tuple[int, int], aspects=ASPECTS) -> list[tuple[int, int]
 
 def compile_key(runner, size: tuple[int, int]) -> str:
     """What a compile measurement depends on: the precision measurement's key, the precision and the size."""
-    from mtan.fast import choice_key
+    from mtan.inference.fast import choice_key
 
     return f"compile | {choice_key(runner, [runner.precision], size, runner.device)}"
 
@@ -70,7 +70,7 @@ def _lower_priority() -> None:
 
 
 class CompileWarmUp:
-    """Compiles ``runner`` (an :class:`~mtan.fast.InferenceModel`) for each of ``sizes`` (h, w),
+    """Compiles ``runner`` (an :class:`~mtan.inference.fast.InferenceModel`) for each of ``sizes`` (h, w),
     times it against eager and lets the compiled network run the sizes where it is faster.
     ``status`` says, per size, what was measured and what runs; ``error`` why compiling stopped."""
 

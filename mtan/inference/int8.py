@@ -1,6 +1,6 @@
 """int8 inference: the 3x3 convolution + ReLU blocks of the encoder, decoder and attention
 branches as PyTorch's quantised CPU kernels (weights int8 per output channel, activations uint8
-with scales calibrated on photos by its histogram observers). :class:`mtan.fast.InferenceModel`
+with scales calibrated on photos by its histogram observers). :class:`mtan.inference.fast.InferenceModel`
 uses it for ``precision="int8"``; :mod:`mtan.precision` checks that a model keeps its quality."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from mtan.folding import fold_batchnorm
+from mtan.inference.folding import fold_batchnorm
 from mtan.model import MTAN, ConvBNReLU
 
 # PyTorch marks its quantised tensor types as deprecated (in favour of torchao) but still ships them;

@@ -21,17 +21,17 @@ give the same dict structure, shapes and float32 dtypes) but runs faster:
   hand and keeps the fastest (see :func:`optimize_for_inference`); ``int8``: every 3x3
   convolution + ReLU of the encoder, decoder and attention branches as a quantised oneDNN / FBGEMM
   call (weights int8 per output channel, activations uint8 with the scales measured on
-  calibration photos by PyTorch's histogram observers, :func:`mtan.int8.int8_calibration`), the attention
+  calibration photos by PyTorch's histogram observers, :func:`mtan.inference.int8.int8_calibration`), the attention
   masks and heads in float32;
 * optionally ``torch.compile`` on top: ``compile=True`` for every input size, or only for the
-  sizes where :mod:`mtan.compiled` measured it faster (what the app does); eager if it fails;
+  sizes where :mod:`mtan.inference.compiled` measured it faster (what the app does); eager if it fails;
 * optionally (``batched_attention=True``) the tasks' attention branches batched together (see
   ``MTAN.set_batched_attention``; on a CPU at batch 1 the per-task loop is faster, so it is off).
 
 Example (what the app does)::
 
     from mtan import MTAN
-    from mtan.fast import optimize_for_inference
+    from mtan.inference.fast import optimize_for_inference
 
     model = MTAN.from_pretrained("weights")
     fast = optimize_for_inference(model)              # CPU, float32
@@ -49,13 +49,12 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from mtan.folding import fold_batchnorm
-from mtan.int8 import int8_available, quantise_blocks
+from mtan.inference.folding import fold_batchnorm
+from mtan.inference.int8 import int8_available, quantise_blocks
 from mtan.model import MTAN, AttentionMask
+from mtan.records import PRECISIONS
 from mtan.timing import cpu_identity, measure, remember_choice, remembered_choice, still_fresh
 
-#: The precisions an inference copy can run in (see the module docstring); fp32 is the reference.
-PRECISIONS = ("fp32", "bf16", "bf16-convs", "int8")
 
 
 # ---- What the processor supports -------------------------------------------------------------
@@ -383,7 +382,7 @@ def optimize_for_inference(model: MTAN, device=None, precision: str = "auto", ch
     remembered per processor, torch version, thread count and network shape (in
     :func:`mtan.timing.choice_cache_path`; ``remember=False`` measures afresh and keeps nothing), so that a
     restart is quick. The copy's ``choice`` and ``describe()`` say what was measured.
-    ``int8_scales``: the activation scales int8 needs (:func:`mtan.int8.int8_calibration`; in
+    ``int8_scales``: the activation scales int8 needs (:func:`mtan.inference.int8.int8_calibration`; in
     ``precisions.json``); without them int8 is not a candidate.
     """
     def build(p: str) -> InferenceModel:
