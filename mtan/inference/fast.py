@@ -52,6 +52,7 @@ import torch.nn as nn
 from mtan.inference.folding import fold_batchnorm
 from mtan.inference.int8 import int8_available, quantise_blocks
 from mtan.model import MTAN, AttentionMask
+from mtan.model.face import TaskNetwork
 from mtan.records import PRECISIONS
 from mtan.timing import cpu_identity, measure, remember_choice, remembered_choice, still_fresh
 
@@ -221,7 +222,7 @@ class _Float32Island(nn.Module):
         return self.block(x.float()).to(x.dtype)
 
 
-class InferenceModel(nn.Module):
+class InferenceModel(TaskNetwork, nn.Module):
     """An optimised, inference-only copy of an :class:`~mtan.model.MTAN` (see the module docstring).
 
     ``forward(x, return_attention=False)`` and ``predict(image, return_attention=False)`` behave
@@ -289,19 +290,6 @@ class InferenceModel(nn.Module):
                 self.compile_error = f"{type(e).__name__}: {e}"
         self.train(False)
 
-    # mirror the source model's descriptive API
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-    def task(self, name: str):
-        return MTAN.task(self, name)
-
-    def config(self) -> dict:
-        return MTAN.config(self)
-
-    check_input = staticmethod(MTAN.check_input)
-
     def train(self, mode: bool = True):
         """Always inference: the folded network has no training mode (the flag is kept for ``predict``)."""
         self.training = bool(mode)
@@ -355,8 +343,6 @@ class InferenceModel(nn.Module):
                     {k: {part: [mask(m) for m in ms] for part, ms in v.items()} for k, v in masks.items()})
         return {k: out(v) for k, v in result.items()}
 
-    # The same padding / cropping as MTAN.predict (it calls self(...), i.e. the fast forward).
-    predict = MTAN.predict
 
     def __repr__(self) -> str:
         return f"InferenceModel({self.arch} x{self.width:g}, tasks {self.task_names}; {self.describe()})"

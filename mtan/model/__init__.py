@@ -4,6 +4,8 @@
 module          job
 ==============  ======================================================================
 ``network``     :class:`MTAN`: the whole network, its configs, saving and loading
+``face``        :class:`TaskNetwork`: tasks by name, config, input check, ``predict`` (shared
+                with the inference copy)
 ``blocks``      convolution layers, attention masks, heads, encoder and decoder stages
 ``batched``     every task's attention branch run in one batched call
 ``geometry``    inputs of any size: pad to multiples of 32, crop outputs back, mirror average
