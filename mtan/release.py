@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -271,19 +272,26 @@ def calibration_text(record: dict) -> str:
             + head + "\n" + line + "\n" + "\n".join(rows))
 
 
-def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
-            latency: bool = True, check_precision: bool = True, calibrate: bool = False, log=print) -> dict:
-    from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
-    from mtan.train import TrainConfig
-    from mtan.model import MTAN, count_parameters
+@dataclass
+class Figures:
+    """What a release measures of a run's model before it writes anything."""
 
-    run, out = Path(run), Path(out)
-    for name in ("train_config.json", "metrics.jsonl", "model.safetensors", "config.json"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run} is not a finished training run: {name} is missing (train.py --out "
-                                    "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
-    config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
-    model = MTAN.from_pretrained(run).eval()
+    evaluations: list[dict]            # each validation set's metrics and the command that scores them
+    resolutions: dict | None           # mIoU at each of the app's processing resolutions
+    best: str                          # the resolution the app starts at
+    precisions: dict | None            # each precision's quality (precisions.json)
+    speed: dict | None                 # the forward time as the app runs it
+    calibration: dict | None           # the class bias's record, when one was fitted
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return allowed_precisions(self.precisions)
+
+
+def measure(model, config, latency: bool = True, check_precision: bool = True, calibrate: bool = False,
+            log=print) -> Figures:
+    """Calibrate (when asked: the class bias goes into ``model``), score every validation set, the
+    app's processing resolutions and each precision, and time the forward pass."""
     calibration = None
     if calibrate:
         from mtan.tasks import find_task
@@ -291,22 +299,20 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         log("fitting the class bias on the run's real training photos ...")
         bias, calibration = calibrate_on_run(model, config, log=log)
         find_task(model.tasks, "semantic").class_bias = tuple(float(v) for v in bias)
-    log(f"evaluating {run} on the validation split of {config.data} ...")
+    log(f"evaluating the run on the validation split of {config.data} ...")
     evaluations = evaluate_run(model, config)
     log("scoring the app's processing resolutions ...")
     resolutions = measure_resolutions(model, config)
     best = ResolutionAdvice.from_record(resolutions).default
     precisions = check_run_precisions(model, config, best, log=log) if check_precision else None
-    allowed = allowed_precisions(precisions)
-    speed = forward_latency(model, allowed=allowed, int8_scales=int8_scales(precisions)) if latency else None
+    speed = (forward_latency(model, allowed=allowed_precisions(precisions), int8_scales=int8_scales(precisions))
+             if latency else None)
+    return Figures(evaluations, resolutions, best, precisions, speed, calibration)
 
-    parts = config.data.split("+")
-    trained_on = {p: spec(p).trained_on(config) for p in parts}
-    data_lines = [f"- `{p}`: {trained_on[p]}" for p in parts]
-    data_text = "\n".join(data_lines) + (
-        f"\n\nAt {config.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
-        "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
-        "val figures are at the photos' own 360x480.")
+
+def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, int]:
+    """The card's *Training* section (each stage's command, epochs, hours and settings), the facts
+    behind it, and how many stages there were."""
     stages = training_stages(run, config)
     total_hours = sum(f["seconds"] for _, f in stages) / 3600
     texts = []
@@ -321,9 +327,55 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
             + (f", label smoothing {cfg.label_smoothing:g}" if getattr(cfg, "label_smoothing", 0) else "")
             + (f", edge-aware depth smoothness {cfg.depth_smoothness:g}" if getattr(cfg, "depth_smoothness", 0) else "")
             + (f", starting from `{cfg.init_from}`" if cfg.init_from else "") + ".")
-    train_text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
-                                        f"{torch.get_num_threads()} threads.")
-    facts = {"stages": [f for _, f in stages], "seconds": total_hours * 3600}
+    text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
+                                 f"{torch.get_num_threads()} threads.")
+    return text, {"stages": [f for _, f in stages], "seconds": total_hours * 3600}, len(stages)
+
+
+def figure_sections(figures: Figures, out: Path) -> list[tuple[str, str]]:
+    """The card's sections of measured figures: how to check them, the calibration, the
+    precisions, the speed."""
+    check = "\n".join(f"    {ev['command']}".replace("MODEL", str(out)) for ev in figures.evaluations)
+    sections = [("How to check the results", (
+        "Reproduce every figure (`depth_order.*` is scored without depth ground truth: "
+        "`ground_row_spearman` is Spearman's rho between the predicted inverse depth of road and pavement "
+        "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
+        "has the lowest mean inverse depth of all classes in view):\n\n" + check))]
+    if figures.calibration:
+        sections.append(("Calibration", calibration_text(figures.calibration)))
+    precisions = figures.precisions
+    if precisions:
+        kept = ", ".join(p for p in figures.allowed)
+        sections.append(("Precision", (
+            f"Each precision scored as the app runs photos at {figures.best} (`python -m mtan.precision MODEL`; int8 "
+            f"with activation scales from {precisions['precisions'].get('int8', {}).get('calibrated_on', 'no calibration')}); a "
+            f"reduced one is kept when every mIoU stays within {MIOU_TOLERANCE:g} of fp32 and every depth error "
+            f"within {ERROR_TOLERANCE:.0%} (`{PRECISIONS_FILE}`). Kept: {kept}. The app times the kept ones on "
+            f"the machine it runs on and uses the fastest.\n\n{precision_table(precisions)}")))
+    speed = figures.speed
+    if speed:
+        choice = speed.get("choice")
+        times = (" (" + ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in choice["seconds"].items()) + ")") if choice else ""
+        sections.append(("Speed", f"Forward pass at {speed['size']}, batch 1, as the app runs it (BatchNorm "
+                                  f"folded, fused convolutions, channels-last, {speed['precision']}{times}): median "
+                                  f"{speed['median_s'] * 1000:.0f} ms (best {speed['min_s'] * 1000:.0f} ms) on "
+                                  f"{speed['cpu']}, {speed['threads']} threads."))
+    return sections
+
+
+def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_id: str | None,
+                   hardware: str | None) -> tuple[dict, dict]:
+    """The model card's contents (for ``save_pretrained``) and the training facts behind them."""
+    from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
+    from mtan.model import count_parameters
+
+    parts = config.data.split("+")
+    trained_on = {p: spec(p).trained_on(config) for p in parts}
+    data_text = "\n".join(f"- `{p}`: {trained_on[p]}" for p in parts) + (
+        f"\n\nAt {config.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
+        "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
+        "val figures are at the photos' own 360x480.")
+    train_text, facts, n_stages = training_text(run, config, hardware)
     sections = [("Data", data_text), ("Training", train_text)]
     if config.pseudo_depth:
         from mtan.data.camvid import default_root
@@ -333,44 +385,19 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
         horizon = estimate_horizon(str(Path(root) / "train" / "labels"), road_value=3) if root else float("nan")
         sections.append(("Depth on real photos", PSEUDO_DEPTH.format(horizon=horizon, cam_h=CAMERA_HEIGHT_M,
                                                                       hfov=HFOV_DEG, sky=SKY_INVERSE_DEPTH)))
-    check = "\n".join(f"    {ev['command']}".replace("MODEL", str(out)) for ev in evaluations)
-    results_note = (
-        "Reproduce every figure (`depth_order.*` is scored without depth ground truth: "
-        "`ground_row_spearman` is Spearman's rho between the predicted inverse depth of road and pavement "
-        "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
-        "has the lowest mean inverse depth of all classes in view):\n\n" + check)
-    sections.append(("How to check the results", results_note))
-    if calibration:
-        sections.append(("Calibration", calibration_text(calibration)))
-    if precisions:
-        kept = ", ".join(p for p in allowed)
-        sections.append(("Precision", (
-            f"Each precision scored as the app runs photos at {best} (`python -m mtan.precision MODEL`; int8 "
-            f"with activation scales from {precisions['precisions'].get('int8', {}).get('calibrated_on', 'no calibration')}); a "
-            f"reduced one is kept when every mIoU stays within {MIOU_TOLERANCE:g} of fp32 and every depth error "
-            f"within {ERROR_TOLERANCE:.0%} (`{PRECISIONS_FILE}`). Kept: {kept}. The app times the kept ones on "
-            f"the machine it runs on and uses the fastest.\n\n{precision_table(precisions)}")))
-    if speed:
-        choice = speed.get("choice")
-        times = (" (" + ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in choice["seconds"].items()) + ")") if choice else ""
-        sections.append(("Speed", f"Forward pass at {speed['size']}, batch 1, as the app runs it (BatchNorm "
-                                  f"folded, fused convolutions, channels-last, {speed['precision']}{times}): median "
-                                  f"{speed['median_s'] * 1000:.0f} ms (best {speed['min_s'] * 1000:.0f} ms) on "
-                                  f"{speed['cpu']}, {speed['threads']} threads."))
+    sections += figure_sections(figures, out)
     width_note = (f"narrow (width x{model.width:g}, {count_parameters(model) / 1e6:.1f} M parameters) so that it "
                   "answers fast on a small CPU" if model.width < 1 else "the paper's full width")
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on[p] for p in parts),
                                              width_note=width_note,
                                              size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
-    how = (f"fine-tuned from an earlier model (`{config.init_from}`)" if config.init_from and len(stages) == 1
+    how = (f"fine-tuned from an earlier model (`{config.init_from}`)" if config.init_from and n_stages == 1
            else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
                f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."
                + (" A per-class bias fitted on labelled photos after training calibrates its segmentation "
-                  "(*Calibration*)." if calibration else "") if set(parts) == {"synthetic", "camvid"} else None)
-    card_kwargs = dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in evaluations],
-                       sections=sections, summary=summary, repo_id=repo_id,
-                       dataset_name=None, training_command=None, data=None)
+                  "(*Calibration*)." if figures.calibration else "") if set(parts) == {"synthetic", "camvid"} else None)
+    resolutions = figures.resolutions
     if resolutions:
         rows = "\n".join(f"| {r} | {v:.4f} |" for r, v in resolutions["scores"].items())
         sections.insert(-1, ("Processing resolutions", (
@@ -378,20 +405,47 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
             f"outputs brought back to the photo's size): the app offers the resolutions within "
             f"{RESOLUTION_TOLERANCE:g} of the best and starts at the best (`{RESOLUTIONS_FILE}`).\n\n"
             f"| resolution | mIoU |\n|---|---|\n{rows}")))
+    return dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in figures.evaluations],
+                sections=sections, summary=summary, repo_id=repo_id, dataset_name=None, training_command=None,
+                data=None), facts
+
+
+def write_release(out: Path, model, card_kwargs: dict, figures: Figures) -> None:
+    """The model folder: weights and config, the card, and the records of what was measured."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, model_card_kwargs=card_kwargs)
-    if resolutions:
-        (out / RESOLUTIONS_FILE).write_text(json.dumps(resolutions, indent=1) + "\n")
-    if precisions:
-        write_record(out, precisions)
-    if calibration:
+    if figures.resolutions:
+        (out / RESOLUTIONS_FILE).write_text(json.dumps(figures.resolutions, indent=1) + "\n")
+    if figures.precisions:
+        write_record(out, figures.precisions)
+    if figures.calibration:
         from mtan.calibrate import CALIBRATION_FILE
 
-        (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1) + "\n")
+        (out / CALIBRATION_FILE).write_text(json.dumps(figures.calibration, indent=1) + "\n")
     # save_pretrained keeps an existing README.md: the card of the model written now replaces it
     model.generate_model_card(**card_kwargs).save(out / "README.md")
-    report = {"evaluations": evaluations, "training": facts, "speed": speed, "precisions": precisions,
-              "calibration": calibration,
+
+
+def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
+            latency: bool = True, check_precision: bool = True, calibrate: bool = False, log=print) -> dict:
+    """A finished run's model as a model folder in ``out``: measured (:func:`measure`), its card
+    written from the figures (:func:`card_kwargs_of`), saved (:func:`write_release`)."""
+    from mtan.model import MTAN
+    from mtan.train import TrainConfig
+
+    run, out = Path(run), Path(out)
+    for name in ("train_config.json", "metrics.jsonl", "model.safetensors", "config.json"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run} is not a finished training run: {name} is missing (train.py --out "
+                                    "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
+    config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
+    model = MTAN.from_pretrained(run).eval()
+    log(f"measuring {run} ...")
+    figures = measure(model, config, latency=latency, check_precision=check_precision, calibrate=calibrate, log=log)
+    card_kwargs, facts = card_kwargs_of(run, out, config, model, figures, repo_id, hardware)
+    write_release(out, model, card_kwargs, figures)
+    report = {"evaluations": figures.evaluations, "training": facts, "speed": figures.speed,
+              "precisions": figures.precisions, "calibration": figures.calibration,
               "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
     log(json.dumps(report, indent=2, default=float))
     return report
