@@ -422,3 +422,22 @@ def test_colorbar_and_depth_png():
     assert top == 1.0 and png.tolist() == [[1, 32768, 65535, 1, 0]] and "1.85" in text  # sky 1 = farthest
     assert "0 = no value" in text and "(the sky)" in text
     assert not re.search(r"(?<![\w.])-\d", colorbar_html(inverse, (-0.006, 0.1)))  # never a negative number
+
+
+def test_distances_of_the_vehicles_and_people(client, models, tmp_path):
+    """/distances: the regions of the listed classes with their distance, nearest first, as JSON;
+    a model whose classes have no vehicle or person lists none."""
+    from gradio_client import handle_file
+
+    path, size = _write("jpeg", tmp_path)
+    out = client.predict(handle_file(str(path)), models["city"], "128x256", False, api_name="/distances")
+    assert set(out) == {"objects", "photo_size", "note"} and out["photo_size"] == list(size)
+    assert "approximate" in out["note"]
+    metres = [o["metres"] for o in out["objects"]]
+    assert metres == sorted(metres) and all(m > 0 for m in metres)
+    for o in out["objects"]:
+        assert o["class"] in ("vehicle", "human") and o["where"] in ("left", "ahead", "right") and 0 < o["share"] <= 1
+        left, top, right, bottom = o["box"]
+        assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+    indoor = client.predict(handle_file(str(path)), models["nyu"], "128x256", False, api_name="/distances")
+    assert indoor["objects"] == []

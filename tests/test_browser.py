@@ -136,7 +136,13 @@ def visit(url: str, window, image: Path, screenshot: Path | None = None, timeout
             legend = [e.get_attribute("data-class") for e in
                       driver.find_elements(By.CSS_SELECTOR, "#legend .mtan-legend-item")]
             seen.update(legend=legend, summary=driver.find_element(By.CSS_SELECTOR, "#summary").text,
-                        text=page.text(), downloads=len(driver.find_elements(By.CSS_SELECTOR, "#downloads a")))
+                        text=page.text(), downloads=len(driver.find_elements(By.CSS_SELECTOR, "#downloads a")),
+                        nearby=driver.find_element(By.CSS_SELECTOR, "#nearby").text)
+            picture = driver.find_element(By.CSS_SELECTOR, "#segmentation img")  # a click reads that spot
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
+            picture.click()
+            WebDriverWait(driver, 30).until(lambda d: "At (" in d.find_element(By.CSS_SELECTOR, "#point").text)
+            seen["point"] = driver.find_element(By.CSS_SELECTOR, "#point").text
             if screenshot:  # what the visitor saw when the results came, before anything was opened
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 screenshot.write_bytes(seen["first_view"])
@@ -186,6 +192,9 @@ def test_desktop_results_above_the_fold_and_one_message_for_a_bad_file(app_url, 
     assert seen["legend"] and set(seen["legend"]) <= {"flat", "construction", "object", "nature", "sky",
                                                       "human", "vehicle"}
     assert "photo 480x240" in seen["summary"] and seen["downloads"] >= 5
+    assert seen["nearby"].startswith("In front of you"), seen["nearby"]
+    assert re.fullmatch(r"At \(\d+, \d+\): (flat|construction|object|nature|sky|human|vehicle)(, (about \d+ m|over 200 m "
+                        r"away))?\.", seen["point"]), seen["point"]
     assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
     assert "generated street scenes" in seen["text"] and "each task" in seen["text"].lower()
     assert "could not be read" in seen["error"].lower() or "not" in seen["error"].lower(), seen["error"]

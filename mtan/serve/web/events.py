@@ -16,6 +16,7 @@ from mtan import serve
 from mtan.inference import Resolution
 from mtan.serve import render, views
 from mtan.serve.card import split_card
+from mtan.serve.distances import NOTE, at_point, describe, objects_ahead
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
 from mtan.serve.guard import guarded, refusal
 from mtan.serve.media_events import MediaEvents, video_resolutions
@@ -30,7 +31,7 @@ VIEWS = ("segmentation", "depth", "legend", "colorbar", "normals", "compare", "s
 DETAILS = ("attention", "difference", "attention_caption", "downloads", "download_notes")
 PREDICT = ("segmentation", "depth", "attention", "downloads", "legend", "colorbar", "normals", "compare",
            "difference", "attention_caption", "download_notes", "summary", "state")
-PAGE_VIEWS = VIEWS + ("error",)
+PAGE_VIEWS = VIEWS + ("nearby", "error")
 PAGE_DETAILS = ("att_panel", "att_bar", "att_caption", "att_channel", "att_overview", "att_stats", "downloads",
                 "download_notes", "masks_file", "masks_note")
 ATTENTION_SECTION = ("att_panel", "att_bar", "att_caption", "att_channel")
@@ -294,9 +295,36 @@ class App:
             views_ = dict(zip(VIEWS, self.predict_views(image, *args)))
         except gr.Error as e:
             return {"segmentation": None, "depth": None, "legend": "", "colorbar": "", "normals": None,
-                    "compare": None, "summary": "", "state": None,
+                    "compare": None, "summary": "", "state": None, "nearby": "",
                     "error": gr.update(value=f"⚠️ {e.message}", visible=True)}
-        return {**views_, "error": gr.update(value="", visible=False)}
+        return {**views_, "nearby": describe(objects_ahead(views_["state"])), "error": gr.update(value="", visible=False)}
+
+    @guarded
+    @named(("distances",))
+    def distances(self, image, model, resolution, mirror=False):
+        """The vehicles and people in a street photo and how far away each is (``/distances``), read
+        off the segmentation and the depth at once, nearest first: per region its class, where it is
+        (left, ahead, right), its median distance in metres, its share of the picture and its box
+        ``[left, top, right, bottom]`` in the photo's pixels (up to ``--max-pixels``). The
+        distances are approximate (the depth is estimated from one photo)."""
+        pred, _ = self.run_photo(image, model, resolution, mirror)
+        found = objects_ahead(pred)
+        if found is None:
+            raise refusal("distances", "This model does not have both a segmentation and a depth task, so it cannot "
+                                       "say how far away things are.")
+        return {"distances": {"objects": found, "photo_size": [pred.size[1], pred.size[0]], "note": NOTE}}
+
+    @named(("point",))
+    def point(self, pred, evt: gr.SelectData):
+        """What the network says of the pixel the visitor clicked on a result: its class and distance."""
+        index = getattr(evt, "index", None)
+        if pred is None or not isinstance(index, (list, tuple)) or len(index) != 2:
+            return {}
+        try:
+            x, y = (int(v) for v in index)
+        except (TypeError, ValueError):
+            return {}
+        return {"point": at_point(pred, x, y)}
 
     @named(ATTENTION_SECTION)
     def attention_section(self, pred, part, level, channel):

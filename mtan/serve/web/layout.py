@@ -80,6 +80,9 @@ def photo_tab(app: App, page: dict) -> None:
             page["colormap"] = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
                                            elem_id="colormap")
     page["summary"] = gr.Markdown(elem_id="summary")
+    page["nearby"] = gr.Markdown(elem_id="nearby")
+    page["point"] = gr.Markdown("Click a spot on the segmentation or the depth to read its class and distance.",
+                                elem_id="point")
     page["normals"] = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
                                visible=bool(first and "normals" in compare), interactive=False)
     if app.examples:
@@ -196,6 +199,7 @@ def api_controls(app: App, page: dict) -> None:
     page["attention"] = gr.Image(label="Mask over the photo", format="jpeg")
     page["difference"] = gr.Image(label="Where the tasks' masks differ", format="jpeg")
     page["attention_caption"] = gr.Markdown(label="attention caption")
+    page["distances"] = gr.JSON(label="Vehicles and people, nearest first (approximate metres)")
 
 
 def wire(app: App, page: dict) -> None:
@@ -212,6 +216,11 @@ def wire(app: App, page: dict) -> None:
                                    api_name="predict_views", **inference)
     gr.Button(visible=False).click(app.details, [p["state"]] + api_attention, outputs(p, app.details),
                                    api_name="details")
+    gr.Button(visible=False).click(app.distances, [p["image"], p["model"], p["resolution"], p["mirror"]],
+                                   outputs(p, app.distances), api_name="distances", **inference)
+    for view in ("segmentation", "depth"):  # a click on a result: the class and distance there
+        p[view].select(app.point, [p["state"]], outputs(p, app.point), api_visibility="private",
+                       show_progress="hidden")
     p["masks_button"].click(app.attention_masks, [p["state"]], outputs(p, app.attention_masks),
                             api_name="attention_masks", concurrency_id="inference", concurrency_limit=app.concurrency)
     # The page: a photo runs as soon as it arrives (a phone scrolls to the results), then the details.
