@@ -31,13 +31,12 @@ def _stop(signum, frame):
 
 
 if __name__ == "__main__":
-    limits = APP.limits
     print(f"mtan app: limits: photos up to {ARGS.max_file_size} and {ARGS.max_image_pixels / 1e6:g} megapixels, "
-          f"clips up to {ARGS.max_video_size} and {limits['max_video_seconds']:g} s, {APP.concurrency} photo at a "
-          f"time, {ARGS.queue_size} waiting at most, {ARGS.live_streams} webcam streams (docs/safety.md has them "
-          f"all)", flush=True)
+          f"clips up to {ARGS.max_video_size} and {ARGS.max_video_seconds:g} s, {APP.concurrency} photo at a time, "
+          f"{ARGS.queue_size} waiting at most, {ARGS.live_streams} webcam streams (docs/safety.md has them all)",
+          flush=True)
     if os.environ.get("MTAN_LOG_LIMITS") == "json":  # for tools (benchmarks/load_test.py)
-        print("mtan app limits: " + json.dumps(limits), flush=True)
+        print("mtan app limits: " + json.dumps(APP.limits), flush=True)
     share = ARGS.share and serve.host_reachable("api.gradio.app", 443, timeout=3.0)
     if ARGS.share and not share:
         print("--share: no internet connection (api.gradio.app is unreachable), so no public link; the app runs "
@@ -51,6 +50,7 @@ if __name__ == "__main__":
                     prevent_thread_lock=True, quiet=True)  # quiet: gradio's own "set share=True" hint is not ours
         print(f"mtan app: running on {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else "")
               + ("" if share else " (a public link: --share)"), flush=True)
+        APP.warm_examples()  # the real example photos run once, when the server is idle: a click answers at once
         demo.block_thread()  # until Ctrl+C or SIGTERM (gradio's own handler, where it installs one, exits too)
     except Exception:
         traceback.print_exc()

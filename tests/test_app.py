@@ -284,11 +284,18 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     monkeypatch.setattr(process, "_KEEP", list(process._KEEP))  # the app sets it: back as it was afterwards
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
-    from mtan.serve import render, views
+    from mtan.serve import file_digest, render, views
 
     try:
         assert app.APP.downloads.max_bytes == app.APP.limits["downloads_max_bytes"] == 3 * 2**20  # from the environment
         assert app.APP.limits["keep_freed_memory"] == process._KEEP[0] == 64 * 2**20
+        # the real example photos are run once in the background: a click on one answers from the cache
+        photos = [p for p in app.APP.examples if p.name.startswith("camvid_")]
+        assert len(photos) == 4
+        app.APP.warm_examples().join(timeout=300)
+        for photo in photos:
+            key = app.APP.example_cache.key(file_digest(photo), models["nyu"], "256x512")
+            assert app.APP.example_cache.get(key) is not None, photo.name
         upload = app.APP.uploads.upload_root / uuid.uuid4().hex  # where gradio stores an upload: predict reads only those
         upload.mkdir(parents=True)
         path, (w, h) = _write("jpeg", upload)

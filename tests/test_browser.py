@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from apphelpers import make_models, running_app, street_image  # noqa: E402
+from apphelpers import REPO, make_models, running_app, street_image  # noqa: E402
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -176,6 +176,7 @@ def app_url(tmp_path_factory):
     models = make_models(tmp / "models")
     (tmp / "examples").mkdir()
     street_image(180, 420).save(tmp / "examples" / "wide.png")
+    shutil.copy(REPO / "examples" / "camvid_2_cyclists.jpg", tmp / "examples")  # a real photo: its own row
     with running_app({"MTAN_MODEL": models["city"], "MTAN_MODELS": "", "MTAN_DEFAULT_MODEL": models["city"],
                       "MTAN_EXAMPLES": str(tmp / "examples")}, tmp / "app.log") as url:
         yield url
@@ -197,6 +198,7 @@ def test_desktop_results_above_the_fold_and_one_message_for_a_bad_file(app_url, 
                         r"away))?\.", seen["point"]), seen["point"]
     assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
     assert "generated street scenes" in seen["text"] and "each task" in seen["text"].lower()
+    assert "real street photos" in seen["first_screen"] and "Pattern Recognition Letters 2009" in seen["first_screen"]
     assert "could not be read" in seen["error"].lower() or "not" in seen["error"].lower(), seen["error"]
     assert seen["error_pills"] == 0 and seen["error_toasts"] == 0  # one message, not one per output
     assert "network input 512x219" in seen["example_summary"] and not seen["error_after_example"]

@@ -11,6 +11,11 @@ from mtan.serve.sources import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+#: Real photos among the examples: CamVid frames, named ``camvid_*`` (examples/CAMVID.md); the rest are generated.
+PHOTO_PREFIX = "camvid_"
+PHOTO_CREDIT = ("CamVid frames (Cambridge, UK): G. J. Brostow, J. Fauqueur, R. Cipolla, *Semantic object classes in "
+                "video: a high-definition ground truth database*, Pattern Recognition Letters 2009. For research and "
+                "non-commercial use. The model was trained on these frames.")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -26,6 +31,12 @@ def example_files(folder: str | os.PathLike = EXAMPLES_DIR) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def split_examples(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The real photos (``camvid_*``) and the generated scenes among ``files``."""
+    photos = [p for p in files if p.name.startswith(PHOTO_PREFIX)]
+    return photos, [p for p in files if p not in photos]
 
 
 class ExampleCache:

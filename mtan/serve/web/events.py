@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -18,8 +20,10 @@ from mtan.serve import render, views
 from mtan.serve.card import split_card
 from mtan.serve.distances import NOTE, at_point, describe, objects_ahead
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
+from mtan.serve.examples import split_examples
 from mtan.serve.guard import guarded, refusal
 from mtan.serve.media_events import MediaEvents, video_resolutions
+from mtan.serve.process import ACTIVITY
 from mtan.serve.settings import byte_size
 from mtan.serve.uploads import UploadPolicy
 from mtan.serve.video import VideoLimits
@@ -178,7 +182,13 @@ class App:
         name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
         loaded = self.get_model(model)
         resolution = resolution or loaded.resolutions.default
-        box = self.checked_resolution(loaded, resolution, "predict")
+        self.checked_resolution(loaded, resolution, "predict")
+        return self.predict_bytes(data, name, loaded, resolution, bool(mirror)), loaded
+
+    def predict_bytes(self, data: bytes, name: str, loaded: serve.LoadedModel, resolution: str,
+                      mirror: bool) -> serve.Prediction:
+        """A photo's prediction from its file's bytes; an example's comes from (and goes into) the
+        example cache."""
         cache_key = self.example_cache.key(hashlib.sha1(data).hexdigest(), loaded.key,
                                            resolution + "+mirror" * bool(mirror))
         pred = self.example_cache.get(cache_key)
@@ -188,10 +198,31 @@ class App:
             except serve.ImageLoadError as e:
                 raise refusal("predict", str(e)) from None
             del data
-            pred = self.predict_on_device(loaded, photo, box, stem=safe_stem(name), flip=bool(mirror))
+            pred = self.predict_on_device(loaded, photo, Resolution.parse(resolution), stem=safe_stem(name),
+                                          flip=bool(mirror))
             pred.notes = notes + serve.processing_notes(pred.size, pred.processing_size)
             self.example_cache.put(cache_key, pred)
-        return pred, loaded
+        return pred
+
+    def warm_examples(self) -> threading.Thread | None:
+        """Run the real example photos once in the background (after the server has been idle a
+        while), so that a click on one answers from the cache at once."""
+        loaded = self.default_model
+        photos = split_examples(self.examples)[0]
+        if loaded is None or not photos:
+            return None
+
+        def run():
+            for path in photos:
+                ACTIVITY.wait_until_idle(quiet_s=2.0)  # visitors first
+                try:
+                    self.predict_bytes(path.read_bytes(), path.name, loaded, loaded.resolutions.default, False)
+                except Exception as e:  # noqa: BLE001 (an example that cannot run is simply not cached)
+                    print(f"mtan app: example {path.name} not cached: {e}", file=sys.stderr, flush=True)
+
+        thread = threading.Thread(target=run, name="mtan-examples", daemon=True)
+        thread.start()
+        return thread
 
     def main_views(self, pred: serve.Prediction, loaded: serve.LoadedModel, opacity, colormap, compare) -> dict:
         """What the page shows first: the segmentation, depth and normals views, the legend, the
@@ -315,9 +346,12 @@ class App:
         return {"distances": {"objects": found, "photo_size": [pred.size[1], pred.size[0]], "note": NOTE}}
 
     @named(("point",))
-    def point(self, pred, evt: gr.SelectData):
-        """What the network says of the pixel the visitor clicked on a result: its class and distance."""
-        index = getattr(evt, "index", None)
+    def point(self, pred, evt: gr.EventData = None):
+        """What the network says of the pixel the visitor clicked on a result: its class and distance.
+        (The event's data is read here, checked: gradio's own SelectData would fail on a request
+        without it before any check could run.)"""
+        data = getattr(evt, "_data", None)
+        index = data.get("index") if isinstance(data, dict) else None
         if pred is None or not isinstance(index, (list, tuple)) or len(index) != 2:
             return {}
         try:

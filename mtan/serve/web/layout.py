@@ -10,6 +10,7 @@ import gradio as gr
 
 from mtan import serve
 from mtan.serve import render
+from mtan.serve.examples import PHOTO_CREDIT, split_examples
 from mtan.serve.guard import RequestGuard
 from mtan.serve.media_events import video_resolutions
 from mtan.serve.page_text import ABOUT, HOW_TO_READ
@@ -85,8 +86,13 @@ def photo_tab(app: App, page: dict) -> None:
                                 elem_id="point")
     page["normals"] = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
                                visible=bool(first and "normals" in compare), interactive=False)
-    if app.examples:
-        page["examples"] = gr.Examples([[str(p)] for p in app.examples], inputs=[page["image"]], examples_per_page=12,
+    photos, scenes = split_examples(app.examples)
+    if photos:
+        page["photo_examples"] = gr.Examples([[str(p)] for p in photos], inputs=[page["image"]], examples_per_page=4,
+                                             label="Examples: real street photos, click one to run it", elem_id="photo-examples")
+        gr.Markdown(PHOTO_CREDIT, elem_id="photo-credit", elem_classes="mtan-credit")
+    if scenes:
+        page["examples"] = gr.Examples([[str(p)] for p in scenes], inputs=[page["image"]], examples_per_page=12,
                                        label="Examples: generated street scenes (not photos), click one to run it",
                                        elem_id="examples")
     with gr.Accordion("Before / after", open=True):
@@ -238,8 +244,9 @@ def wire(app: App, page: dict) -> None:
                      ).then(**run_views).then(**run_details).then(**run_scene)
     p["resolution"].input(**run_views).then(**run_details).then(**run_scene)
     p["mirror"].input(**run_views).then(**run_details).then(**run_scene)
-    if "examples" in p:
-        p["examples"].load_input_event.then(**run_views).then(**run_details).then(**run_scene)
+    for examples in ("photo_examples", "examples"):
+        if examples in p:
+            p[examples].load_input_event.then(**run_views).then(**run_details).then(**run_scene)
     p["scene_section"].expand(lambda: True, None, [p["scene_shown"]], api_visibility="private").then(**run_scene)
     p["scene_section"].collapse(lambda: False, None, [p["scene_shown"]], api_visibility="private")
     gr.on([p["scene_fov"].release, p["scene_far"].release, p["scene_colours"].input], trigger_mode="always_last",
