@@ -14,6 +14,7 @@ task lets that feature through at that place, dark means it shuts it out. Where 
 
 CSS = """
 .mtan-credit {font-size: 0.8em; opacity: 0.8;}
+@media (max-width: 700px) {#hero {order: -1}}  /* on a phone the result comes first, the upload under it */
 .mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
              border-radius: 6px}
 .mtan-error {border-left: 4px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 6px 12px;

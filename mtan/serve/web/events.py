@@ -35,7 +35,8 @@ VIEWS = ("segmentation", "depth", "legend", "colorbar", "normals", "compare", "s
 DETAILS = ("attention", "difference", "attention_caption", "downloads", "download_notes")
 PREDICT = ("segmentation", "depth", "attention", "downloads", "legend", "colorbar", "normals", "compare",
            "difference", "attention_caption", "download_notes", "summary", "state")
-PAGE_VIEWS = VIEWS + ("nearby", "error")
+# The page's run: the hero slider first (the page scrolls to the first output), the areas it shows.
+PAGE_VIEWS = ("compare",) + tuple(n for n in VIEWS if n != "compare") + ("nearby", "error", "hero", "details")
 PAGE_DETAILS = ("att_panel", "att_bar", "att_caption", "att_channel", "att_overview", "att_stats", "downloads",
                 "download_notes", "masks_file", "masks_note")
 ATTENTION_SECTION = ("att_panel", "att_bar", "att_caption", "att_channel")
@@ -327,8 +328,10 @@ class App:
         except gr.Error as e:
             return {"segmentation": None, "depth": None, "legend": "", "colorbar": "", "normals": None,
                     "compare": None, "summary": "", "state": None, "nearby": "",
-                    "error": gr.update(value=f"⚠️ {e.message}", visible=True)}
-        return {**views_, "nearby": describe(objects_ahead(views_["state"])), "error": gr.update(value="", visible=False)}
+                    "error": gr.update(value=f"⚠️ {e.message}", visible=True),
+                    "hero": gr.update(visible=False), "details": gr.update(visible=False)}
+        return {**views_, "nearby": describe(objects_ahead(views_["state"])), "error": gr.update(value="", visible=False),
+                "hero": gr.update(visible=True), "details": gr.update(visible=True)}
 
     @guarded
     @named(("distances",))

@@ -33,7 +33,7 @@ def build(app: App) -> gr.Blocks:
     notices = app.notices_of(first)
     page: dict = {}
     with gr.Blocks(title="MTAN: segmentation + depth from one photo", analytics_enabled=False,
-                   delete_cache=app.GRADIO_CACHE) as demo:
+                   delete_cache=app.GRADIO_CACHE, fill_width=True) as demo:
         gr.Markdown(f"# MTAN: {shows} from one street photo\nUpload a photo of a street (or pick an example): one "
                     "network labels every pixel and estimates how far away it is, in a single pass.", elem_id="intro")
         page["notice"] = gr.Markdown(notices, visible=bool(notices), elem_classes="mtan-notice", elem_id="notice")
@@ -62,43 +62,55 @@ def build(app: App) -> gr.Blocks:
 
 
 def photo_tab(app: App, page: dict) -> None:
-    """The photo, its segmentation and depth side by side, then the before/after slider, the scene
-    in 3D, what each task's attention looks at, and the downloads."""
+    """The photo and, once it has run, the result as the hero: a large before/after slider (the
+    photo against its segmentation or depth) with the classes and the colour bar under it; then
+    the segmentation and depth views, what is in front of the camera, the scene in 3D, what each
+    task's attention looks at, and the downloads. Before a photo runs, only the upload and the
+    examples show."""
     first = app.default_model
     compare = app.compare_choices(first)
     with gr.Row(equal_height=False, elem_id="results"):
-        with gr.Column(min_width=300):
+        with gr.Column(scale=1, min_width=300):
             page["image"] = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
                                      label="Your street photo", elem_id="input-image", height=300)
-        with gr.Column(min_width=300):
-            page["segmentation"] = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation", height=300,
-                                            interactive=False)
+            page["summary"] = gr.Markdown(elem_id="summary")
+        with gr.Column(scale=2, min_width=320, visible=False, elem_id="hero") as page["hero"]:
+            page["compare"] = gr.ImageSlider(label="Photo | output: drag the handle", format="jpeg", elem_id="compare",
+                                             interactive=False, height=440)
+            page["compare_choice"] = gr.Radio(compare, value=compare[0] if compare else None, show_label=False,
+                                              elem_id="compare-choice")
             page["legend"] = gr.HTML(elem_id="legend")
-            page["opacity"] = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
-        with gr.Column(min_width=300):
-            page["depth"] = gr.Image(label="Depth", format="jpeg", elem_id="depth", height=300, interactive=False)
             page["colorbar"] = gr.HTML(elem_id="colorbar")
-            page["colormap"] = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
-                                           elem_id="colormap")
-    page["summary"] = gr.Markdown(elem_id="summary")
-    page["nearby"] = gr.Markdown(elem_id="nearby")
-    page["point"] = gr.Markdown("Click a spot on the segmentation or the depth to read its class and distance.",
-                                elem_id="point")
-    page["normals"] = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
-                               visible=bool(first and "normals" in compare), interactive=False)
     photos, scenes = split_examples(app.examples)
     if photos:
         page["photo_examples"] = gr.Examples([[str(p)] for p in photos], inputs=[page["image"]], examples_per_page=4,
-                                             label="Examples: real street photos, click one to run it", elem_id="photo-examples")
+                                             label="Examples: real street photos, click one to run it",
+                                             elem_id="photo-examples")
         gr.Markdown(PHOTO_CREDIT, elem_id="photo-credit", elem_classes="mtan-credit")
     if scenes:
         page["examples"] = gr.Examples([[str(p)] for p in scenes], inputs=[page["image"]], examples_per_page=12,
                                        label="Examples: generated street scenes (not photos), click one to run it",
                                        elem_id="examples")
-    with gr.Accordion("Before / after", open=True):
-        page["compare_choice"] = gr.Radio(compare, value=compare[0] if compare else None,
-                                          label="Slide between the photo and its", elem_id="compare-choice")
-        page["compare"] = gr.ImageSlider(label="Photo | output", format="jpeg", elem_id="compare", interactive=False)
+    with gr.Column(visible=False, elem_id="details") as page["details"]:
+        details_area(app, page, compare)
+
+
+def details_area(app: App, page: dict, compare: list[str]) -> None:
+    """Everything under the hero, shown once a photo has run."""
+    page["nearby"] = gr.Markdown(elem_id="nearby")
+    page["point"] = gr.Markdown("Click a spot on the segmentation or the depth to read its class and distance.",
+                                elem_id="point")
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=300):
+            page["segmentation"] = gr.Image(label="Segmentation", format="jpeg", elem_id="segmentation", height=300,
+                                            interactive=False)
+            page["opacity"] = gr.Slider(0, 1, value=0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
+        with gr.Column(min_width=300):
+            page["depth"] = gr.Image(label="Depth", format="jpeg", elem_id="depth", height=300, interactive=False)
+            page["colormap"] = gr.Dropdown(list(render.COLORMAPS), value=render.DEFAULT_COLORMAP, label="Colours",
+                                           elem_id="colormap")
+    page["normals"] = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
+                               visible="normals" in compare, interactive=False)
     with gr.Accordion("The scene in 3D", open=False, elem_id="scene-section") as page["scene_section"]:
         gr.Markdown("The depth map as a scene in metres: drag to turn it, scroll to zoom. The camera is "
                     "assumed, not measured; the sky and far pixels are left out.")
