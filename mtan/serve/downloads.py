@@ -132,10 +132,13 @@ def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",
             files.append(str(save_png(out / f"{stem}_{task.name}_gray.png",
                                       depth_to_gray8(full, task, depth_limits(pred.depth[task.name])),
                                       meta | {"Encoding": "8-bit, white = near, black = far (display range)"})))
-            np.save(out / f"{stem}_{task.name}.npy", full)
+            # no distance where the prediction is at or below 0 (for inverse depth: the sky): NaN, never negative
+            np.save(out / f"{stem}_{task.name}.npy", np.where(full > 0, full, np.float32("nan")))
             files.append(str(out / f"{stem}_{task.name}.npy"))
             notes.append(f"`{stem}_{task.name}_16bit.png`: {text}. `{stem}_{task.name}_gray.png`: a plain 8-bit "
-                         f"picture, white near, black far. `{stem}_{task.name}.npy`: float32 {task.units}.")
+                         f"picture, white near, black far. `{stem}_{task.name}.npy`: float32 {task.units}, NaN "
+                         f"where the network gives no distance ({'the sky, ' if task.nearer_is_larger else ''}"
+                         f"a prediction at or below 0).")
         elif task.name in pred.normals:
             files.append(str(save_png(out / f"{stem}_{task.name}.png",
                                       np.asarray(normals_to_rgb(pred.normals[task.name], size)),
