@@ -440,5 +440,5 @@ class App:
                 "compare_choice": gr.update(choices=compare, value=compare[0] if compare else None),
                 "normals": gr.update(visible="normals" in compare),
                 "resolution": gr.update(choices=loaded.resolutions.offered, value=loaded.resolutions.default,
-                                        info=self.resolution_info(loaded)),
+                                        info=self.resolution_info(loaded), visible=len(loaded.resolutions.offered) > 1),
                 "video_resolution": gr.update(choices=offered, value=default)}

@@ -193,11 +193,15 @@ def settings_and_about(app: App, page: dict) -> None:
     first = app.default_model
     resolutions = first.resolutions if first else serve.ResolutionAdvice.from_record(None)
     card, card_rest = app.card_parts(first)
-    with gr.Accordion("Settings: model, processing resolution, mirror", open=False, elem_id="settings"):
+    shown = (["model"] * (len(app.registry.sources) > 1) + ["processing resolution"] * (len(resolutions.offered) > 1)
+             + ["mirror"])
+    with gr.Accordion("Settings: " + ", ".join(shown), open=False, elem_id="settings"):
+        # only real choices: a model and a resolution are offered when there is more than one
         page["model"] = gr.Dropdown(app.registry.choices(), value=app.registry.default_key, label="Model",
-                                    interactive=len(app.registry.sources) > 1, elem_id="model")
+                                    visible=len(app.registry.sources) > 1, elem_id="model")
         page["resolution"] = gr.Radio(resolutions.offered, value=resolutions.default, label="Processing resolution",
-                                      info=app.resolution_info(first), elem_id="resolution")
+                                      info=app.resolution_info(first), elem_id="resolution",
+                                      visible=len(resolutions.offered) > 1)
         page["mirror"] = gr.Checkbox(False, label="Also run the mirror image and average (about twice as slow)",
                                      elem_id="mirror")
     with gr.Accordion("About this model and MTAN", open=False, elem_id="about"):
