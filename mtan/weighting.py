@@ -5,6 +5,13 @@
   training losses L_k(e), epochs 0 and 1 use weight 1; from epoch 2 on,
   w_k = L_k(e-1) / L_k(e-2) and lambda_k = K * softmax_k(w / T). Weights are fixed within an epoch.
 - ``uncertainty`` (Kendall et al.): sum_k L_k / (2 exp(s_k)) + s_k / 2 with learnable s_k (init -0.5).
+- ``random`` (random loss weighting, Lin et al. 2022): each step's weights are a softmax of K
+  standard normal draws (seeded; the draws continue exactly after a resume).
+- Gradient methods, on the gradients of the shared parameters (encoder, decoder, the shared
+  attention convolutions), each task's gradient computed apart (:mod:`mtan.gradients` has each
+  method with its paper and equation): ``pcgrad``, ``mgda``, ``cagrad``, ``imtl-g``, ``nash-mtl``,
+  ``fairgrad``. Each task's own parameters (its attention masks and head) take that task's own
+  gradient. They run in one process (not under torchrun) and cost one backward pass per task.
 
 Every weighting has the same interface: ``begin_epoch(epoch)`` before an epoch,
 ``combine(losses)`` per step (a dict task -> scalar loss tensor), ``end_epoch(mean_losses)``
@@ -17,7 +24,10 @@ import math
 import torch
 import torch.nn as nn
 
-METHODS = ("equal", "dwa", "uncertainty")
+from mtan import gradients
+
+GRADIENT_METHODS = ("pcgrad", "mgda", "cagrad", "imtl-g", "nash-mtl", "fairgrad")
+METHODS = ("equal", "dwa", "uncertainty", "random") + GRADIENT_METHODS
 
 
 def dwa_weights(history: list[list[float]], temperature: float = 2.0, num_tasks: int | None = None) -> list[float]:
@@ -49,6 +59,8 @@ class Weighting(nn.Module):
     """Base class: equal weights."""
 
     name = "equal"
+    uses_gradients = False     # True: ``backward`` sets the gradients itself from each task's gradient
+    weights_after_epoch = False  # True: ``weights()`` are known once the epoch has run (learnt or per step)
 
     def __init__(self, task_names: list[str]):
         super().__init__()
@@ -118,8 +130,108 @@ class DynamicWeightAverage(Weighting):
         self._weights = list(map(float, state.get("weights", [1.0] * len(self.task_names))))
 
 
+class RandomWeighting(Weighting):
+    """Random loss weighting: fresh weights each step (their epoch mean is logged)."""
+
+    name = "random"
+    weights_after_epoch = True
+
+    def __init__(self, task_names: list[str], seed: int = 0):
+        super().__init__(task_names)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._sum, self._steps = torch.zeros(len(task_names), dtype=torch.float64), 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        self._sum.zero_()
+        self._steps = 0
+
+    def combine(self, losses):
+        w = gradients.random_weights(len(self.task_names), self.generator)
+        self._sum += w.double()
+        self._steps += 1
+        w = w.to(next(iter(losses.values())).device)
+        return sum(w[k] * losses[t] for k, t in enumerate(self.task_names))
+
+    def weights(self):
+        mean = (self._sum / max(1, self._steps)).tolist() if self._steps else [1 / len(self.task_names)] * len(self.task_names)
+        return dict(zip(self.task_names, mean))
+
+    def extra_state(self):
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_extra_state(self, state):
+        if "generator" in state:
+            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+class GradientWeighting(Weighting):
+    """A method that combines the tasks' gradients of the shared parameters (``method``: one of
+    :data:`GRADIENT_METHODS`); the mean of its task weights over the epoch is logged."""
+
+    uses_gradients = True
+    weights_after_epoch = True
+
+    def __init__(self, task_names: list[str], method: str, seed: int = 0):
+        super().__init__(task_names)
+        self.name = method
+        self.generator = torch.Generator().manual_seed(seed)  # PCGrad's random task order
+        self._sum, self._steps = torch.zeros(len(task_names), dtype=torch.float64), 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        self._sum.zero_()
+        self._steps = 0
+
+    def direction(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update direction of the shared parameters from the T x P task gradients, and the
+        task weights it amounts to (PCGrad: each task's share of the update, projected on its gradient)."""
+        if self.name == "pcgrad":
+            d = gradients.pcgrad(grads, self.generator)
+            w = (grads.double() @ d.double()) / grads.double().pow(2).sum(1).clamp_min(1e-20)
+            return d, w
+        method = {"mgda": gradients.mgda, "cagrad": gradients.cagrad, "imtl-g": gradients.imtl_g,
+                  "nash-mtl": gradients.nash_mtl, "fairgrad": gradients.fairgrad}[self.name]
+        return method(grads)
+
+    def backward(self, losses: dict[str, torch.Tensor], shared: list[nn.Parameter], own: list[nn.Parameter]) -> None:
+        """Set the gradients of one step: the shared parameters' from :meth:`direction`, each task's
+        own parameters' from that task's loss."""
+        rows = []
+        for t in self.task_names:
+            g = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).float()
+                                   for x, p in zip(g, shared)]))
+        d, w = self.direction(torch.stack(rows))
+        self._sum += w.detach().double().cpu()
+        self._steps += 1
+        if own:
+            sum(losses[t] for t in self.task_names).backward(inputs=own)
+        offset = 0
+        for p in shared:
+            n = p.numel()
+            p.grad = d[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
+
+    def combine(self, losses):
+        return sum(losses[t] for t in self.task_names)
+
+    def weights(self):
+        if not self._steps:
+            return {t: 1.0 for t in self.task_names}
+        return dict(zip(self.task_names, (self._sum / self._steps).tolist()))
+
+    def extra_state(self):
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_extra_state(self, state):
+        if "generator" in state:
+            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
 class UncertaintyWeighting(Weighting):
     name = "uncertainty"
+    weights_after_epoch = True
 
     def __init__(self, task_names: list[str], init: float = -0.5):
         super().__init__(task_names)
@@ -135,7 +247,11 @@ class UncertaintyWeighting(Weighting):
         return sum(losses[t] * 0.5 * torch.exp(-s[k]) + 0.5 * s[k] for k, t in enumerate(self.task_names))
 
 
-def build_weighting(method: str, task_names: list[str], temperature: float = 2.0) -> Weighting:
+def build_weighting(method: str, task_names: list[str], temperature: float = 2.0, seed: int = 0) -> Weighting:
+    if method in GRADIENT_METHODS:
+        return GradientWeighting(task_names, method, seed)
+    if method == "random":
+        return RandomWeighting(task_names, seed)
     if method == "equal":
         return EqualWeighting(task_names)
     if method == "dwa":

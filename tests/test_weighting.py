@@ -74,3 +74,59 @@ def test_equal_and_builder():
         build_weighting("gradnorm", ["a"])
     with pytest.raises(ValueError, match="temperature"):
         build_weighting("dwa", ["a"], temperature=0)
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad", "imtl-g", "nash-mtl", "fairgrad"])
+def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(method):
+    """One step of a gradient method: the shared parameters' gradients are the method's direction
+    of the tasks' separate gradients; each task's own parameters get its own loss's gradient."""
+    from mtan import MTAN, gradients, preset_tasks
+    from mtan.weighting import GradientWeighting
+
+    torch.manual_seed(0)
+    model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
+    x = torch.rand(2, 3, 32, 64)
+    own_prefix = tuple(f"{part}.{t}." for part in ("attention", "heads") for t in model.task_names)
+    shared = [p for n, p in model.named_parameters() if not n.startswith(own_prefix)]
+    own = {t: [p for n, p in model.named_parameters() if n.startswith((f"attention.{t}.", f"heads.{t}."))]
+           for t in model.task_names}
+
+    def losses():
+        out = model(x)
+        return {"semantic": out["semantic"].square().mean(), "depth": (out["depth"] - 1).abs().mean()}
+
+    # the expected gradients, task by task
+    rows, own_grads = [], {}
+    for t in model.task_names:
+        model.zero_grad()
+        losses()[t].backward()
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in shared]))
+        own_grads[t] = [p.grad.clone() for p in own[t]]
+    grads = torch.stack(rows)
+    weighting = GradientWeighting(model.task_names, method, seed=3)
+    reference = GradientWeighting(model.task_names, method, seed=3)  # the same random order for PCGrad
+    expected, w = reference.direction(grads)
+    model.zero_grad()
+    weighting.backward(losses(), shared, [p for ps in own.values() for p in ps])
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert torch.allclose(got, expected.float(), rtol=1e-4, atol=1e-7)
+    for t in model.task_names:
+        assert all(torch.allclose(p.grad, g, rtol=1e-4, atol=1e-8) for p, g in zip(own[t], own_grads[t]))
+    logged = weighting.weights()
+    assert list(logged) == model.task_names and list(logged.values()) == pytest.approx(w.double().tolist(), rel=1e-4)
+
+
+def test_random_weights_are_drawn_each_step_and_resume_exactly():
+    from mtan.weighting import RandomWeighting
+
+    a = RandomWeighting(["s", "d"], seed=5)
+    losses = {"s": torch.tensor(2.0), "d": torch.tensor(1.0)}
+    a.begin_epoch(0)
+    first = [float(a.combine(losses)) for _ in range(3)]
+    assert len(set(first)) == 3 and all(1.0 < v < 2.0 for v in first)  # a convex combination, new each step
+    assert sum(a.weights().values()) == pytest.approx(1.0)
+    b = RandomWeighting(["s", "d"], seed=0)
+    b.load_state_dict(a.state_dict())  # the draws continue where they were
+    assert float(a.combine(losses)) == float(b.combine(losses))
+    assert build_weighting("random", ["s", "d"], seed=5).name == "random"
+    assert build_weighting("nash-mtl", ["s", "d"]).uses_gradients

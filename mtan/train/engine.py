@@ -110,7 +110,16 @@ class Engine:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = self.model.tasks
-        self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature).to(device)
+        self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature,
+                                         seed=config.seed).to(device)
+        if self.weighting.uses_gradients and self.runtime.distributed:
+            raise ValueError(f"--weighting {config.weighting} combines each task's gradient and runs in one process: "
+                             f"start it with python train.py, not torchrun")
+        # a task's own parameters (its attention masks and head) and those all tasks share
+        own = tuple(f"{part}.{t}." for part in ("attention", "heads") for t in self.model.task_names)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.own_params = [p for n, p in named if n.startswith(own)]
+        self.shared_params = [p for n, p in named if not n.startswith(own)]
         self.class_weights = self._class_weights()
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -267,9 +276,11 @@ class Engine:
         with self._autocast():
             outputs = model(batch["image"])
         losses, has_valid = self._task_losses(outputs, batch)
-        total = self.weighting.combine(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.weighting.uses_gradients:  # each task's gradient of the shared parameters, combined
+            self.weighting.backward(losses, self.shared_params, self.own_params)
+        else:
+            self.weighting.combine(losses).backward()
         return losses, has_valid
 
     def train_epoch(self, epoch: int) -> dict:
@@ -385,11 +396,11 @@ class Engine:
         for epoch in range(self.start_epoch, cfg.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
-            weights = self.weighting.weights() if cfg.weighting != "uncertainty" else None
+            weights = None if self.weighting.weights_after_epoch else self.weighting.weights()
             train = self.train_epoch(epoch)
             if train["nonfinite"]:
                 raise NonFiniteLossError(self._nonfinite_message(epoch, train["nonfinite"]))
-            if weights is None:  # uncertainty: the weights the epoch ended with
+            if weights is None:  # learnt or drawn per step: the weights of the epoch that ran
                 weights = self.weighting.weights()
             self.weighting.end_epoch(train["loss"])
             if not self.step_schedule_per_batch:
