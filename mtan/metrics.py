@@ -332,15 +332,20 @@ def laplacian_roughness(inverse_depth: torch.Tensor, labels: torch.Tensor) -> fl
     return float(lap[inside].mean()) if bool(inside.any()) else float("nan")
 
 
-def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]) -> float:
-    """Multi-task performance change in percent (positive = better than the baselines).
+#: The metrics Delta_m averages over, and whether lower is better (the multi-task papers' set).
+DELTA_M_METRICS = {"semantic.miou": False, "semantic.pixel_acc": False, "depth.abs_err": True, "depth.rel_err": True,
+                   "normal.mean_deg": True, "normal.median_deg": True, "normal.within_11.25": False,
+                   "normal.within_22.5": False, "normal.within_30": False}
 
-    Delta_m = mean over metrics of (-1)^{l_i} (M_i - B_i) / B_i * 100, with l_i = 1 when lower
-    is better. Every metric in ``baselines`` must be in ``results`` and ``lower_is_better``.
-    """
+
+def relative_changes(results: dict[str, float], baselines: dict[str, float],
+                     lower_is_better: dict[str, bool]) -> dict[str, float]:
+    """Each metric's change against its baseline in percent, signed so that positive is worse:
+    ``(-1)^h (M - B) / B * 100`` with ``h = 1`` when higher is better. Every metric in
+    ``baselines`` must be in ``results`` and ``lower_is_better``."""
     if not baselines:
         raise ValueError("delta_m needs at least one baseline metric")
-    terms = []
+    terms = {}
     for key, base in baselines.items():
         if key not in results:
             raise KeyError(f"delta_m: metric {key!r} has a baseline but no result")
@@ -348,6 +353,14 @@ def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_bet
             raise KeyError(f"delta_m: say whether lower is better for {key!r}")
         if base == 0:
             raise ValueError(f"delta_m: baseline of {key!r} is 0, the relative change is undefined")
-        sign = -1.0 if lower_is_better[key] else 1.0
-        terms.append(sign * (results[key] - base) / base * 100.0)
-    return sum(terms) / len(terms)
+        sign = 1.0 if lower_is_better[key] else -1.0
+        terms[key] = sign * (results[key] - base) / base * 100.0
+    return terms
+
+
+def delta_m(results: dict[str, float], baselines: dict[str, float], lower_is_better: dict[str, bool]) -> float:
+    """Delta_m in percent as the multi-task papers report it (Maninis et al., CVPR 2019; Nash-MTL,
+    Navon et al. 2022, Section 6): the mean of :func:`relative_changes`, so **lower is better** and
+    a negative Delta_m beats the single-task baselines."""
+    terms = relative_changes(results, baselines, lower_is_better)
+    return sum(terms.values()) / len(terms)

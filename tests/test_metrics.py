@@ -81,9 +81,14 @@ def test_delta_m_against_baselines():
     results = {"miou": 0.55, "abs_err": 0.011}
     baselines = {"miou": 0.50, "abs_err": 0.010}
     lower = {"miou": False, "abs_err": True}
-    # (+10 % mIoU, -10 % for a 10 % larger error) / 2 = 0
+    # (10 % better mIoU, 10 % worse error) / 2 = 0; lower is better, as the papers report it
     assert delta_m(results, baselines, lower) == pytest.approx(0.0)
-    assert delta_m({"miou": 0.6, "abs_err": 0.008}, baselines, lower) == pytest.approx((20 + 20) / 2)
+    assert delta_m({"miou": 0.6, "abs_err": 0.008}, baselines, lower) == pytest.approx(-(20 + 20) / 2)
+    assert delta_m({"miou": 0.45, "abs_err": 0.012}, baselines, lower) == pytest.approx((10 + 20) / 2)
+    from mtan.metrics import relative_changes
+
+    assert relative_changes({"miou": 0.45, "abs_err": 0.012}, baselines, lower) == pytest.approx(
+        {"miou": 10.0, "abs_err": 20.0})
     with pytest.raises(KeyError, match="lower is better"):
         delta_m(results, baselines, {"miou": False})
 
