@@ -180,3 +180,18 @@ def test_media_benchmark_tiny(tmp_path):
     scene = result["scene3d"]
     assert scene["photo"] == "400x300 (0.1 MP)" and isinstance(scene["points"], int)  # (an untrained model: few)
     assert scene["total_s"] >= scene["network_s"] > 0
+
+
+def test_mtl_methods_tiny():
+    """Every weighting of train.py and the two single-task baselines, with Delta_m per method."""
+    from mtan.weighting import METHODS
+
+    result = run_benchmark("mtl_methods", timeout=600)
+    assert set(result["methods"]) == set(METHODS) and set(result["baselines"]) == {"semantic", "depth"}
+    base = {k: v for b in result["baselines"].values() for k, v in b["metrics"].items()}
+    assert set(base) == {"semantic.miou", "semantic.pixel_acc", "depth.abs_err", "depth.rel_err"}
+    for name, row in result["methods"].items():
+        assert set(row["changes"]) == set(base), name
+        assert row["delta_m"] == pytest.approx(sum(row["changes"].values()) / len(base)), name
+        assert row["seconds_per_epoch"] > 0 and row["overhead_vs_equal"] > 0
+    assert result["methods"]["equal"]["overhead_vs_equal"] == pytest.approx(1.0)
