@@ -130,10 +130,11 @@ class DynamicWeightAverage(Weighting):
         self._weights = list(map(float, state.get("weights", [1.0] * len(self.task_names))))
 
 
-class RandomWeighting(Weighting):
-    """Random loss weighting: fresh weights each step (their epoch mean is logged)."""
+class PerStepWeighting(Weighting):
+    """Weights that change every step (drawn, or found from the gradients): a seeded generator
+    (kept in checkpoints, so a resumed run draws what it would have drawn), and the epoch's mean
+    weights for logging (:meth:`record` after each step)."""
 
-    name = "random"
     weights_after_epoch = True
 
     def __init__(self, task_names: list[str], seed: int = 0):
@@ -146,16 +147,14 @@ class RandomWeighting(Weighting):
         self._sum.zero_()
         self._steps = 0
 
-    def combine(self, losses):
-        w = gradients.random_weights(len(self.task_names), self.generator)
-        self._sum += w.double()
+    def record(self, w: torch.Tensor) -> None:
+        self._sum += w.detach().double().cpu()
         self._steps += 1
-        w = w.to(next(iter(losses.values())).device)
-        return sum(w[k] * losses[t] for k, t in enumerate(self.task_names))
 
     def weights(self):
-        mean = (self._sum / max(1, self._steps)).tolist() if self._steps else [1 / len(self.task_names)] * len(self.task_names)
-        return dict(zip(self.task_names, mean))
+        if not self._steps:
+            return {t: 1.0 for t in self.task_names}
+        return dict(zip(self.task_names, (self._sum / self._steps).tolist()))
 
     def extra_state(self):
         return {"generator": self.generator.get_state().tolist()}
@@ -165,23 +164,28 @@ class RandomWeighting(Weighting):
             self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
-class GradientWeighting(Weighting):
+class RandomWeighting(PerStepWeighting):
+    """Random loss weighting: fresh weights each step (their epoch mean is logged)."""
+
+    name = "random"
+
+    def combine(self, losses):
+        w = gradients.random_weights(len(self.task_names), self.generator)
+        self.record(w)
+        w = w.to(next(iter(losses.values())).device)
+        return sum(w[k] * losses[t] for k, t in enumerate(self.task_names))
+
+
+class GradientWeighting(PerStepWeighting):
     """A method that combines the tasks' gradients of the shared parameters (``method``: one of
-    :data:`GRADIENT_METHODS`); the mean of its task weights over the epoch is logged."""
+    :data:`GRADIENT_METHODS`; the generator orders PCGrad's projections); the mean of its task
+    weights over the epoch is logged."""
 
     uses_gradients = True
-    weights_after_epoch = True
 
     def __init__(self, task_names: list[str], method: str, seed: int = 0):
-        super().__init__(task_names)
+        super().__init__(task_names, seed)
         self.name = method
-        self.generator = torch.Generator().manual_seed(seed)  # PCGrad's random task order
-        self._sum, self._steps = torch.zeros(len(task_names), dtype=torch.float64), 0
-
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        self._sum.zero_()
-        self._steps = 0
 
     def direction(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The update direction of the shared parameters from the T x P task gradients, and the
@@ -203,8 +207,7 @@ class GradientWeighting(Weighting):
             rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).float()
                                    for x, p in zip(g, shared)]))
         d, w = self.direction(torch.stack(rows))
-        self._sum += w.detach().double().cpu()
-        self._steps += 1
+        self.record(w)
         if own:
             sum(losses[t] for t in self.task_names).backward(inputs=own)
         offset = 0
@@ -215,18 +218,6 @@ class GradientWeighting(Weighting):
 
     def combine(self, losses):
         return sum(losses[t] for t in self.task_names)
-
-    def weights(self):
-        if not self._steps:
-            return {t: 1.0 for t in self.task_names}
-        return dict(zip(self.task_names, (self._sum / self._steps).tolist()))
-
-    def extra_state(self):
-        return {"generator": self.generator.get_state().tolist()}
-
-    def load_extra_state(self, state):
-        if "generator" in state:
-            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 class UncertaintyWeighting(Weighting):
