@@ -140,29 +140,6 @@ def evaluate_run(run, **kwargs) -> dict:
     return results[config.data] if len(parts) == 1 else results
 
 
-def with_delta_m(result: dict, baselines: list[dict]) -> dict:
-    """``result`` with ``delta_m`` and ``delta_m.changes`` against the baselines' scores (each a
-    result of the same evaluation; a single-task baseline gives its task's metrics). A result
-    with one entry per part of a mixture gets them per part."""
-    from mtan.metrics import DELTA_M_METRICS, delta_m, relative_changes
-
-    if result and all(isinstance(v, dict) for v in result.values()):  # per part of a mixture
-        return {part: with_delta_m(scores, [b.get(part, {}) for b in baselines]) for part, scores in result.items()}
-    reference: dict[str, float] = {}
-    for scores in baselines:
-        for key in DELTA_M_METRICS:
-            if isinstance(scores.get(key), (int, float)) and key not in reference:
-                reference[key] = scores[key]
-    reference = {k: v for k, v in reference.items() if isinstance(result.get(k), (int, float))}
-    if not reference:
-        raise ValueError("--baseline: the baselines share no metric with this model on this data "
-                         f"(Delta_m uses {', '.join(DELTA_M_METRICS)})")
-    changes = relative_changes(result, reference, DELTA_M_METRICS)
-    return {**result, "delta_m": delta_m(result, reference, DELTA_M_METRICS),
-            "delta_m.changes": {k: round(v, 3) for k, v in changes.items()},
-            "delta_m.baselines": {k: reference[k] for k in changes}}
-
-
 def main(argv=None) -> int:
     from mtan.cli import help_text
 
@@ -228,6 +205,8 @@ def main(argv=None) -> int:
                     scored.append(evaluate(base, args.data, args.data_root, args.split, args.size, args.batch_size,
                                            args.device, args.labels, args.frames, args.seed, options=options,
                                            app_resolution=args.app_resolution, flip=args.flip))
+            from mtan.metrics import with_delta_m
+
             result = with_delta_m(result, scored)
     except (DatasetError, ModelConfigError, ValueError, KeyError) as e:
         print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)

@@ -416,9 +416,41 @@ def test_every_setting_is_declared_once_and_has_its_flag():
     for f in dataclasses.fields(TrainConfig):
         assert (f.name in dests) == (f.name != "command"), f.name  # --preset is the preset's own flag
     assert "(default 0.0001)" in dests["lr"].help and "(default dwa)" in dests["weighting"].help
-    assert dests["weighting"].choices == ("equal", "dwa", "uncertainty")
+    from mtan.weighting import METHODS
+
+    assert dests["weighting"].choices == METHODS and {"equal", "dwa", "pcgrad", "nash-mtl"} <= set(METHODS)
+    assert p.parse_args(["--baseline", "a", "b"]).baseline == ["a", "b"]
     assert all(v is None for k, v in vars(p.parse_args([])).items())
     args = p.parse_args(["--no-augment", "--no-progress", "--lr", "0.5", "--train-frames", "3"])
     assert (args.augment, args.progress, args.lr, args.train_frames) == (False, False, 0.5, 3)
-    with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty"):
+    with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty, random"):
         TrainConfig(weighting="often")
+
+
+def test_delta_m_against_single_task_runs_at_each_validation(tmp_path):
+    """--baseline RUN ...: each validation records Delta_m against the single-task runs' last
+    validation (and each metric's change), and the epoch line shows it."""
+    from mtan.metrics import delta_m, DELTA_M_METRICS
+    from mtan.train import train
+
+    base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4, epochs=1,
+                progress=False, amp="off")
+    runs = {}
+    for task in ("semantic", "depth"):
+        runs[task] = tmp_path / task
+        train(apply_preset(None, {**base, "arch": "single", "task": task, "out": str(runs[task])}), log=lambda *a: None)
+    lines: list[str] = []
+    history = train(apply_preset(None, {**base, "out": str(tmp_path / "multi"),
+                                        "baseline": [str(runs["semantic"]), str(runs["depth"])]}), log=lines.append)
+    val = history[-1]["val"]["synthetic"]
+    reference = {}
+    for task in ("semantic", "depth"):
+        last = [json.loads(line) for line in (runs[task] / "metrics.jsonl").read_text().splitlines()][-1]
+        reference.update({k: v for k, v in last["val"]["synthetic"].items() if k in DELTA_M_METRICS})
+    assert set(reference) == {"semantic.miou", "semantic.pixel_acc", "depth.abs_err", "depth.rel_err"}
+    assert val["delta_m"] == pytest.approx(delta_m(val, reference, DELTA_M_METRICS))
+    assert {f"delta_m.{k}" for k in reference} <= set(val)
+    assert f"delta_m {val['delta_m']:.4f}" in lines[-1]
+    with pytest.raises(ValueError, match="--baseline .*no validation in its metrics.jsonl"):
+        train(apply_preset(None, {**base, "out": str(tmp_path / "again"), "baseline": [str(tmp_path / "nothing")]}),
+              log=lambda *a: None)

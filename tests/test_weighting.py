@@ -80,7 +80,7 @@ def test_equal_and_builder():
 def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(method):
     """One step of a gradient method: the shared parameters' gradients are the method's direction
     of the tasks' separate gradients; each task's own parameters get its own loss's gradient."""
-    from mtan import MTAN, gradients, preset_tasks
+    from mtan import MTAN, preset_tasks
     from mtan.weighting import GradientWeighting
 
     torch.manual_seed(0)

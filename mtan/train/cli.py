@@ -27,7 +27,7 @@ def data_option(text: str) -> tuple[str, str, object]:
     return part, key, option_value(value)
 
 
-# A field's type (as annotated) -> what argparse converts its flag's text with (str: none needed).
+# A field's type (as annotated) -> what argparse converts its flag's text with (str, list: none needed).
 TYPES = {"data_option": data_option, "int": int, "int | None": int, "float": float, "float | None": float}
 
 

@@ -43,13 +43,14 @@ from mtan.data.photometric import photometric
 from mtan.data.registry import spec
 from mtan.model import MTAN, ModelConfigError, count_parameters
 from mtan.runtime import all_reduce_, setup_runtime, shard_order
+from mtan.metrics import with_delta_m
 from mtan.scoring import evaluate_model
 from mtan.tasks import Task, tasks_from_config
 from mtan.timing import cpu_identity, fastest
 from mtan.train.config import CLASS_BALANCE, TrainConfig
 from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.plots import plot_curves
-from mtan.train.run_folder import export, monitor_score, read_metrics, summary_line
+from mtan.train.run_folder import baseline_scores, export, monitor_score, read_metrics, summary_line
 from mtan.train.schedule import build_schedule
 from mtan.weighting import build_weighting
 
@@ -110,6 +111,7 @@ class Engine:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = self.model.tasks
+        self.baselines = baseline_scores(config.baseline) if config.baseline else {}
         self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature,
                                          seed=config.seed).to(device)
         if self.weighting.uses_gradients and self.runtime.distributed:
@@ -412,6 +414,11 @@ class Engine:
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 t_eval = time.perf_counter()
                 record["val"] = {name: self.evaluate(data) for name, data in self.val_data.items()}
+                for name, metrics in record["val"].items():  # Delta_m against the single-task runs
+                    if name in self.baselines:
+                        found = with_delta_m(metrics, self.baselines[name])
+                        metrics["delta_m"] = found["delta_m"]
+                        metrics.update({f"delta_m.{k}": v for k, v in found["delta_m.changes"].items()})
                 record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
             self.history.append(record)
             if self.runtime.is_main:

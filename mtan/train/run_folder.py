@@ -37,10 +37,24 @@ def summary_line(record: dict, epochs: int) -> str:
              "w " + " ".join(f"{v:.3f}" for v in record["weights"].values()),
              f"{record['images_per_second']:.1f} img/s"]
     for name, metrics in (record.get("val") or {}).items():
-        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if v is not None and not k.startswith("loss.")
-                 and k.split(".")[-1] in ("miou", "pixel_acc", "abs_err", "rel_err", "mean_deg")]
+        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if v is not None and not k.startswith(("loss.", "delta_m."))
+                 and k.split(".")[-1] in ("miou", "pixel_acc", "abs_err", "rel_err", "mean_deg", "delta_m")]
         parts.append(f"val[{name}] " + " ".join(shown))
     return " | ".join(parts)
+
+
+def baseline_scores(runs: list[str]) -> dict[str, list[dict]]:
+    """The last validation of each single-task run folder in ``runs``, per validation set:
+    ``{set name: [scores of run 1, scores of run 2, ...]}`` (what Delta_m compares with)."""
+    found: dict[str, list[dict]] = {}
+    for run in runs:
+        rows = [r for r in read_metrics(Path(run) / "metrics.jsonl") if r.get("val")]
+        if not rows:
+            raise ValueError(f"--baseline {run}: no validation in its metrics.jsonl; give a finished run folder "
+                             f"(python train.py --arch single --task TASK ... --out {run})")
+        for name, scores in rows[-1]["val"].items():
+            found.setdefault(name, []).append(scores)
+    return found
 
 
 def read_metrics(path: Path) -> list[dict]:
