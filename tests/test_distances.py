@@ -71,3 +71,17 @@ def test_a_model_without_depth_lists_nothing():
     pred = street()
     pred.tasks = [TASKS[0]]
     assert objects_ahead(pred) is None and describe(None) == ""
+
+
+def test_the_colour_bar_ends_at_a_real_distance_when_the_sky_is_left_out():
+    """The depth view's colour range leaves out the pixels called sky (no distance there): the far
+    end of the colour bar is a distance in metres, not "> 1 km"."""
+    from mtan.serve.views import depth_view, display_limits
+
+    pred = street()
+    (lo, hi), left_out = display_limits(pred, TASKS[1])
+    assert left_out and lo > 0
+    _, bar = depth_view(pred, "inferno")
+    assert "> 1 km" not in bar and "≈ 30 m" in bar and "without its sky" in bar
+    pred.labels["semantic"][:] = CLASSES.index("sky")  # nothing but sky: every pixel counts again
+    assert display_limits(pred, TASKS[1])[1] is False

@@ -154,7 +154,8 @@ def _distance(m: float) -> str:
     return f"≈ {_fmt(m)} m"
 
 
-def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMAP, ticks: int = 5) -> str:
+def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMAP, ticks: int = 5,
+                  sky_left_out: bool = False) -> str:
     """A horizontal colour bar for the depth view in words and metres: far on the left, near on the
     right for inverse depth (whose larger values are nearer), each tick an approximate distance.
     Nothing below zero is shown: a value at or below 0 reads as farther than the scale goes."""
@@ -169,7 +170,8 @@ def colorbar_html(task, limits: tuple[float, float], cmap: str = DEFAULT_COLORMA
         labels = [f"{_fmt(v)} m" for v in values]
         ends = ("near", "far")
     tick_html = "".join(f"<span>{t}</span>" for t in labels)  # our own words and numbers
-    note = f"{task.meaning} Colours span the 2nd–98th percentile of this photo."
+    note = (f"{task.meaning} Colours span the 2nd–98th percentile of this photo"
+            + (" without its sky, which takes the far end's colour." if sky_left_out else "."))
     return (f'<div class="mtan-colorbar" data-units="{html.escape(task.units)}">'
             f'<div class="mtan-colorbar-title">Distance: {ends[0]} ← → {ends[1]}</div>'
             f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'

@@ -3,6 +3,7 @@ changes (no network run): the segmentation overlay, the coloured depth with its 
 before/after slider compares, and the API's attention view."""
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 from mtan.serve import render
@@ -22,9 +23,25 @@ def depth_view(pred: Prediction, colormap: str):
     if not dep:
         return None, ""
     colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
-    limits = render.depth_limits(pred.depth[dep.name])
+    limits, sky_left_out = display_limits(pred, dep)
     return (render.colorize_depth(pred.depth[dep.name], pred.size, colormap, limits),
-            render.colorbar_html(dep, limits, colormap))
+            render.colorbar_html(dep, limits, colormap, sky_left_out=sky_left_out))
+
+
+def display_limits(pred: Prediction, dep) -> tuple[tuple[float, float], bool]:
+    """The depth view's colour range, and whether the sky was left out of it: the percentiles of
+    the pixels the segmentation does not call sky (the sky has no distance), so that the colour
+    bar's far end is a real distance; all pixels when there is no segmentation or little but sky."""
+    depth = pred.depth[dep.name]
+    sem = pred.first("semantic")
+    if sem is not None and "sky" in sem.class_set.classes:
+        labels = pred.labels[sem.name]
+        (H, W), (h, w) = labels.shape, depth.shape
+        ground = labels[(np.arange(h) * H // h)[:, None], (np.arange(w) * W // w)[None, :]] != \
+            sem.class_set.classes.index("sky")
+        if ground.mean() > 0.05:
+            return render.depth_limits(depth[ground]), True
+    return render.depth_limits(depth), False
 
 
 def compared_view(pred: Prediction, compare: str, colormap: str, depth: Image.Image | None = None,
