@@ -74,6 +74,7 @@ def photo_tab(app: App, page: dict) -> None:
             page["image"] = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
                                      label="Your street photo", elem_id="input-image", height=300)
             page["summary"] = gr.Markdown(elem_id="summary")
+            page["nearby"] = gr.Markdown(elem_id="nearby")  # what is in front of the camera, and how far
         with gr.Column(scale=2, min_width=320, visible=False, elem_id="hero") as page["hero"]:
             page["compare"] = gr.ImageSlider(label="Photo | output: drag the handle", format="jpeg", elem_id="compare",
                                              interactive=False, height=440)
@@ -97,7 +98,6 @@ def photo_tab(app: App, page: dict) -> None:
 
 def details_area(app: App, page: dict, compare: list[str]) -> None:
     """Everything under the hero, shown once a photo has run."""
-    page["nearby"] = gr.Markdown(elem_id="nearby")
     page["point"] = gr.Markdown("Click a spot on the segmentation or the depth to read its class and distance.",
                                 elem_id="point")
     with gr.Row(equal_height=False):
