@@ -64,12 +64,13 @@ def eager_seconds(runner, size) -> float:
 @pytest.fixture
 def steady(monkeypatch):
     """Timings of tiny networks scatter by more than a real network's: here every measurement
-    counts as quiet, and a remembered figure as fresh within 3x (a 20x one is stale)."""
+    counts as quiet, and a remembered figure as fresh within 6x (a 20x one is stale): a tiny network takes
+    a millisecond, which a busy machine easily triples."""
     import mtan.timing as timing
 
     monkeypatch.setattr(timing, "MAX_SPREAD", 1e9)
     monkeypatch.setattr(timing, "MIN_CPU_SHARE", 0.0)
-    monkeypatch.setattr(timing, "STALE_FACTOR", 3.0)
+    monkeypatch.setattr(timing, "STALE_FACTOR", 6.0)
 
 
 def test_compiled_for_warmed_sizes_only_and_remembered(monkeypatch, steady):
