@@ -454,3 +454,45 @@ def test_delta_m_against_single_task_runs_at_each_validation(tmp_path):
     with pytest.raises(ValueError, match="--baseline .*no validation in its metrics.jsonl"):
         train(apply_preset(None, {**base, "out": str(tmp_path / "again"), "baseline": [str(tmp_path / "nothing")]}),
               log=lambda *a: None)
+
+
+@pytest.mark.parametrize("method", ["famo", "gradnorm", "pcgrad", "imtl-l"])
+def test_a_stateful_weighting_resumes_exactly(tmp_path, method):
+    """FAMO's logits, GradNorm's weights and first losses, PCGrad's random order and IMTL-L's
+    scales are in the checkpoint: two epochs and a resumed third match three straight epochs."""
+    args = [*TINY, "--weighting", method]
+    straight = run_train([*args, "--epochs", "3", "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run_train([*args, "--epochs", "2", "--out", str(tmp_path / "cut")])
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_train(["--resume", str(tmp_path / "cut"), "--epochs", "3"])
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr[-3000:]
+    a, b = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    assert a[2]["train"] == b[2]["train"] and a[2]["weights"] == b[2]["weights"] and a[2]["val"] == b[2]["val"]
+    assert a[2]["weights"] != a[1]["weights"]  # the weights really move
+
+
+def test_gradient_methods_under_torchrun_and_bf16(tmp_path):
+    """Gradient methods average each task's gradient over the processes themselves; under bf16
+    autocast they train as in float32."""
+    for method, port in (("pcgrad", "29519"), ("gradnorm", "29521")):
+        out = tmp_path / method
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+             "train.py", *TINY, "--epochs", "2", "--weighting", method, "--out", str(out), "--device", "cpu"],
+            cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = read_metrics(out / "metrics.jsonl")
+        assert [r["epoch"] for r in records] == [1, 2] and "x 2 processes" in result.stdout
+        assert all(math.isfinite(v) for r in records for v in r["train"].values())
+    for method in ("mgda-ub", "famo"):
+        out = tmp_path / f"{method}-bf16"
+        result = run_train([*TINY[:-2], "--amp", "bf16", "--epochs", "1", "--weighting", method, "--out", str(out)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        record = read_metrics(out / "metrics.jsonl")[0]
+        assert "amp bf16" in result.stdout and all(math.isfinite(v) for v in record["train"].values())
+        if method == "mgda-ub":  # min-norm weights lie on the simplex
+            assert sum(record["weights"].values()) == pytest.approx(1.0, rel=1e-3)
+        else:
+            assert all(v > 0 for v in record["weights"].values())

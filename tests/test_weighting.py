@@ -71,7 +71,7 @@ def test_equal_and_builder():
     assert isinstance(eq, EqualWeighting) and eq.weights() == {"a": 1.0, "b": 1.0}
     assert eq.combine({"a": torch.tensor(1.5), "b": torch.tensor(2.0)}).item() == 3.5
     with pytest.raises(ValueError, match="unknown weighting"):
-        build_weighting("gradnorm", ["a"])
+        build_weighting("gradnorm-2", ["a"])
     with pytest.raises(ValueError, match="temperature"):
         build_weighting("dwa", ["a"], temperature=0)
 
@@ -81,7 +81,7 @@ def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(meth
     """One step of a gradient method: the shared parameters' gradients are the method's direction
     of the tasks' separate gradients; each task's own parameters get its own loss's gradient."""
     from mtan import MTAN, preset_tasks
-    from mtan.weighting import GradientWeighting
+    from mtan.weighting import GradientWeighting, Parts
 
     torch.manual_seed(0)
     model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
@@ -107,7 +107,7 @@ def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(meth
     reference = GradientWeighting(model.task_names, method, seed=3)  # the same random order for PCGrad
     expected, w = reference.direction(grads)
     model.zero_grad()
-    weighting.backward(losses(), shared, [p for ps in own.values() for p in ps])
+    weighting.backward(losses(), Parts(shared=shared, own=[p for ps in own.values() for p in ps]))
     got = torch.cat([p.grad.reshape(-1) for p in shared])
     assert torch.allclose(got, expected.float(), rtol=1e-4, atol=1e-7)
     for t in model.task_names:
@@ -130,3 +130,132 @@ def test_random_weights_are_drawn_each_step_and_resume_exactly():
     assert float(a.combine(losses)) == float(b.combine(losses))
     assert build_weighting("random", ["s", "d"], seed=5).name == "random"
     assert build_weighting("nash-mtl", ["s", "d"]).uses_gradients
+
+
+def _tiny_model(seed=0):
+    from mtan import MTAN, preset_tasks
+
+    torch.manual_seed(seed)
+    return MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
+
+
+def _losses(model, x):
+    out = model(x)
+    return {"semantic": out["semantic"].square().mean(), "depth": (out["depth"] - 1).abs().mean()}
+
+
+def _flat_grads(params):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def test_mgda_ub_weights_come_from_the_shared_features_and_the_update_is_their_weighted_sum():
+    """MGDA-UB: the weights are the min-norm point of the tasks' gradients of the features the
+    branches read; every parameter's gradient is then exactly that of the weighted loss sum."""
+    from mtan.gradients import min_norm_weights
+    from mtan.weighting import RepresentationMGDA, model_parts
+
+    model, x = _tiny_model(), torch.rand(2, 3, 32, 64)
+    parts = model_parts(model, cut=True)
+    losses = _losses(model, x)
+    assert len(parts.cut) == 4 * 5  # u and p of 5 encoder stages, up and q of 5 decoder stages
+    rows = []
+    for t in model.task_names:
+        g = torch.autograd.grad(losses[t], [leaf for _, leaf in parts.cut], retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(v if v is not None else torch.zeros_like(leaf)).reshape(-1)
+                               for v, (_, leaf) in zip(g, parts.cut)]))
+    expected_w = min_norm_weights(torch.stack(rows))
+    assert 0 < float(expected_w[0]) < 1  # the two tasks' feature gradients conflict here: a real mix
+
+    weighting = RepresentationMGDA(model.task_names)
+    model.zero_grad()
+    weighting.backward(losses, parts)
+    got = _flat_grads(model.parameters())
+    logged = list(weighting.weights().values())
+    assert logged == pytest.approx(expected_w.tolist(), rel=1e-4)
+
+    # the same gradients from a plain forward without the cut
+    plain = _tiny_model()
+    plain.load_state_dict(model.state_dict())
+    plain_losses = _losses(plain, x)
+    sum(w * plain_losses[t] for w, t in zip(logged, plain.task_names)).backward()
+    assert torch.allclose(got, _flat_grads(plain.parameters()), rtol=1e-4, atol=1e-8)
+    with torch.no_grad():  # no gradients wanted: the network is left alone
+        model(x)
+    assert len(parts.cut) == 20
+
+
+def test_famo_weights_its_losses_and_moves_towards_the_task_that_improved_least():
+    from mtan.gradients import famo_update
+    from mtan.weighting import FAMOWeighting
+
+    famo = FAMOWeighting(["s", "d"], lr=0.5, decay=0.0)
+    famo.begin_epoch(0)
+    losses = {"s": torch.tensor(2.0, requires_grad=True), "d": torch.tensor(0.5, requires_grad=True)}
+    total = famo.combine(losses)
+    # z = (1/2, 1/2): weights c z_i / L_i with c = 1 / (0.25 + 1) -> (0.2, 0.8); the loss is c
+    assert list(famo.weights().values()) == pytest.approx([0.2, 0.8])
+    assert total.item() == pytest.approx(0.8)
+    total.backward()
+    assert losses["s"].grad.item() == pytest.approx(0.2) and losses["d"].grad.item() == pytest.approx(0.8)
+    # "s" fell by half, "d" not at all: the logits move weight to "d"
+    before, after = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 0.5])
+    famo.after_step(before, after)
+    assert famo.logits.tolist() == pytest.approx(famo_update(torch.zeros(2, dtype=torch.float64), before.double(),
+                                                             after.double(), 0.5, 0.0).tolist())
+    assert famo.logits[1] > famo.logits[0]
+    famo.combine({"s": torch.tensor(1.0), "d": torch.tensor(1.0)})
+    w = famo.weights()  # the epoch's mean: (0.2, 0.8) then softmax of the logits
+    assert w["d"] > 0.5
+    # a task with no valid target sits the step out; the others share the step
+    famo.begin_epoch(1)
+    famo.combine({"s": torch.tensor(1.0), "d": torch.tensor(0.0)})
+    assert famo.weights() == {"s": pytest.approx(1.0), "d": 0.0}
+    # the logits are resumed from a checkpoint
+    clone = FAMOWeighting(["s", "d"])
+    clone.load_state_dict(famo.state_dict())
+    assert torch.equal(clone.logits, famo.logits)
+
+
+def test_gradnorm_weights_follow_the_gradient_norms_on_the_last_shared_layer():
+    from mtan.gradients import gradnorm_update
+    from mtan.weighting import GradNormWeighting, model_parts
+
+    model, x = _tiny_model(), torch.rand(2, 3, 32, 64)
+    parts = model_parts(model)
+    assert parts.last_shared is model.decoder.stages[-1].refine[-1][0].weight
+    gn = GradNormWeighting(model.task_names, alpha=1.5, lr=0.05)
+    losses = _losses(model, x)
+    norms = torch.stack([torch.autograd.grad(losses[t], [parts.last_shared], retain_graph=True)[0].norm()
+                         for t in model.task_names]).double()
+    gn.backward(losses, parts)
+    # the first step: L(0) is this step's loss, every ratio is 1, weights 1
+    assert gn.initial_losses.tolist() == pytest.approx([losses[t].item() for t in model.task_names])
+    expected = gradnorm_update(torch.ones(2, dtype=torch.float64), norms, torch.ones(2, dtype=torch.float64), 1.5, 0.05)
+    assert gn.task_weights.tolist() == pytest.approx(expected.tolist(), rel=1e-4)
+    assert sum(gn.task_weights.tolist()) == pytest.approx(2.0)
+    # the task with the larger gradient norm loses weight (equal training rates at the first step)
+    big = int(torch.argmax(norms))
+    assert gn.task_weights[big] < 1 < gn.task_weights[1 - big]
+    # the network's gradient is that of the weighted sum with the weights of the step (1, 1)
+    plain = _tiny_model()
+    plain.load_state_dict(model.state_dict())
+    sum(_losses(plain, x).values()).backward()
+    assert torch.allclose(_flat_grads(model.parameters()), _flat_grads(plain.parameters()), rtol=1e-4, atol=1e-8)
+    clone = GradNormWeighting(model.task_names)
+    clone.load_state_dict(gn.state_dict())
+    assert torch.equal(clone.task_weights, gn.task_weights) and torch.equal(clone.initial_losses, gn.initial_losses)
+
+
+def test_imtl_l_scales_every_loss_towards_one():
+    from mtan.weighting import IMTLLWeighting
+
+    imtl = IMTLLWeighting(["a", "b"])
+    losses = {"a": torch.tensor(4.0), "b": torch.tensor(0.25)}
+    assert imtl.combine(losses).item() == pytest.approx(4.25)  # s = 0: the plain sum
+    opt = torch.optim.SGD(imtl.parameters(), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        imtl.combine(losses).backward()
+        opt.step()
+    # the optimum exp(s_k) L_k = 1: scales 1/4 and 4
+    assert list(imtl.weights().values()) == pytest.approx([0.25, 4.0], rel=1e-3)

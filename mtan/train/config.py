@@ -78,10 +78,10 @@ class TrainConfig:
                                    "and width (a folder, a run folder or a Hub repo id): fine-tuning", group=MODEL,
                                    cli={"metavar": "MODEL"})
     # optimisation (defaults = the paper)
-    weighting: str = option("dwa", "how the task losses are balanced: equal, dwa (the paper), uncertainty, random "
-                            "(random loss weights), or a gradient method on the shared parameters: pcgrad, mgda, "
-                            "cagrad, imtl-g, nash-mtl, fairgrad (one backward pass per task; one process)",
-                            group=OPTIM, choices=METHODS)
+    weighting: str = option("dwa", "how the task losses are balanced: equal, dwa (the paper), uncertainty, imtl-l, "
+                            "random (random loss weights), famo, gradnorm, or a gradient method on the shared "
+                            "parameters: pcgrad, mgda, cagrad, imtl-g, nash-mtl, fairgrad (one backward pass per "
+                            "task), mgda-ub (MGDA on the shared features)", group=OPTIM, choices=METHODS)
     temperature: float = option(2.0, "DWA temperature T", group=OPTIM, number=(0.0, True))
     optimizer: str = option("adam", "optimiser: adam (the paper) or adamw (decoupled weight decay)", group=OPTIM,
                             choices=("adam", "adamw"))

@@ -22,6 +22,7 @@ processes, and only rank 0 writes files and logs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from tqdm import tqdm
 
 from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
@@ -52,7 +54,7 @@ from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.plots import plot_curves
 from mtan.train.run_folder import baseline_scores, export, monitor_score, read_metrics, summary_line
 from mtan.train.schedule import build_schedule
-from mtan.weighting import build_weighting
+from mtan.weighting import Parts, build_weighting, model_parts
 
 
 PROGRESS_EVERY_S = 60.0  # without a progress bar (output to a log file): a progress line this often
@@ -114,14 +116,12 @@ class Engine:
         self.baselines = baseline_scores(config.baseline) if config.baseline else {}
         self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature,
                                          seed=config.seed).to(device)
-        if self.weighting.uses_gradients and self.runtime.distributed:
-            raise ValueError(f"--weighting {config.weighting} combines each task's gradient and runs in one process: "
-                             f"start it with python train.py, not torchrun")
-        # a task's own parameters (its attention masks and head) and those all tasks share
-        own = tuple(f"{part}.{t}." for part in ("attention", "heads") for t in self.model.task_names)
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.own_params = [p for n, p in named if n.startswith(own)]
-        self.shared_params = [p for n, p in named if not n.startswith(own)]
+        if self.weighting.on_representation and config.compile:
+            raise ValueError(f"--weighting {config.weighting} reads the shared features between the network's parts "
+                             f"and runs eagerly: leave out --compile")
+        # gradient methods average each task's gradient over the processes themselves (no DDP wrapper)
+        self.sync_by_hand = self.weighting.uses_gradients and self.runtime.distributed
+        self.parts = self._parts()
         self.class_weights = self._class_weights()
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -156,15 +156,17 @@ class Engine:
             self.log(f"resuming on another CPU ({here}; the run so far: {recorded_cpu}, amp {recorded}): "
                      f"timing float32 and bf16 again")
         batch = next(self._batches(self.train_data, self.config.batch_size, 0, self.config.augment))
-        saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state())
+        saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
+                 copy.deepcopy(self.weighting.state_dict()))
 
         def step(dtype):
             self.amp_dtype = dtype
             self._forward_backward(self.model, batch)
 
         choice, seconds = fastest({"off": lambda: step(None), "bf16": lambda: step(torch.bfloat16)})
-        self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics)
-        torch.set_rng_state(saved[1])
+        self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics,
+        torch.set_rng_state(saved[1])         # the weighting's state and draws)
+        self.weighting.load_state_dict(saved[2])
         self.optimizer.zero_grad(set_to_none=True)
         self.amp_dtype = torch.bfloat16 if choice == "bf16" else None
         self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
@@ -217,9 +219,22 @@ class Engine:
                 self.log(f"class weights ({self.config.class_weights}) for {t.name}: {pairs}")
         return out
 
+    def _parts(self) -> Parts:
+        return model_parts(self.model, cut=self.weighting.on_representation, average=self._average)
+
+    def _average(self, tensors: list[torch.Tensor]) -> None:
+        """Average tensors over the processes of a distributed run, in place."""
+        if self.runtime.distributed:
+            for t in tensors:
+                dist.all_reduce(t)
+                t /= self.runtime.world
+
     def _wrap(self, compile: bool):
         module = compile_or_eager(self.model, self.log) if compile else self.model
-        if self.runtime.distributed:
+        if self.sync_by_hand:  # as DDP does when it wraps: every process starts from rank 0's weights
+            for t in [*self.model.parameters(), *self.model.buffers()]:
+                dist.broadcast(t.data, 0)
+        if self.runtime.distributed and not self.sync_by_hand:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             cuda = self.runtime.device.type == "cuda"
@@ -279,11 +294,39 @@ class Engine:
             outputs = model(batch["image"])
         losses, has_valid = self._task_losses(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.weighting.uses_gradients:  # each task's gradient of the shared parameters, combined
-            self.weighting.backward(losses, self.shared_params, self.own_params)
-        else:
-            self.weighting.combine(losses).backward()
+        self.weighting.backward(losses, self.parts)
+        if self.sync_by_hand:  # what DDP does for the other methods: the mean gradient of all processes
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                self._average([flat])
+                offset = 0
+                for g in grads:
+                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                    offset += g.numel()
         return losses, has_valid
+
+    def _learn_from_step(self, batch: dict, before: dict) -> None:
+        """FAMO's second look: the same batch's task losses after the update, without gradients
+        and without touching the BatchNorm statistics."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        kept = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                for m in norms]
+        try:
+            for m in norms:
+                m.momentum = 0.0
+            with torch.no_grad(), self._autocast():
+                outputs = self.model(batch["image"])
+            after, _ = self._task_losses(outputs, batch)
+        finally:
+            for m, momentum, tracked in kept:
+                m.momentum = momentum
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)
+        pair = torch.stack([torch.stack([before[t.name].detach().float() for t in self.tasks]),
+                            torch.stack([after[t.name].float() for t in self.tasks])])
+        self._average([pair])
+        self.weighting.after_step(pair[0], pair[1])
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, model = self.config, self.forward_module
@@ -313,10 +356,13 @@ class Engine:
             else:
                 losses, has_valid = self._forward_backward(model, batch)
             if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
-                for p in self.weighting.parameters():
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.runtime.world
+                self._average([p.grad for p in self.weighting.parameters()])
             self.optimizer.step()
+            if self.sync_by_hand:  # as DDP does: every process continues with rank 0's BatchNorm statistics
+                for b in self.model.buffers():
+                    dist.broadcast(b, 0)
+            if self.weighting.learns_from_step:
+                self._learn_from_step(batch, losses)
             if self.step_schedule_per_batch:
                 self.scheduler.step()
             stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
