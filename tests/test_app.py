@@ -7,6 +7,7 @@ starts a second one.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import re
@@ -451,3 +452,51 @@ def test_distances_of_the_vehicles_and_people(client, models, tmp_path):
         assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
     indoor = client.predict(handle_file(str(path)), models["nyu"], "128x256", False, api_name="/distances")
     assert indoor["objects"] == []
+
+
+def test_the_mcp_tool_is_listed_and_answers(app_url, tmp_path):
+    """The app serves one MCP tool, street_photo: a photo as a data URL (or an example's name) in;
+    the segmentation and depth pictures and the distances JSON out. Web addresses are not fetched
+    and the app's other endpoints are not tools."""
+    import asyncio
+    import base64
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    path, size = _write("jpeg", tmp_path)
+    photo = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+    async def session():
+        async with streamable_http_client(app_url.rstrip("/") + "/gradio_api/mcp/") as streams:
+            async with ClientSession(*streams[:2]) as s:
+                await s.initialize()
+                tools = (await s.list_tools()).tools
+                answers = {"photo": await s.call_tool("street_photo", {"photo": photo}),
+                           "example": await s.call_tool("street_photo", {"photo": "camvid_3_van.jpg"}),
+                           "url": await s.call_tool("street_photo", {"photo": "http://127.0.0.1:1/secret.jpg"}),
+                           "not base64": await s.call_tool("street_photo", {"photo": "data:image/png;base64,@@@"}),
+                           "predict": await s.call_tool("predict", {"image": "http://127.0.0.1:1/x.jpg"})}
+                return tools, answers
+
+    tools, answers = asyncio.run(session())
+    assert [t.name for t in tools] == ["street_photo"]
+    schema = tools[0].inputSchema
+    assert schema["required"] == ["photo"] and schema["properties"]["photo"]["type"] == "string"
+    assert "data URL" in schema["properties"]["photo"]["description"] and "metres" in tools[0].description
+    for key in ("photo", "example"):
+        answer = answers[key]
+        assert not answer.isError
+        images = [c for c in answer.content if c.type == "image"]
+        assert [c.mimeType for c in images] == ["image/jpeg", "image/jpeg"]
+        pictures = [Image.open(io.BytesIO(base64.b64decode(c.data))) for c in images]
+        result = json.loads([c.text for c in answer.content if c.type == "text" and c.text.startswith("{")][0])
+        assert {"objects", "classes", "photo_size", "summary", "note", "model"} <= set(result)
+        assert all(p.size == tuple(result["photo_size"]) for p in pictures)
+        assert sum(result["classes"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert len(result["summary"]) == len(result["objects"])
+    assert answers["photo"].content and json.loads(
+        [c.text for c in answers["photo"].content if c.type == "text" and c.text.startswith("{")][0])["photo_size"] == list(size)
+    for key, words in (("url", "does not fetch web addresses"), ("not base64", "not valid base64"),
+                       ("predict", "Unknown tool")):
+        assert answers[key].isError and words in answers[key].content[0].text, answers[key].content

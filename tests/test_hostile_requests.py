@@ -256,6 +256,8 @@ def wrong_values(comp: dict) -> dict[str, object]:
         return {"list": ["x"], "object": {"value": "x"}, "long text": "x" * 5000, "number": 3.5}
     if kind == "checkbox":
         return {"text": "yes", "number": 1, "list": [True]}
+    if kind == "textbox":
+        return {"list": ["data:image/png;base64,AAAA"], "number": 3, "object": {"photo": "x"}}
     return {}
 
 
@@ -274,9 +276,13 @@ def test_every_event_refuses_values_of_the_wrong_kind(app, baseline, normal_phot
         # have nothing to redraw.
         answer = send(app, index, [])
         assert answer.seconds < FAST and (answer.ok or re.search(
-            "Upload a photo first|example must be a number|Run a photo first|Upload a video clip first",
+            "Upload a photo first|example must be a number|Run a photo first|Upload a video clip first|"
+            "Send the photo as a data URL",
             answer.message)), answer
     assert tried > 40
+    tool = next(i for i, e in app["events"].items() if e.get("api_name") == "street_photo")
+    limit = app["components"][app["events"][tool]["inputs"][0]]["props"]["max_length"]
+    refused(app, tool, ["data:image/jpeg;base64," + "A" * limit], "an over-long photo text", "too long")
     still_serving(baseline, normal_photo)
 
 

@@ -277,3 +277,31 @@ def test_invalid_settings_stop_the_app_with_a_clear_message():
     result = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO, capture_output=True, text=True,
                             env=os.environ | TEST_ENV | {"MTAN_KEEP_FREED_MEMORY": "half"}, timeout=120)
     assert result.returncode == 2 and "--keep-freed-memory: expected a size such as 25mb" in result.stderr
+
+
+def test_a_photo_sent_as_text_is_checked_before_it_is_decoded(tmp_path):
+    """The MCP tool's photo: a data URL within the limit, or an example's name; a web address,
+    another kind of data, bad base64 or an over-long text are refused with their own message."""
+    import base64
+
+    from mtan.serve.uploads import UploadRefused, inline_photo, inline_photo_chars
+
+    example = tmp_path / "street.jpg"
+    example.write_bytes(b"\xff\xd8 a jpeg")
+    examples = {"street.jpg": example}
+    payload = bytes(range(256)) * 4
+    url = "data:image/png;base64," + base64.b64encode(payload).decode()
+    assert inline_photo(url, 1024, examples) == (payload, "photo.png")
+    assert inline_photo(" street.jpg ", 1024, examples) == (b"\xff\xd8 a jpeg", "street.jpg")
+    assert len(url) <= inline_photo_chars(1024) < len(url) + 100
+    refusals = {"https://example.com/a.jpg": "does not fetch web addresses",
+                "file:///etc/passwd": "does not fetch web addresses",
+                "data:text/html;base64,PGI+": "must be a data URL of a JPEG, PNG or WebP",
+                "data:image/png;base64,@@@@": "not valid base64",
+                "": "Send the photo as a data URL",
+                "data:image/jpeg;base64," + "A" * inline_photo_chars(1024): "larger than this app's limit"}
+    for text, words in refusals.items():
+        with pytest.raises(UploadRefused, match=words):
+            inline_photo(text, 1024, examples)
+    with pytest.raises(UploadRefused, match="larger than"):  # decodes to 1,026 bytes: within the text's bound
+        inline_photo("data:image/png;base64," + base64.b64encode(bytes(1026)).decode(), 1024, examples)

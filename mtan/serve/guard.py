@@ -92,7 +92,7 @@ def guarded(fn=None, *, noun: str = "photo"):
 class RequestGuard:
     """Checks and cleans the values of every event of ``blocks`` (see the module's docstring)."""
 
-    SUPPORTED = (gr.Image, gr.Video, gr.Slider, gr.Radio, gr.Dropdown, gr.Checkbox, gr.Dataset, gr.State)
+    SUPPORTED = (gr.Image, gr.Video, gr.Slider, gr.Radio, gr.Dropdown, gr.Checkbox, gr.Dataset, gr.State, gr.Textbox)
 
     def __init__(self, policy: UploadPolicy, open_choices=(), video_policy: UploadPolicy | None = None):
         """``open_choices``: radios and dropdowns whose choices depend on the model (the event
@@ -159,6 +159,15 @@ class RequestGuard:
                 return block.value
             if not isinstance(value, bool):
                 raise ValueError(f"{_label(block)} must be true or false")
+            return value
+        if isinstance(block, gr.Textbox) and block.max_length:  # text the app reads itself (the MCP tool's photo)
+            if value is None:
+                return ""
+            if not isinstance(value, str):
+                raise ValueError(f"{_label(block)} must be text")
+            if len(value) > block.max_length:
+                raise UploadRefused(f"{_label(block)} is too long: at most {block.max_length:,} characters "
+                                    f"(the upload limit, as base64).")
             return value
         if isinstance(block, gr.Dataset):  # a click on an example: its index
             if value is None or isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(block.samples):

@@ -83,6 +83,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--port", type=positive_int, default=env("GRADIO_SERVER_PORT") or None,
                    help="port to listen on (default 7860, or the next free one)")
     p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
+    p.add_argument("--no-mcp", dest="mcp", action="store_false",
+                   default=(env("MTAN_MCP") or "1").lower() not in ("0", "false", "no"),
+                   help="do not serve the MCP tool (street_photo) at /gradio_api/mcp/ (MTAN_MCP=0)")
     p.add_argument("--device", default=env("MTAN_DEVICE"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--max-pixels", type=positive_int,
                    default=env("MTAN_MAX_PIXELS") or str(DEFAULT_MAX_PIXELS),

@@ -8,7 +8,10 @@ message, so an answer never tells whether a path exists on the server.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +102,40 @@ class UploadPolicy:
         if len(data) > self.max_bytes:  # it grew since
             raise self.too_large()
         return data
+
+
+INLINE_PHOTO = re.compile(r"data:image/(jpeg|jpg|png|webp);base64,", flags=re.I)
+
+
+def inline_photo_chars(max_bytes: int) -> int:
+    """The longest ``data:`` text that can hold a photo of ``max_bytes`` (base64: 4 characters per 3 bytes)."""
+    return 4 * -(-max_bytes // 3) + 64
+
+
+def inline_photo(text: str, max_bytes: int, examples: dict[str, Path]) -> tuple[bytes, str]:
+    """A photo sent as text (the MCP tool's input): a ``data:image/...;base64,`` URL of a JPEG, PNG
+    or WebP of at most ``max_bytes``, or the file name of one of ``examples``. Returns the file's
+    bytes and a name. The length is checked before anything is decoded; a web address is refused
+    (the app does not fetch anything on a caller's behalf)."""
+    if not isinstance(text, str) or not text.strip():
+        raise UploadRefused("Send the photo as a data URL (data:image/jpeg;base64,...) or name an example photo.")
+    text = text.strip()
+    if text in examples:
+        return examples[text].read_bytes(), text
+    if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
+        raise UploadRefused("This app does not fetch web addresses: send the photo itself as a data URL "
+                            "(data:image/jpeg;base64,...) or name an example photo.")
+    head = INLINE_PHOTO.match(text)
+    if head is None:
+        shown = ", ".join(sorted(examples)) or "none"
+        raise UploadRefused(f"The photo must be a data URL of a JPEG, PNG or WebP image (data:image/jpeg;base64,...) "
+                            f"or the name of an example photo ({shown}).")
+    if len(text) > inline_photo_chars(max_bytes):
+        raise UploadRefused(f"This photo is larger than this app's limit of {megabytes(max_bytes)}.")
+    try:
+        data = base64.b64decode(text[head.end():], validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadRefused("This data URL is not valid base64.") from None
+    if len(data) > max_bytes:
+        raise UploadRefused(f"This photo is larger than this app's limit of {megabytes(max_bytes)}.")
+    return data, f"photo.{head.group(1).lower().replace('jpg', 'jpeg')}"

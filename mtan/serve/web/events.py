@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -18,14 +19,14 @@ from mtan import serve
 from mtan.inference import Resolution
 from mtan.serve import render, views
 from mtan.serve.card import split_card
-from mtan.serve.distances import NOTE, at_point, describe, objects_ahead
+from mtan.serve.distances import NOTE, at_point, describe, objects_ahead, spoken
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
 from mtan.serve.examples import split_examples
 from mtan.serve.guard import guarded, refusal
 from mtan.serve.media_events import MediaEvents, video_resolutions
 from mtan.serve.process import ACTIVITY
 from mtan.serve.settings import byte_size
-from mtan.serve.uploads import UploadPolicy
+from mtan.serve.uploads import UploadPolicy, inline_photo
 from mtan.serve.video import VideoLimits
 from mtan.serve.zerogpu import gpu_task
 
@@ -66,6 +67,7 @@ class App:
     the default model loads now (``stop_on_error``: a model that cannot be loaded ends the process
     with one line); others on first use."""
 
+    TOOL_WAIT_S = 30.0          # an MCP call waits this long at most for a free slot, then is refused
     OUT_MAX_AGE_S = 3600        # download folders older than this are removed (checked at most once a minute)
     SESSION_TTL_S = 1800        # a visitor's cached prediction (for redraws) is dropped this long after it was made
     GRADIO_CACHE = (600, 3600)  # gradio's copies of uploads and outputs: every 10 min, delete those over 1 h old
@@ -87,6 +89,8 @@ class App:
         serve.keep_freed_memory(self.keep_freed)
         serve.release_memory()  # loading and timing the model's precisions freed memory no request reuses
         self.concurrency = args.concurrency or (2 if self.registry.device.type == "cuda" else 1)
+        # the MCP tool runs outside the queue (gradio returns a queued tool's several outputs as one text): its own slots
+        self.tool_slots = threading.BoundedSemaphore(self.concurrency)
         self.examples = serve.example_files(Path(os.environ.get("MTAN_EXAMPLES") or serve.EXAMPLES_DIR))
         self.example_cache = serve.ExampleCache(self.examples)
         # Each prediction's views and downloads go to a fresh folder in gradio's cache: gradio then
@@ -204,6 +208,13 @@ class App:
             pred.notes = notes + serve.processing_notes(pred.size, pred.processing_size)
             self.example_cache.put(cache_key, pred)
         return pred
+
+    def limits_line(self) -> str:
+        """The limits a visitor's requests meet, in one line for the terminal."""
+        a = self.args
+        return (f"photos up to {a.max_file_size} and {a.max_image_pixels / 1e6:g} megapixels, clips up to "
+                f"{a.max_video_size} and {a.max_video_seconds:g} s, {self.concurrency} photo at a time, "
+                f"{a.queue_size} waiting at most, {a.live_streams} webcam streams")
 
     def warm_examples(self) -> threading.Thread | None:
         """Run the real example photos once in the background (after the server has been idle a
@@ -347,6 +358,43 @@ class App:
             raise refusal("distances", "This model does not have both a segmentation and a depth task, so it cannot "
                                        "say how far away things are.")
         return {"distances": {"objects": found, "photo_size": [pred.size[1], pred.size[0]], "note": NOTE}}
+
+    @guarded
+    @named(("tool_segmentation", "tool_depth", "tool_result"))
+    def street_photo(self, photo: str):
+        """Segment a street photo into 7 classes (flat ground, construction, object, nature, sky, human, vehicle), estimate its depth, and list the vehicles and people in it with their approximate distance in metres, nearest first. Answers with the segmentation drawn over the photo, the depth map (bright = near) and a JSON object: "objects" (class, where it is, approximate metres, share of the picture, box [left, top, right, bottom] in the photo's pixels), "classes" (each class's share of the picture), "summary" and "note".
+
+        Args:
+            photo: The photo as a data URL of a JPEG, PNG or WebP image (data:image/jpeg;base64,...) within the app's upload limit, or the file name of one of the app's example photos, such as camvid_1_pedestrians.jpg. Web addresses are not fetched.
+        """
+        # gradio's MCP server: one docstring line per paragraph and argument (it keeps only the first line of each)
+        if not self.tool_slots.acquire(timeout=self.TOOL_WAIT_S):
+            raise refusal("street_photo", "The app is busy: try again in a moment.")
+        try:
+            return self._street_photo(photo)
+        finally:
+            self.tool_slots.release()
+
+    def _street_photo(self, photo: str) -> dict:
+        examples = {p.name: p for p in split_examples(self.examples)[0]}
+        try:
+            data, name = inline_photo(photo, self.uploads.max_bytes, examples)
+        except ValueError as e:
+            raise refusal("street_photo", str(e)) from None
+        loaded = self.get_model(None)
+        pred = self.predict_bytes(data, name, loaded, loaded.resolutions.default, False)
+        found = objects_ahead(pred)
+        seg, depth = self.downloads.jpegs(pred.stem, segmentation=views.segmentation_view(pred, 0.6),
+                                          depth=views.depth_view(pred, render.DEFAULT_COLORMAP)[0])
+        sem = pred.first("semantic")
+        classes = {}
+        if sem is not None:
+            shares = render.class_shares(pred.labels[sem.name], len(sem.class_set.classes))
+            classes = {c: round(float(v), 4) for c, v in zip(sem.class_set.classes, shares) if v > 0}
+        result = {"objects": found or [], "classes": classes, "photo_size": [pred.size[1], pred.size[0]],
+                  "summary": [f"{o['class']}, {o['where']}, {spoken(o['metres'])}" for o in found or []],
+                  "note": NOTE, "model": serve.model_label(loaded.key)}
+        return {"tool_segmentation": seg, "tool_depth": depth, "tool_result": json.dumps(result)}
 
     @named(("point",))
     def point(self, pred, evt: gr.EventData = None):

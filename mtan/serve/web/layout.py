@@ -6,6 +6,8 @@ declares them (:func:`mtan.serve.web.events.named`).
 """
 from __future__ import annotations
 
+import warnings
+
 import gradio as gr
 
 from mtan import serve
@@ -16,7 +18,7 @@ from mtan.serve.media_events import video_resolutions
 from mtan.serve.page_text import ABOUT, HOW_TO_READ
 from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT
 from mtan.serve.streams import StreamPolicy
-from mtan.serve.uploads import megabytes
+from mtan.serve.uploads import inline_photo_chars, megabytes
 from mtan.serve.video import DEFAULT_LAYOUT, LAYOUTS
 from mtan.serve.web.events import App
 
@@ -24,6 +26,23 @@ from mtan.serve.web.events import App
 def outputs(page: dict, handler) -> list:
     """The components of a :func:`named` handler's outputs, in its order."""
     return [page[name] for name in handler.outputs]
+
+
+MCP_TOOLS = ("/street_photo",)
+# gradio warns, as its MCP server starts, of tools with a session-state input; those are not served
+warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input")
+
+
+def limit_mcp_tools(demo: gr.Blocks) -> list[str]:
+    """Serve only the app's MCP tool: gradio's MCP server offers every public endpoint, and a tool
+    whose input is a file would make the server fetch any web address a caller names. Call after
+    ``launch``; returns the tools left."""
+    server = getattr(demo, "mcp_server_obj", None)
+    if server is None:
+        return []
+    server.tool_to_endpoint = {tool: endpoint for tool, endpoint in server.tool_to_endpoint.items()
+                               if endpoint in MCP_TOOLS}
+    return list(server.tool_to_endpoint)
 
 
 def build(app: App) -> gr.Blocks:
@@ -222,6 +241,12 @@ def api_controls(app: App, page: dict) -> None:
     page["difference"] = gr.Image(label="Where the tasks' masks differ", format="jpeg")
     page["attention_caption"] = gr.Markdown(label="attention caption")
     page["distances"] = gr.JSON(label="Vehicles and people, nearest first (approximate metres)")
+    # the MCP tool's own input and outputs: a photo as text (a data URL or an example's name)
+    page["tool_photo"] = gr.Textbox(label="Photo (data URL or example name)",
+                                    max_length=inline_photo_chars(app.uploads.max_bytes))
+    page["tool_segmentation"] = gr.Image(label="Segmentation over the photo", format="jpeg")
+    page["tool_depth"] = gr.Image(label="Depth (bright = near)", format="jpeg")
+    page["tool_result"] = gr.Textbox(label="JSON: vehicles and people with approximate distances, the classes' shares")
 
 
 def wire(app: App, page: dict) -> None:
@@ -240,6 +265,8 @@ def wire(app: App, page: dict) -> None:
                                    api_name="details")
     gr.Button(visible=False).click(app.distances, [p["image"], p["model"], p["resolution"], p["mirror"]],
                                    outputs(p, app.distances), api_name="distances", **inference)
+    gr.Button(visible=False).click(app.street_photo, [p["tool_photo"]], outputs(p, app.street_photo),
+                                   api_name="street_photo", queue=False)  # the MCP tool (App.tool_slots)
     for view in ("segmentation", "depth"):  # a click on a result: the class and distance there
         p[view].select(app.point, [p["state"]], outputs(p, app.point), api_visibility="private",
                        show_progress="hidden")
