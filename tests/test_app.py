@@ -110,9 +110,11 @@ def test_downloads(client, tmp_path):
     with np.load(masks) as npz:
         meta = json.loads(str(npz["meta"]))
         assert meta["tasks"] == ["semantic", "depth"] and meta["image_size"] == [h, w]
-        assert npz["semantic.encoder.0"].dtype == np.uint8 and meta["scale"] == pytest.approx(1 / 255)
+        assert npz["semantic.encoder.stage1"].dtype == np.uint8 and meta["scale"] == pytest.approx(1 / 255)
         assert "stored * scale" in meta["layout"]
-        assert npz["depth.decoder.4"].shape[0] == npz["semantic.encoder.0"].shape[0]  # both at full width
+        # numbered by scale as on the page: stage 1 of the encoder and of the decoder at the same size
+        assert npz["depth.decoder.stage1"].shape == npz["semantic.encoder.stage1"].shape
+        assert npz["depth.decoder.stage5"].shape[1] * 16 == npz["depth.decoder.stage1"].shape[1]
         assert len([k for k in npz.files if k != "meta"]) == 20
 
 
@@ -289,6 +291,7 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
     from mtan.serve import file_digest, render, views
+    from mtan.serve.web import events
 
     try:
         assert app.APP.downloads.max_bytes == app.APP.limits["downloads_max_bytes"] == 3 * 2**20  # from the environment
@@ -326,16 +329,27 @@ def test_rerender_uses_the_cached_prediction(models, tmp_path, monkeypatch):
         overlay = np.asarray(Image.open(app.APP.redraw_segmentation(pred, 0.55)).convert("RGB"), np.int16)
         # the slider shows the class colours themselves (JPEG-encoded), not the overlay (mostly photo)
         assert np.abs(classes - truth).mean() < 0.5 * np.abs(overlay - truth).mean()
-        # the attention section: every task side by side at one stage, the channel control bounded
+        # the attention section: every task and their difference one under the other (a phone reads
+        # it), the channel control bounded; one difference figure, the same in the caption and the table
         panel, scale, caption, channel = app.APP.attention_section(pred, "decoder", 1, 3)
-        assert size_of(panel)[0] > 3 * size_of(panel)[1] * 0.8  # three tasks and their difference in a row
-        assert "Decoder stage 1 (1/1 scale)" in caption and "channel 3 of" in caption and "data-top" in scale
+        assert size_of(panel)[1] > 3 * size_of(panel)[0] * 0.8 * h / w  # three tasks and their difference, stacked
+        assert "Decoder stage 1 (1/1 scale)" in caption and "channel 3 of" in caption and scale.count("data-top") == 2
         _, _, caption, channel = app.APP.attention_section(pred, "encoder", 3, 10_000)  # channel clamped to the stage
         assert "channel 16 of 16" in caption and channel["maximum"] == 16 and channel["value"] == 16
+        assert re.search(r"lets this feature through (most|more)", caption)  # the sentence on this photo
         overview, table = app.APP.attention_overview(pred, "encoder")
         assert size_of(overview)[0] > size_of(overview)[1]  # five stages across, tasks down
-        details = app.APP.page_details(pred, "encoder", 1, 0)
-        assert details[-2] is None  # a new photo clears the masks' download of the last one
+        _, _, mean_caption, _ = app.APP.attention_section(pred, "encoder", 2, 0)
+        figure = re.search(r"differ by \*\*([0-9.]+)\*\*", mean_caption).group(1)
+        row = next(r for r in table.splitlines() if r.startswith("| encoder stage 2 "))
+        assert row.split(" | ")[-2] == figure
+        details = dict(zip(events.PAGE_DETAILS, app.APP.page_details(pred)))
+        assert details["masks_file"] is None  # a new photo clears the masks' download of the last one
+        # it opens where the tasks differ most: the stage with the table's largest figure
+        rows = [r.split(" | ") for r in table.splitlines()[2:]]
+        largest = max(rows, key=lambda r: float(r[-2]))
+        assert f"{details['att_part'].capitalize()} stage {details['att_level']} " in details["att_caption"]
+        assert largest[0] == f"| {details['att_part']} stage {details['att_level']} ({largest[0].split('(')[1]}"
         npz, note = app.APP.attention_masks(pred)
         assert npz.endswith("_attention.npz") and app.APP.attention_masks(pred)[0] == npz  # written once
         assert table.count("\n") == 11 and "most task-specific channels" in table

@@ -147,7 +147,15 @@ def visit(url: str, window, image: Path, screenshot: Path | None = None, timeout
                       driver.find_elements(By.CSS_SELECTOR, "#legend .mtan-legend-item")]
             seen.update(legend=legend, summary=driver.find_element(By.CSS_SELECTOR, "#summary").text,
                         text=page.text(), downloads=len(driver.find_elements(By.CSS_SELECTOR, "#downloads a")),
-                        nearby=driver.find_element(By.CSS_SELECTOR, "#nearby").text)
+                        nearby=driver.find_element(By.CSS_SELECTOR, "#nearby").text,
+                        attention_caption=driver.find_element(By.CSS_SELECTOR, "#attention-caption").text)
+            driver.execute_script("document.querySelector('#downloads').scrollIntoView()")
+            seen["remove_buttons"] = driver.execute_script(  # outputs: no remove button shown
+                "return [...document.querySelectorAll('#downloads .label-clear-button')]"
+                ".filter(b => b.offsetParent !== null).length")
+            seen["cut_names"] = driver.execute_script(  # every name shown whole, on a phone too
+                "return [...document.querySelectorAll('#downloads .stem')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
             picture = driver.find_element(By.CSS_SELECTOR, "#segmentation img")  # a click reads that spot
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
             picture.click()
@@ -167,6 +175,11 @@ def visit(url: str, window, image: Path, screenshot: Path | None = None, timeout
                 seen["error"] = page.error()
                 seen["error_pills"] = page.error_pills()
                 seen["error_toasts"] = len(driver.find_elements(By.CSS_SELECTOR, ".toast-body"))
+            driver.execute_script("window.scrollTo(0, 0)")  # the Live tab without a camera says so
+            driver.find_element(By.CSS_SELECTOR, "#live-tab-button").click()
+            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#live-camera-note").text)
+            seen["camera_note"] = driver.find_element(By.CSS_SELECTOR, "#live-camera-note").text
+            driver.find_element(By.CSS_SELECTOR, "#photo-tab-button").click()
             if example_summary:
                 driver.find_element(By.CSS_SELECTOR, "#examples .gallery-item").click()
                 WebDriverWait(driver, timeout).until(
@@ -211,6 +224,9 @@ def test_desktop_results_above_the_fold_and_one_message_for_a_bad_file(app_url, 
                         r"away))?\.", seen["point"]), seen["point"]
     assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
     assert "generated street scenes" in seen["text"] and "each task" in seen["text"].lower()
+    assert "differ by" in seen["attention_caption"] and "In this photo" in seen["attention_caption"]
+    assert seen["remove_buttons"] == 0 and seen["cut_names"] == [], seen
+    assert "No camera was found" in seen["camera_note"], seen["camera_note"]
     assert "real street photos" in seen["first_screen"] and "Pattern Recognition Letters 2009" in seen["first_screen"]
     assert "could not be read" in seen["error"].lower() or "not" in seen["error"].lower(), seen["error"]
     assert seen["error_pills"] == 0 and seen["error_toasts"] == 0  # one message, not one per output
@@ -229,6 +245,7 @@ def test_phone_brings_a_result_into_view_by_itself(app_url, tmp_path):
     # scrolls to it when it would not be)
     assert seen["compare_in_view"] and seen["shown_before"] == [], seen
     assert not NEGATIVE_NUMBER.search(seen["text"]), NEGATIVE_NUMBER.search(seen["text"])
+    assert seen["remove_buttons"] == 0 and seen["cut_names"] == [], seen  # whole, distinct names on a phone
 
 
 if __name__ == "__main__":

@@ -64,9 +64,17 @@ def save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None, 
     return path
 
 
-MASKS_LAYOUT = ("key '<task>.<encoder|decoder>.<stage>' -> C x h x w at the processing resolution "
-                "(1/2**stage of it for the encoder, 1/2**(4 - stage) for the decoder); decoder stage 0 is "
-                "the deepest; mask value = stored * scale (the app stores uint8: scale 1/255)")
+MASKS_LAYOUT = ("key '<task>.<encoder|decoder>.stage<n>' -> C x h x w; stages are numbered as on the app's page, "
+                "by scale: stage n is at 1/2**(n-1) of the processing resolution (stage 1 full size, stage 5 "
+                "1/16; the encoder runs 1 -> 5, the decoder 5 -> 1); mask value = stored * scale (the app "
+                "stores uint8: scale 1/255)")
+
+
+def mask_key(task: str, part: str, index: int, stages: int) -> str:
+    """The ``.npz`` key of ``part``'s mask number ``index`` (in the network's order), numbered by
+    scale as the page numbers stages: the encoder's first mask and the decoder's last are stage 1."""
+    level = index + 1 if part == "encoder" else stages - index
+    return f"{task}.{part}.stage{level}"
 
 
 def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level: int = 0) -> Path:
@@ -92,16 +100,16 @@ def write_masks(pred, out_dir: str | os.PathLike) -> tuple[Path, str]:
     and a line describing it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{t}.{part}.{i}": m for t, parts in pred.masks.items() for part, ms in parts.items()
+    arrays = {mask_key(t, part, i, len(ms)): m for t, parts in pred.masks.items() for part, ms in parts.items()
               for i, m in enumerate(ms)}
     name = f"{pred.stem}_attention.npz"
     info = {"tasks": list(pred.masks), "image_size": list(pred.size), "processing_size": list(pred.processing_size),
             "downsampled": bool(pred.mask_downsampled)}
     atomic_write(out / name, lambda tmp: save_masks_npz(tmp, arrays, info), durable=False)
     shrunk = " (area-averaged to fit)" if pred.mask_downsampled else ""
-    return out / name, (f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.<stage>']`, "
-                        f"uint8 C x h x w at the processing resolution{shrunk}: mask value = stored / 255; "
-                        f"decoder stage 0 is the deepest. Its `meta` entry (JSON) says so too.")
+    return out / name, (f"`{name}`: every attention mask, `np.load(...)['<task>.<encoder|decoder>.stage<n>']`, "
+                        f"uint8 C x h x w{shrunk}: mask value = stored / 255; stages numbered as on the page "
+                        f"(stage 1 at the full processing size ... stage 5 at 1/16). Its `meta` entry (JSON) says so too.")
 
 
 def write_downloads(pred, out_dir: str | os.PathLike, model_name: str = "",

@@ -17,6 +17,7 @@ from mtan.serve.downloads import DownloadFolders, safe_stem
 from mtan.serve.guard import guarded, refusal
 from mtan.inference import Resolution
 from mtan.serve.images import ImageLoadError, load_image
+from mtan.serve import render
 from mtan.serve.prediction import Prediction
 from mtan.serve.process import release_memory
 from mtan.serve.registry import LoadedModel
@@ -39,11 +40,11 @@ LIVE_MAX_PIXELS = 3840 * 2160  # a webcam frame is at most 4K
 
 
 def video_resolutions(loaded: LoadedModel | None) -> tuple[list[str], str]:
-    """The processing resolutions for clips and the webcam: every one up to the model's photo
-    default (frames per second count more than for a photo), the smallest first and by default."""
+    """The processing resolutions for clips: every one up to the model's photo default, the
+    smallest first; by default the photo's (a clip looks as its photos do; a smaller one runs faster)."""
     default = Resolution.parse(loaded.resolutions.default if loaded else DEFAULT_RESOLUTION)
     offered = [r for r in RESOLUTIONS if Resolution.parse(r).pixels <= default.pixels]
-    return offered, offered[0]
+    return offered, offered[-1]
 
 
 @dataclass
@@ -100,14 +101,24 @@ class MediaEvents:
                    f"network {result.seconds_network:.1f} s) on {self.device}")
         return str(result.path), "\n\n".join([summary] + [f"⚠️ {n}" for n in result.notes])
 
-    def page_video(self, video, *args, progress=gr.Progress()):
-        """The page's clip run: the video and its summary, or the one message that says why not."""
+    def page_video(self, video, model, *args, progress=gr.Progress()):
+        """The page's clip run: the video, its summary and the legend of its colours, or the one
+        message that says why not."""
         if video is None:
-            return None, ""
+            return None, "", ""
         try:
-            return self.predict_video(video, *args, progress=progress)
+            out, summary = self.predict_video(video, model, *args, progress=progress)
         except gr.Error as e:
-            return None, f"⚠️ **{e.message}**"
+            return None, f"⚠️ **{e.message}**", ""
+        return out, summary, self.legend(model)
+
+    def legend(self, model) -> str:
+        """What a clip's colours mean: every class of the model's segmentation, and the depth's scale."""
+        loaded = self.get_model(model)
+        sem = next((t for t in loaded.model.tasks if getattr(t, "class_set", None) is not None), None)
+        depth = " Depth: bright is near, dark is far." if any(t.name == "depth" for t in loaded.model.tasks) else ""
+        legend = render.legend_html(None, sem.class_set, "Segmentation colours") if sem is not None else ""
+        return legend + (f'<div class="mtan-legend-note">{depth.strip()}</div>' if depth else "")
 
     # ---- the live webcam ----------------------------------------------------------------------
 

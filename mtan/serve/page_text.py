@@ -9,12 +9,17 @@ slowly it fell over the last two epochs (a softmax with temperature 2), so that 
 [Paper](https://arxiv.org/abs/1803.10704)"""
 
 HOW_TO_READ = """Each task multiplies the shared features by its own mask before using them: bright means the
-task lets that feature through at that place, dark means it shuts it out. Where the two tasks' pictures differ
-(the last one), they draw on different features: stage 1 works at the photo's full size, stage 5 at 1/16 of it."""
+task lets that feature through at that place, dark means it shuts it out. The view opens where the two tasks' masks
+differ most for this photo; the last picture shows where they differ. Stage 1 works at the photo's full size, stage 5
+at 1/16 of it."""
 
 CSS = """
 .mtan-credit {font-size: 0.8em; opacity: 0.8;}
-@media (max-width: 700px) {#hero {order: -1}}  /* on a phone the result comes first, the upload under it */
+@media (max-width: 700px) {#hero {order: -1}}
+#attention-panel img {max-height: 85vh; object-fit: contain}  /* the panel's pictures stack: one screen at most */
+/* the app's files to download: no remove button (they are answers, not uploads), and whole names on a phone */
+#downloads .label-clear-button, #scene-downloads .label-clear-button, #masks-download .label-clear-button {display: none}
+#downloads .stem, #scene-downloads .stem, #masks-download .stem {white-space: normal; overflow-wrap: anywhere}  /* on a phone the result comes first, the upload under it */
 .mtan-notice {border-left: 4px solid #f59e0b; background: #fef3c7; color: #78350f; padding: 6px 12px;
              border-radius: 6px}
 .mtan-error {border-left: 4px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 6px 12px;
@@ -31,5 +36,49 @@ CSS = """
 @media (max-width: 640px) {  /* a phone: a smaller title, so that the first result shows without scrolling */
   #intro h1 {font-size: 1.2rem; line-height: 1.25; margin-bottom: 0.2em}
   #intro p {font-size: 0.85rem; line-height: 1.35; margin: 0}
+}
+"""
+
+# The Live tab says when the browser has no camera to offer, or the visitor refused it (gradio's
+# webcam shows nothing then). Run once when the page loads, again when the devices or the
+# permission change and when a tab is clicked.
+CAMERA_CHECK_JS = """
+() => {
+  const show = (text) => {
+    const box = document.querySelector('#live-camera-note');
+    if (!box) return;
+    box.innerText = text;
+    box.style.display = text ? '' : 'none';
+  };
+  const check = async () => {
+    const media = navigator.mediaDevices;
+    if (!media || !media.enumerateDevices) {
+      show('This browser gives this page no camera: browsers offer a camera only to https:// pages and localhost.');
+      return;
+    }
+    try {
+      const devices = await media.enumerateDevices();
+      if (!devices.some((d) => d.kind === 'videoinput')) {
+        show('No camera was found on this device. The Photo and Video tabs work without one.');
+        return;
+      }
+      if (navigator.permissions && navigator.permissions.query) {
+        const status = await navigator.permissions.query({name: 'camera'});
+        status.onchange = check;
+        if (status.state === 'denied') {
+          show('Camera access is refused for this page: allow it in the browser (the icon beside the address), then reload.');
+          return;
+        }
+      }
+      show('');
+    } catch (e) {
+      show('');
+    }
+  };
+  check();
+  if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
+    navigator.mediaDevices.addEventListener('devicechange', check);
+  }
+  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('[role=tab]')) check(); }, true);
 }
 """

@@ -78,7 +78,7 @@ MASK_SCALE = 1 / 255  # masks are kept (and downloaded) as uint8: value = stored
 def quantise_mask(m: torch.Tensor) -> np.ndarray:
     """A mask (sigmoid outputs, 0..1, any float dtype and memory layout) as a contiguous uint8
     array ``round(value * 255)``: a quarter of float32's memory, error <= 0.002.
-    :func:`mtan.serve.render.mask_values` turns it back into floats."""
+    :func:`mtan.serve.attention.mask_values` turns it back into floats."""
     return m.to(torch.float32, copy=True).mul_(255).clamp_(0, 255).round_().to(torch.uint8).contiguous().cpu().numpy()
 
 

@@ -1,5 +1,6 @@
 """Pictures of MTAN's outputs: segmentation overlays and legends, coloured depth with a colour
-bar, surface normals and attention-mask heat maps (the files to download: :mod:`mtan.serve.downloads`).
+bar, surface normals and heat maps (the attention views: :mod:`mtan.serve.attention`; the files
+to download: :mod:`mtan.serve.downloads`).
 
 Everything works on numpy arrays and PIL images (no gradio), at the photo's size; rendering is
 cheap enough to redo whenever a display option changes.
@@ -13,7 +14,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from mtan.serve.prediction import MASK_SCALE
 
 COLORMAPS = ("inferno", "magma", "viridis", "plasma", "turbo", "Spectral_r", "gray")
 DEFAULT_COLORMAP = "inferno"
@@ -93,19 +93,21 @@ def _percent(share: float) -> str:
     return "<0.1%" if share < 0.001 else f"{100 * share:.1f}%"
 
 
-def legend_html(labels: np.ndarray, class_set, title: str = "") -> str:
-    """The classes present (colour swatch, name, share of pixels), largest first."""
-    shares = class_shares(labels, class_set.num_classes)
+def legend_html(labels: np.ndarray | None, class_set, title: str = "") -> str:
+    """The classes present (colour swatch, name, share of pixels), largest first; ``labels`` None:
+    every class of the set, in its order, without shares (a clip's legend)."""
+    shares = class_shares(labels, class_set.num_classes) if labels is not None else None
+    order = np.argsort(-shares, kind="stable") if shares is not None else range(class_set.num_classes)
     rows = []
-    for k in np.argsort(-shares, kind="stable"):
-        if shares[k] <= 0:
+    for k in order:
+        if shares is not None and shares[k] <= 0:
             continue
         r, g, b = class_set.palette[k]
+        share = f'<span class="mtan-legend-share">{_percent(shares[k])}</span>' if shares is not None else ""
         rows.append(
             f'<li class="mtan-legend-item" data-class="{html.escape(class_set.classes[k])}">'
             f'<span class="mtan-swatch" style="background:rgb({r},{g},{b})"></span>'
-            f'<span class="mtan-legend-name">{html.escape(class_set.classes[k])}</span>'
-            f'<span class="mtan-legend-share">{_percent(shares[k])}</span></li>')
+            f'<span class="mtan-legend-name">{html.escape(class_set.classes[k])}</span>{share}</li>')
     head = f'<div class="mtan-legend-title">{html.escape(title)}</div>' if title else ""
     return (f'<div class="mtan-legend" data-class-set="{html.escape(class_set.name)}">{head}'
             f'<ul>{"".join(rows)}</ul></div>')
@@ -189,70 +191,8 @@ def normals_to_rgb(normals: np.ndarray, size: tuple[int, int] | None = None) -> 
 
 
 # --------------------------------------------------------------------------------------
-# Attention masks
+# Heat maps and sheets (the attention views: :mod:`mtan.serve.attention`)
 # --------------------------------------------------------------------------------------
-
-PARTS = ("encoder", "decoder")
-
-
-def stage_scale(part: str, stage: int) -> int:
-    """How many times smaller than the input a mask is: encoder stage j = 2**j; decoder stage i
-    works at encoder level 4 - i (decoder 0 is the deepest)."""
-    return 2 ** (stage if part == "encoder" else 4 - stage)
-
-
-def stage_label(part: str, stage: int) -> str:
-    return f"{part} {stage} (1/{stage_scale(part, stage)} scale)"
-
-
-
-
-def mask_values(m: np.ndarray) -> np.ndarray:
-    """A stored mask (or part of one) as float32 0..1: uint8 masks hold ``round(value * 255)``,
-    float masks their values."""
-    return m.astype(np.float32) * MASK_SCALE if m.dtype == np.uint8 else m.astype(np.float32)
-
-
-def _channel_mean(m: np.ndarray) -> np.ndarray:
-    return m.mean(0, dtype=np.float32) * (MASK_SCALE if m.dtype == np.uint8 else 1.0)
-
-
-def attention_map(masks: dict, task: str, part: str, stage: int, channel: int | None = None
-                  ) -> tuple[np.ndarray, str]:
-    """One mask as a 2-D map: the mean over channels, or one channel (clamped to the mask's range)."""
-    m = masks[task][part][stage]
-    if channel is None or channel < 0:
-        return _channel_mean(m), f"mean over {m.shape[0]} channels"
-    c = int(min(channel, m.shape[0] - 1))
-    return mask_values(m[c]), f"channel {c} of {m.shape[0]}"
-
-
-def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a - b| in mask units: int16 for uint8 masks (half float32's memory), else float32."""
-    if a.dtype == b.dtype == np.uint8:
-        return np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return np.abs(mask_values(a) - mask_values(b))
-
-
-def _difference_scale(a: np.ndarray) -> float:
-    return MASK_SCALE if a.dtype == np.uint8 else 1.0
-
-
-def task_difference(masks: dict, part: str, stage: int) -> np.ndarray | None:
-    """Where the tasks' masks differ: the per-pixel mean absolute difference between tasks' masks
-    (averaged over channels and over pairs of tasks). ``None`` with fewer than two tasks."""
-    names = list(masks)
-    if len(names) < 2:
-        return None
-    total, pairs = None, 0
-    for i in range(len(names)):
-        for j in range(i + 1, len(names)):
-            a, b = masks[names[i]][part][stage], masks[names[j]][part][stage]
-            d = _abs_difference(a, b).mean(0, dtype=np.float32) * _difference_scale(a)
-            total = d if total is None else total + d
-            pairs += 1
-    return total / pairs
-
 
 def heatmap(values: np.ndarray, photo: Image.Image, cmap: str = ATTENTION_COLORMAP, alpha: float = 0.7,
             limits: tuple[float, float] | None = None) -> tuple[Image.Image, tuple[float, float]]:
@@ -267,41 +207,8 @@ def heatmap(values: np.ndarray, photo: Image.Image, cmap: str = ATTENTION_COLORM
     return Image.blend(grey, colours, alpha), limits
 
 
-# The page numbers stages by scale, the same way for encoder and decoder: stage 1 works at the
-# photo's full processing size, stage 5 at 1/16 of it (the encoder goes 1 -> 5, the decoder 5 -> 1).
-
-
-def stage_at_level(masks: dict, part: str, level: int) -> int:
-    """The index of ``part``'s mask list whose scale is 1/2**(level - 1) (``level`` clamped to 1..n)."""
-    n = len(next(iter(masks.values()))[part])
-    level = int(min(n, max(1, level)))
-    return level - 1 if part == "encoder" else n - level
-
-
-def level_label(level: int) -> str:
-    return f"stage {level} (1/{2 ** (level - 1)} scale)"
-
-
-def level_channels(masks: dict, part: str, level: int) -> int:
-    """How many channels ``part``'s masks have at ``level`` (the channel control's range)."""
-    return int(next(iter(masks.values()))[part][stage_at_level(masks, part, level)].shape[0])
-
-
-def _level_maps(masks: dict, part: str, level: int, channel: int) -> tuple[dict, np.ndarray | None]:
-    """Each task's map at ``level`` (channel 0 = the mean over channels, c = channel c - 1) and where
-    they differ (mean |difference| over pairs of tasks), all in mask units 0..1."""
-    stage = stage_at_level(masks, part, level)
-    maps = {}
-    for task in masks:
-        m = masks[task][part][stage]
-        maps[task] = _channel_mean(m) if channel <= 0 else mask_values(m[min(channel, m.shape[0]) - 1])
-    names = list(maps)
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    diff = sum(np.abs(maps[a] - maps[b]) for a, b in pairs) / len(pairs) if pairs else None
-    return maps, diff
-
-
-def _display_photo(photo: Image.Image, max_side: int) -> Image.Image:
+def thumbnail(photo: Image.Image, max_side: int) -> Image.Image:
+    """An RGB copy of ``photo`` whose longest side is at most ``max_side``."""
     small = photo.convert("RGB")
     if max(small.size) > max_side:
         small = small.copy()
@@ -309,7 +216,7 @@ def _display_photo(photo: Image.Image, max_side: int) -> Image.Image:
     return small
 
 
-def _titled(images: list[tuple[str, Image.Image]], columns: int, gap: int = 8) -> Image.Image:
+def titled_grid(images: list[tuple[str, Image.Image]], columns: int, gap: int = 8) -> Image.Image:
     """Images of one size in a grid, each under its title, on white."""
     from PIL import ImageDraw, ImageFont
 
@@ -324,84 +231,3 @@ def _titled(images: list[tuple[str, Image.Image]], columns: int, gap: int = 8) -
         draw.text((x + 2, y + 3), title, fill=(30, 30, 30), font=font)
         sheet.paste(im, (x, y + title_h))
     return sheet
-
-
-def _shared_top(arrays) -> float:
-    """The shared colour scale's top: the largest value shown, rounded up to 0.05 (at least 0.05)."""
-    top = max((float(np.nanmax(a)) for a in arrays if a is not None and a.size), default=1.0)
-    return max(0.05, math.ceil(top * 20 - 1e-6) / 20)
-
-
-def scale_bar_html(top: float, cmap: str = ATTENTION_COLORMAP, ticks: int = 5) -> str:
-    """The attention views' one colour scale, from 0 (closed) to ``top``."""
-    stops = gradient_stops(cmap)
-    labels = "".join(f"<span>{top * i / (ticks - 1):.2f}</span>" for i in range(ticks))
-    return (f'<div class="mtan-colorbar" data-top="{top:.2f}"><div class="mtan-colorbar-title">'
-            f'Mask value, one scale for every picture: 0 = feature blocked … {top:.2f}</div>'
-            f'<div class="mtan-colorbar-bar" style="background:linear-gradient(to right, {stops})"></div>'
-            f'<div class="mtan-colorbar-ticks">{labels}</div></div>')
-
-
-def attention_panel(masks: dict, photo: Image.Image, part: str, level: int, channel: int = 0,
-                    max_side: int = 480) -> tuple[Image.Image, str, str]:
-    """What each task looks at, and where they differ, at one stage: every task's mask (channel 0 =
-    the mean over channels) and the tasks' mean |difference| side by side over the photo, on one
-    colour scale. Returns the picture, its colour bar (HTML) and a caption (Markdown)."""
-    maps, diff = _level_maps(masks, part, level, channel)
-    top = _shared_top([*maps.values(), diff])
-    small = _display_photo(photo, max_side)
-    pictures = [(f"{task} looks at", heatmap(v, small, limits=(0.0, top))[0]) for task, v in maps.items()]
-    if diff is not None:
-        pictures.append(("where they differ", heatmap(diff, small, limits=(0.0, top))[0]))
-    stage_channels = level_channels(masks, part, level)
-    what = "mean of its " + str(stage_channels) + " channels" if channel <= 0 else \
-        f"channel {min(channel, stage_channels)} of {stage_channels}"
-    means = ", ".join(f"{task} {float(v.mean()):.2f}" for task, v in maps.items())
-    caption = f"**{part.capitalize()} {level_label(level)}**, {what}. Mean mask value: {means}"
-    if diff is not None:
-        caption += f"; mean difference {float(diff.mean()):.3f}"
-    return _titled(pictures, columns=len(pictures)), scale_bar_html(top), caption + "."
-
-
-def attention_overview(masks: dict, photo: Image.Image, part: str, max_side: int = 240) -> Image.Image:
-    """Every stage of ``part`` for every task (mean over channels), stages 1..n from left to right,
-    one row per task and a last row of where the tasks differ, all on one colour scale."""
-    n = len(next(iter(masks.values()))[part])
-    rows = [_level_maps(masks, part, level, 0) for level in range(1, n + 1)]
-    top = _shared_top([v for maps, diff in rows for v in [*maps.values(), diff]])
-    small = _display_photo(photo, max_side)
-    cells = []
-    for task in masks:
-        cells += [(f"{task}, {level_label(level)}", heatmap(rows[level - 1][0][task], small, limits=(0.0, top))[0])
-                  for level in range(1, n + 1)]
-    if len(masks) > 1:
-        cells += [(f"differ, {level_label(level)}", heatmap(rows[level - 1][1], small, limits=(0.0, top))[0])
-                  for level in range(1, n + 1)]
-    return _titled(cells, columns=n)
-
-
-def attention_table(masks: dict, top: int = 3) -> str:
-    """Markdown: per stage (numbered by scale), each task's mean mask value, the mean |difference| between tasks, and
-    the channels whose masks differ most between tasks (what makes the masks task-specific)."""
-    names = list(masks)
-    if not names:
-        return ""
-    head = "| stage | channels | " + " | ".join(f"mean mask: {n}" for n in names)
-    sep = "|---|---|" + "---|" * len(names)
-    if len(names) > 1:
-        head += " | mean \\|difference\\| | most task-specific channels"
-        sep += "---|---|"
-    rows = [head + " |", sep]
-    for part in PARTS:
-        for level in range(1, len(masks[names[0]][part]) + 1):
-            ms = [masks[n][part][stage_at_level(masks, part, level)] for n in names]
-            cells = [f"{part} {level_label(level)}", str(ms[0].shape[0])] + [
-                f"{m.mean(dtype=np.float64) * _difference_scale(m):.3f}" for m in ms]
-            if len(names) > 1:
-                per_channel = np.mean([_abs_difference(ms[i], ms[j]).mean(axis=(1, 2), dtype=np.float64)
-                                       * _difference_scale(ms[i])
-                                       for i in range(len(ms)) for j in range(i + 1, len(ms))], axis=0)
-                best = np.argsort(-per_channel)[:top]
-                cells += [f"{per_channel.mean():.3f}", ", ".join(f"{c} ({per_channel[c]:.2f})" for c in best)]
-            rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mtan.serve import render
+from mtan.serve import attention, render
 from mtan.serve.prediction import Prediction
 
 
@@ -74,12 +74,12 @@ def show_attention(pred: Prediction, task: str, part: str, stage: float, channel
     if not pred.masks:
         return None, None, "This model has no attention masks (it is a `split` or `single` network)."
     task = task if task in pred.masks else next(iter(pred.masks))
-    part = part if part in render.PARTS else "encoder"
+    part = part if part in attention.PARTS else "encoder"
     stage = int(min(4, max(0, stage or 0)))
-    values, what = render.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
+    values, what = attention.attention_map(pred.masks, task, part, stage, int(channel if channel is not None else -1))
     view, (lo, hi) = render.heatmap(values, pred.photo)
-    caption = f"**{task}**, {render.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
-    diff = render.task_difference(pred.masks, part, stage)
+    caption = f"**{task}**, {attention.stage_label(part, stage)}, {what}: mask values {lo:.3f} (dark) to {hi:.3f} (bright)."
+    diff = attention.task_difference(pred.masks, part, stage)
     if diff is None:
         return view, None, caption
     diff_view, (dlo, dhi) = render.heatmap(diff, pred.photo, cmap=render.DIFFERENCE_COLORMAP)

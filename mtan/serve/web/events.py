@@ -17,7 +17,7 @@ import torch
 
 from mtan import serve
 from mtan.inference import Resolution
-from mtan.serve import render, views
+from mtan.serve import attention, render, views
 from mtan.serve.card import split_card
 from mtan.serve.distances import NOTE, at_point, describe, objects_ahead, spoken
 from mtan.serve.downloads import DownloadFolders, safe_stem, write_downloads, write_masks
@@ -38,8 +38,8 @@ PREDICT = ("segmentation", "depth", "attention", "downloads", "legend", "colorba
            "difference", "attention_caption", "download_notes", "summary", "state")
 # The page's run: the hero slider first (the page scrolls to the first output), the areas it shows.
 PAGE_VIEWS = ("compare",) + tuple(n for n in VIEWS if n != "compare") + ("nearby", "error", "hero", "details")
-PAGE_DETAILS = ("att_panel", "att_bar", "att_caption", "att_channel", "att_overview", "att_stats", "downloads",
-                "download_notes", "masks_file", "masks_note")
+PAGE_DETAILS = ("att_part", "att_level", "att_panel", "att_bar", "att_caption", "att_channel", "att_overview",
+                "att_stats", "downloads", "download_notes", "masks_file", "masks_note")
 ATTENTION_SECTION = ("att_panel", "att_bar", "att_caption", "att_channel")
 MODEL_CHANGE = ("notice", "card", "card_rest", "attention_task", "compare_choice", "normals", "resolution",
                 "video_resolution")
@@ -413,17 +413,20 @@ class App:
 
     @named(ATTENTION_SECTION)
     def attention_section(self, pred, part, level, channel):
-        """The attention panel (both tasks and their difference at one stage, one colour scale),
-        its colour bar and caption, and the channel control bounded by what the stage has."""
+        """The attention panel (each task's mask and their difference at one stage, contrast-stretched),
+        its colour bars and caption (with a sentence on this photo), and the channel control bounded
+        by what the stage has."""
         if pred is None:
             return {}
         if not pred.masks:
             return {"att_panel": None, "att_bar": "", "att_caption": "This model has no attention masks (it is not an MTAN)."}
-        part = part if part in render.PARTS else "encoder"
+        part = part if part in attention.PARTS else "encoder"
         level = int(level or 1)
-        channels = render.level_channels(pred.masks, part, level)
+        channels = attention.level_channels(pred.masks, part, level)
         channel = int(min(max(0, channel or 0), channels))
-        panel, bar, caption = render.attention_panel(pred.masks, pred.photo, part, level, channel)
+        sem = pred.first("semantic")
+        labels, classes = (pred.labels[sem.name], sem.class_set.classes) if sem is not None else (None, ())
+        panel, bar, caption = attention.attention_panel(pred.masks, pred.photo, part, level, channel, labels, classes)
         (panel,) = self.downloads.jpegs(pred.stem, attention_panel=panel)
         return {"att_panel": panel, "att_bar": bar, "att_caption": caption,
                 "att_channel": gr.update(maximum=channels, value=channel,
@@ -434,19 +437,22 @@ class App:
         """Every stage of one part at once (mean over channels) and the per-stage table."""
         if pred is None or not pred.masks:
             return {"att_overview": None, "att_stats": ""}
-        part = part if part in render.PARTS else "encoder"
+        part = part if part in attention.PARTS else "encoder"
         (sheet,) = self.downloads.jpegs(pred.stem,
-                                        attention_overview=render.attention_overview(pred.masks, pred.photo, part))
-        return {"att_overview": sheet, "att_stats": render.attention_table(pred.masks)}
+                                        attention_overview=attention.attention_overview(pred.masks, pred.photo, part))
+        return {"att_overview": sheet, "att_stats": attention.attention_table(pred.masks)}
 
     @named(PAGE_DETAILS)
-    def page_details(self, pred, part, level, channel):
+    def page_details(self, pred):
         """The page's second step, after the first views: attention, overview and downloads (the
-        masks' ``.npz`` of an earlier photo is cleared). Nothing to do before a photo ran."""
+        masks' ``.npz`` of an earlier photo is cleared). The attention view opens where the tasks'
+        masks differ most for this photo (its part, stage and channel). Nothing to do before a photo ran."""
         if pred is None:
             return {}
+        part, level, channel = attention.most_different(pred.masks) if pred.masks else ("encoder", 1, 0)
         try:
             return {**self.downloads_of(pred), "masks_file": None, "masks_note": "",
+                    "att_part": part, "att_level": level,
                     **dict(zip(ATTENTION_SECTION, self.attention_section(pred, part, level, channel))),
                     **dict(zip(("att_overview", "att_stats"), self.attention_overview(pred, part)))}
         finally:

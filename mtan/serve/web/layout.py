@@ -11,11 +11,11 @@ import warnings
 import gradio as gr
 
 from mtan import serve
-from mtan.serve import render
+from mtan.serve import attention, render
 from mtan.serve.examples import PHOTO_CREDIT, split_examples
 from mtan.serve.guard import RequestGuard
 from mtan.serve.media_events import video_resolutions
-from mtan.serve.page_text import ABOUT, HOW_TO_READ
+from mtan.serve.page_text import ABOUT, CAMERA_CHECK_JS, HOW_TO_READ
 from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT
 from mtan.serve.streams import StreamPolicy
 from mtan.serve.uploads import inline_photo_chars, megabytes
@@ -71,6 +71,7 @@ def build(app: App) -> gr.Blocks:
         with gr.Group(visible=False):  # the API's own controls and views (/predict, /details), not on the page
             api_controls(app, page)
         wire(app, page)
+        demo.load(None, js=CAMERA_CHECK_JS)  # the Live tab says when there is no camera, or it was refused
     # Every value of every event checked before gradio touches it (compare, task, resolution: choices per model).
     RequestGuard(app.uploads, open_choices=[page[n] for n in ("compare_choice", "attention_task", "resolution",
                                                                  "video_resolution")],
@@ -147,17 +148,17 @@ def details_area(app: App, page: dict, compare: list[str]) -> None:
                                       elem_id="scene-downloads", interactive=False)
     with gr.Accordion("Attention: what each task looks at", open=True, elem_id="attention-section"):
         gr.Markdown(HOW_TO_READ)
+        page["att_caption"] = gr.Markdown(elem_id="attention-caption")  # the sentence on this photo, first
+        page["att_panel"] = gr.Image(label="Each task's mask, and where they differ", format="jpeg", show_label=False,
+                                     elem_id="attention-panel", interactive=False)
+        page["att_bar"] = gr.HTML(elem_id="attention-bar")
         with gr.Row():
-            page["att_part"] = gr.Radio(list(render.PARTS), value="encoder", label="Part of the network",
+            page["att_part"] = gr.Radio(list(attention.PARTS), value="encoder", label="Part of the network",
                                         elem_id="att-part")
             page["att_level"] = gr.Slider(1, 5, value=1, step=1, label="Stage (1 = full size ... 5 = 1/16)",
                                           elem_id="att-level")
             page["att_channel"] = gr.Slider(0, 512, value=0, step=1, elem_id="att-channel",
                                             label="Channel (0 = the mean of all)")
-        page["att_panel"] = gr.Image(label="Each task's mask, and where they differ", format="jpeg",
-                                     elem_id="attention-panel", interactive=False)
-        page["att_bar"] = gr.HTML(elem_id="attention-bar")
-        page["att_caption"] = gr.Markdown(elem_id="attention-caption")
         with gr.Accordion("Every stage at once", open=False, elem_id="all-masks"):
             page["att_overview"] = gr.Image(label="Every stage (mean over channels), one colour scale", format="jpeg",
                                             elem_id="attention-overview", interactive=False)
@@ -189,6 +190,7 @@ def video_tab(app: App, page: dict) -> None:
                                                 label="Smoothing over frames (0 = off; more = steadier)")
             page["video_button"] = gr.Button("Run the clip again with these settings", elem_id="video-run")
     page["video_out"] = gr.Video(label="Result", elem_id="video-output", interactive=False)
+    page["video_legend"] = gr.HTML(elem_id="video-legend")
     page["video_summary"] = gr.Markdown(elem_id="video-summary")
 
 
@@ -203,6 +205,7 @@ def live_tab(app: App, page: dict) -> None:
                                    elem_id="live-input", height=300)
         page["live_out"] = gr.Image(label="Live result", elem_id="live-output", height=300, interactive=False,
                                     format="jpeg")
+    page["live_camera_note"] = gr.HTML('<div id="live-camera-note" class="mtan-notice" style="display:none"></div>')
     page["live_rate"] = gr.Markdown(elem_id="live-rate")
     page["live_layout"] = gr.Radio(list(LAYOUTS), value="segmentation | depth", label="Views", elem_id="live-layout")
 
@@ -234,7 +237,7 @@ def api_controls(app: App, page: dict) -> None:
     """The API's own inputs and views (``/predict``, ``/details``): one task's attention."""
     tasks = app.task_choices(app.default_model)
     page["attention_task"] = gr.Dropdown(tasks, value=tasks[0] if tasks else None, label="Task")
-    page["attention_part"] = gr.Radio(list(render.PARTS), value="encoder", label="Part")
+    page["attention_part"] = gr.Radio(list(attention.PARTS), value="encoder", label="Part")
     page["attention_stage"] = gr.Slider(0, 4, value=0, step=1, label="Stage")
     page["attention_channel"] = gr.Slider(-1, 511, value=-1, step=1, label="Channel (-1 = mean over channels)")
     page["attention"] = gr.Image(label="Mask over the photo", format="jpeg")
@@ -275,7 +278,7 @@ def wire(app: App, page: dict) -> None:
     # The page: a photo runs as soon as it arrives (a phone scrolls to the results), then the details.
     run_views = dict(fn=app.page_run, inputs=view_inputs, outputs=outputs(p, app.page_run), api_visibility="private",
                      scroll_to_output=True, **inference)
-    run_details = dict(fn=app.page_details, inputs=[p["state"]] + page_attention, outputs=outputs(p, app.page_details),
+    run_details = dict(fn=app.page_details, inputs=[p["state"]], outputs=outputs(p, app.page_details),
                        api_visibility="private", show_progress="hidden")
     # The 3D view: built for each photo while its section is open, and when a setting is let go.
     scene_outputs = [p["scene"], p["scene_files"], p["scene_caption"]]
@@ -304,7 +307,7 @@ def wire(app: App, page: dict) -> None:
     gr.Button(visible=False).click(app.media.predict_video, video_inputs, [p["video_out"], p["video_summary"]],
                                    api_name="predict_video", **clips)
     gr.on([p["video_in"].upload, p["video_button"].click], app.media.page_video, video_inputs,
-          [p["video_out"], p["video_summary"]], api_visibility="private", **clips)
+          [p["video_out"], p["video_summary"], p["video_legend"]], api_visibility="private", **clips)
     # The live webcam: each streamed frame, answered in order, a few a second.
     p["live_in"].stream(app.media.live_frame, [p["live_in"], p["model"], p["live_layout"], p["live_session"]],
                         [p["live_out"], p["live_rate"], p["live_session"]], stream_every=0.2,
