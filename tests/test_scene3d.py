@@ -118,13 +118,17 @@ def test_glb_is_valid_gltf(tmp_path):
     n = len(scene.points)
     assert pos["count"] == col["count"] == n + 4 and idx["count"] == scene.faces.size
     view = doc["bufferViews"][pos["bufferView"]]
-    points = np.frombuffer(blob, "<f4", count=3 * pos["count"], offset=view["byteOffset"]).reshape(-1, 3)
+    points = np.frombuffer(blob, "<f4", count=3 * pos["count"],
+                           offset=view.get("byteOffset", 0) + pos.get("byteOffset", 0)).reshape(-1, 3)
     assert np.array_equal(points[:n], scene.points)
     # four vertices no triangle uses centre the bounding box straight ahead, where the page's viewer turns
     assert int(scene.faces.max()) < n
     assert np.allclose((np.array(pos["min"]) + pos["max"]) / 2, [0, 0, -VIEW_PIVOT], atol=1e-4)
     assert (np.array(pos["min"]) <= scene.points.min(0)).all() and (np.array(pos["max"]) >= scene.points.max(0)).all()
-    assert all(v["byteOffset"] % 4 == 0 for v in doc["bufferViews"]) and prim["mode"] == 4
+    assert all(v.get("byteOffset", 0) % 4 == 0 for v in doc["bufferViews"]) and prim.get("mode", 4) == 4
+    material = doc["materials"][prim["material"]]  # the photo's colours as they are, from either side
+    assert material["doubleSided"] and "KHR_materials_unlit" in material["extensions"]
+    assert "KHR_materials_unlit" in doc["extensionsUsed"]
     mesh = trimesh.load(tmp_path / "s.glb", force="mesh", process=False, skip_materials=True)
     assert len(mesh.vertices) == n + 4 and len(mesh.faces) == len(scene.faces)
     colours = np.asarray(mesh.visual.vertex_colors)[:n]  # COLOR_0 (trimesh reads it as such without the material)
@@ -139,7 +143,44 @@ def test_points_only_glb_and_ply(tmp_path):
     data = write_ply(scene, tmp_path / "p.ply").read_bytes()
     header, body = data.split(b"end_header\n", 1)
     assert b"format binary_little_endian 1.0" in header and b"element vertex 2" in header
-    rows = np.frombuffer(body, dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3)])
-    assert np.array_equal(rows["xyz"], scene.points) and np.array_equal(rows["rgb"], scene.colours)
+    rows = np.frombuffer(body, dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])
+    assert np.array_equal(rows["xyz"], scene.points) and np.array_equal(rows["rgba"][:, :3], scene.colours)
+    assert (rows["rgba"][:, 3] == 255).all()
     cloud = trimesh.load(tmp_path / "p.ply")
     assert np.allclose(cloud.vertices, scene.points) and np.array_equal(cloud.colors[:, :3], scene.colours)
+
+
+def test_segments_are_cut_apart_smoothed_inside_and_edge_on_triangles_dropped():
+    """A car standing on the road at the same distance is a surface of its own; noise inside a
+    segment is smoothed away while the outline against a farther wall stays sharp; a wall seen
+    edge-on (a streak in the depth) is left out, while the ground, steep to the eye, stays."""
+    tasks = tasks_from_config(preset_tasks("cityscapes-7"))
+    classes = tasks[0].class_set.classes
+    h, w = 40, 60
+    rng = np.random.default_rng(0)
+    metres = np.full((h, w), 10.0) * (1 + 0.02 * rng.standard_normal((h, w)))  # 2 % noise
+    metres[:, 40:] = 30.0
+    pred = prediction(metres)
+    labels = pred.labels["semantic"]
+    labels[10:30, 10:25] = classes.index("vehicle")
+    scene = build_scene(pred, fov=60, max_metres=100)
+    grid_labels = labels.reshape(-1)[np.flatnonzero(np.ones((h, w), bool))]
+    face_labels = grid_labels[scene.faces.astype(np.int64)]
+    assert (face_labels == face_labels[:, :1]).all()  # no triangle joins the car to the road
+    assert (face_labels == classes.index("vehicle")).all(1).sum() == 2 * 19 * 14
+    z = -scene.points[:, 2]
+    left = z.reshape(h, w)[:, :40]
+    assert left[2:-2, 2:37].std() < 0.3 * np.std(metres[:, :40])  # the noise smoothed within the segment
+    assert np.allclose(z.reshape(h, w)[:, 40:], 30.0, rtol=1e-4)  # and nothing carried across the jump
+
+    # a wall running away from the camera, seen almost edge-on through a narrow lens (its distance
+    # grows steadily from 5 m to 100 m across the picture), and the same values labelled as ground
+    slope = np.repeat(1 / np.linspace(0.2, 0.01, w)[None], h, axis=0)
+    wall = prediction(slope)
+    wall.labels["semantic"][:] = classes.index("construction")
+    edge_on = build_scene(wall, fov=20, max_metres=1000)
+    ground = build_scene(prediction(slope), fov=20, max_metres=1000)
+    assert len(ground.faces) == 2 * (h - 1) * (w - 1)  # one surface, nothing cut
+    assert 0 < len(edge_on.faces) < 0.8 * len(ground.faces)
+    kept = -edge_on.points[edge_on.faces.astype(np.int64), 2].mean(1)
+    assert kept.max() < 60  # the far, edge-on end is what goes

@@ -6,15 +6,18 @@ The camera is an assumption, not a measurement: a horizontal field of view (60 d
 default; a phone's main camera is about 65, the CityScapes camera 49) gives the focal length in
 pixels, ``f = (width / 2) / tan(fov / 2)``. A pixel (u, v) at distance Z metres goes to
 ``x = (u - cx) Z / f``, ``y = -(v - cy) Z / f``, ``z = -Z`` (glTF's axes: x right, y up, the camera
-looking down -z). The sky, pixels without depth and pixels beyond ``max_metres`` are left out;
-a triangle is left out where it would bridge a jump in depth (an object's outline against what
-lies behind it, see :func:`depth_jumps`).
+looking down -z). The sky, pixels without depth and pixels beyond ``max_metres`` are left out.
+
+So that the scene holds when it is turned, the mesh is cut where the photo has edges: no triangle
+bridges a jump in depth (an object's outline against what lies behind it, :func:`depth_jumps`) or
+joins two segments of the segmentation (a car and the road under it are separate surfaces); the
+depth is smoothed within each segment and never across a jump (:func:`smooth_within_segments`);
+and a triangle seen almost edge-on (its surface within 6 degrees of the line of sight), which a
+depth map cannot place, is left out except on the ground. trimesh writes the files.
 """
 from __future__ import annotations
 
-import json
 import math
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trimesh
 from PIL import Image
 
 from mtan.serve import render
@@ -36,6 +40,9 @@ MIN_JUMP = 0.002              # ... and at least this (1 / metres: 10 m against 
 COLOURINGS = ("photo", "segmentation")
 VIEW_PIVOT = 15.0             # metres ahead of the camera: the point the page's 3D view turns around
 SKY_CLASSES = {"sky"}
+GROUND_CLASSES = {"flat", "floor"}   # seen at a grazing angle by nature: kept however steep
+SEGMENT_SMOOTHING = 5         # the depth averaged over a 5 x 5 window, within a segment and without crossing a jump
+MIN_VIEW_COSINE = 0.1         # a triangle whose surface is within ~6 degrees of the line of sight is left out
 
 
 @dataclass
@@ -90,10 +97,37 @@ def depth_jumps(inverse: np.ndarray) -> np.ndarray:
     pixel, the spread of the corners is over :data:`EDGE_JUMP` times the picture's median step
     (each pixel's larger step to its right or lower neighbour) and over :data:`MIN_JUMP`. An object's outline
     against what lies behind it is such a jump; a road running to the horizon is not."""
-    steps = np.maximum(np.abs(np.diff(inverse, axis=0))[:, :-1], np.abs(np.diff(inverse, axis=1))[:-1])
-    limit = max(EDGE_JUMP * float(np.median(steps)) if steps.size else 0.0, MIN_JUMP)
+    limit = _jump_limit(inverse)
     corners = np.stack([inverse[:-1, :-1], inverse[:-1, 1:], inverse[1:, :-1], inverse[1:, 1:]])
     return corners.max(axis=0) - corners.min(axis=0) > limit
+
+
+def _jump_limit(inverse: np.ndarray) -> float:
+    """The step in inverse distance that counts as a jump (see :func:`depth_jumps`)."""
+    steps = np.maximum(np.abs(np.diff(inverse, axis=0))[:, :-1], np.abs(np.diff(inverse, axis=1))[:-1])
+    return max(EDGE_JUMP * float(np.median(steps)) if steps.size else 0.0, MIN_JUMP)
+
+
+def smooth_within_segments(inverse: np.ndarray, labels: np.ndarray | None, window: int = SEGMENT_SMOOTHING,
+                           limit: float | None = None) -> np.ndarray:
+    """Each value replaced by the mean of its ``window`` x ``window`` neighbours that share its
+    segment (``labels``; all, without) and differ from it by less than the jump ``limit``: the
+    depth's noise goes within a surface, its outlines stay where they are."""
+    limit = _jump_limit(inverse) if limit is None else limit
+    k = window // 2
+    pad = np.pad(inverse, k, mode="edge")
+    lab = np.pad(labels, k, mode="edge") if labels is not None else None
+    h, w = inverse.shape
+    total, count = np.zeros_like(inverse), np.zeros_like(inverse)
+    for dy in range(window):
+        for dx in range(window):
+            other = pad[dy:dy + h, dx:dx + w]
+            take = np.abs(other - inverse) < limit
+            if lab is not None:
+                take &= lab[dy:dy + h, dx:dx + w] == labels
+            total += np.where(take, other, 0.0)
+            count += take
+    return total / np.maximum(count, 1)
 
 
 def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = DEFAULT_MAX_METRES,
@@ -112,10 +146,13 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
     depth = _resized(pred.depth[dep.name], (gh, gw), median=SMOOTHING)
     metres = dep.to_metres(torch.from_numpy(depth)).numpy().astype(np.float32)
     valid = np.isfinite(metres) & (metres > 0)
+    labels = _nearest(pred.labels[sem.name], (gh, gw)) if sem is not None else None
+    inverse = np.where(valid, 1 / np.maximum(metres, 1e-6), 0.0)
+    inverse = smooth_within_segments(inverse, np.where(valid, labels if labels is not None else 0, -1))
+    metres = np.where(valid, 1 / np.maximum(inverse, 1e-9), metres).astype(np.float32)
     near = valid & (metres <= max_metres)
     dropped_far = int((valid & ~near).sum())
     keep = near
-    labels = _nearest(pred.labels[sem.name], (gh, gw)) if sem is not None else None
     dropped_sky = 0
     if labels is not None:
         sky_ids = [k for k, name in enumerate(sem.class_set.classes) if name in SKY_CLASSES]
@@ -136,36 +173,42 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
         (slice(1, None), slice(None, -1)), (slice(1, None), slice(1, None))
     cell = np.stack([keep[a], keep[b], keep[c], keep[d]]).all(axis=0)
     cell &= ~depth_jumps(np.where(keep, 1 / np.maximum(metres, 1e-6), 0.0))
+    ground = np.zeros((gh, gw), bool)
+    if labels is not None:  # no triangle joins two segments; the ground may be steep to the eye
+        cell &= (labels[a] == labels[b]) & (labels[a] == labels[c]) & (labels[a] == labels[d])
+        ground = np.isin(labels, [k for k, name in enumerate(sem.class_set.classes) if name in GROUND_CLASSES])
     index = np.full((gh, gw), -1, np.int64)
     index[keep] = np.arange(int(keep.sum()))
     ia, ib, ic, id_ = index[a][cell], index[b][cell], index[c][cell], index[d][cell]
-    faces = np.concatenate([np.stack([ia, ic, ib], 1), np.stack([ib, ic, id_], 1)]).astype(np.uint32)
-    return Scene3D(points=xyz[keep].astype(np.float32), colours=np.ascontiguousarray(colours[keep], np.uint8),
+    faces = np.concatenate([np.stack([ia, ic, ib], 1), np.stack([ib, ic, id_], 1)]).astype(np.int64)
+    points = xyz[keep].astype(np.float32)
+    on_ground = np.concatenate([ground[a][cell], ground[a][cell]])
+    faces = faces[on_ground | facing_camera(points, faces)].astype(np.uint32)
+    return Scene3D(points=points, colours=np.ascontiguousarray(colours[keep], np.uint8),
                    faces=faces, grid=(gh, gw), focal=focal, fov=float(fov), dropped_sky=dropped_sky,
                    dropped_far=dropped_far, seconds=time.perf_counter() - start)
 
 
+def facing_camera(points: np.ndarray, faces: np.ndarray, min_cosine: float = MIN_VIEW_COSINE) -> np.ndarray:
+    """Per triangle, whether its surface faces the camera (at the origin) enough to be trusted:
+    |cos| of the angle between its normal and the line of sight to its centre at least ``min_cosine``."""
+    if not len(faces):
+        return np.zeros(0, bool)
+    corners = points[faces]
+    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    centre = corners.mean(axis=1)
+    cosine = np.abs((normal * centre).sum(1)) / np.maximum(np.linalg.norm(normal, axis=1) * np.linalg.norm(centre, axis=1),
+                                                            1e-12)
+    return cosine >= min_cosine
+
+
 def write_ply(scene: Scene3D, path: str | Path) -> Path:
-    """The points as a binary little-endian PLY (x, y, z float; red, green, blue uchar)."""
+    """The points as a binary little-endian PLY (x, y, z float; red, green, blue, alpha uchar),
+    written by trimesh."""
     path = Path(path)
-    rows = np.empty(len(scene.points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                                ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    for i, axis in enumerate("xyz"):
-        rows[axis] = scene.points[:, i]
-    for i, channel in enumerate(("red", "green", "blue")):
-        rows[channel] = scene.colours[:, i]
-    header = ("ply\nformat binary_little_endian 1.0\ncomment mtan: a photo's depth in metres "
-              f"(camera {scene.fov:g} deg horizontal field of view, looking down -z, y up)\n"
-              f"element vertex {len(rows)}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(rows.tobytes())
+    rgba = np.concatenate([scene.colours, np.full((len(scene.colours), 1), 255, np.uint8)], axis=1)
+    path.write_bytes(trimesh.PointCloud(scene.points, colors=rgba).export(file_type="ply", encoding="binary"))
     return path
-
-
-def _padded(data: bytes, fill: bytes = b"\0") -> bytes:
-    return data + fill * (-len(data) % 4)
 
 
 def viewer_anchors(points: np.ndarray, pivot: float = VIEW_PIVOT) -> np.ndarray:
@@ -180,53 +223,32 @@ def viewer_anchors(points: np.ndarray, pivot: float = VIEW_PIVOT) -> np.ndarray:
     return np.array([[-x, -y, z_lo], [x, y, z_hi], [-x, y, z_lo], [x, -y, z_hi]], np.float32)
 
 
+def _unlit(tree: dict) -> None:
+    """glTF: one unlit, double-sided material for every primitive, so the photo's colours show as
+    they are from either side (``KHR_materials_unlit``)."""
+    tree["materials"] = [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
+                                                   "roughnessFactor": 1.0},
+                          "doubleSided": True, "extensions": {"KHR_materials_unlit": {}}}]
+    tree["extensionsUsed"] = sorted(set(tree.get("extensionsUsed", [])) | {"KHR_materials_unlit"})
+    for mesh in tree.get("meshes", []):
+        for primitive in mesh["primitives"]:
+            primitive["material"] = 0
+
+
 def write_glb(scene: Scene3D, path: str | Path, anchored: bool = True) -> Path:
-    """The mesh (or, with no triangles, the points) as binary glTF 2.0: positions, vertex colours
-    (RGBA, normalised bytes), 32-bit indices; an unlit double-sided material so the photo's
-    colours show as they are from either side. ``anchored``: with :func:`viewer_anchors` after
-    the points (not for a point-only file, where every vertex is drawn)."""
+    """The mesh (or, with no triangles, the points) as binary glTF 2.0, written by trimesh:
+    positions, vertex colours, 32-bit indices and an unlit double-sided material. ``anchored``:
+    with :func:`viewer_anchors` after the points (not for a point-only file, where every vertex
+    is drawn)."""
     path = Path(path)
-    points = scene.points
-    colours = scene.colours
+    points, colours = scene.points, scene.colours
     if anchored and len(scene.faces):
         points = np.concatenate([points, viewer_anchors(points)])
         colours = np.concatenate([colours, np.zeros((4, 3), np.uint8)])
-    n = len(points)
-    positions = np.ascontiguousarray(points, "<f4").tobytes()
-    rgba = np.concatenate([colours, np.full((n, 1), 255, np.uint8)], axis=1)
-    colours = np.ascontiguousarray(rgba, np.uint8).tobytes()
-    indices = np.ascontiguousarray(scene.faces, "<u4").tobytes()
-    views, offset, blob = [], 0, b""
-    for data, target in ((positions, 34962), (colours, 34962), (indices, 34963)):
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": target})
-        blob += _padded(data)
-        offset = len(blob)
-    lo = points.min(axis=0).tolist() if n else [0.0] * 3
-    hi = points.max(axis=0).tolist() if n else [0.0] * 3
-    accessors = [
-        {"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3", "min": lo, "max": hi},
-        {"bufferView": 1, "componentType": 5121, "normalized": True, "count": n, "type": "VEC4"},
-    ]
-    primitive = {"attributes": {"POSITION": 0, "COLOR_0": 1}, "material": 0, "mode": 4 if len(scene.faces) else 0}
+    rgba = np.concatenate([colours, np.full((len(colours), 1), 255, np.uint8)], axis=1)
     if len(scene.faces):
-        accessors.append({"bufferView": 2, "componentType": 5125, "count": int(scene.faces.size), "type": "SCALAR"})
-        primitive["indices"] = 2
+        geometry = trimesh.Trimesh(points, scene.faces.astype(np.int64), vertex_colors=rgba, process=False)
     else:
-        views.pop()
-    doc = {
-        "asset": {"version": "2.0", "generator": "mtan"},
-        "extensionsUsed": ["KHR_materials_unlit"],
-        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "photo depth (metres)"}],
-        "meshes": [{"primitives": [primitive]}],
-        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
-                                                "roughnessFactor": 1.0},
-                       "doubleSided": True, "extensions": {"KHR_materials_unlit": {}}}],
-        "buffers": [{"byteLength": len(blob)}], "bufferViews": views, "accessors": accessors,
-    }
-    text = _padded(json.dumps(doc, separators=(",", ":")).encode("utf-8"), b" ")
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<4sII", b"glTF", 2, total))
-        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
-        f.write(struct.pack("<I4s", len(blob), b"BIN\0") + blob)
+        geometry = trimesh.PointCloud(points, colors=rgba)
+    path.write_bytes(geometry.export(file_type="glb", tree_postprocessor=_unlit))
     return path
