@@ -139,16 +139,21 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             pred = predict_photo(loaded, big, (256, 512))
             built = time.perf_counter()
-            scene = build_scene(pred)
+            try:
+                scene = build_scene(pred)
+            except ValueError:  # nothing within the distance limit (an untrained model): an empty scene
+                scene = None
             done = time.perf_counter()
-            write_glb(scene, Path(tmp) / "s.glb")
-            write_ply(scene, Path(tmp) / "s.ply")
+            if scene is not None:
+                write_glb(scene, Path(tmp) / "s.glb")
+                write_ply(scene, Path(tmp) / "s.ply")
             parts["network_s"].append(built - start)
             parts["build_s"].append(done - built)
             parts["write_s"].append(time.perf_counter() - done)
-        result["scene3d"] = {"photo": f"{pw}x{ph} ({pw * ph / 1e6:.1f} MP)", "points": len(scene.points),
-                             "triangles": len(scene.faces),
-                             "glb_mb": round((Path(tmp) / "s.glb").stat().st_size / 1e6, 1),
+        result["scene3d"] = {"photo": f"{pw}x{ph} ({pw * ph / 1e6:.1f} MP)",
+                             "points": len(scene.points) if scene is not None else 0,
+                             "triangles": len(scene.faces) if scene is not None else 0,
+                             "glb_mb": round((Path(tmp) / "s.glb").stat().st_size / 1e6, 1) if scene is not None else 0,
                              **{k: round(statistics.median(v[1:]), 3) for k, v in parts.items()}}
         result["scene3d"]["total_s"] = round(sum(result["scene3d"][k] for k in parts), 3)
         log("3d", result["scene3d"])

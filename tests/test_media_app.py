@@ -68,7 +68,7 @@ def ply_points(path) -> int:
     data = open(path, "rb").read()
     header, body = data.split(b"end_header\n", 1)
     count = int(header.split(b"element vertex ")[1].split(b"\n")[0])
-    assert len(body) == count * 15  # 3 floats and 3 bytes a point
+    assert len(body) == count * 16  # 3 floats and 4 bytes (red, green, blue, alpha) a point
     return count
 
 

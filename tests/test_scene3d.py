@@ -184,3 +184,8 @@ def test_segments_are_cut_apart_smoothed_inside_and_edge_on_triangles_dropped():
     assert 0 < len(edge_on.faces) < 0.8 * len(ground.faces)
     kept = -edge_on.points[edge_on.faces.astype(np.int64), 2].mean(1)
     assert kept.max() < 60  # the far, edge-on end is what goes
+
+
+def test_a_photo_with_nothing_near_enough_gets_a_message():
+    with pytest.raises(ValueError, match="Nothing in this photo lies within 40 m"):
+        build_scene(prediction(np.full((20, 30), 300.0)), max_metres=40)

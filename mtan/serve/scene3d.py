@@ -163,6 +163,9 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
         colours = render.colorize_labels(labels, sem.class_set.palette)
     else:
         colours = np.asarray(pred.photo.resize((gw, gh), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    if not keep.any():
+        raise ValueError(f"Nothing in this photo lies within {max_metres:g} m (the sky left out), so there is no "
+                         f"3D scene to show: raise the distance limit.")
     focal = (gw / 2) / math.tan(math.radians(fov) / 2)
     v, u = np.mgrid[0:gh, 0:gw].astype(np.float32)
     z = np.where(keep, metres, 0.0).astype(np.float32)
