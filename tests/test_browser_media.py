@@ -82,6 +82,7 @@ def visit_media(url: str, clip: Path, photo: Path, shots: Path | None = None, ti
         seen["video"] = driver.execute_script(
             f"const v = document.querySelector('{video}'); return [v.duration, v.videoWidth, v.videoHeight]")
         seen["video_summary"] = driver.find_element(By.CSS_SELECTOR, "#video-summary").text
+        seen["video_legend"] = driver.find_element(By.CSS_SELECTOR, "#video-legend").text
         driver.execute_script(f"document.querySelector('{video}').currentTime = 1.0")
         time.sleep(1.0)
         if shots:
@@ -132,6 +133,20 @@ def visit_live(url: str, camera: Path, shots: Path | None = None, timeout: float
         return seen
 
 
+def visit_bad_clip(url: str, bad: Path, timeout: float = 120.0) -> dict:
+    """The Video tab given a text file named .mp4: the messages the visitor sees."""
+    from selenium.webdriver.common.by import By
+
+    with page_with_tabs(url, timeout) as (driver, page, wait):
+        open_tab(driver, "Video")
+        driver.find_element(By.CSS_SELECTOR, "#video-input input[type=file]").send_keys(str(bad.resolve()))
+        wait.until(lambda d: "⚠️" in d.find_element(By.CSS_SELECTOR, "#video-summary").text)
+        time.sleep(2.0)  # any toast the browser's failed preview raises has come by now
+        return {"summary": driver.find_element(By.CSS_SELECTOR, "#video-summary").text,
+                "toasts": [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".toast-body")],
+                "error_pills": page.error_pills()}
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     if have_browser():
@@ -157,6 +172,11 @@ def test_video_3d_and_live_webcam_render(app_url, tmp_path):
     assert seen["live_image"] == [2 * 320, 240]  # segmentation | depth of each 320x240 camera frame
     for shot in ("app_video.png", "app_3d.png", "app_live.png"):
         assert colours((tmp_path / shot).read_bytes()) > 50, shot
+    assert "flat" in seen["video_legend"] and "bright is near" in seen["video_legend"]
+    bad = tmp_path / "holiday.mp4"
+    bad.write_text("this is a text file, not a clip\n" * 20)
+    messages = visit_bad_clip(app_url, bad)  # one message, the app's own
+    assert "not a video clip" in messages["summary"] and messages["toasts"] == [] and messages["error_pills"] == 0, messages
 
 
 if __name__ == "__main__":

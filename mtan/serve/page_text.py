@@ -39,10 +39,10 @@ CSS = """
 }
 """
 
-# The Live tab says when the browser has no camera to offer, or the visitor refused it (gradio's
-# webcam shows nothing then). Run once when the page loads, again when the devices or the
-# permission change and when a tab is clicked.
-CAMERA_CHECK_JS = """
+# Run once when the page loads. The Live tab says when the browser has no camera to offer, or the
+# visitor refused it (gradio's webcam shows nothing then), checked again when the devices or the
+# permission change and when a tab is clicked; and a bad clip gets one message, not two.
+PAGE_JS = """
 () => {
   const show = (text) => {
     const box = document.querySelector('#live-camera-note');
@@ -80,5 +80,12 @@ CAMERA_CHECK_JS = """
     navigator.mediaDevices.addEventListener('devicechange', check);
   }
   document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('[role=tab]')) check(); }, true);
+  // A clip the browser cannot preview raises gradio's own "Video not playable" toast; the app's one
+  // message under the result says what is wrong with it, so that toast is taken away.
+  new MutationObserver(() => {
+    for (const toast of document.querySelectorAll('.toast-body')) {
+      if ((toast.innerText || '').includes('Video not playable')) toast.remove();
+    }
+  }).observe(document.body, {childList: true, subtree: true});
 }
 """
