@@ -50,7 +50,9 @@ class Parts:
     (GradNorm's W); ``cut``: for methods on the shared representation, (feature, leaf) pairs of the
     last forward pass, where each task branch read ``leaf``, a detached copy of ``feature``;
     ``after_cut``: the parameters behind the cut (the branches). ``average``: averages tensors
-    over the processes of a distributed run, in place (identity in one process)."""
+    over the processes of a distributed run, in place (identity in one process). ``micro``: with
+    gradient accumulation, which of a step's batches this is: gradients add up over the step's
+    batches (each weighted 1 / batches) and a method that combines them acts on the last one."""
 
     shared: list = field(default_factory=list)
     own: list = field(default_factory=list)
@@ -58,6 +60,15 @@ class Parts:
     cut: list = field(default_factory=list)
     after_cut: list = field(default_factory=list)
     average: Callable[[list[torch.Tensor]], None] = lambda tensors: None
+    micro: tuple[int, int] = (0, 1)   # (this batch's index, batches) within an optimiser step (accumulation)
+
+    @property
+    def first(self) -> bool:
+        return self.micro[0] == 0
+
+    @property
+    def last(self) -> bool:
+        return self.micro[0] == self.micro[1] - 1
 
 
 def model_parts(model: nn.Module, cut: bool = False, average: Callable | None = None) -> Parts:
@@ -156,9 +167,11 @@ class Weighting(nn.Module):
         w = self.weights()
         return sum(w[t] * losses[t] for t in self.task_names)
 
+    can_accumulate = True      # False: a step's batches cannot be combined (MGDA-UB)
+
     def backward(self, losses: dict[str, torch.Tensor], parts: Parts) -> None:
-        """Accumulate one step's gradients into the parameters' ``.grad``."""
-        self.combine(losses).backward()
+        """Accumulate one batch's gradients into the parameters' ``.grad`` (1 / batches of a step each)."""
+        (self.combine(losses) / parts.micro[1]).backward()
 
     def after_step(self, before: torch.Tensor, after: torch.Tensor) -> None:
         """With ``learns_from_step``: the task losses of the step's batch before and after the
@@ -295,12 +308,20 @@ class GradientWeighting(PerStepWeighting):
         return grads
 
     def backward(self, losses: dict[str, torch.Tensor], parts: Parts) -> None:
-        """Set the gradients of one step: the shared parameters' from :meth:`direction`, each task's
-        own parameters' from that task's loss."""
-        d, w = self.direction(self.task_gradients(losses, parts.shared, parts.average))
-        self.record(w)
+        """Set the gradients of one step: the shared parameters' from :meth:`direction` of the
+        tasks' gradients (summed over a step's batches, 1 / batches each), each task's own
+        parameters' from that task's loss."""
+        index, count = parts.micro
+        rows = self.task_gradients(losses, parts.shared) / count
+        self._rows = rows if index == 0 or getattr(self, "_rows", None) is None else self._rows + rows
         if parts.own:
-            sum(losses[t] for t in self.task_names).backward(inputs=parts.own)
+            (sum(losses[t] for t in self.task_names) / count).backward(inputs=parts.own)
+        if not parts.last:
+            return
+        grads, self._rows = self._rows, None
+        parts.average([grads])
+        d, w = self.direction(grads)
+        self.record(w)
         offset = 0
         for p in parts.shared:
             n = p.numel()
@@ -322,6 +343,7 @@ class RepresentationMGDA(GradientWeighting):
     weighted sum."""
 
     on_representation = True
+    can_accumulate = False  # the weights of a step need every batch's graph at once
 
     def __init__(self, task_names: list[str], seed: int = 0):
         super().__init__(task_names, "mgda-ub", seed)
@@ -359,7 +381,7 @@ class FAMOWeighting(PerStepWeighting):
         self.lr, self.decay = float(lr), float(decay)
         self.register_buffer("logits", torch.zeros(len(task_names)))
 
-    def combine(self, losses):
+    def combine(self, losses):  # FAMO: the weights of each batch from its own losses
         stacked = _stack(losses, self.task_names)
         present = stacked.detach() > 0
         w = torch.zeros_like(stacked)
@@ -395,16 +417,20 @@ class GradNormWeighting(PerStepWeighting):
     def backward(self, losses, parts):
         if parts.last_shared is None:
             raise RuntimeError("gradnorm needs the last shared layer (Parts.last_shared)")
+        index, count = parts.micro
         stacked = _stack(losses, self.task_names)
-        now = stacked.detach().clone()
         w = self.task_weights.clone()
         norms = []
         for k, t in enumerate(self.task_names):
             (g,) = torch.autograd.grad(losses[t], [parts.last_shared], retain_graph=True, allow_unused=True)
             norms.append(w[k] * (g.float().norm() if g is not None else torch.zeros((), device=w.device)))
-        norms = torch.stack(norms)
+        step = torch.stack([torch.stack(norms), stacked.detach()]) / count  # a step's mean over its batches
+        self._step = step if index == 0 or getattr(self, "_step", None) is None else self._step + step
+        ((w * stacked).sum() / count).backward()
+        if not parts.last:
+            return
+        (norms, now), self._step = self._step.clone(), None
         parts.average([norms, now])
-        (w * stacked).sum().backward()
         # a task's L(0) is its first loss with a valid target
         self.initial_losses.copy_(torch.where(self.initial_losses > 0, self.initial_losses, now))
         ratios = torch.where(self.initial_losses > 0, now / self.initial_losses.clamp_min(1e-12),

@@ -473,14 +473,15 @@ def test_a_stateful_weighting_resumes_exactly(tmp_path, method):
     assert a[2]["weights"] != a[1]["weights"]  # the weights really move
 
 
-def test_gradient_methods_under_torchrun_and_bf16(tmp_path):
-    """Gradient methods average each task's gradient over the processes themselves; under bf16
-    autocast they train as in float32."""
-    for method, port in (("pcgrad", "29519"), ("gradnorm", "29521")):
+def test_gradient_methods_under_torchrun_with_accumulation_and_bf16(tmp_path):
+    """Gradient methods average each task's gradient over the processes themselves, with gradient
+    accumulation too (DDP's own path for the others); under bf16 autocast they train as in float32."""
+    for method, port, accumulate in (("pcgrad", "29519", "2"), ("gradnorm", "29521", "1"), ("famo", "29523", "2")):
         out = tmp_path / method
         result = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-             "train.py", *TINY, "--epochs", "2", "--weighting", method, "--out", str(out), "--device", "cpu"],
+             "train.py", *TINY, "--epochs", "2", "--weighting", method, "--accumulate", accumulate,
+             "--out", str(out), "--device", "cpu"],
             cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
         records = read_metrics(out / "metrics.jsonl")
@@ -496,3 +497,22 @@ def test_gradient_methods_under_torchrun_and_bf16(tmp_path):
             assert sum(record["weights"].values()) == pytest.approx(1.0, rel=1e-3)
         else:
             assert all(v > 0 for v in record["weights"].values())
+
+
+def test_accumulation_makes_fewer_larger_steps_and_mgda_ub_refuses_it(tmp_path):
+    """--accumulate 2: half the optimiser steps an epoch (the schedule counts steps), every batch
+    still trained on; MGDA-UB, whose weights need every batch's graph at once, says so."""
+    from mtan.train.engine import Engine
+
+    cfg = apply_preset(None, dict(data="synthetic", size="32x64", train_frames=16, val_frames=4, width=0.0625,
+                                  batch_size=4, epochs=1, weighting="pcgrad", accumulate=2, amp="off",
+                                  out=str(tmp_path / "acc"), progress=False))
+    trainer = Engine(cfg, log=lambda *a: None)
+    trainer.fit()
+    adam_steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
+    assert trainer.steps_per_epoch == 2 and adam_steps == {2}  # 16 frames, batches of 4, 2 batches a step
+    assert read_metrics(tmp_path / "acc" / "metrics.jsonl")[0]["images_per_second"] > 0
+    refused = run_train([*TINY, "--epochs", "1", "--weighting", "mgda-ub", "--accumulate", "2",
+                         "--out", str(tmp_path / "ub")])
+    assert refused.returncode == 2 and "does not accumulate gradients" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr

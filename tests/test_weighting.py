@@ -141,7 +141,7 @@ def _tiny_model(seed=0):
 
 def _losses(model, x):
     out = model(x)
-    return {"semantic": out["semantic"].square().mean(), "depth": (out["depth"] - 1).abs().mean()}
+    return {"semantic": (out["semantic"] - 1).square().mean(), "depth": (out["depth"] - 1).abs().mean()}
 
 
 def _flat_grads(params):
@@ -259,3 +259,34 @@ def test_imtl_l_scales_every_loss_towards_one():
         opt.step()
     # the optimum exp(s_k) L_k = 1: scales 1/4 and 4
     assert list(imtl.weights().values()) == pytest.approx([0.25, 4.0], rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["equal", "uncertainty", "imtl-l", "pcgrad", "mgda", "cagrad", "imtl-g",
+                                    "nash-mtl", "fairgrad", "gradnorm"])
+def test_two_accumulated_batches_make_the_step_of_their_union(method):
+    """Gradient accumulation: a step made of two half batches (each weighted 1/2) sets the same
+    gradients as one step on the whole batch (the losses here are means over images, BatchNorm
+    frozen); a gradient method combines the tasks' gradients of the whole step, once."""
+    from mtan.weighting import model_parts
+
+    model, x = _tiny_model(), torch.rand(4, 3, 32, 64)
+    model.eval()
+    whole, halves = build_weighting(method, model.task_names, seed=3), build_weighting(method, model.task_names, seed=3)
+    parts = model_parts(model)
+    whole.backward(_losses(model, x), parts)
+    expected = _flat_grads(list(model.parameters()) + list(whole.parameters()))
+    model.zero_grad()
+    seen = []
+    for index, part in enumerate((x[:2], x[2:])):
+        parts.micro = (index, 2)
+        seen.append(_losses(model, part))
+        halves.backward(seen[-1], parts)
+        if method == "gradnorm" and index == 0:  # it learns once a step, after the last batch
+            assert torch.equal(halves.initial_losses, torch.zeros(2))
+    got = _flat_grads(list(model.parameters()) + list(halves.parameters()))
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()  # float32 sums in another order
+    if method == "gradnorm":  # from the step's mean losses (and norms)
+        means = [(seen[0][t] + seen[1][t]).item() / 2 for t in model.task_names]
+        assert halves.initial_losses.tolist() == pytest.approx(means, rel=1e-5)
+    elif hasattr(whole, "record"):
+        assert list(halves.weights().values()) == pytest.approx(list(whole.weights().values()), rel=1e-3, abs=1e-4)

@@ -102,6 +102,9 @@ class TrainConfig:
                                      "depth labels)", group=OPTIM, number=(0.0, False))
     epochs: int = option(200, "number of epochs", group=OPTIM, whole=1)
     batch_size: int = option(8, "images per step and process", group=OPTIM, whole=1)
+    accumulate: int = option(1, "gradient accumulation: batches per optimiser step (a step then sees batch-size x "
+                                "accumulate images per process; an epoch's last incomplete group is left out)",
+                             group=OPTIM, whole=1)
     baseline: list | None = option(None, "single-task run folders (train.py --arch single --task ...) on the same "
                                    "data: each validation adds delta_m against their last validation, the multi-task "
                                    "papers' Delta_m in percent (lower is better)", group=OPTIM,

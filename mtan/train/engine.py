@@ -22,8 +22,10 @@ processes, and only rank 0 writes files and logs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -127,7 +129,11 @@ class Engine:
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.lr, weight_decay=config.weight_decay,
                                    **({"fused": True} if cuda else {}))
-        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.batch_size)
+        if config.accumulate > 1 and not self.weighting.can_accumulate:
+            raise ValueError(f"--weighting {config.weighting} finds a step's weights from every batch's graph at once, "
+                             f"so it does not accumulate gradients: leave out --accumulate (or use --batch-size)")
+        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.batch_size
+                                   // config.accumulate)
         self.scheduler = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.step_schedule_per_batch = config.schedule != "step"
 
@@ -288,14 +294,21 @@ class Engine:
             has_valid.append(t.has_valid(target))
         return losses, torch.stack(has_valid)
 
-    def _forward_backward(self, model, batch: dict):
-        """Forward, weighted loss and backward of one batch (gradients zeroed first)."""
-        with self._autocast():
-            outputs = model(batch["image"])
-        losses, has_valid = self._task_losses(outputs, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.weighting.backward(losses, self.parts)
-        if self.sync_by_hand:  # what DDP does for the other methods: the mean gradient of all processes
+    def _forward_backward(self, model, batch: dict, micro: tuple[int, int] = (0, 1)):
+        """Forward, weighted loss and backward of one batch: batch ``micro[0]`` of the ``micro[1]``
+        that make one optimiser step (gradients zeroed at the first, added up to the last; DDP
+        averages over the processes at the last only)."""
+        self.parts.micro = micro
+        if micro[0] == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        last = micro[0] == micro[1] - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with self._autocast():
+                outputs = model(batch["image"])
+            losses, has_valid = self._task_losses(outputs, batch)
+            self.weighting.backward(losses, self.parts)
+        if self.sync_by_hand and last:  # what DDP does for the other methods: the mean gradient of all processes
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -306,25 +319,29 @@ class Engine:
                     offset += g.numel()
         return losses, has_valid
 
-    def _learn_from_step(self, batch: dict, before: dict) -> None:
-        """FAMO's second look: the same batch's task losses after the update, without gradients
-        and without touching the BatchNorm statistics."""
+    def _learn_from_step(self, batches: list[dict], befores: list[dict]) -> None:
+        """FAMO's second look: the step's batches' task losses after the update (their mean, as
+        before it), without gradients and without touching the BatchNorm statistics."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         kept = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
                 for m in norms]
+        afters = []
         try:
             for m in norms:
                 m.momentum = 0.0
-            with torch.no_grad(), self._autocast():
-                outputs = self.model(batch["image"])
-            after, _ = self._task_losses(outputs, batch)
+            for batch in batches:
+                with torch.no_grad(), self._autocast():
+                    outputs = self.model(batch["image"])
+                afters.append(self._task_losses(outputs, batch)[0])
         finally:
             for m, momentum, tracked in kept:
                 m.momentum = momentum
                 if tracked is not None:
                     m.num_batches_tracked.copy_(tracked)
-        pair = torch.stack([torch.stack([before[t.name].detach().float() for t in self.tasks]),
-                            torch.stack([after[t.name].float() for t in self.tasks])])
+
+        def mean(found):
+            return torch.stack([torch.stack([f[t.name].detach().float() for t in self.tasks]) for f in found]).mean(0)
+        pair = torch.stack([mean(befores), mean(afters)])
         self._average([pair])
         self.weighting.after_step(pair[0], pair[1])
 
@@ -337,34 +354,43 @@ class Engine:
         loss_batches = torch.zeros(n_tasks, dtype=torch.float64, device=device)
         nonfinite = torch.zeros(n_tasks, dtype=torch.bool, device=device)
         images = 0
-        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.batch_size)
-        bar = tqdm(self._batches(self.train_data, cfg.batch_size, epoch, cfg.augment), total=n_batches,
+        acc = cfg.accumulate
+        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.batch_size // acc) * acc
+        group, group_losses = [], []  # the batches of the step being made (FAMO looks at them again)
+        bar = tqdm(itertools.islice(self._batches(self.train_data, cfg.batch_size, epoch, cfg.augment), n_batches),
+                   total=n_batches,
                    desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
                    disable=not self.show_progress)
         t0, last_shown = time.perf_counter(), 0.0
         last_checked = last_logged = t0
         for step, batch in enumerate(bar):
+            micro = (step % acc, acc)
             if self.compile_unproven:  # the first compiled step: fall back to eager if compiling fails
                 try:
-                    losses, has_valid = self._forward_backward(model, batch)
+                    losses, has_valid = self._forward_backward(model, batch, micro)
                 except Exception as e:  # noqa: BLE001 (inductor, missing compiler, unsupported op...)
                     self.log(f"warning: torch.compile failed at the first step ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:300] if str(e) else ''}); continuing eagerly")
                     self.forward_module = model = self._wrap(False)
-                    losses, has_valid = self._forward_backward(model, batch)
+                    losses, has_valid = self._forward_backward(model, batch, micro)
                 self.compile_unproven = False
             else:
-                losses, has_valid = self._forward_backward(model, batch)
-            if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
-                self._average([p.grad for p in self.weighting.parameters()])
-            self.optimizer.step()
-            if self.sync_by_hand:  # as DDP does: every process continues with rank 0's BatchNorm statistics
-                for b in self.model.buffers():
-                    dist.broadcast(b, 0)
+                losses, has_valid = self._forward_backward(model, batch, micro)
             if self.weighting.learns_from_step:
-                self._learn_from_step(batch, losses)
-            if self.step_schedule_per_batch:
-                self.scheduler.step()
+                group.append(batch)
+                group_losses.append(losses)
+            if micro[0] == acc - 1:  # the step's last batch: update
+                if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
+                    self._average([p.grad for p in self.weighting.parameters()])
+                self.optimizer.step()
+                if self.sync_by_hand:  # as DDP does: every process continues with rank 0's BatchNorm statistics
+                    for b in self.model.buffers():
+                        dist.broadcast(b, 0)
+                if self.weighting.learns_from_step:
+                    self._learn_from_step(group, group_losses)
+                    group, group_losses = [], []
+                if self.step_schedule_per_batch:
+                    self.scheduler.step()
             stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
             bad_now = ~torch.isfinite(stacked)
             # the tasks that went bad first (one bad step makes every task's loss NaN after it)
