@@ -145,12 +145,14 @@ class Task:
         return raw
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, *, image: torch.Tensor | None = None,
-             class_weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
-             smoothness: float = 0.0) -> torch.Tensor:
-        """The training loss. The keyword options are the trainer's: each task uses those that
-        apply to it (class weights and label smoothing: segmentation; an edge-aware smoothness
-        term, which needs the ``image``: depth) and ignores the others."""
+             **options) -> torch.Tensor:
+        """The training loss; ``options`` are the task's own (:meth:`loss_options`)."""
         raise NotImplementedError
+
+    def loss_options(self, config, class_weight: torch.Tensor | None = None) -> dict:
+        """This task's loss options from a training config (the trainer's settings; a task reads
+        only its own), and the class weights found for it from the training labels."""
+        return {}
 
     def class_weights(self, labels: torch.Tensor, power: float = 1.0) -> torch.Tensor | None:
         """Per-class loss weights from the training targets (median-frequency balance raised to
@@ -222,8 +224,11 @@ class SemanticTask(Task):
 
     missing_value: ClassVar[float] = -1.0
 
-    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
+    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0):
         return losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing)
+
+    def loss_options(self, config, class_weight=None):
+        return {"class_weight": class_weight, "label_smoothing": config.label_smoothing}
 
     def class_weights(self, labels, power=1.0):
         return losses.median_frequency_weights(labels, self.num_classes, power)
@@ -308,7 +313,10 @@ class DepthTask(Task):
                     f"distance ≈ {self.scale:g} / value metres, a rough guide.")
         return "Farther things take the colours on the right (depth in metres)."
 
-    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
+    def loss_options(self, config, class_weight=None):
+        return {"smoothness": config.depth_smoothness}
+
+    def loss(self, pred, target, *, image=None, smoothness=0.0):
         loss = losses.depth_loss(pred, target)
         if smoothness:
             if image is None:
@@ -361,7 +369,7 @@ class NormalTask(Task):
     def finish(self, raw):
         return F.normalize(raw, p=2, dim=1)
 
-    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, smoothness=0.0):
+    def loss(self, pred, target, *, image=None):
         return losses.normal_loss(pred, target)
 
     def target_problem(self, target, full=True):

@@ -71,3 +71,21 @@ def test_weighted_semantic_loss_is_the_weighted_mean():
     # median frequency: shares 0.6 / 0.3 / 0.1 (median 0.3) -> 0.5, 1, 3; an absent class gets 1
     labels = torch.tensor([0] * 6 + [1] * 3 + [2] + [-1] * 5)
     assert median_frequency_weights(labels, 4).tolist() == pytest.approx([0.5, 1.0, 3.0, 1.0])
+
+
+def test_each_task_reads_only_its_own_loss_options():
+    """The trainer asks each task for its loss options: segmentation takes the class weights and
+    label smoothing, depth the smoothness term, normals nothing; a task's loss refuses another's."""
+    from mtan import preset_tasks
+    from mtan.tasks import tasks_from_config
+    from mtan.train.config import TrainConfig
+
+    config = TrainConfig(label_smoothing=0.1, depth_smoothness=0.05)
+    weight = torch.ones(13)
+    options = {t.kind: t.loss_options(config, weight if t.kind == "semantic" else None)
+               for t in tasks_from_config(preset_tasks("nyuv2"))}
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05},
+                       "normal": {}}
+    depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
+    with pytest.raises(TypeError):
+        depth.loss(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), label_smoothing=0.1)

@@ -125,6 +125,8 @@ class Engine:
         self.sync_by_hand = self.weighting.uses_gradients and self.runtime.distributed
         self.parts = self._parts()
         self.class_weights = self._class_weights()
+        # each task's own loss options, read from the config by the task itself
+        self.loss_options = {t.name: t.loss_options(config, self.class_weights.get(t.name)) for t in self.tasks}
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.lr, weight_decay=config.weight_decay,
@@ -284,13 +286,10 @@ class Engine:
         return data.batches(order, batch_size, drop_last=epoch is not None, transform=transform)
 
     def _task_losses(self, outputs: dict, batch: dict) -> tuple[dict, torch.Tensor]:
-        cfg = self.config
         losses, has_valid = {}, []
         for t in self.tasks:
             target = batch[t.name]
-            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"],
-                                    class_weight=self.class_weights.get(t.name),
-                                    label_smoothing=cfg.label_smoothing, smoothness=cfg.depth_smoothness)
+            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"], **self.loss_options[t.name])
             has_valid.append(t.has_valid(target))
         return losses, torch.stack(has_valid)
 
