@@ -85,3 +85,36 @@ def test_the_colour_bar_ends_at_a_real_distance_when_the_sky_is_left_out():
     assert "> 1 km" not in bar and "≈ 30 m" in bar and "without its sky" in bar
     pred.labels["semantic"][:] = CLASSES.index("sky")  # nothing but sky: every pixel counts again
     assert display_limits(pred, TASKS[1])[1] is False
+
+
+def test_a_clip_frame_carries_a_caption_line_of_the_nearest_objects():
+    """Each clip frame: the nearest vehicles and people in one line along the bottom (frames too
+    low for it have none)."""
+    import torch
+
+    from mtan.serve.distances import caption
+    from mtan.serve.video import VideoPainter
+
+    tasks = tasks_from_config(preset_tasks("cityscapes-7"))
+    sem, dep = tasks
+    vehicle = sem.class_set.classes.index("vehicle")
+    h, w = 120, 160
+    logits = torch.full((1, 7, h, w), -5.0)
+    logits[0, 0] = 5.0                    # flat everywhere ...
+    logits[0, vehicle, 40:100, 100:150] = 20.0  # ... and a vehicle on the right
+    depth = torch.full((1, 1, h, w), CITYSCAPES_INVERSE_DEPTH_SCALE / 8.0)  # 8 m away
+    photo = np.full((h, w, 3), 90, np.uint8)
+    painter = VideoPainter(tasks, "photo | segmentation | depth", "inferno", 0.5)
+    framed = painter(photo, {"semantic": logits[0].softmax(0)[None][0], "depth": depth[0]})
+    painter.captions = False
+    plain = painter(photo, {"semantic": logits[0].softmax(0)[None][0], "depth": depth[0]})
+    assert framed.shape == plain.shape == (h, 3 * w, 3)
+    changed = np.abs(framed.astype(int) - plain.astype(int)).sum(2) > 0
+    rows = np.flatnonzero(changed.any(1))
+    assert rows.min() >= h - 30 and rows.size > 0  # a band along the bottom, nothing above it
+    assert caption([{"class": "vehicle", "where": "right", "metres": 8.04}]) == "vehicle right ~8 m"
+    small, outputs = np.full((40, 60, 3), 90, np.uint8), {"semantic": logits[0, :, :40, :].softmax(0),
+                                                          "depth": depth[0, :, :40, :]}
+    low, bare = (VideoPainter(tasks, "photo | segmentation | depth", "inferno", 0.5) for _ in range(2))
+    bare.captions = False
+    assert np.array_equal(low(small, outputs), bare(small, outputs))  # too low for a caption

@@ -57,8 +57,13 @@ def objects_ahead(pred, listed=LISTED, min_share: float = MIN_SHARE, max_items: 
     sem, dep = pred.first("semantic"), pred.first("depth")
     if sem is None or dep is None:
         return None
-    full = pred.depth[dep.name]
-    labels = pred.labels[sem.name]
+    return find_objects(sem, dep, pred.labels[sem.name], pred.depth[dep.name], listed, min_share, max_items)
+
+
+def find_objects(sem, dep, labels: np.ndarray, full: np.ndarray, listed=LISTED, min_share: float = MIN_SHARE,
+                 max_items: int = MAX_ITEMS) -> list[dict]:
+    """:func:`objects_ahead` from a segmentation task and its labels (the photo's size) and a
+    depth task and its map (the network's size)."""
     H, W = labels.shape
     step = max(1, math.ceil(max(full.shape[0] / GRID[0], full.shape[1] / GRID[1])))
     depth = torch.from_numpy(np.ascontiguousarray(full[::step, ::step], np.float32))  # every step-th pixel
@@ -119,3 +124,11 @@ def at_point(pred, x: int, y: int) -> str:
         metres = float(dep.to_metres(torch.tensor(value, dtype=torch.float64)))
         parts.append("sky" if sem is not None and parts[0] == "sky" else spoken(metres))
     return f"At ({x}, {y}): " + ", ".join(dict.fromkeys(parts)) + "."
+
+
+def caption(found: list[dict] | None, items: int = 3) -> str:
+    """One line for a video frame: the nearest vehicles and people, "vehicle ahead ~8 m · human left ~5 m"."""
+    if not found:
+        return ""
+    return " · ".join(f"{o['class']} {o['where']} ~{max(1, round(o['metres']))} m" if o["metres"] <= 200
+                      else f"{o['class']} {o['where']} far" for o in found[:items])

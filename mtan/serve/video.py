@@ -24,6 +24,7 @@ from PIL import Image
 
 from mtan.inference.pipeline import Resolution, as_float, resize, to_tensor
 from mtan.serve import render
+from mtan.serve.distances import caption, find_objects
 from mtan.serve.prediction import labels_at
 from mtan.serve.registry import LoadedModel
 from mtan.tasks import find_task
@@ -337,6 +338,24 @@ class _Smoother:
         return self.state[name]
 
 
+MIN_CAPTION_HEIGHT = 96   # frames lower than this (pixels) get no caption line
+
+
+def draw_caption(frame: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in white on a dark band along the bottom of ``frame`` (RGB, h x w x 3)."""
+    from PIL import ImageDraw, ImageFont
+
+    h, w = frame.shape[:2]
+    size = max(11, min(22, h // 18))
+    font = ImageFont.load_default(size=size)
+    band = size + 8
+    im = Image.fromarray(frame)
+    dark = Image.new("RGB", (w, band), (0, 0, 0))
+    im.paste(Image.blend(im.crop((0, h - band, w, h)), dark, 0.6), (0, h - band))
+    ImageDraw.Draw(im).text((6, h - band + 3), text, fill=(255, 255, 255), font=font)
+    return np.asarray(im)
+
+
 class VideoPainter:
     """The output frames of one clip: views of each frame's outputs side by side. The depth colour
     scale follows the clip slowly (a running average of each frame's range), so colours mean the
@@ -350,6 +369,7 @@ class VideoPainter:
         self.colormap = colormap if colormap in render.COLORMAPS else render.DEFAULT_COLORMAP
         self.opacity = opacity
         self.limits: tuple[float, float] | None = None
+        self.captions = True  # the nearest vehicles and people, a line at the bottom of each frame
 
     def depth_limits(self, depth: np.ndarray) -> tuple[float, float]:
         lo, hi = render.depth_limits(depth)
@@ -371,7 +391,13 @@ class VideoPainter:
             else:
                 depth = outputs[self.dep.name][0].float().numpy()
                 panels.append(np.asarray(render.colorize_depth(depth, size, self.colormap, self.depth_limits(depth))))
-        return np.ascontiguousarray(np.concatenate(panels, axis=1))
+        frame = np.ascontiguousarray(np.concatenate(panels, axis=1))
+        if self.sem is not None and self.dep is not None and self.captions and frame.shape[0] >= MIN_CAPTION_HEIGHT:
+            labels = labels_at(outputs[self.sem.name], size)
+            line = caption(find_objects(self.sem, self.dep, labels, outputs[self.dep.name][0].float().numpy()))
+            if line:
+                frame = draw_caption(frame, line)
+        return frame
 
 
 def run_frames(loaded: LoadedModel, photos: list[np.ndarray], size: tuple[int, int], painter: VideoPainter,
