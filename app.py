@@ -17,7 +17,7 @@ import traceback
 import gradio as gr
 
 from mtan import serve
-from mtan.serve.page_text import CSS
+from mtan.serve.page_text import CSS, PAGE_JS
 from mtan.serve.settings import parse_args
 from mtan.serve.web import App, build, limit_mcp_tools
 
@@ -41,7 +41,7 @@ if __name__ == "__main__":
     exit_code = 1
     try:  # show_error=False: only our own messages reach visitors; allowed_paths: the example photos alone
         demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=share, max_file_size=APP.max_file_size,
-                    allowed_paths=[str(p) for p in APP.examples], show_error=False, css=CSS,
+                    allowed_paths=[str(p) for p in APP.examples], show_error=False, css=CSS, js=PAGE_JS,
                     theme=gr.themes.Soft(primary_hue="indigo"), state_session_capacity=ARGS.max_sessions,
                     prevent_thread_lock=True, quiet=True, mcp_server=ARGS.mcp)  # quiet: gradio's share hint is not ours
         tools = limit_mcp_tools(demo)

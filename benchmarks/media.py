@@ -139,21 +139,17 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             pred = predict_photo(loaded, big, (256, 512))
             built = time.perf_counter()
-            try:
-                scene = build_scene(pred)
-            except ValueError:  # nothing within the distance limit (an untrained model): an empty scene
-                scene = None
+            scene = build_scene(pred)
             done = time.perf_counter()
-            if scene is not None:
+            if len(scene.points):  # (an untrained model may put nothing within the distance limit)
                 write_glb(scene, Path(tmp) / "s.glb")
                 write_ply(scene, Path(tmp) / "s.ply")
             parts["network_s"].append(built - start)
             parts["build_s"].append(done - built)
             parts["write_s"].append(time.perf_counter() - done)
         result["scene3d"] = {"photo": f"{pw}x{ph} ({pw * ph / 1e6:.1f} MP)",
-                             "points": len(scene.points) if scene is not None else 0,
-                             "triangles": len(scene.faces) if scene is not None else 0,
-                             "glb_mb": round((Path(tmp) / "s.glb").stat().st_size / 1e6, 1) if scene is not None else 0,
+                             "points": len(scene.points), "triangles": len(scene.faces),
+                             "glb_mb": round((Path(tmp) / "s.glb").stat().st_size / 1e6, 1) if len(scene.points) else 0,
                              **{k: round(statistics.median(v[1:]), 3) for k, v in parts.items()}}
         result["scene3d"]["total_s"] = round(sum(result["scene3d"][k] for k in parts), 3)
         log("3d", result["scene3d"])

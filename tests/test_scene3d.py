@@ -187,5 +187,7 @@ def test_segments_are_cut_apart_smoothed_inside_and_edge_on_triangles_dropped():
 
 
 def test_a_photo_with_nothing_near_enough_gets_a_message():
-    with pytest.raises(ValueError, match="Nothing in this photo lies within 40 m"):
-        build_scene(prediction(np.full((20, 30), 300.0)), max_metres=40)
+    scene = build_scene(prediction(np.full((20, 30), 300.0), sky_rows=4), max_metres=40)
+    assert len(scene.points) == 0 and len(scene.faces) == 0
+    assert "Nothing in this photo lies within the distance limit" in scene.describe()
+    assert "raise the limit" in scene.describe()

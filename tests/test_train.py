@@ -423,7 +423,7 @@ def test_every_setting_is_declared_once_and_has_its_flag():
     assert all(v is None for k, v in vars(p.parse_args([])).items())
     args = p.parse_args(["--no-augment", "--no-progress", "--lr", "0.5", "--train-frames", "3"])
     assert (args.augment, args.progress, args.lr, args.train_frames) == (False, False, 0.5, 3)
-    with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty, random"):
+    with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty, imtl-l, random, famo"):
         TrainConfig(weighting="often")
 
 

@@ -157,6 +157,8 @@ class MediaEvents:
             scene = build_scene(pred, float(fov), float(max_metres), colouring if colouring in COLOURINGS else "photo")
         except ValueError as e:
             raise refusal(event, str(e)) from None
+        if not len(scene.points):  # nothing within the distance limit: the caption says so, no files
+            return None, [], scene.describe()
         folder = self.downloads.new()
         glb, ply = write_glb(scene, folder / f"{pred.stem}_3d.glb"), write_ply(scene, folder / f"{pred.stem}_3d.ply")
         return str(glb), [str(glb), str(ply)], scene.describe()

@@ -39,7 +39,7 @@ CSS = """
 }
 """
 
-# Run once when the page loads. The Live tab says when the browser has no camera to offer, or the
+# Run once when the page loads (``launch(js=...)``: no event a request could call). The Live tab says when the browser has no camera to offer, or the
 # visitor refused it (gradio's webcam shows nothing then), checked again when the devices or the
 # permission change and when a tab is clicked; and a bad clip gets one message, not two.
 PAGE_JS = """

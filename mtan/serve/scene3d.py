@@ -58,6 +58,9 @@ class Scene3D:
     seconds: float = 0.0
 
     def describe(self) -> str:
+        if not len(self.points):
+            return (f"Nothing in this photo lies within the distance limit (the sky left out: {self.dropped_sky:,} "
+                    f"points; beyond the limit: {self.dropped_far:,}), so there is no 3D scene to show: raise the limit.")
         left = [f"{self.dropped_sky:,} of sky" if self.dropped_sky else "",
                 f"{self.dropped_far:,} beyond the distance limit" if self.dropped_far else ""]
         depth = -self.points[:, 2] if len(self.points) else np.zeros(1)
@@ -163,9 +166,6 @@ def build_scene(pred: Prediction, fov: float = DEFAULT_FOV, max_metres: float = 
         colours = render.colorize_labels(labels, sem.class_set.palette)
     else:
         colours = np.asarray(pred.photo.resize((gw, gh), Image.Resampling.BILINEAR, reducing_gap=2.0))
-    if not keep.any():
-        raise ValueError(f"Nothing in this photo lies within {max_metres:g} m (the sky left out), so there is no "
-                         f"3D scene to show: raise the distance limit.")
     focal = (gw / 2) / math.tan(math.radians(fov) / 2)
     v, u = np.mgrid[0:gh, 0:gw].astype(np.float32)
     z = np.where(keep, metres, 0.0).astype(np.float32)

@@ -15,7 +15,7 @@ from mtan.serve import attention, render
 from mtan.serve.examples import PHOTO_CREDIT, split_examples
 from mtan.serve.guard import RequestGuard
 from mtan.serve.media_events import video_resolutions
-from mtan.serve.page_text import ABOUT, PAGE_JS, HOW_TO_READ
+from mtan.serve.page_text import ABOUT, HOW_TO_READ
 from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, VIEW_PIVOT
 from mtan.serve.streams import StreamPolicy
 from mtan.serve.uploads import inline_photo_chars, megabytes
@@ -71,7 +71,6 @@ def build(app: App) -> gr.Blocks:
         with gr.Group(visible=False):  # the API's own controls and views (/predict, /details), not on the page
             api_controls(app, page)
         wire(app, page)
-        demo.load(None, js=PAGE_JS)  # the Live tab says when there is no camera; one message per bad clip
     # Every value of every event checked before gradio touches it (compare, task, resolution: choices per model).
     RequestGuard(app.uploads, open_choices=[page[n] for n in ("compare_choice", "attention_task", "resolution",
                                                                  "video_resolution")],
