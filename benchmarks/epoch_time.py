@@ -79,14 +79,14 @@ def naive_epoch(engine: Engine, model, epoch: int) -> tuple[float, dict]:
     """One epoch the original's way, over the engine's own batches (order and augmentation)."""
     cfg, device = engine.config, engine.runtime.device
     model.train()
-    weighting = build_weighting(cfg.weighting, model.task_names, cfg.temperature).to(device)
+    weighting = build_weighting(cfg.optim.weighting, model.task_names, cfg.optim.temperature).to(device)
     weighting.begin_epoch(epoch)
     params = list(model.parameters()) + list(weighting.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     rows = []
     sync(device)
     t0 = time.perf_counter()
-    for batch in engine._batches(engine.train_data, cfg.batch_size, epoch, cfg.augment):
+    for batch in engine._batches(engine.train_data, cfg.optim.batch_size, epoch, cfg.data.augment):
         batch = dict(batch, image=batch["image"].contiguous())  # NCHW
         outputs = model(batch["image"])
         losses = {t.name: t.loss(outputs[t.name], batch[t.name]) for t in model.tasks}
@@ -106,7 +106,7 @@ def naive_eval(engine: Engine, model, data) -> tuple[float, dict]:
     rows = []
     sync(device)
     t0 = time.perf_counter()
-    bs = engine.config.eval_batch_size or engine.config.batch_size
+    bs = engine.config.engine.eval_batch_size or engine.config.optim.batch_size
     for start in range(0, len(data), bs):
         batch = data.batch(torch.arange(start, min(start + bs, len(data)), device=data.device))
         outputs = model(batch["image"])
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     width = args.width or (1 / 16 if args.tiny else 1.0)
     with tempfile.TemporaryDirectory(prefix="mtan-epoch-time-") as out:
-        config = TrainConfig(data="synthetic", data_root=str(cache), size=f"{h}x{w}", train_frames=n_train,
+        config = TrainConfig.from_flags(data="synthetic", data_root=str(cache), size=f"{h}x{w}", train_frames=n_train,
                              val_frames=n_val, arch="mtan", width=width, weighting="dwa", batch_size=args.batch_size,
                              augment=True, epochs=2, seed=args.seed, device=device_name, compile=compile_model,
                              # fp32 on a CPU: the path compared with the naive one, whatever --amp auto would time
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         if args.naive:
             from mtan import MTAN
 
-            model = MTAN([t.to_config() for t in engine.model.tasks], arch=config.arch, width=config.width).to(device)
+            model = MTAN([t.to_config() for t in engine.model.tasks], arch=config.model.arch, width=config.model.width).to(device)
             model.load_state_dict(initial)
             naive_train_s, naive_train = naive_epoch(engine, model, 0)
             log(f"naive epoch: {naive_train_s:.2f} s")
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
             result["speedup_total"] = round(result["naive"]["total_s"] / fast["total_s"], 2)
             result["speedup_train"] = round(naive_train_s / fast["train_epoch_s"], 2)
             # agreement: the same start and batches -> the same epoch losses; the same weights -> the same val losses
-            engine_on_naive = {name: evaluate_model(model, data, config.eval_batch_size or config.batch_size,
+            engine_on_naive = {name: evaluate_model(model, data, config.engine.eval_batch_size or config.optim.batch_size,
                                                     runtime=engine.runtime, autocast=engine._autocast,
                                                     prepare=engine._prepare)
                                for name, data in engine.val_data.items()}

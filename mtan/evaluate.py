@@ -135,9 +135,9 @@ def evaluate_run(run, **kwargs) -> dict:
                          "says nothing about its data; e.g. --data camvid or --data synthetic")
     config = TrainConfig.from_dict(json.loads(path.read_text()))
     parts = validation_parts(config)
-    results = {part: evaluate(str(run), part, root, "val", config.size, config.eval_batch_size or config.batch_size,
+    results = {part: evaluate(str(run), part, root, "val", config.data.size, config.engine.eval_batch_size or config.optim.batch_size,
                               options=options, **kwargs) for part, root, options in parts}
-    return results[config.data] if len(parts) == 1 else results
+    return results[config.data.name] if len(parts) == 1 else results
 
 
 def main(argv=None) -> int:

@@ -96,21 +96,21 @@ def run_datasets(config) -> list[dict]:
     photos at their own size, generated scenes at the run's) and the command that scores it."""
     from mtan.train.datasets import builder_options
 
-    parts = config.data.split("+")
-    roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
+    parts = config.data.name.split("+")
+    roots = (config.data.root or "").split("+") if config.data.root else [None] * len(parts)
     roots = roots if len(roots) == len(parts) else [None] * len(parts)
     datasets = []
     for part, root in zip(parts, roots):
         options = builder_options(config, part, "val")
-        size = None if spec(part).own_size else config.size  # real photos are scored at their own size
+        size = None if spec(part).own_size else config.data.size  # real photos are scored at their own size
         command = ["python -m mtan.evaluate --model MODEL", f"--data {part}"]
         if root:
             command.append(f"--data-root {root}")
         if size:
             command.append(f"--size {size}")
-        command += spec(part).evaluate_args(options, config.labels)
-        command += [f"--data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items())]
-        name, kind = data_description(part, config.data_options.get(part, {}))
+        command += spec(part).evaluate_args(options, config.data.labels)
+        command += [f"--data-option {k}={v}" for k, v in sorted(config.data.options.get(part, {}).items())]
+        name, kind = data_description(part, config.data.options.get(part, {}))
         datasets.append({"name": name, "type": kind, "data": part, "command": " ".join(command),
                          "kwargs": {"data": part, "data_root": root or None, "split": "val", "size": size,
                                     "options": options}})
@@ -142,23 +142,23 @@ def check_run_precisions(model, config, resolution: str, log=print) -> dict:
 
 def augmentation_text(config) -> str:
     """The run's augmentation in words, for a card."""
-    if not config.augment:
+    if not config.data.augment:
         return "without augmentation"
-    zoom = (f"random zoom {config.scale_range.replace(',', '-')} (out as well as in)" if config.scale_range
+    zoom = (f"random zoom {config.data.scale_range.replace(',', '-')} (out as well as in)" if config.data.scale_range
             else "random scale-crop {1, 1.2, 1.5}")
-    parts = [zoom + (f" to {config.crop} crops" if config.crop else ""), "horizontal flip"]
-    if config.photometric:
+    parts = [zoom + (f" to {config.data.crop} crops" if config.data.crop else ""), "horizontal flip"]
+    if config.data.photometric:
         parts.append("photometric augmentation (colour, gamma, blur, JPEG artefacts, noise)")
     return "with " + ", ".join(parts)
 
 
 def optimiser_text(config) -> str:
-    name = "AdamW" if config.optimizer == "adamw" else "Adam"
-    decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
-    if config.schedule == "step":
-        return f"{name} lr {config.lr:g}{decay} (x{config.gamma:g} every {config.step_size} epochs)"
-    warmup = f"{config.warmup_epochs:g}-epoch warm-up, then " if config.warmup_epochs else ""
-    return f"{name} lr {config.lr:g}{decay} ({warmup}{config.schedule} decay to 0)"
+    name = "AdamW" if config.optim.optimizer == "adamw" else "Adam"
+    decay = f", weight decay {config.optim.weight_decay:g}" if config.optim.weight_decay else ""
+    if config.optim.schedule == "step":
+        return f"{name} lr {config.optim.lr:g}{decay} (x{config.optim.gamma:g} every {config.optim.step_size} epochs)"
+    warmup = f"{config.optim.warmup_epochs:g}-epoch warm-up, then " if config.optim.warmup_epochs else ""
+    return f"{name} lr {config.optim.lr:g}{decay} ({warmup}{config.optim.schedule} decay to 0)"
 
 
 def training_facts(run: Path) -> dict:
@@ -176,9 +176,9 @@ def training_stages(run: Path, config) -> list[tuple[object, dict]]:
 
     stages = [(config, training_facts(run))]
     seen = {run.resolve()}
-    while config.init_from and (Path(config.init_from) / "train_config.json").is_file() \
-            and Path(config.init_from).resolve() not in seen:
-        run = Path(config.init_from)
+    while config.model.init_from and (Path(config.model.init_from) / "train_config.json").is_file() \
+            and Path(config.model.init_from).resolve() not in seen:
+        run = Path(config.model.init_from)
         seen.add(run.resolve())
         config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
         stages.insert(0, (config, training_facts(run)))
@@ -191,12 +191,12 @@ def measure_resolutions(model, config) -> dict | None:
     from mtan.train.datasets import builder_options
     from mtan.evaluate import evaluate
 
-    parts = config.data.split("+")
+    parts = config.data.name.split("+")
     part = next((p for p in parts if spec(p).own_size), parts[0])
-    roots = (config.data_root or "").split("+") if config.data_root else [None] * len(parts)
+    roots = (config.data.root or "").split("+") if config.data.root else [None] * len(parts)
     root = roots[parts.index(part)] if len(roots) == len(parts) else None
     options = builder_options(config, part, "val")
-    size = None if spec(part).own_size else config.size  # real photos at their own size
+    size = None if spec(part).own_size else config.data.size  # real photos at their own size
     scores = {}
     for resolution in RESOLUTIONS:
         result = evaluate(model, part, data_root=root or None, split="val", size=size, options=options,
@@ -204,8 +204,8 @@ def measure_resolutions(model, config) -> dict | None:
         if result.get("semantic.miou") is None:
             return None
         scores[resolution] = result["semantic.miou"]
-    name = data_description(part, config.data_options.get(part, {}))[0]
-    extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data_options.get(part, {}).items()))
+    name = data_description(part, config.data.options.get(part, {}))[0]
+    extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data.options.get(part, {}).items()))
     return {"dataset": name, "metric": "semantic.miou", "scores": scores,
             "command": f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"}
 
@@ -226,7 +226,7 @@ def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
     if not datasets:
         real = ", ".join(name for name, s in SPECS.items() if s.own_size)
         raise ValueError(f"--calibrate fits the class bias on labelled real photos, and the run's data "
-                         f"({config.data}) has none of {real}")
+                         f"({config.data.name}) has none of {real}")
     kw = datasets[0]["kwargs"]
     fit_data = build_dataset(kw["data"], root=kw["data_root"], split="train", **kw["options"])
     check = build_dataset(kw["data"], root=kw["data_root"], split="val", **kw["options"])
@@ -299,7 +299,7 @@ def measure(model, config, latency: bool = True, check_precision: bool = True, c
         log("fitting the class bias on the run's real training photos ...")
         bias, calibration = calibrate_on_run(model, config, log=log)
         find_task(model.tasks, "semantic").class_bias = tuple(float(v) for v in bias)
-    log(f"evaluating the run on the validation split of {config.data} ...")
+    log(f"evaluating the run on the validation split of {config.data.name} ...")
     evaluations = evaluate_run(model, config)
     log("scoring the app's processing resolutions ...")
     resolutions = measure_resolutions(model, config)
@@ -322,11 +322,11 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             f"{head}:\n\n```bash\n{home_to_tilde(cfg.command) or 'python train.py --preset ' + str(cfg.preset)}\n```\n\n"
             f"{f['epochs']} epoch{'s' if f['epochs'] != 1 else ''}, {f['seconds'] / 3600:.2f} h of training and "
             f"validation ({f['images_per_second']:.1f} training images/s). {optimiser_text(cfg)}, batch "
-            f"{cfg.batch_size}, {cfg.weighting} loss weighting"
-            + (f", {cfg.class_weights} class weights" if cfg.class_weights != "none" else "")
-            + (f", label smoothing {cfg.label_smoothing:g}" if getattr(cfg, "label_smoothing", 0) else "")
-            + (f", edge-aware depth smoothness {cfg.depth_smoothness:g}" if getattr(cfg, "depth_smoothness", 0) else "")
-            + (f", starting from `{cfg.init_from}`" if cfg.init_from else "") + ".")
+            f"{cfg.optim.batch_size}, {cfg.optim.weighting} loss weighting"
+            + (f", {cfg.loss.semantic.class_weights} class weights" if cfg.loss.semantic.class_weights != "none" else "")
+            + (f", label smoothing {cfg.loss.semantic.label_smoothing:g}" if cfg.loss.semantic.label_smoothing else "")
+            + (f", edge-aware depth smoothness {cfg.loss.depth.smoothness:g}" if cfg.loss.depth.smoothness else "")
+            + (f", starting from `{cfg.model.init_from}`" if cfg.model.init_from else "") + ".")
     text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
                                  f"{torch.get_num_threads()} threads.")
     return text, {"stages": [f for _, f in stages], "seconds": total_hours * 3600}, len(stages)
@@ -369,15 +369,15 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
     from mtan.model import count_parameters
 
-    parts = config.data.split("+")
+    parts = config.data.name.split("+")
     trained_on = {p: spec(p).trained_on(config) for p in parts}
     data_text = "\n".join(f"- `{p}`: {trained_on[p]}" for p in parts) + (
-        f"\n\nAt {config.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
+        f"\n\nAt {config.data.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
         "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
         "val figures are at the photos' own 360x480.")
     train_text, facts, n_stages = training_text(run, config, hardware)
     sections = [("Data", data_text), ("Training", train_text)]
-    if config.pseudo_depth:
+    if config.data.pseudo_depth:
         from mtan.data.camvid import default_root
         from mtan.data.pseudo_depth import estimate_horizon
 
@@ -390,8 +390,8 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
                   "answers fast on a small CPU" if model.width < 1 else "the paper's full width")
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on[p] for p in parts),
                                              width_note=width_note,
-                                             size=f"{config.size}" + (f" ({config.crop} crops)" if config.crop else ""))))
-    how = (f"fine-tuned from an earlier model (`{config.init_from}`)" if config.init_from and n_stages == 1
+                                             size=f"{config.data.size}" + (f" ({config.data.crop} crops)" if config.data.crop else ""))))
+    how = (f"fine-tuned from an earlier model (`{config.model.init_from}`)" if config.model.init_from and n_stages == 1
            else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
                f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."

@@ -149,14 +149,15 @@ class Task:
         """The training loss; ``options`` are the task's own (:meth:`loss_options`)."""
         raise NotImplementedError
 
-    def loss_options(self, config, class_weight: torch.Tensor | None = None) -> dict:
-        """This task's loss options from a training config (the trainer's settings; a task reads
-        only its own), and the class weights found for it from the training labels."""
+    def loss_options(self, options, class_weight: torch.Tensor | None = None) -> dict:
+        """The keyword arguments of :meth:`loss` from this task's own part of a training config
+        (``config.loss.of(name)``, None for a task without options) and the class weights found
+        for it from the training labels."""
         return {}
 
-    def class_weights(self, labels: torch.Tensor, power: float = 1.0) -> torch.Tensor | None:
-        """Per-class loss weights from the training targets (median-frequency balance raised to
-        ``power``); None where the task has no classes."""
+    def class_weights(self, labels: torch.Tensor, options) -> torch.Tensor | None:
+        """Per-class loss weights from the training targets, as this task's loss options ask;
+        None where the task has no classes or asks for none."""
         return None
 
     def has_valid(self, target: torch.Tensor) -> torch.Tensor:
@@ -227,11 +228,13 @@ class SemanticTask(Task):
     def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0):
         return losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing)
 
-    def loss_options(self, config, class_weight=None):
-        return {"class_weight": class_weight, "label_smoothing": config.label_smoothing}
+    def loss_options(self, options, class_weight=None):
+        return {"class_weight": class_weight, "label_smoothing": options.label_smoothing}
 
-    def class_weights(self, labels, power=1.0):
-        return losses.median_frequency_weights(labels, self.num_classes, power)
+    def class_weights(self, labels, options):
+        """Median-frequency balance raised to the power ``options.class_weights`` names."""
+        power = losses.CLASS_BALANCE[options.class_weights]
+        return None if power is None else losses.median_frequency_weights(labels, self.num_classes, power)
 
     def has_valid(self, target):
         return (target >= 0).any()
@@ -313,8 +316,8 @@ class DepthTask(Task):
                     f"distance ≈ {self.scale:g} / value metres, a rough guide.")
         return "Farther things take the colours on the right (depth in metres)."
 
-    def loss_options(self, config, class_weight=None):
-        return {"smoothness": config.depth_smoothness}
+    def loss_options(self, options, class_weight=None):
+        return {"smoothness": options.smoothness}
 
     def loss(self, pred, target, *, image=None, smoothness=0.0):
         loss = losses.depth_loss(pred, target)

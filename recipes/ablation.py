@@ -55,7 +55,7 @@ def run_variant(name: str, change: dict, args) -> Path:
     config = apply_preset("street", {k: v for k, v in overrides.items() if v is not None})
     for key in ("scale_range", "crop"):  # a None in the change means: the preset's setting is switched off
         if key in change and change[key] is None:
-            setattr(config, key, None)
+            setattr(config.data, key, None)
     config.command = f"python recipes/ablation.py --only {name}"
     start = time.perf_counter()
     train(config, log=lambda line: print(f"[{name}] {line}", flush=True))

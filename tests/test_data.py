@@ -574,7 +574,7 @@ def test_every_dataset_has_a_spec():
     assert spec("camvid").own_size and not spec("synthetic").own_size
     assert spec("camvid").describe({"splits": "blocks"})[0] == "CamVid held-out blocks (real street photos, Cambridge)"
     assert spec("elsewhere").describe() == ("elsewhere val", "elsewhere") and spec("elsewhere").split_options("train") == {}
-    config = TrainConfig(data="synthetic+cityscapes", labels="label_19", train_frames=12, val_frames=4, seed=3,
+    config = TrainConfig.from_flags(data="synthetic+cityscapes", labels="label_19", train_frames=12, val_frames=4, seed=3,
                          data_options={"synthetic": {"num_frames": 20}})
     assert builder_options(config, "synthetic", "train") == {"seed": 3, "num_frames": 20}  # --data-option wins
     assert builder_options(config, "synthetic", "val") == {"seed": 0, "num_frames": 20}

@@ -80,9 +80,9 @@ def test_each_task_reads_only_its_own_loss_options():
     from mtan.tasks import tasks_from_config
     from mtan.train.config import TrainConfig
 
-    config = TrainConfig(label_smoothing=0.1, depth_smoothness=0.05)
+    config = TrainConfig.from_flags(label_smoothing=0.1, depth_smoothness=0.05)
     weight = torch.ones(13)
-    options = {t.kind: t.loss_options(config, weight if t.kind == "semantic" else None)
+    options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
     assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05},
                        "normal": {}}

@@ -142,14 +142,14 @@ def test_synthetic_sky_depth_fills_only_sky():
 
 
 def test_pseudo_depth_reaches_the_training_split_only():
-    config = TrainConfig(data="synthetic+camvid", pseudo_depth=True)
+    config = TrainConfig.from_flags(data="synthetic+camvid", pseudo_depth=True)
     assert builder_options(config, "camvid", "train")["pseudo_depth"] is True
     assert builder_options(config, "synthetic", "train")["sky_depth"] == SKY_INVERSE_DEPTH
     assert "pseudo_depth" not in builder_options(config, "camvid", "val")
     assert "sky_depth" not in builder_options(config, "synthetic", "val")
-    assert "pseudo_depth" not in builder_options(TrainConfig(data="synthetic+camvid"), "camvid", "train")
+    assert "pseudo_depth" not in builder_options(TrainConfig.from_flags(data="synthetic+camvid"), "camvid", "train")
     with pytest.raises(ValueError, match="--pseudo-depth .*camvid and synthetic"):
-        TrainConfig(data="cityscapes", pseudo_depth=True)
+        TrainConfig.from_flags(data="cityscapes", pseudo_depth=True)
     demo = PRESETS["demo"]
     assert demo["data"] == "synthetic+camvid" and demo["pseudo_depth"] and demo["width"] <= 0.25
     assert demo["init_from"] == PRESETS["demo-pretrain"]["out"] and PRESETS["demo-pretrain"]["pseudo_depth"]

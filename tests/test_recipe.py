@@ -82,7 +82,7 @@ def test_jpeg_artefacts_grow_as_the_quality_falls():
 def test_warmup_then_decay_to_zero(schedule):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1.0)
-    cfg = TrainConfig(schedule=schedule, warmup_epochs=1, epochs=10, optimizer="adamw")
+    cfg = TrainConfig.from_flags(schedule=schedule, warmup_epochs=1, epochs=10, optimizer="adamw")
     sched = build_schedule(opt, cfg, steps_per_epoch=10)
     lrs = []
     for _ in range(100):
@@ -93,11 +93,11 @@ def test_warmup_then_decay_to_zero(schedule):
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never rises
     assert lrs[-1] < 0.05
     with pytest.raises(ValueError, match="--schedule 'linear'"):
-        TrainConfig(schedule="linear")
+        TrainConfig.from_flags(schedule="linear")
     with pytest.raises(ValueError, match="--crop .* needs --augment"):
-        TrainConfig(crop="64x64")
+        TrainConfig.from_flags(crop="64x64")
     with pytest.raises(ValueError, match="--scale-range '2,1'"):
-        TrainConfig(scale_range="2,1", augment=True)
+        TrainConfig.from_flags(scale_range="2,1", augment=True)
 
 
 def test_label_smoothing_and_depth_smoothness():
@@ -217,7 +217,7 @@ def test_gpu_recipe_runs_in_tiny_form_and_writes_a_release_folder(tmp_path):
                              str(folder)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run / "train_config.json").read_text())
-    assert config["preset"] == "street" and config["photometric"] and config["scale_range"] == "0.5,2.0"
+    assert config["preset"] == "street" and config["data"]["photometric"] and config["data"]["scale_range"] == "0.5,2.0"
     assert (folder / "model.safetensors").is_file() and "python recipes/street_gpu.py --tiny" in (
         folder / "README.md").read_text()
     assert MTAN.from_pretrained(folder).width == 0.0625
@@ -231,8 +231,8 @@ def test_ablation_trains_each_variant_once_and_prints_the_table(tmp_path):
     assert "| full |" in first.stdout and "| paper |" in first.stdout and "app 128x256" in first.stdout
     paper = json.loads((tmp_path / "paper" / "train_config.json").read_text())
     full = json.loads((tmp_path / "full" / "train_config.json").read_text())
-    assert paper["scale_range"] is None and not paper["photometric"] and paper["schedule"] == "step"
-    assert full["scale_range"] == "0.5,2.0" and full["photometric"]
+    assert paper["data"]["scale_range"] is None and not paper["data"]["photometric"] and paper["optim"]["schedule"] == "step"
+    assert full["data"]["scale_range"] == "0.5,2.0" and full["data"]["photometric"]
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "[full]" not in again.stdout  # nothing trained again
     rows = json.loads((tmp_path / "ablation.json").read_text())

@@ -22,7 +22,7 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
            "--out", str(run)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((run / "train_config.json").read_text())["pseudo_depth"] is True
+    assert json.loads((run / "train_config.json").read_text())["data"]["pseudo_depth"] is True
 
     out = tmp_path / "model"
     proc = subprocess.run([sys.executable, "-m", "mtan.release", str(run), str(out), "--no-latency"], cwd=REPO,

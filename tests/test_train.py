@@ -212,12 +212,13 @@ def test_help_documents_every_flag():
 
 def test_presets_match_the_paper():
     paper = apply_preset("paper-cityscapes", {})
-    assert (paper.lr, paper.step_size, paper.gamma, paper.epochs, paper.batch_size, paper.augment, paper.weighting,
-            paper.temperature, paper.size) == (1e-4, 100, 0.5, 200, 8, False, "dwa", 2.0, "128x256")
-    assert apply_preset("paper-nyuv2", {}).batch_size == 2
-    assert apply_preset("benchmark-cityscapes", {}).augment is True
-    assert apply_preset("paper-cityscapes", {"epochs": 3}).epochs == 3  # explicit flags win
-    assert TrainConfig().lr == 1e-4
+    o = paper.optim
+    assert (o.lr, o.step_size, o.gamma, o.epochs, o.batch_size, paper.data.augment, o.weighting,
+            o.temperature, paper.data.size) == (1e-4, 100, 0.5, 200, 8, False, "dwa", 2.0, "128x256")
+    assert apply_preset("paper-nyuv2", {}).optim.batch_size == 2
+    assert apply_preset("benchmark-cityscapes", {}).data.augment is True
+    assert apply_preset("paper-cityscapes", {"epochs": 3}).optim.epochs == 3  # explicit flags win
+    assert TrainConfig().optim.lr == 1e-4
 
 
 def test_mixed_datasets_mask_the_missing_task(tmp_path, camvid_root):
@@ -280,9 +281,9 @@ def test_data_workers_give_the_same_run(tmp_path):
                   log=lambda *a: None) for workers in (2, 0)]
     assert [r["train"] for r in runs[0]] == [r["train"] for r in runs[1]]
     with pytest.raises(ValueError, match="--batched-attention 'yes': must be one of auto, on, off"):
-        TrainConfig(batched_attention="yes")
+        TrainConfig.from_flags(batched_attention="yes")
     with pytest.raises(ValueError, match="--data-workers -1: must be a whole number >= 0"):
-        TrainConfig(data_workers=-1)
+        TrainConfig.from_flags(data_workers=-1)
 
 
 def _one_step(dtype, batched: bool):
@@ -350,7 +351,7 @@ def test_init_from_and_class_weights(tmp_path, dwa_run):
     assert engine.model.tasks[0].class_bias is None
     assert any("its calibration of semantic is not carried over" in line for line in lines)
     with pytest.raises(ValueError, match="--class-weights 'inverse': must be one of none, median-frequency"):
-        TrainConfig(class_weights="inverse")
+        TrainConfig.from_flags(class_weights="inverse")
 
 
 def test_a_run_resumed_on_another_cpu_times_its_precision_again(tmp_path, monkeypatch):
@@ -360,15 +361,15 @@ def test_a_run_resumed_on_another_cpu_times_its_precision_again(tmp_path, monkey
 
     base = dict(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4, lr=1e-3,
                 progress=False, amp="auto", out=str(tmp_path / "run"))
-    train(TrainConfig(**base, epochs=2), log=lambda *a: None)
+    train(TrainConfig.from_flags(**base, epochs=2), log=lambda *a: None)
     first_two = read_metrics(tmp_path / "run" / "metrics.jsonl")
     lines: list[str] = []
-    train(TrainConfig(**base, epochs=3), resume=True, log=lambda *a: lines.append(" ".join(map(str, a))))
+    train(TrainConfig.from_flags(**base, epochs=3), resume=True, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert any("as the run being resumed chose on this CPU" in line for line in lines), lines
     assert not any("amp auto:" in line for line in lines), lines
     monkeypatch.setattr(engine, "cpu_identity", lambda: "Another CPU [00000000]")
     again: list[str] = []
-    train(TrainConfig(**base, epochs=4), resume=True, log=lambda *a: again.append(" ".join(map(str, a))))
+    train(TrainConfig.from_flags(**base, epochs=4), resume=True, log=lambda *a: again.append(" ".join(map(str, a))))
     assert any("resuming on another CPU" in line for line in again), again
     assert any("amp auto:" in line for line in again), again
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -383,7 +384,7 @@ def test_data_options_on_the_command_line():
     args = train_script.parser().parse_args(["--data", "camvid", "--data-option", "camvid.splits=blocks",
                                              "--data-option", "camvid.classes=11", "--data-option", "synthetic.cache=false"])
     config, _ = train_script.config_from_args(args)
-    assert config.data_options == {"camvid": {"splits": "blocks", "classes": 11}, "synthetic": {"cache": False}}
+    assert config.data.options == {"camvid": {"splits": "blocks", "classes": 11}, "synthetic": {"cache": False}}
     with pytest.raises(SystemExit):
         train_script.parser().parse_args(["--data-option", "splits"])
 
@@ -393,7 +394,7 @@ def test_the_first_line_comes_at_once_and_a_log_gets_progress_lines(tmp_path, mo
 
     monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
     lines: list[str] = []
-    train(TrainConfig(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4,
+    train(TrainConfig.from_flags(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4,
                       epochs=1, progress=False, amp="off", out=str(tmp_path / "run")),
           log=lambda *a: lines.append(" ".join(map(str, a))))
     assert lines[0].startswith("preparing synthetic: reading")
@@ -402,19 +403,28 @@ def test_the_first_line_comes_at_once_and_a_log_gets_progress_lines(tmp_path, mo
 
 
 def test_every_setting_is_declared_once_and_has_its_flag():
-    """train.py's flags are made from TrainConfig's fields: each field (but the run's own record of
-    its command) has one flag whose help states the field's default, and no flag sets
-    anything unless it is given."""
-    import dataclasses
-
+    """train.py's flags are made from TrainConfig's settings: each setting of every part (but the
+    run's own record of its command) has one flag, named by its flat name, whose help states the
+    setting's default, and no flag sets anything unless it is given; the flat names are unique
+    and the saved (nested) config reads back as it was."""
     from mtan.train.cli import parser
+    from mtan.train.config import FLAT, flat_name, settings
 
     p = parser()
     dests: dict = {}
     for action in p._actions:
         dests.setdefault(action.dest, action)
-    for f in dataclasses.fields(TrainConfig):
-        assert (f.name in dests) == (f.name != "command"), f.name  # --preset is the preset's own flag
+    names = [flat_name(path, f) for path, f in settings()]
+    assert len(names) == len(set(names)) == len(FLAT) and {"data_root", "depth_smoothness", "push_to_hub"} <= set(names)
+    for name in names:
+        assert (name in dests) == (name != "command"), name  # --preset is the preset's own flag
+    config = apply_preset("street", {"depth_smoothness": 0.5, "data_root": "x+y"})
+    assert (config.loss.depth.smoothness, config.data.root, config.loss.semantic.class_weights) == (
+        0.5, "x+y", "median-frequency")
+    assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+    assert TrainConfig.from_dict(config.flat()) == config  # a run folder's flat train_config.json
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"optim": {"speed": 1}})
     assert "(default 0.0001)" in dests["lr"].help and "(default dwa)" in dests["weighting"].help
     from mtan.weighting import METHODS
 
@@ -424,7 +434,7 @@ def test_every_setting_is_declared_once_and_has_its_flag():
     args = p.parse_args(["--no-augment", "--no-progress", "--lr", "0.5", "--train-frames", "3"])
     assert (args.augment, args.progress, args.lr, args.train_frames) == (False, False, 0.5, 3)
     with pytest.raises(ValueError, match="--weighting 'often': must be one of equal, dwa, uncertainty, imtl-l, random, famo"):
-        TrainConfig(weighting="often")
+        TrainConfig.from_flags(weighting="often")
 
 
 def test_delta_m_against_single_task_runs_at_each_validation(tmp_path):

@@ -70,7 +70,7 @@ class _Synthetic(DatasetSpec):
         return [f"--frames {options['num_frames']}"] if "num_frames" in options else []
 
     def trained_on(self, config):
-        return f"{config.train_frames or 500} generated street scenes"
+        return f"{config.data.train_frames or 500} generated street scenes"
 
 
 class _CamVid(DatasetSpec):
@@ -83,7 +83,7 @@ class _CamVid(DatasetSpec):
         return self.val_name, self.hub_type
 
     def trained_on(self, config):
-        splits = config.data_options.get(self.name, {}).get("splits", "standard")
+        splits = config.data.options.get(self.name, {}).get("splits", "standard")
         if splits == "blocks":
             from mtan.data.camvid import BLOCK_GAP_FRAMES, CamVidDataset
 

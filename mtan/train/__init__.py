@@ -32,7 +32,7 @@ __all__ = ["PRESETS", "Engine", "NonFiniteLossError", "TrainConfig", "apply_pres
 def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
     """Run (or resume) a training run; returns the per-epoch records."""
     if int(os.environ.get("RANK", "0")) == 0:
-        check_run_folder(Path(config.out), resume)
+        check_run_folder(Path(config.engine.out), resume)
     engine = Engine(config, log=log)
     if resume:
         engine.resume()
@@ -41,8 +41,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
     finally:
         if engine.runtime.distributed and dist.is_initialized():
             dist.destroy_process_group()
-    if config.push_to_hub and engine.runtime.is_main:
+    if config.hub.repo and engine.runtime.is_main:
         from mtan.hub import push_run  # the Hub client is loaded only for a run that pushes
 
-        push_run(engine.out, config.push_to_hub, private=config.private, log=log)
+        push_run(engine.out, config.hub.repo, private=config.hub.private, log=log)
     return history

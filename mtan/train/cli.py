@@ -1,5 +1,5 @@
-"""``train.py``'s command line, made from :class:`mtan.train.TrainConfig`'s fields (each declares
-its help, group, choices and checks once), and the command itself: a config from the flags (a
+"""``train.py``'s command line, made from :class:`mtan.train.TrainConfig`'s settings (each declares
+its help, choices and checks once; its part of the config is its group of flags), and the command itself: a config from the flags (a
 preset first, explicit flags over it; or a run folder to resume), the run, and exit codes."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mtan.data.common import option_value
-from mtan.train.config import PRESETS, TrainConfig, apply_preset
+from mtan.train.config import PRESETS, TrainConfig, apply_preset, flat_name, settings
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 # What --resume may change in a run's settings: where and how it runs, not what it computes.
@@ -31,11 +31,11 @@ def data_option(text: str) -> tuple[str, str, object]:
 TYPES = {"data_option": data_option, "int": int, "int | None": int, "float": float, "float | None": float}
 
 
-def _add(group, f: dataclasses.Field) -> None:
-    """One field's flag (or ``--x`` / ``--no-x`` pair) in ``group``; every default None, so that
-    only what was given overrides the preset."""
+def _add(group, name: str, f: dataclasses.Field) -> None:
+    """The flag (or ``--x`` / ``--no-x`` pair) of setting ``f``, whose flat name is ``name``, in
+    ``group``; every default None, so that only what was given overrides the preset."""
     meta, cli = f.metadata, dict(f.metadata.get("cli") or {})
-    flag = "--" + f.name.replace("_", "-")
+    flag = "--" + name.replace("_", "-")
     text = meta["help"]
     if meta.get("show_default") and f.default not in (None, False, dataclasses.MISSING):
         text += f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
@@ -44,17 +44,18 @@ def _add(group, f: dataclasses.Field) -> None:
     if f.type in ("bool", bool):
         if no is not None:
             both = group.add_mutually_exclusive_group()
-            both.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
-            both.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=no)
+            both.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+            both.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=no)
             return
-        group.add_argument(*flags, dest=f.name, action=cli.pop("action", "store_true"), default=None, help=text)
+        group.add_argument(*flags, dest=name, action=cli.pop("action", "store_true"), default=None, help=text)
         return
     kind = TYPES.get(cli.pop("type", f.type))
-    group.add_argument(*flags, dest=f.name, type=kind, choices=meta.get("choices"), default=None, help=text, **cli)
+    group.add_argument(*flags, dest=name, type=kind, choices=meta.get("choices"), default=None, help=text, **cli)
 
 
 def parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The flags of ``train.py``: ``--preset``, ``--resume``, then one per field, in their groups."""
+    """The flags of ``train.py``: ``--preset``, ``--resume``, then one per setting, grouped by the
+    part of the config it belongs to."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="a group of settings: " + "; ".join(
         f"{k}: {v.get('data')} {v.get('size', '')} {v.get('epochs')} epochs batch {v.get('batch_size')}"
@@ -62,13 +63,14 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint "
                    "(its train_config.json is used; --epochs may extend it)")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainConfig):
+    parts = {f.name: f.metadata["part"] for f in dataclasses.fields(TrainConfig) if "part" in f.metadata}
+    for path, f in settings():
         if f.metadata.get("cli") is False:
             continue
-        name = f.metadata["group"]
-        if name not in groups:
-            groups[name] = p.add_argument_group(name)
-        _add(groups[name], f)
+        title = parts[path[0]].title
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        _add(groups[title], flat_name(path, f), f)
     return p
 
 
@@ -91,13 +93,19 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         except (ValueError, OSError) as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
             raise ValueError(f"--resume {args.resume}: {saved} is not readable ({e}); it is written at the start "
                              f"of every run, so this folder's run cannot be continued: start a new one") from None
-        changed = sorted(k for k, v in values.items() if v is not None and k not in RESUMABLE and base.get(k) != v)
+        try:
+            saved_config = TrainConfig.from_dict(base)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--resume {args.resume}: {saved} does not hold a run's settings ({e}); start a new "
+                             f"run (another --out) instead") from None
+        flat = saved_config.flat()
+        changed = sorted(k for k, v in values.items() if v is not None and k not in RESUMABLE and flat.get(k) != v)
         if changed:
             raise ValueError(f"--resume keeps the run's settings; these flags would change them: {changed}. "
                              f"Start a new run (another --out) instead")
-        base.update({k: v for k, v in values.items() if v is not None})
-        base["out"] = str(args.resume)
-        return TrainConfig.from_dict(base), True
+        flat.update({k: v for k, v in values.items() if v is not None})
+        flat["out"] = str(args.resume)
+        return TrainConfig.from_flags(flat), True
     from mtan.train.run_folder import command_line
 
     config = apply_preset(args.preset, values)

@@ -51,7 +51,7 @@ from mtan.metrics import with_delta_m
 from mtan.scoring import evaluate_model
 from mtan.tasks import Task, tasks_from_config
 from mtan.timing import cpu_identity, fastest
-from mtan.train.config import CLASS_BALANCE, TrainConfig
+from mtan.train.config import TrainConfig
 from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.plots import plot_curves
 from mtan.train.run_folder import baseline_scores, export, monitor_score, read_metrics, summary_line
@@ -67,83 +67,84 @@ class Engine:
 
     def __init__(self, config: TrainConfig, log=print):
         self.config = config
-        self.runtime = setup_runtime(config.device)
+        self.runtime = setup_runtime(config.engine.device)
         self.log = log if self.runtime.is_main else (lambda *a, **k: None)
-        self.out = Path(config.out)
+        self.out = Path(config.engine.out)
         # progress bars on an interactive terminal only (logs and CI get the per-epoch lines)
-        self.show_progress = config.progress and self.runtime.is_main and sys.stderr.isatty()
-        torch.manual_seed(config.seed)
+        self.show_progress = config.engine.progress and self.runtime.is_main and sys.stderr.isatty()
+        torch.manual_seed(config.engine.seed)
         device = self.runtime.device
         cuda = device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if (config.amp == "bf16" or (config.amp == "auto" and cuda)) else None
+        self.amp_dtype = torch.bfloat16 if (config.engine.amp == "bf16" or (config.engine.amp == "auto" and cuda)) else None
         self.amp_measured: dict | None = None  # the CPU timing behind --amp auto's choice
-        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+        self.channels_last = config.engine.channels_last == "on" or (config.engine.channels_last == "auto" and cuda)
 
         # data: validated before the first step, held in memory on the device
-        self.log(f"preparing {config.data}: reading (or rendering) and checking the data, then building the model"
-                 + (" and timing float32 against bf16 on this CPU" if config.amp == "auto" and not cuda else "")
+        self.log(f"preparing {config.data.name}: reading (or rendering) and checking the data, then building the model"
+                 + (" and timing float32 against bf16 on this CPU" if config.engine.amp == "auto" and not cuda else "")
                  + " ...")
         train_set = build_split(config, "train")
         self.val_raw = validation_sets(config)
-        if config.data_workers:  # generated frames: render them in parallel before the checks read them
+        if config.data.workers:  # generated frames: render them in parallel before the checks read them
             for ds in [train_set, *self.val_raw.values()]:
                 for part in getattr(ds, "datasets", [ds]):
                     if hasattr(part, "render_all"):
-                        part.render_all(config.data_workers, progress=self.show_progress)
+                        part.render_all(config.data.workers, progress=self.show_progress)
         for ds in [train_set, *self.val_raw.values()]:
             validate(ds, full=True, progress=self.show_progress)
-        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data_workers)
-        self.val_data = {k: load_into_memory(v, device, False, config.data_workers) for k, v in self.val_raw.items()}
+        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data.workers)
+        self.val_data = {k: load_into_memory(v, device, False, config.data.workers) for k, v in self.val_raw.items()}
         self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
 
         # model
         task_cfgs = [t.to_config() for t in self.data_tasks]
-        if config.arch == "single":
-            if config.task is None:
+        if config.model.arch == "single":
+            if config.model.task is None:
                 raise ValueError(f"arch 'single' needs --task (one of {[t.name for t in self.data_tasks]})")
-            task_cfgs = [t for t in task_cfgs if t["name"] == config.task]
+            task_cfgs = [t for t in task_cfgs if t["name"] == config.model.task]
             if not task_cfgs:
-                raise ValueError(f"--task {config.task!r} is not a task of {config.data} "
+                raise ValueError(f"--task {config.model.task!r} is not a task of {config.data.name} "
                                  f"({[t.name for t in self.data_tasks]})")
-        self.model = MTAN(task_cfgs, arch=config.arch, width=config.width).to(device)
-        if config.init_from:
-            self._init_from(config.init_from)
+        self.model = MTAN(task_cfgs, arch=config.model.arch, width=config.model.width).to(device)
+        if config.model.init_from:
+            self._init_from(config.model.init_from)
         # same math either way (tested); fewer, larger kernels pay off on a GPU
-        self.model.set_batched_attention(config.batched_attention == "on" or (config.batched_attention == "auto" and cuda))
+        self.model.set_batched_attention(config.engine.batched_attention == "on" or (config.engine.batched_attention == "auto" and cuda))
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = self.model.tasks
-        self.baselines = baseline_scores(config.baseline) if config.baseline else {}
-        self.weighting = build_weighting(config.weighting, self.model.task_names, config.temperature,
-                                         seed=config.seed).to(device)
-        if self.weighting.on_representation and config.compile:
-            raise ValueError(f"--weighting {config.weighting} reads the shared features between the network's parts "
+        self.baselines = baseline_scores(config.engine.baseline) if config.engine.baseline else {}
+        self.weighting = build_weighting(config.optim.weighting, self.model.task_names, config.optim.temperature,
+                                         seed=config.engine.seed).to(device)
+        if self.weighting.on_representation and config.engine.compile:
+            raise ValueError(f"--weighting {config.optim.weighting} reads the shared features between the network's parts "
                              f"and runs eagerly: leave out --compile")
         # gradient methods average each task's gradient over the processes themselves (no DDP wrapper)
         self.sync_by_hand = self.weighting.uses_gradients and self.runtime.distributed
         self.parts = self._parts()
         self.class_weights = self._class_weights()
-        # each task's own loss options, read from the config by the task itself
-        self.loss_options = {t.name: t.loss_options(config, self.class_weights.get(t.name)) for t in self.tasks}
+        # each task's own loss options, from its own part of the config, read by the task itself
+        self.loss_options = {t.name: t.loss_options(config.loss.of(t.name), self.class_weights.get(t.name))
+                             for t in self.tasks}
         params = list(self.model.parameters()) + list(self.weighting.parameters())
-        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer(params, lr=config.lr, weight_decay=config.weight_decay,
+        optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                    **({"fused": True} if cuda else {}))
-        if config.accumulate > 1 and not self.weighting.can_accumulate:
-            raise ValueError(f"--weighting {config.weighting} finds a step's weights from every batch's graph at once, "
+        if config.optim.accumulate > 1 and not self.weighting.can_accumulate:
+            raise ValueError(f"--weighting {config.optim.weighting} finds a step's weights from every batch's graph at once, "
                              f"so it does not accumulate gradients: leave out --accumulate (or use --batch-size)")
-        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.batch_size
-                                   // config.accumulate)
+        self.steps_per_epoch = max(1, len(self.train_data) // self.runtime.world // config.optim.batch_size
+                                   // config.optim.accumulate)
         self.scheduler = build_schedule(self.optimizer, config, self.steps_per_epoch)
-        self.step_schedule_per_batch = config.schedule != "step"
+        self.step_schedule_per_batch = config.optim.schedule != "step"
 
-        if config.amp == "auto" and not cuda:
+        if config.engine.amp == "auto" and not cuda:
             self._choose_cpu_amp()
         # the module that runs the steps: compiled and/or wrapped for DDP
-        self.forward_module = self._wrap(config.compile)
-        self.compile_unproven = config.compile  # torch.compile fails at the first call, not when wrapping
+        self.forward_module = self._wrap(config.engine.compile)
+        self.compile_unproven = config.engine.compile  # torch.compile fails at the first call, not when wrapping
         self.start_epoch = 0
         self.best_score = -math.inf
         self.history: list[dict] = []
@@ -163,7 +164,7 @@ class Engine:
         if recorded is not None:
             self.log(f"resuming on another CPU ({here}; the run so far: {recorded_cpu}, amp {recorded}): "
                      f"timing float32 and bf16 again")
-        batch = next(self._batches(self.train_data, self.config.batch_size, 0, self.config.augment))
+        batch = next(self._batches(self.train_data, self.config.optim.batch_size, 0, self.config.data.augment))
         saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
                  copy.deepcopy(self.weighting.state_dict()))
 
@@ -214,17 +215,18 @@ class Engine:
                                                   if calibrated else ""))
 
     def _class_weights(self) -> dict[str, torch.Tensor]:
-        """Per-class weights of the semantic training losses (``--class-weights``), from the training labels."""
-        power = CLASS_BALANCE[self.config.class_weights]
-        if power is None:
-            return {}
+        """Per-class weights of the training losses that ask for them (``--class-weights``), from
+        the training labels."""
         out = {}
         for t in self.tasks:
-            weights = t.class_weights(self.train_data.targets[t.name], power) if t.name in self.train_data.targets else None
+            options = self.config.loss.of(t.name)
+            if options is None or t.name not in self.train_data.targets:
+                continue
+            weights = t.class_weights(self.train_data.targets[t.name], options)
             if weights is not None:
                 out[t.name] = weights
                 pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(t.class_set.classes, out[t.name].tolist()))
-                self.log(f"class weights ({self.config.class_weights}) for {t.name}: {pairs}")
+                self.log(f"class weights ({options.class_weights}) for {t.name}: {pairs}")
         return out
 
     def _parts(self) -> Parts:
@@ -267,15 +269,15 @@ class Engine:
         cfg = self.config
         generator = augmenter = None
         if epoch is not None:
-            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(cfg.engine.seed * 100_003 + epoch)
         order = shard_order(len(data), self.runtime, generator, data.device, drop_last=epoch is not None)
         photo_gen = None
         if augment:
-            aug_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 7_919)
-            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.scale_bounds(),
-                                     out_size=parse_size(cfg.crop) if cfg.crop else None)
-        if epoch is not None and cfg.photometric:
-            photo_gen = torch.Generator(device=data.device).manual_seed(cfg.seed * 100_003 + epoch + 15_013)
+            aug_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 7_919)
+            augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.data.scale_bounds(),
+                                     out_size=parse_size(cfg.data.crop) if cfg.data.crop else None)
+        if epoch is not None and cfg.data.photometric:
+            photo_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 15_013)
         def transform(batch: dict) -> dict:
             if augmenter is not None:
                 batch = augmenter(batch)
@@ -353,12 +355,12 @@ class Engine:
         loss_batches = torch.zeros(n_tasks, dtype=torch.float64, device=device)
         nonfinite = torch.zeros(n_tasks, dtype=torch.bool, device=device)
         images = 0
-        acc = cfg.accumulate
-        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.batch_size // acc) * acc
+        acc = cfg.optim.accumulate
+        n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.optim.batch_size // acc) * acc
         group, group_losses = [], []  # the batches of the step being made (FAMO looks at them again)
-        bar = tqdm(itertools.islice(self._batches(self.train_data, cfg.batch_size, epoch, cfg.augment), n_batches),
+        bar = tqdm(itertools.islice(self._batches(self.train_data, cfg.optim.batch_size, epoch, cfg.data.augment), n_batches),
                    total=n_batches,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs} train", unit="batch", leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.optim.epochs} train", unit="batch", leave=False,
                    disable=not self.show_progress)
         t0, last_shown = time.perf_counter(), 0.0
         last_checked = last_logged = t0
@@ -405,7 +407,7 @@ class Engine:
             if not self.show_progress and now - last_logged > PROGRESS_EVERY_S:  # a log file: a line a minute
                 last_logged = now
                 means = (loss_sums / loss_batches.clamp_min(1)).tolist()
-                self.log(f"epoch {epoch + 1}/{cfg.epochs}: {step + 1}/{n_batches} batches, "
+                self.log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {step + 1}/{n_batches} batches, "
                          f"{images / (now - t0):.1f} images/s, loss "
                          + " ".join(f"{t.name} {v:.4f}" for t, v in zip(self.tasks, means)))
             if not self.runtime.distributed and now - last_checked > 2.0:
@@ -430,7 +432,7 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, data) -> dict:
         """Losses and metrics of the current model on a validation set (on the device)."""
-        return evaluate_model(self.model, data, self.config.eval_batch_size or self.config.batch_size,
+        return evaluate_model(self.model, data, self.config.engine.eval_batch_size or self.config.optim.batch_size,
                               runtime=self.runtime, autocast=self._autocast, prepare=self._prepare,
                               batches=lambda d, bs: self._batches(d, bs, None, False))
 
@@ -451,7 +453,7 @@ class Engine:
         self.history = read_metrics(self.out / "metrics.jsonl")[: epoch + 1]
         if self.runtime.is_main:
             atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        self.log(f"resumed {self.out}: {epoch + 1} of {self.config.epochs} epochs done (from epoch_{epoch:04d}.safetensors), "
+        self.log(f"resumed {self.out}: {epoch + 1} of {self.config.optim.epochs} epochs done (from epoch_{epoch:04d}.safetensors), "
                  f"continuing with epoch {epoch + 2}")
 
     def fit(self) -> list[dict]:
@@ -461,12 +463,12 @@ class Engine:
             atomic_write_text(self.out / "train_config.json", cfg.to_json() + "\n")
             if self.start_epoch == 0:  # a new run: no metrics from a run that stopped before its first checkpoint
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        self.log(f"training {cfg.arch} x{cfg.width:g} ({count_parameters(self.model):,} parameters) on "
-                 f"{cfg.data}: {len(self.train_data)} train frames, val "
+        self.log(f"training {cfg.model.arch} x{cfg.model.width:g} ({count_parameters(self.model):,} parameters) on "
+                 f"{cfg.data.name}: {len(self.train_data)} train frames, val "
                  f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
                  f"{f' x {self.runtime.world} processes' if self.runtime.distributed else ''}, "
                  f"amp {'bf16' if self.amp_dtype is not None else 'off'}, out {self.out}")
-        for epoch in range(self.start_epoch, cfg.epochs):
+        for epoch in range(self.start_epoch, cfg.optim.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
             weights = None if self.weighting.weights_after_epoch else self.weighting.weights()
@@ -482,7 +484,7 @@ class Engine:
                       "train": {f"loss.{k}": v for k, v in train["loss"].items()},
                       "epoch_seconds": round(train["seconds"], 3),
                       "images_per_second": round(train["images"] / max(train["seconds"], 1e-9), 2)}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if (epoch + 1) % cfg.engine.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
                 t_eval = time.perf_counter()
                 record["val"] = {name: self.evaluate(data) for name, data in self.val_data.items()}
                 for name, metrics in record["val"].items():  # Delta_m against the single-task runs
@@ -497,7 +499,7 @@ class Engine:
                     self._write_epoch(epoch, record)
                 except (CheckpointError, OSError) as e:
                     raise CheckpointError(self._write_failed_message(epoch, e)) from None
-            self.log(summary_line(record, cfg.epochs))
+            self.log(summary_line(record, cfg.optim.epochs))
         if self.runtime.distributed:
             dist.barrier()
         return self.history
@@ -543,7 +545,7 @@ class Engine:
         if improved:
             self.best_score = score
         card = self.card_kwargs(record)
-        if "val" in record or epoch + 1 == cfg.epochs:
+        if "val" in record or epoch + 1 == cfg.optim.epochs:
             export(self.model, self.out, card)  # the last model, at the top of the run folder
         if improved:
             export(self.model, self.out / "best", {**card, "notes": f"Best validation score at epoch {epoch + 1}."})
@@ -553,24 +555,24 @@ class Engine:
                         optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
                         meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg),
                               "amp": "bf16" if self.amp_dtype is not None else "off", "cpu": cpu_identity()})
-        prune_checkpoints(self.out / "checkpoints", keep=cfg.keep_checkpoints)
+        prune_checkpoints(self.out / "checkpoints", keep=cfg.engine.keep_checkpoints)
 
     def card_kwargs(self, record: dict) -> dict:
         cfg = self.config
         val = record.get("val") or (self.history and self._last_val()) or {}
         first = next(iter(val.values()), {}) if val else {}
-        dataset_name = spec(cfg.data.split("+")[0]).title
+        dataset_name = spec(cfg.data.name.split("+")[0]).title
         table = {f"{name}/{k}" if len(val) > 1 else k: v for name, m in val.items() for k, v in m.items()
                  if not k.startswith("loss.")}
         return {
             "training_command": cfg.command,
-            "data": f"`{cfg.data}` ({cfg.size or 'native size'}), {len(self.train_data)} training frames; "
-                    f"validation on {', '.join(val) or '-'}; {cfg.epochs} epochs, batch {cfg.batch_size}, "
-                    f"{cfg.weighting} weighting, augmentation {'on' if cfg.augment else 'off'}",
-            "dataset_name": dataset_name, "dataset_type": cfg.data.split("+")[0],
+            "data": f"`{cfg.data.name}` ({cfg.data.size or 'native size'}), {len(self.train_data)} training frames; "
+                    f"validation on {', '.join(val) or '-'}; {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
+                    f"{cfg.optim.weighting} weighting, augmentation {'on' if cfg.data.augment else 'off'}",
+            "dataset_name": dataset_name, "dataset_type": cfg.data.name.split("+")[0],
             "results": {k: v for k, v in first.items() if not k.startswith("loss.") and v is not None},
             "extra_results": table,
-            "repo_id": cfg.push_to_hub,
+            "repo_id": cfg.hub.repo,
         }
 
     def _last_val(self):

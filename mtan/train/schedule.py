@@ -12,11 +12,11 @@ def build_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     """The learning-rate schedule: ``step`` (the paper's StepLR, stepped once an epoch), or
     ``cosine`` / ``poly`` (power 0.9) decay to 0 over the run after a linear warm-up of
     ``warmup_epochs``, stepped after every optimiser step."""
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    kind = config.schedule
+    if config.optim.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.step_size, gamma=config.optim.gamma)
+    total = max(1, config.optim.epochs * steps_per_epoch)
+    warmup = int(round(config.optim.warmup_epochs * steps_per_epoch))
+    kind = config.optim.schedule
 
     def factor(step: int) -> float:
         if step < warmup:
