@@ -18,7 +18,11 @@
   ``fairgrad``. Each task's own parameters (its attention masks and head) take that task's own
   gradient. They cost one backward pass per task. ``mgda-ub`` is MGDA on the gradients of the
   shared representation (the encoder's and decoder's features that the task branches read), one
-  backward pass through the branches per task and one through the shared network.
+  backward pass through the branches per task and one through the shared network. With
+  ``solve_every`` N > 1 (all but ``pcgrad``, whose update is no weighted sum of the gradients),
+  the weights are found every N optimiser steps and the steps in between take one backward pass
+  of the losses weighted by the last weights found: the cheaper variant whose update frequency
+  Nash-MTL's paper studies (Navon et al. 2022, Section 6).
 
 Every weighting has the same interface: ``begin_epoch(epoch)`` before an epoch,
 ``backward(losses, parts)`` per step (a dict task -> scalar loss tensor; ``parts`` says which
@@ -279,9 +283,45 @@ class GradientWeighting(PerStepWeighting):
 
     uses_gradients = True
 
-    def __init__(self, task_names: list[str], method: str, seed: int = 0):
+    def __init__(self, task_names: list[str], method: str, seed: int = 0, solve_every: int = 1):
         super().__init__(task_names, seed)
         self.name = method
+        if solve_every > 1 and method == "pcgrad":
+            raise ValueError("--solve-every applies to gradient methods whose update is a weighted sum of the "
+                             "task gradients; pcgrad projects them, so it needs the gradients at every step: "
+                             "leave out --solve-every")
+        self.solve_every = solve_every
+        self.solved: torch.Tensor | None = None  # the task weights last found (float64, T)
+        self.steps = 0  # optimiser steps taken
+        self._rows: torch.Tensor | None = None  # a step's task gradients, summed over its batches
+
+    def between_solves(self, losses: dict[str, torch.Tensor], parts: Parts) -> bool:
+        """On a step between two solves (``solve_every`` > 1): one backward pass of the losses
+        weighted by the last weights found, and True; False on a step that finds new weights."""
+        if self.solve_every == 1 or self.solved is None or self.steps % self.solve_every == 0:
+            return False
+        w = self.solved.to(next(iter(losses.values())).device)
+        (sum(w[k].float() * losses[t] for k, t in enumerate(self.task_names)) / parts.micro[1]).backward()
+        if parts.last:
+            self.record(self.solved)
+            self.steps += 1
+        return True
+
+    def solved_with(self, w: torch.Tensor) -> None:
+        """A step found the weights ``w``: logged, kept for the steps until the next solve."""
+        self.record(w)
+        self.solved = w.detach().double().cpu()
+        self.steps += 1
+
+    def extra_state(self):
+        return {**super().extra_state(), "steps": self.steps,
+                "solved": None if self.solved is None else self.solved.tolist()}
+
+    def load_extra_state(self, state):
+        super().load_extra_state(state)
+        self.steps = int(state.get("steps", 0))
+        solved = state.get("solved")
+        self.solved = None if solved is None else torch.tensor(solved, dtype=torch.float64)
 
     def direction(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The update direction of the shared parameters from the T x P task gradients, and the
@@ -311,9 +351,11 @@ class GradientWeighting(PerStepWeighting):
         """Set the gradients of one step: the shared parameters' from :meth:`direction` of the
         tasks' gradients (summed over a step's batches, 1 / batches each), each task's own
         parameters' from that task's loss."""
+        if self.between_solves(losses, parts):
+            return
         index, count = parts.micro
         rows = self.task_gradients(losses, parts.shared) / count
-        self._rows = rows if index == 0 or getattr(self, "_rows", None) is None else self._rows + rows
+        self._rows = rows if index == 0 or self._rows is None else self._rows + rows
         if parts.own:
             (sum(losses[t] for t in self.task_names) / count).backward(inputs=parts.own)
         if not parts.last:
@@ -321,7 +363,7 @@ class GradientWeighting(PerStepWeighting):
         grads, self._rows = self._rows, None
         parts.average([grads])
         d, w = self.direction(grads)
-        self.record(w)
+        self.solved_with(w)
         offset = 0
         for p in parts.shared:
             n = p.numel()
@@ -345,15 +387,17 @@ class RepresentationMGDA(GradientWeighting):
     on_representation = True
     can_accumulate = False  # the weights of a step need every batch's graph at once
 
-    def __init__(self, task_names: list[str], seed: int = 0):
-        super().__init__(task_names, "mgda-ub", seed)
+    def __init__(self, task_names: list[str], seed: int = 0, solve_every: int = 1):
+        super().__init__(task_names, "mgda-ub", seed, solve_every)
 
     def backward(self, losses, parts):
+        if self.between_solves(losses, parts):
+            return
         if not parts.cut:
             raise RuntimeError("mgda-ub: the forward pass kept no shared representation (Parts.cut is empty)")
         features, leaves = zip(*parts.cut)
         w = gradients.min_norm_weights(self.task_gradients(losses, list(leaves), parts.average))
-        self.record(w)
+        self.solved_with(w)
         total = sum(float(w[k]) * losses[t] for k, t in enumerate(self.task_names))
         # the branches' parameters, and sum_t w_t dL_t/dZ on the leaves, in one pass
         for leaf in leaves:
@@ -484,11 +528,15 @@ class UncertaintyWeighting(Weighting):
         return sum(losses[t] * 0.5 * torch.exp(-s[k]) + 0.5 * s[k] for k, t in enumerate(self.task_names))
 
 
-def build_weighting(method: str, task_names: list[str], temperature: float = 2.0, seed: int = 0) -> Weighting:
+def build_weighting(method: str, task_names: list[str], temperature: float = 2.0, seed: int = 0,
+                    solve_every: int = 1) -> Weighting:
+    if solve_every > 1 and method not in GRADIENT_METHODS:
+        raise ValueError(f"--solve-every applies to the gradient methods ({', '.join(GRADIENT_METHODS)}), "
+                         f"and --weighting is {method}")
     if method == "mgda-ub":
-        return RepresentationMGDA(task_names, seed)
+        return RepresentationMGDA(task_names, seed, solve_every)
     if method in GRADIENT_METHODS:
-        return GradientWeighting(task_names, method, seed)
+        return GradientWeighting(task_names, method, seed, solve_every)
     if method == "random":
         return RandomWeighting(task_names, seed)
     if method == "famo":

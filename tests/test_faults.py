@@ -593,6 +593,8 @@ USER_ERRORS = {
     "negative --width": (lambda t: ["--width", "-1"], "--width -1.0: must be a finite number > 0"),
     "huge --width": (lambda t: ["--width", "100"], "config field 'width': must be a number in (0, 8]"),
     "--batch-size 0": (lambda t: ["--batch-size", "0"], "--batch-size 0: must be a whole number >= 1"),
+    "--solve-every with a loss weighting": (lambda t: ["--solve-every", "2"],
+                                            "--solve-every 2: applies to the gradient methods but pcgrad"),
     "--epochs 0": (lambda t: ["--epochs", "0"], "--epochs 0"),
     "--eval-every 0": (lambda t: ["--eval-every", "0"], "--eval-every 0"),
     "--keep-checkpoints 0": (lambda t: ["--keep-checkpoints", "0"], "--keep-checkpoints 0"),

@@ -466,11 +466,13 @@ def test_delta_m_against_single_task_runs_at_each_validation(tmp_path):
               log=lambda *a: None)
 
 
-@pytest.mark.parametrize("method", ["famo", "gradnorm", "pcgrad", "imtl-l"])
+@pytest.mark.parametrize("method", ["famo", "gradnorm", "pcgrad", "imtl-l", "nash-mtl/3"])
 def test_a_stateful_weighting_resumes_exactly(tmp_path, method):
-    """FAMO's logits, GradNorm's weights and first losses, PCGrad's random order and IMTL-L's
-    scales are in the checkpoint: two epochs and a resumed third match three straight epochs."""
-    args = [*TINY, "--weighting", method]
+    """FAMO's logits, GradNorm's weights and first losses, PCGrad's random order, IMTL-L's
+    scales and Nash-MTL's last weights and step count (solved every 3 steps) are in the
+    checkpoint: two epochs and a resumed third match three straight epochs."""
+    name, _, every = method.partition("/")
+    args = [*TINY, "--weighting", name] + (["--solve-every", every] if every else [])
     straight = run_train([*args, "--epochs", "3", "--out", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-3000:]
     first = run_train([*args, "--epochs", "2", "--out", str(tmp_path / "cut")])

@@ -116,6 +116,49 @@ def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(meth
     assert list(logged) == model.task_names and list(logged.values()) == pytest.approx(w.double().tolist(), rel=1e-4)
 
 
+@pytest.mark.parametrize("method", ["nash-mtl", "imtl-g"])
+def test_between_solves_a_step_is_the_gradient_of_the_losses_weighted_by_the_last_weights(method):
+    """solve_every 3: steps 0 and 3 find the weights from the tasks' gradients; steps 1 and 2 are
+    one backward pass of sum_t w_t L_t with step 0's weights w; the state resumes exactly."""
+    from mtan.weighting import GradientWeighting, Parts, build_weighting
+
+    torch.manual_seed(0)
+    shared, heads = torch.nn.Linear(4, 3), torch.nn.ModuleList([torch.nn.Linear(3, 1) for _ in range(2)])
+    x = torch.rand(8, 4)
+
+    def losses():
+        z = shared(x)
+        return {"a": heads[0](z).square().mean(), "b": (heads[1](z) - 1).abs().mean() + z[:, 0].mean() ** 2}
+
+    parts = Parts(shared=list(shared.parameters()), own=list(heads.parameters()))
+    weighting = GradientWeighting(["a", "b"], method, solve_every=3)
+    solved = []
+    for step in range(4):
+        for p in [*shared.parameters(), *heads.parameters()]:
+            p.grad = None
+        weighting.backward(losses(), parts)
+        if step % 3 == 0:
+            solved.append(weighting.solved.clone())
+            continue
+        got = [p.grad.clone() for p in [*shared.parameters(), *heads.parameters()]]
+        for p in [*shared.parameters(), *heads.parameters()]:
+            p.grad = None
+        found = losses()
+        (float(solved[-1][0]) * found["a"] + float(solved[-1][1]) * found["b"]).backward()
+        assert all(torch.allclose(g, p.grad) for g, p in zip(got, [*shared.parameters(), *heads.parameters()]))
+        with torch.no_grad():  # move the parameters, so that the next solve sees other gradients
+            for p in shared.parameters():
+                p -= 0.5 * p.grad
+    assert weighting.steps == 4 and not torch.equal(solved[0], solved[1])
+    again = GradientWeighting(["a", "b"], method, solve_every=3)
+    again.load_state_dict(weighting.state_dict())
+    assert again.steps == 4 and torch.equal(again.solved, weighting.solved)
+    with pytest.raises(ValueError, match="pcgrad projects them"):
+        build_weighting("pcgrad", ["a", "b"], solve_every=2)
+    with pytest.raises(ValueError, match="--solve-every applies to the gradient methods"):
+        build_weighting("dwa", ["a", "b"], solve_every=2)
+
+
 def test_random_weights_are_drawn_each_step_and_resume_exactly():
     from mtan.weighting import RandomWeighting
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from mtan.data.common import parse_size
 from mtan.data.registry import SPECS, spec
 from mtan.losses import CLASS_BALANCE
-from mtan.weighting import METHODS
+from mtan.weighting import GRADIENT_METHODS, METHODS
 
 
 def option(default=None, help: str = "", *, flag: str | None = None, choices=None, whole: int | None = None,
@@ -110,6 +110,10 @@ class OptimConfig:
                             "parameters: pcgrad, mgda, cagrad, imtl-g, nash-mtl, fairgrad (one backward pass per "
                             "task), mgda-ub (MGDA on the shared features)", choices=METHODS)
     temperature: float = option(2.0, "DWA temperature T", number=(0.0, True))
+    solve_every: int = option(1, "gradient methods but pcgrad: find the task weights from the per-task gradients "
+                              "every N optimiser steps, and in between take one backward pass of the losses "
+                              "weighted by the last weights found (cheaper; Nash-MTL's paper studies this "
+                              "frequency)", whole=1)
     optimizer: str = option("adam", "optimiser: adam (the paper) or adamw (decoupled weight decay)",
                             choices=("adam", "adamw"))
     lr: float = option(1e-4, "peak learning rate", number=(0.0, True))
@@ -262,6 +266,10 @@ class TrainConfig:
                 if h % 32 or w % 32:
                     bad(name, "height and width must be multiples of 32 (the network pools five times), "
                               "e.g. 128x256")
+        if self.optim.solve_every > 1 and (self.optim.weighting not in GRADIENT_METHODS
+                                           or self.optim.weighting == "pcgrad"):
+            bad("solve_every", f"applies to the gradient methods but pcgrad ({', '.join(GRADIENT_METHODS[1:])}), "
+                               f"and --weighting is {self.optim.weighting}")
         if self.loss.semantic.label_smoothing >= 1:
             bad("label_smoothing", "must be below 1")
         if data.crop is not None and not data.augment:

@@ -117,7 +117,7 @@ class Engine:
         self.tasks = self.model.tasks
         self.baselines = baseline_scores(config.engine.baseline) if config.engine.baseline else {}
         self.weighting = build_weighting(config.optim.weighting, self.model.task_names, config.optim.temperature,
-                                         seed=config.engine.seed).to(device)
+                                         seed=config.engine.seed, solve_every=config.optim.solve_every).to(device)
         if self.weighting.on_representation and config.engine.compile:
             raise ValueError(f"--weighting {config.optim.weighting} reads the shared features between the network's parts "
                              f"and runs eagerly: leave out --compile")
