@@ -103,8 +103,51 @@ def visit_media(url: str, clip: Path, photo: Path, shots: Path | None = None, ti
                                for a in driver.find_elements(By.CSS_SELECTOR, "#scene-downloads a")]
         if shots:
             driver.save_screenshot(str(shots / "app_3d.png"))
+        seen["orbit"] = turn_scene(driver, canvas)
 
         return seen
+
+
+def drag(driver, canvas, dx: int, moves: int) -> tuple[str, "np.ndarray"]:
+    """A left-button drag across the 3D view in ``moves`` steps of ``dx`` pixels; the travel the
+    page's script handed to the viewer, and the view once the viewer's inertia has settled."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chain = ActionChains(driver, duration=10).move_to_element(canvas).click_and_hold()
+    for _ in range(moves):
+        chain.move_by_offset(dx, 0)
+    chain.release().perform()
+
+    def shot():
+        with Image.open(io.BytesIO(canvas.screenshot_as_png)) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32)
+    view, deadline = shot(), time.monotonic() + 60
+    while time.monotonic() < deadline:  # the viewer's inertia settles (slowly, with software WebGL)
+        time.sleep(1.0)
+        view, before = shot(), view
+        if np.array_equal(view, before):
+            break
+    return driver.execute_script("return arguments[0].dataset.orbit || ''", canvas), view
+
+
+def turn_scene(driver, canvas) -> dict:
+    """Drags the 3D view: a little, then far past the bound twice, then back: what each showed."""
+    import numpy as np
+
+    from mtan.serve.page_text import ORBIT_PX
+
+    _, start = drag(driver, canvas, 0, 1)
+    small, turned = drag(driver, canvas, 2, 10)
+    far, at_bound = drag(driver, canvas, 5, 40)
+    farther, still = drag(driver, canvas, 5, 40)
+    back, _ = drag(driver, canvas, -2, 10)
+
+    def change(a, b):
+        return float(np.abs(a - b).mean())
+    return {"bound": ORBIT_PX["x"], "small": small, "far": far, "farther": farther, "back": back,
+            "turned_by_small": change(start, turned), "turned_past_bound": change(at_bound, still)}
 
 
 def visit_live(url: str, camera: Path, shots: Path | None = None, timeout: float = 120.0,
@@ -173,6 +216,12 @@ def test_video_3d_and_live_webcam_render(app_url, tmp_path):
     for shot in ("app_video.png", "app_3d.png", "app_live.png"):
         assert colours((tmp_path / shot).read_bytes()) > 50, shot
     assert "flat" in seen["video_legend"] and "bright is near" in seen["video_legend"]
+    # the 3D view turns with a drag, but not past its bound, and turns back at once
+    orbit = seen["orbit"]
+    bound = orbit["bound"]
+    assert bound > 20 and orbit["small"] == "20,0" and orbit["far"] == orbit["farther"] == f"{bound},0", orbit
+    assert orbit["back"] == f"{bound - 20},0", orbit
+    assert orbit["turned_by_small"] > 2 and orbit["turned_past_bound"] == 0, orbit
     bad = tmp_path / "holiday.mp4"
     bad.write_text("this is a text file, not a clip\n" * 20)
     messages = visit_bad_clip(app_url, bad)  # one message, the app's own

@@ -131,7 +131,8 @@ def details_area(app: App, page: dict, compare: list[str]) -> None:
     page["normals"] = gr.Image(label="Surface normals (RGB = (n + 1) / 2)", format="jpeg", elem_id="normals",
                                visible="normals" in compare, interactive=False)
     with gr.Accordion("The scene in 3D", open=False, elem_id="scene-section") as page["scene_section"]:
-        gr.Markdown("The depth map as a scene in metres: drag to turn it, scroll to zoom. The camera is "
+        gr.Markdown("The depth map as a scene in metres: drag to turn it a little (farther round, one "
+                    "photo's depth shows the gaps behind things), scroll to zoom. The camera is "
                     "assumed, not measured; the sky and far pixels are left out.")
         page["scene"] = gr.Model3D(label="The photo in 3D (metres)", elem_id="scene", interactive=False,
                                    clear_color=(0.08, 0.08, 0.1, 1.0),
