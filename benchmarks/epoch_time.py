@@ -56,7 +56,7 @@ from _common import (
 from mtan.scoring import evaluate_model
 from mtan.train import Engine, TrainConfig
 from mtan.runtime import pick_device
-from mtan.weighting import build_weighting
+from mtan.train.weighting import build_weighting
 
 FULL = {"train": 2975, "val": 500, "size": (128, 256)}
 TINY = {"train": 64, "val": 16, "size": (32, 64)}

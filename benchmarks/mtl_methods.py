@@ -30,7 +30,7 @@ from _common import log, machine  # noqa: E402
 
 from mtan.metrics import DELTA_M_METRICS, delta_m, relative_changes  # noqa: E402
 from mtan.train import apply_preset, train  # noqa: E402
-from mtan.weighting import METHODS  # noqa: E402
+from mtan.train.weighting import METHODS  # noqa: E402
 
 SETTINGS = {  # the CPU benchmark and its tiny version
     "full": dict(size="96x192", train_frames=400, val_frames=100, width=0.125, epochs=20, batch_size=8),

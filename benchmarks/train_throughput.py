@@ -46,7 +46,7 @@ from _common import emit, log, machine, naive_batch_metrics, sync
 from mtan import MTAN, count_parameters, preset_tasks
 from mtan.data.common import parse_size
 from mtan.runtime import pick_device
-from mtan.weighting import build_weighting
+from mtan.train.weighting import build_weighting
 
 CONFIGS = {
     "cityscapes": {"preset": "cityscapes-7", "size": "128x256", "batch": 8, "sweep": "8,16,32,64,128"},

@@ -184,7 +184,7 @@ def test_media_benchmark_tiny(tmp_path):
 
 def test_mtl_methods_tiny():
     """Every weighting of train.py and the two single-task baselines, with Delta_m per method."""
-    from mtan.weighting import METHODS
+    from mtan.train.weighting import METHODS
 
     result = run_benchmark("mtl_methods", timeout=600)
     assert set(result["methods"]) == set(METHODS) and set(result["baselines"]) == {"semantic", "depth"}

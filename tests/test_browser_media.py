@@ -108,7 +108,7 @@ def visit_media(url: str, clip: Path, photo: Path, shots: Path | None = None, ti
         return seen
 
 
-def drag(driver, canvas, dx: int, moves: int) -> tuple[str, "np.ndarray"]:
+def drag(driver, canvas, dx: int, moves: int) -> tuple:
     """A left-button drag across the 3D view in ``moves`` steps of ``dx`` pixels; the travel the
     page's script handed to the viewer, and the view once the viewer's inertia has settled."""
     import numpy as np

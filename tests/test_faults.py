@@ -230,7 +230,7 @@ def test_planted_pickles_are_never_unpickled(tmp_path, tiny_model):
 
 def tiny_training_state(width=1 / 16):
     from mtan import preset_tasks
-    from mtan.weighting import build_weighting
+    from mtan.train.weighting import build_weighting
 
     torch.manual_seed(0)
     model = MTAN(preset_tasks("cityscapes-7"), width=width)

@@ -1,4 +1,4 @@
-"""Gradient-balancing methods (mtan/gradients.py) on hand-made gradients with known answers."""
+"""Gradient-balancing methods (mtan/train/gradients.py) on hand-made gradients with known answers."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from mtan.gradients import cagrad, fairgrad, imtl_g, mgda, min_norm_weights, nash_mtl, pcgrad, random_weights
+from mtan.train.gradients import cagrad, fairgrad, imtl_g, mgda, min_norm_weights, nash_mtl, pcgrad, random_weights
 
 T = torch.tensor
 
@@ -97,7 +97,7 @@ def test_random_weights_are_a_fresh_softmax_each_draw():
 
 
 def test_famo_weights_and_their_update():
-    from mtan.gradients import famo_update, famo_weights
+    from mtan.train.gradients import famo_update, famo_weights
 
     logits = torch.zeros(2, dtype=torch.float64)
     assert close(famo_weights(logits, T([2.0, 2.0], dtype=torch.float64)), [0.5, 0.5])
@@ -113,7 +113,7 @@ def test_famo_weights_and_their_update():
 
 
 def test_gradnorm_moves_weight_to_the_task_that_trains_slower():
-    from mtan.gradients import gradnorm_update
+    from mtan.train.gradients import gradnorm_update
 
     weights = T([1.0, 1.0], dtype=torch.float64)
     # equal gradient norms, task 1's loss has fallen less (ratio 1.0 against 0.5): task 1 gains

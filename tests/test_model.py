@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from mtan import MTAN, ModelConfigError, count_parameters
-from mtan.weighting import UncertaintyWeighting
+from mtan.train.weighting import UncertaintyWeighting
 
 
 def test_parameter_counts_match_the_original(nyuv2_tasks, cityscapes_tasks):

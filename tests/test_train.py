@@ -16,7 +16,7 @@ import torch
 from mtan import MTAN, preset_tasks
 from mtan.train import TrainConfig, apply_preset, train
 from mtan.train.run_folder import read_metrics
-from mtan.weighting import dwa_weights
+from mtan.train.weighting import dwa_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -426,7 +426,7 @@ def test_every_setting_is_declared_once_and_has_its_flag():
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"optim": {"speed": 1}})
     assert "(default 0.0001)" in dests["lr"].help and "(default dwa)" in dests["weighting"].help
-    from mtan.weighting import METHODS
+    from mtan.train.weighting import METHODS
 
     assert dests["weighting"].choices == METHODS and {"equal", "dwa", "pcgrad", "nash-mtl"} <= set(METHODS)
     assert p.parse_args(["--baseline", "a", "b"]).baseline == ["a", "b"]

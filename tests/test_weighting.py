@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mtan.weighting import (DynamicWeightAverage, EqualWeighting, UncertaintyWeighting, build_weighting,
+from mtan.train.weighting import (DynamicWeightAverage, EqualWeighting, UncertaintyWeighting, build_weighting,
                             dwa_weights)
 
 HISTORY = [[1.0, 2.0, 4.0], [0.5, 1.8, 4.0], [0.25, 1.8, 2.0]]
@@ -81,7 +81,7 @@ def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(meth
     """One step of a gradient method: the shared parameters' gradients are the method's direction
     of the tasks' separate gradients; each task's own parameters get its own loss's gradient."""
     from mtan import MTAN, preset_tasks
-    from mtan.weighting import GradientWeighting, Parts
+    from mtan.train.weighting import GradientWeighting, Parts
 
     torch.manual_seed(0)
     model = MTAN(preset_tasks("cityscapes-7"), width=1 / 16)
@@ -120,7 +120,7 @@ def test_gradient_methods_set_the_shared_gradients_from_each_tasks_gradient(meth
 def test_between_solves_a_step_is_the_gradient_of_the_losses_weighted_by_the_last_weights(method):
     """solve_every 3: steps 0 and 3 find the weights from the tasks' gradients; steps 1 and 2 are
     one backward pass of sum_t w_t L_t with step 0's weights w; the state resumes exactly."""
-    from mtan.weighting import GradientWeighting, Parts, build_weighting
+    from mtan.train.weighting import GradientWeighting, Parts, build_weighting
 
     torch.manual_seed(0)
     shared, heads = torch.nn.Linear(4, 3), torch.nn.ModuleList([torch.nn.Linear(3, 1) for _ in range(2)])
@@ -160,7 +160,7 @@ def test_between_solves_a_step_is_the_gradient_of_the_losses_weighted_by_the_las
 
 
 def test_random_weights_are_drawn_each_step_and_resume_exactly():
-    from mtan.weighting import RandomWeighting
+    from mtan.train.weighting import RandomWeighting
 
     a = RandomWeighting(["s", "d"], seed=5)
     losses = {"s": torch.tensor(2.0), "d": torch.tensor(1.0)}
@@ -194,8 +194,8 @@ def _flat_grads(params):
 def test_mgda_ub_weights_come_from_the_shared_features_and_the_update_is_their_weighted_sum():
     """MGDA-UB: the weights are the min-norm point of the tasks' gradients of the features the
     branches read; every parameter's gradient is then exactly that of the weighted loss sum."""
-    from mtan.gradients import min_norm_weights
-    from mtan.weighting import RepresentationMGDA, model_parts
+    from mtan.train.gradients import min_norm_weights
+    from mtan.train.weighting import RepresentationMGDA, model_parts
 
     model, x = _tiny_model(), torch.rand(2, 3, 32, 64)
     parts = model_parts(model, cut=True)
@@ -228,8 +228,8 @@ def test_mgda_ub_weights_come_from_the_shared_features_and_the_update_is_their_w
 
 
 def test_famo_weights_its_losses_and_moves_towards_the_task_that_improved_least():
-    from mtan.gradients import famo_update
-    from mtan.weighting import FAMOWeighting
+    from mtan.train.gradients import famo_update
+    from mtan.train.weighting import FAMOWeighting
 
     famo = FAMOWeighting(["s", "d"], lr=0.5, decay=0.0)
     famo.begin_epoch(0)
@@ -260,8 +260,8 @@ def test_famo_weights_its_losses_and_moves_towards_the_task_that_improved_least(
 
 
 def test_gradnorm_weights_follow_the_gradient_norms_on_the_last_shared_layer():
-    from mtan.gradients import gradnorm_update
-    from mtan.weighting import GradNormWeighting, model_parts
+    from mtan.train.gradients import gradnorm_update
+    from mtan.train.weighting import GradNormWeighting, model_parts
 
     model, x = _tiny_model(), torch.rand(2, 3, 32, 64)
     parts = model_parts(model)
@@ -290,7 +290,7 @@ def test_gradnorm_weights_follow_the_gradient_norms_on_the_last_shared_layer():
 
 
 def test_imtl_l_scales_every_loss_towards_one():
-    from mtan.weighting import IMTLLWeighting
+    from mtan.train.weighting import IMTLLWeighting
 
     imtl = IMTLLWeighting(["a", "b"])
     losses = {"a": torch.tensor(4.0), "b": torch.tensor(0.25)}
@@ -310,7 +310,7 @@ def test_two_accumulated_batches_make_the_step_of_their_union(method):
     """Gradient accumulation: a step made of two half batches (each weighted 1/2) sets the same
     gradients as one step on the whole batch (the losses here are means over images, BatchNorm
     frozen); a gradient method combines the tasks' gradients of the whole step, once."""
-    from mtan.weighting import model_parts
+    from mtan.train.weighting import model_parts
 
     model, x = _tiny_model(), torch.rand(4, 3, 32, 64)
     model.eval()

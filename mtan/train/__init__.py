@@ -7,6 +7,8 @@ module              job
 ``cli``             ``train.py``: the flags made from the config's fields, resume, exit codes
 ``datasets``        the run's training split and validation sets, held in memory
 ``schedule``        the learning-rate schedule
+``weighting``       how the task losses (or the tasks' gradients) are combined, with each method's state
+``gradients``       the gradient methods as functions of the per-task gradients (PCGrad, MGDA, ...)
 ``engine``          :class:`Engine`: the model, optimiser and data of one run, and its loop
 ``run_folder``      the run folder's checks, ``metrics.jsonl``, the best epoch, the exported model
 ``plots``           ``curves.png``

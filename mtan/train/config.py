@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from mtan.data.common import parse_size
 from mtan.data.registry import SPECS, spec
 from mtan.losses import CLASS_BALANCE
-from mtan.weighting import GRADIENT_METHODS, METHODS
+from mtan.train.weighting import GRADIENT_METHODS, METHODS
 
 
 def option(default=None, help: str = "", *, flag: str | None = None, choices=None, whole: int | None = None,

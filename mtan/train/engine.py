@@ -56,7 +56,7 @@ from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.plots import plot_curves
 from mtan.train.run_folder import baseline_scores, export, monitor_score, read_metrics, summary_line
 from mtan.train.schedule import build_schedule
-from mtan.weighting import Parts, build_weighting, model_parts
+from mtan.train.weighting import Parts, build_weighting, model_parts
 
 
 PROGRESS_EVERY_S = 60.0  # without a progress bar (output to a log file): a progress line this often

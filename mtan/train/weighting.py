@@ -13,7 +13,7 @@
 - ``gradnorm`` (Chen et al. 2018): weights moved each step so that the tasks' gradient norms on the
   last shared layer follow their relative training rates.
 - Gradient methods, on the gradients of the shared parameters (encoder, decoder, the shared
-  attention convolutions), each task's gradient computed apart (:mod:`mtan.gradients` has each
+  attention convolutions), each task's gradient computed apart (:mod:`mtan.train.gradients` has each
   method with its paper and equation): ``pcgrad``, ``mgda``, ``cagrad``, ``imtl-g``, ``nash-mtl``,
   ``fairgrad``. Each task's own parameters (its attention masks and head) take that task's own
   gradient. They cost one backward pass per task. ``mgda-ub`` is MGDA on the gradients of the
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from mtan import gradients
+from mtan.train import gradients
 
 GRADIENT_METHODS = ("pcgrad", "mgda", "mgda-ub", "cagrad", "imtl-g", "nash-mtl", "fairgrad")
 METHODS = ("equal", "dwa", "uncertainty", "imtl-l", "random", "famo", "gradnorm") + GRADIENT_METHODS
@@ -411,9 +411,9 @@ class RepresentationMGDA(GradientWeighting):
 class FAMOWeighting(PerStepWeighting):
     """FAMO (Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, Algorithm 1):
     each step descends ``sum_i c z_i log L_i`` (``z = softmax(xi)``, see
-    :func:`mtan.gradients.famo_weights`), i.e. the losses weighted by ``c z_i / L_i``; after the
+    :func:`mtan.train.gradients.famo_weights`), i.e. the losses weighted by ``c z_i / L_i``; after the
     update, the logits ``xi`` move with the change of the log losses on the same batch
-    (:func:`mtan.gradients.famo_update`, step ``lr``, decay ``decay``), so the next steps favour the
+    (:func:`mtan.train.gradients.famo_update`, step ``lr``, decay ``decay``), so the next steps favour the
     tasks that improved least. The logits are kept in checkpoints. A task with no valid target in a
     batch (loss 0) sits that step out."""
 
@@ -446,7 +446,7 @@ class GradNormWeighting(PerStepWeighting):
     summing to the number of tasks) take one step per training step on
     ``sum_i |G_i - mean(G) r_i^alpha|``, where ``G_i = |grad_W w_i L_i|`` on the last shared layer
     W and ``r_i`` is task i's loss ratio ``L_i(t) / L_i(0)`` over the mean ratio
-    (:func:`mtan.gradients.gradnorm_update`). The weights and the first losses are kept in
+    (:func:`mtan.train.gradients.gradnorm_update`). The weights and the first losses are kept in
     checkpoints. One extra backward pass per task down to W."""
 
     name = "gradnorm"
