@@ -27,6 +27,14 @@ from pathlib import Path
 
 import torch
 
+from mtan.checkpoint import atomic_write
+from mtan.cli import help_text
+from mtan.data import build_dataset, to_memory
+from mtan.data.common import options_from_text
+from mtan.inference import PhotoView, Resolution
+from mtan.model import MTAN
+from mtan.tasks import find_task, task_from_config
+
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_STEPS = (1.0, 0.5, 0.25, 0.1, 0.05)
 
@@ -50,9 +58,6 @@ def collect_scores(model, dataset, resolution: tuple[int, int] | None, stride: i
     they are). Any bias the model holds is taken out again: the scores are the network's own."""
     from tqdm import tqdm
 
-    from mtan.data import to_memory
-    from mtan.inference import PhotoView
-    from mtan.tasks import find_task
 
     sem = find_task(model.tasks, "semantic")
     if sem is None:
@@ -123,9 +128,6 @@ def fit_class_bias(scores: Scores, start: torch.Tensor | None = None, steps=DEFA
 def store(model_dir: Path, bias: torch.Tensor, record: dict) -> None:
     """Write ``bias`` into the model folder's config.json (the semantic task's ``class_bias``) and
     ``record`` into its calibration.json (atomically, each)."""
-    from mtan.checkpoint import atomic_write
-    from mtan.tasks import task_from_config
-
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     for task in config["tasks"]:
@@ -143,9 +145,6 @@ def fit(model, fit_data, check_data=None, app_resolution: str | None = "256x512"
     app runs them at ``app_resolution``), scored also on ``check_data`` (photos not fitted on), and
     the record of both: what it was fitted on, mIoU and per-class IoU with and without it, and each
     class's share of the pixels predicted against labelled."""
-    from mtan.inference import Resolution
-    from mtan.tasks import find_task
-
     sem = find_task(model.tasks, "semantic")
     if sem is None:
         raise ValueError("this model has no segmentation task: there is nothing to calibrate")
@@ -190,9 +189,6 @@ def calibrate(model_dir, data: str = "camvid", data_root=None, split: str = "tra
     """Fit the class bias of the model in ``model_dir`` on ``split`` of ``data`` (see :func:`fit`),
     score it also on ``check_split``, and store it unless ``write`` is False. Returns the record
     (also written to calibration.json)."""
-    from mtan.data import build_dataset
-    from mtan.model import MTAN
-
     model_dir = Path(model_dir)
     model = MTAN.from_pretrained(model_dir)
     opts = dict(options or {})
@@ -209,8 +205,6 @@ def calibrate(model_dir, data: str = "camvid", data_root=None, split: str = "tra
 
 
 def main(argv=None) -> int:
-    from mtan.cli import help_text
-
     p = argparse.ArgumentParser(prog="python -m mtan.calibrate", description=help_text(__doc__.split("\n\n")[0]),
                                 epilog="Example: python -m mtan.calibrate weights --data camvid --split train "
                                        "--check-split val")
@@ -226,7 +220,6 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
-    from mtan.data.common import options_from_text
 
     try:
         options = options_from_text(args.data_option)

@@ -36,9 +36,21 @@ import json
 import sys
 from pathlib import Path
 
-
+from mtan.cli import help_text
+from mtan.data import DatasetError, build_dataset, to_memory, validate
+from mtan.data.common import options_from_text
+from mtan.data.registry import spec
+from mtan.inference.fast import optimize_for_inference
 from mtan.inference.pipeline import PhotoView, Resolution
-
+from mtan.metrics import DepthOrderMetric, with_delta_m
+from mtan.model import MTAN, ModelConfigError
+from mtan.records import PRECISIONS, read_record
+from mtan.records import int8_scales as recorded_scales
+from mtan.runtime import pick_device
+from mtan.scoring import evaluate_model
+from mtan.tasks import CITYSCAPES_7, find_task
+from mtan.train import TrainConfig
+from mtan.train.datasets import validation_parts
 
 _LOADED: dict = {}  # the last two splits loaded (checked and in memory), by what was asked for
 
@@ -54,18 +66,9 @@ def evaluate(model, data: str, data_root=None, split: str = "val", size: str | N
     ``precision``: run through the app's inference copy (:mod:`mtan.inference.fast`) in this precision
     (``fp32``, ``bf16``, ``bf16-convs``, ``int8``) instead of the plain model; int8 takes its
     activation scales from ``int8_scales``, else from the model folder's ``precisions.json``."""
-    from mtan.data import build_dataset, to_memory, validate
-    from mtan.data.registry import spec
-    from mtan.scoring import evaluate_model
-    from mtan.inference.fast import optimize_for_inference
-    from mtan.model import MTAN
-    from mtan.runtime import pick_device
-
     dev = pick_device(device)
     if not isinstance(model, MTAN):
         if precision == "int8" and int8_scales is None:
-            from mtan.records import int8_scales as recorded_scales, read_record
-
             int8_scales = recorded_scales(read_record(model)) if Path(str(model)).is_dir() else None
             if int8_scales is None:
                 raise ValueError(f"--precision int8: {model} has no int8 calibration in its precisions.json "
@@ -98,15 +101,11 @@ class DepthOrder:
     fed with the outputs of the evaluation's own forward passes."""
 
     def __init__(self, semantic, depth):
-        from mtan.metrics import DepthOrderMetric
-
         self.semantic, self.depth = semantic, depth
         self.metric = DepthOrderMetric(semantic.num_classes)
 
     @classmethod
     def of(cls, model, memory) -> "DepthOrder | None":
-        from mtan.tasks import CITYSCAPES_7, find_task
-
         semantic = find_task(model.tasks, "semantic", class_set=CITYSCAPES_7)
         depth = find_task(model.tasks, "depth", depth_kind="inverse")
         if semantic is None or depth is None or semantic.name not in memory.targets:
@@ -123,9 +122,6 @@ class DepthOrder:
 def evaluate_run(run, **kwargs) -> dict:
     """A run folder's model on the run's own validation data, with the run's settings: the
     figures of its last validation (one result per part of a mixture)."""
-    from mtan.train import TrainConfig
-    from mtan.train.datasets import validation_parts
-
     path = Path(str(run)) / "train_config.json"
     if not Path(str(run)).exists():
         raise ValueError(f"{run} does not exist here: pass a run folder (train.py --out, e.g. runs/smoke); a model "
@@ -141,10 +137,6 @@ def evaluate_run(run, **kwargs) -> dict:
 
 
 def main(argv=None) -> int:
-    from mtan.cli import help_text
-
-    from mtan.records import PRECISIONS
-
     p = argparse.ArgumentParser(prog="python -m mtan.evaluate", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained / a run folder) or Hub repo id")
@@ -176,9 +168,6 @@ def main(argv=None) -> int:
                         "delta_m, the multi-task papers' Delta_m in percent (lower is better; negative beats the "
                         "baselines), and delta_m.changes, each metric's change against its baseline (positive = worse)")
     args = p.parse_args(argv)
-    from mtan.data import DatasetError
-    from mtan.data.common import options_from_text
-    from mtan.model import ModelConfigError
 
     try:
         options = options_from_text(args.data_option)
@@ -205,7 +194,6 @@ def main(argv=None) -> int:
                     scored.append(evaluate(base, args.data, args.data_root, args.split, args.size, args.batch_size,
                                            args.device, args.labels, args.frames, args.seed, options=options,
                                            app_resolution=args.app_resolution, flip=args.flip))
-            from mtan.metrics import with_delta_m
 
             result = with_delta_m(result, scored)
     except (DatasetError, ModelConfigError, ValueError, KeyError) as e:

@@ -20,9 +20,12 @@ import sys
 
 import torch
 
-from mtan.records import PRECISIONS
+from mtan.cli import help_text
+from mtan.data import DatasetError, build_dataset, parse_size
+from mtan.evaluate import evaluate
 from mtan.inference.int8 import int8_available, int8_calibration
-from mtan.records import ResolutionAdvice, write_record
+from mtan.model import MTAN, ModelConfigError
+from mtan.records import PRECISIONS, ResolutionAdvice, write_record
 
 MIOU_TOLERANCE = 0.005      # absolute, mIoU below float32's
 ERROR_TOLERANCE = 0.02      # relative, depth errors above float32's
@@ -54,7 +57,6 @@ def calibration_images(data: list[str], size: tuple[int, int], per_dataset: int 
     """Images for int8's activation scales: ``per_dataset`` training images of each of ``data``
     (generated street scenes are rendered; photos come from their training split, in ``roots``
     where given) at ``size``, and a line saying what they are."""
-    from mtan.data import build_dataset
     from mtan.data.synthetic import render_frame
 
     images, words = [], []
@@ -77,8 +79,6 @@ def check_precisions(model, evaluations: list[dict], candidates=PRECISIONS, cali
     whether it is kept, and why not. ``calibration``: ``(images, description)`` for int8's
     activation scales (see :func:`calibration_images`); int8 is skipped without it, or where
     this torch has no quantised CPU engine."""
-    from mtan.evaluate import evaluate
-
     candidates = ["fp32"] + [p for p in candidates if p != "fp32"]
     for p in candidates:
         if p not in PRECISIONS:
@@ -122,8 +122,6 @@ def table(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from mtan.cli import help_text
-
     p = argparse.ArgumentParser(prog="python -m mtan.precision", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a model folder (the record is written there)")
@@ -136,8 +134,6 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="candidates, comma-separated")
     p.add_argument("--dry-run", action="store_true", help="print the record, do not write it")
     args = p.parse_args(argv)
-    from mtan.data import DatasetError
-    from mtan.model import MTAN, ModelConfigError
 
     try:
         model = MTAN.from_pretrained(args.model).eval()
@@ -149,7 +145,6 @@ def main(argv=None) -> int:
         evaluations = [{"name": f"{d} val at {args.app_resolution}",
                         "kwargs": {"data": d, "data_root": args.data_root, "app_resolution": args.app_resolution,
                                    "frames": args.frames}} for d in data]
-        from mtan.data import parse_size
 
         calibration = calibration_images(data, parse_size(args.app_resolution),
                                          roots=[args.data_root] * len(data) if args.data_root else None)

@@ -23,13 +23,36 @@ from pathlib import Path
 
 import torch
 
+from mtan.calibrate import CALIBRATION_FILE, fit
+from mtan.cli import help_text
+from mtan.data import DatasetError, build_dataset, parse_size
 from mtan.data.registry import SPECS, spec
+from mtan.evaluate import evaluate
 from mtan.inference.fast import optimize_for_inference
-from mtan.precision import ERROR_TOLERANCE, MIOU_TOLERANCE
+from mtan.model import MTAN, ModelConfigError, count_parameters
+from mtan.precision import (
+    ERROR_TOLERANCE,
+    MIOU_TOLERANCE,
+    calibration_images,
+    check_precisions,
+)
 from mtan.precision import table as precision_table
-from mtan.records import (DEFAULT_RESOLUTION, PRECISIONS_FILE, RESOLUTION_TOLERANCE, RESOLUTIONS, RESOLUTIONS_FILE,
-                          ResolutionAdvice, allowed_precisions, int8_scales, write_record)
+from mtan.records import (
+    DEFAULT_RESOLUTION,
+    PRECISIONS_FILE,
+    RESOLUTION_TOLERANCE,
+    RESOLUTIONS,
+    RESOLUTIONS_FILE,
+    ResolutionAdvice,
+    allowed_precisions,
+    int8_scales,
+    write_record,
+)
+from mtan.tasks import find_task
 from mtan.timing import cpu_name
+from mtan.train import TrainConfig
+from mtan.train.datasets import builder_options
+
 
 def data_description(part: str, options: dict | None = None) -> tuple[str, str]:
     """(the card's name, the Hub's dataset type) of a part's validation data with these options."""
@@ -94,8 +117,6 @@ def forward_latency(model, size=(256, 512), repeats: int = 7, allowed=("fp32",),
 def run_datasets(config) -> list[dict]:
     """The validation split of every part of the run's data: ``evaluate`` keyword arguments (real
     photos at their own size, generated scenes at the run's) and the command that scores it."""
-    from mtan.train.datasets import builder_options
-
     parts = config.data.name.split("+")
     roots = (config.data.root or "").split("+") if config.data.root else [None] * len(parts)
     roots = roots if len(roots) == len(parts) else [None] * len(parts)
@@ -120,8 +141,6 @@ def run_datasets(config) -> list[dict]:
 def evaluate_run(model, config) -> list[dict]:
     """The model on the validation split of every part of the run's data, with the command that
     reproduces each figure."""
-    from mtan.evaluate import evaluate
-
     return [{k: d[k] for k in ("name", "type", "data", "command")} | {"results": evaluate(model, **d["kwargs"])}
             for d in run_datasets(config)]
 
@@ -129,9 +148,6 @@ def evaluate_run(model, config) -> list[dict]:
 def check_run_precisions(model, config, resolution: str, log=print) -> dict:
     """Which precisions keep the model's quality (:mod:`mtan.precision`) on the run's validation
     sets, scored as the app runs photos at ``resolution``."""
-    from mtan.data import parse_size
-    from mtan.precision import calibration_images, check_precisions
-
     datasets = run_datasets(config)
     evaluations = [{"name": f"{d['data']} val at {resolution}", "kwargs": d["kwargs"] | {"app_resolution": resolution}}
                    for d in datasets]
@@ -172,8 +188,6 @@ def training_facts(run: Path) -> dict:
 def training_stages(run: Path, config) -> list[tuple[object, dict]]:
     """(config, facts) of the run and of the runs it was initialised from (``--init-from`` a run
     folder), oldest first."""
-    from mtan.train import TrainConfig
-
     stages = [(config, training_facts(run))]
     seen = {run.resolve()}
     while config.model.init_from and (Path(config.model.init_from) / "train_config.json").is_file() \
@@ -188,9 +202,6 @@ def training_stages(run: Path, config) -> list[tuple[object, dict]]:
 def measure_resolutions(model, config) -> dict | None:
     """mIoU at each of the app's processing resolutions, scored as the app sees photos, on the
     validation photos of the run's real data (CamVid when it is part of it, else its first part)."""
-    from mtan.train.datasets import builder_options
-    from mtan.evaluate import evaluate
-
     parts = config.data.name.split("+")
     part = next((p for p in parts if spec(p).own_size), parts[0])
     roots = (config.data.root or "").split("+") if config.data.root else [None] * len(parts)
@@ -219,9 +230,6 @@ def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
     """The class bias (:mod:`mtan.calibrate`) fitted on the training photos of the run's real data
     (its first part of real photos, at their own size, as the app runs them) and scored on
     its validation photos; and the record."""
-    from mtan.calibrate import fit
-    from mtan.data import build_dataset
-
     datasets = [d for d in run_datasets(config) if spec(d["data"]).own_size]
     if not datasets:
         real = ", ".join(name for name, s in SPECS.items() if s.own_size)
@@ -294,8 +302,6 @@ def measure(model, config, latency: bool = True, check_precision: bool = True, c
     app's processing resolutions and each precision, and time the forward pass."""
     calibration = None
     if calibrate:
-        from mtan.tasks import find_task
-
         log("fitting the class bias on the run's real training photos ...")
         bias, calibration = calibrate_on_run(model, config, log=log)
         find_task(model.tasks, "semantic").class_bias = tuple(float(v) for v in bias)
@@ -367,7 +373,6 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
                    hardware: str | None) -> tuple[dict, dict]:
     """The model card's contents (for ``save_pretrained``) and the training facts behind them."""
     from mtan.data.pseudo_depth import CAMERA_HEIGHT_M, HFOV_DEG, SKY_INVERSE_DEPTH
-    from mtan.model import count_parameters
 
     parts = config.data.name.split("+")
     trained_on = {p: spec(p).trained_on(config) for p in parts}
@@ -419,8 +424,6 @@ def write_release(out: Path, model, card_kwargs: dict, figures: Figures) -> None
     if figures.precisions:
         write_record(out, figures.precisions)
     if figures.calibration:
-        from mtan.calibrate import CALIBRATION_FILE
-
         (out / CALIBRATION_FILE).write_text(json.dumps(figures.calibration, indent=1) + "\n")
     # save_pretrained keeps an existing README.md: the card of the model written now replaces it
     model.generate_model_card(**card_kwargs).save(out / "README.md")
@@ -430,9 +433,6 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
             latency: bool = True, check_precision: bool = True, calibrate: bool = False, log=print) -> dict:
     """A finished run's model as a model folder in ``out``: measured (:func:`measure`), its card
     written from the figures (:func:`card_kwargs_of`), saved (:func:`write_release`)."""
-    from mtan.model import MTAN
-    from mtan.train import TrainConfig
-
     run, out = Path(run), Path(out)
     for name in ("train_config.json", "metrics.jsonl", "model.safetensors", "config.json"):
         if not (run / name).is_file():
@@ -452,8 +452,6 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
 
 
 def main(argv=None) -> int:
-    from mtan.cli import help_text
-
     p = argparse.ArgumentParser(prog="python -m mtan.release", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished run folder (train.py --out)")
@@ -468,8 +466,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
                    help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
-    from mtan.data import DatasetError
-    from mtan.model import ModelConfigError
 
     try:
         release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate)
