@@ -5,6 +5,7 @@ baselines of Delta_m (the multi-task papers' summary: lower is better, negative 
     python benchmarks/mtl_methods.py --tiny                  # seconds a run: what the tests run
     python benchmarks/mtl_methods.py                         # the CPU table (hours on 2 cores)
     python benchmarks/mtl_methods.py --seeds 0,1,2 --methods equal,dwa,pcgrad
+    python benchmarks/mtl_methods.py --methods nash-mtl,nash-mtl/4   # /N: --solve-every N
     python benchmarks/mtl_methods.py --size 128x256 --width 1 --epochs 200 --data cityscapes \\
         --data-root data/cityscapes --device cuda           # the paper's settings, on a GPU
 
@@ -32,6 +33,8 @@ from mtan.metrics import DELTA_M_METRICS, delta_m, relative_changes  # noqa: E40
 from mtan.train import apply_preset, train  # noqa: E402
 from mtan.train.weighting import METHODS  # noqa: E402
 
+# Every weighting, and Nash-MTL finding its weights every 4th step only (--solve-every 4).
+DEFAULT_METHODS = METHODS + ("nash-mtl/4",)
 SETTINGS = {  # the CPU benchmark and its tiny version
     "full": dict(size="96x192", train_frames=400, val_frames=100, width=0.125, epochs=20, batch_size=8),
     "tiny": dict(size="32x64", train_frames=8, val_frames=4, width=1 / 16, epochs=1, batch_size=4),
@@ -58,7 +61,8 @@ def mean_metrics(runs: list[dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="seconds a run (what the tests run)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated --weighting values")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated --weighting values; METHOD/N adds --solve-every N (e.g. nash-mtl/4)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (metrics are their mean)")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-root", default=None)
@@ -75,9 +79,10 @@ def main() -> None:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(m for m in methods if m.partition("/")[0] not in METHODS
+                     or (m.partition("/")[2] and not m.partition("/")[2].isdigit()))
     if unknown:
-        p.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        p.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}, each optionally /N (--solve-every N)")
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     results: dict = {"benchmark": "mtl_methods", "tiny": args.tiny, **machine(torch.device(args.device)),
@@ -95,8 +100,9 @@ def main() -> None:
         table = {}
         for method in methods:
             log(f"method: {method}")
-            runs = [run(tmp / f"{method}-{s}", args.data, args.data_root, settings, s, args.device, weighting=method)
-                    for s in seeds]
+            name, _, every = method.partition("/")
+            runs = [run(tmp / f"{name}-{every or 1}-{s}", args.data, args.data_root, settings, s, args.device,
+                        weighting=name, solve_every=int(every or 1)) for s in seeds]
             metrics = mean_metrics(runs)
             shared = {k: v for k, v in reference.items() if k in metrics}
             table[method] = {"metrics": metrics, "delta_m": delta_m(metrics, shared, DELTA_M_METRICS),

@@ -183,11 +183,12 @@ def test_media_benchmark_tiny(tmp_path):
 
 
 def test_mtl_methods_tiny():
-    """Every weighting of train.py and the two single-task baselines, with Delta_m per method."""
+    """Every weighting of train.py (and Nash-MTL solving every 4th step) and the two single-task
+    baselines, with Delta_m per method."""
     from mtan.train.weighting import METHODS
 
     result = run_benchmark("mtl_methods", timeout=600)
-    assert set(result["methods"]) == set(METHODS) and set(result["baselines"]) == {"semantic", "depth"}
+    assert set(result["methods"]) == set(METHODS) | {"nash-mtl/4"} and set(result["baselines"]) == {"semantic", "depth"}
     base = {k: v for b in result["baselines"].values() for k, v in b["metrics"].items()}
     assert set(base) == {"semantic.miou", "semantic.pixel_acc", "depth.abs_err", "depth.rel_err"}
     for name, row in result["methods"].items():
