@@ -116,18 +116,24 @@ def level_channels(masks: dict, part: str, level: int) -> int:
     return int(next(iter(masks.values()))[part][stage_at_level(masks, part, level)].shape[0])
 
 
-def most_different(masks: dict) -> tuple[str, int, int]:
-    """Where the attention view opens: the part and stage whose masks differ most between the tasks
-    and, there, the channel that differs most (1-based); ``("encoder", 1, 0)`` with one task."""
-    best, where = -1.0, ("encoder", 1, 0)
+def all_differences(masks: dict) -> dict[tuple[str, int], np.ndarray]:
+    """:func:`channel_differences` of every part and stage (by level, numbered by scale): what
+    :func:`most_different` and :func:`attention_table` read, computed once for a photo."""
     if len(masks) < 2:
-        return where
+        return {}
     n = len(next(iter(masks.values()))["encoder"])
-    for part in PARTS:
-        for level in range(1, n + 1):
-            per_channel = channel_differences(masks, part, stage_at_level(masks, part, level))
-            if per_channel.size and per_channel.mean() > best:
-                best, where = float(per_channel.mean()), (part, level, int(np.argmax(per_channel)) + 1)
+    return {(part, level): channel_differences(masks, part, stage_at_level(masks, part, level))
+            for part in PARTS for level in range(1, n + 1)}
+
+
+def most_different(masks: dict, differences: dict | None = None) -> tuple[str, int, int]:
+    """Where the attention view opens: the part and stage whose masks differ most between the tasks
+    and, there, the channel that differs most (1-based); ``("encoder", 1, 0)`` with one task.
+    ``differences``: :func:`all_differences` of these masks, when already found."""
+    best, where = -1.0, ("encoder", 1, 0)
+    for (part, level), per_channel in (all_differences(masks) if differences is None else differences).items():
+        if per_channel.size and per_channel.mean() > best:
+            best, where = float(per_channel.mean()), (part, level, int(np.argmax(per_channel)) + 1)
     return where
 
 
@@ -249,13 +255,14 @@ def attention_overview(masks: dict, photo: Image.Image, part: str, max_side: int
     return titled_grid(cells, columns=n)
 
 
-def attention_table(masks: dict, top: int = 3) -> str:
+def attention_table(masks: dict, top: int = 3, differences: dict | None = None) -> str:
     """Markdown: per stage (numbered by scale), each task's mean mask value, how much the tasks'
     masks differ (the panel's figure) and the channels that differ most (what makes the masks
-    task-specific)."""
+    task-specific). ``differences``: :func:`all_differences` of these masks, when already found."""
     names = list(masks)
     if not names:
         return ""
+    differences = all_differences(masks) if differences is None else differences
     head = "| stage | channels | " + " | ".join(f"mean mask: {n}" for n in names)
     sep = "|---|---|" + "---|" * len(names)
     if len(names) > 1:
@@ -269,7 +276,7 @@ def attention_table(masks: dict, top: int = 3) -> str:
             cells = [f"{part} {level_label(level)}", str(ms[0].shape[0])] + [
                 f"{m.mean(dtype=np.float64) * _difference_scale(m):.3f}" for m in ms]
             if len(names) > 1:
-                per_channel = channel_differences(masks, part, stage)
+                per_channel = differences[(part, level)]
                 best = np.argsort(-per_channel)[:top]
                 cells += [f"{per_channel.mean():.3f}", ", ".join(f"{c + 1} ({per_channel[c]:.2f})" for c in best)]
             rows.append("| " + " | ".join(cells) + " |")

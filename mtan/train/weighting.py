@@ -457,6 +457,7 @@ class GradNormWeighting(PerStepWeighting):
         self.alpha, self.lr = float(alpha), float(lr)
         self.register_buffer("task_weights", torch.ones(len(task_names)))
         self.register_buffer("initial_losses", torch.zeros(len(task_names)))
+        self._step: torch.Tensor | None = None  # a step's gradient norms and losses, summed over its batches
 
     def backward(self, losses, parts):
         if parts.last_shared is None:
@@ -469,7 +470,7 @@ class GradNormWeighting(PerStepWeighting):
             (g,) = torch.autograd.grad(losses[t], [parts.last_shared], retain_graph=True, allow_unused=True)
             norms.append(w[k] * (g.float().norm() if g is not None else torch.zeros((), device=w.device)))
         step = torch.stack([torch.stack(norms), stacked.detach()]) / count  # a step's mean over its batches
-        self._step = step if index == 0 or getattr(self, "_step", None) is None else self._step + step
+        self._step = step if index == 0 or self._step is None else self._step + step
         ((w * stacked).sum() / count).backward()
         if not parts.last:
             return

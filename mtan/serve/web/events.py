@@ -433,14 +433,15 @@ class App:
                                          label=f"Channel (0 = the mean of all {channels}; 1-{channels} one channel)")}
 
     @named(("att_overview", "att_stats"))
-    def attention_overview(self, pred, part):
-        """Every stage of one part at once (mean over channels) and the per-stage table."""
+    def attention_overview(self, pred, part, differences: dict | None = None):
+        """Every stage of one part at once (mean over channels) and the per-stage table
+        (``differences``: the masks' :func:`attention.all_differences`, when already found)."""
         if pred is None or not pred.masks:
             return {"att_overview": None, "att_stats": ""}
         part = part if part in attention.PARTS else "encoder"
         (sheet,) = self.downloads.jpegs(pred.stem,
                                         attention_overview=attention.attention_overview(pred.masks, pred.photo, part))
-        return {"att_overview": sheet, "att_stats": attention.attention_table(pred.masks)}
+        return {"att_overview": sheet, "att_stats": attention.attention_table(pred.masks, differences=differences)}
 
     @named(PAGE_DETAILS)
     def page_details(self, pred):
@@ -449,12 +450,13 @@ class App:
         masks differ most for this photo (its part, stage and channel). Nothing to do before a photo ran."""
         if pred is None:
             return {}
-        part, level, channel = attention.most_different(pred.masks) if pred.masks else ("encoder", 1, 0)
+        differences = attention.all_differences(pred.masks) if pred.masks else {}
+        part, level, channel = attention.most_different(pred.masks, differences) if pred.masks else ("encoder", 1, 0)
         try:
             return {**self.downloads_of(pred), "masks_file": None, "masks_note": "",
                     "att_part": part, "att_level": level,
                     **dict(zip(ATTENTION_SECTION, self.attention_section(pred, part, level, channel))),
-                    **dict(zip(("att_overview", "att_stats"), self.attention_overview(pred, part)))}
+                    **dict(zip(("att_overview", "att_stats"), self.attention_overview(pred, part, differences)))}
         finally:
             serve.release_memory()
 
