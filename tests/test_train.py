@@ -487,12 +487,15 @@ def test_a_stateful_weighting_resumes_exactly(tmp_path, method):
 
 def test_gradient_methods_under_torchrun_with_accumulation_and_bf16(tmp_path):
     """Gradient methods average each task's gradient over the processes themselves, with gradient
-    accumulation too (DDP's own path for the others); under bf16 autocast they train as in float32."""
-    for method, port, accumulate in (("pcgrad", "29519", "2"), ("gradnorm", "29521", "1"), ("famo", "29523", "2")):
+    accumulation too (DDP's own path for the others), and so do the in-between steps of one that
+    solves every other step; under bf16 autocast they train as in float32."""
+    for method, port, accumulate, extra in (("pcgrad", "29519", "2", []), ("gradnorm", "29521", "1", []),
+                                            ("famo", "29523", "2", []),
+                                            ("nash-mtl", "29525", "2", ["--solve-every", "2"])):
         out = tmp_path / method
         result = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-             "train.py", *TINY, "--epochs", "2", "--weighting", method, "--accumulate", accumulate,
+             "train.py", *TINY, "--epochs", "2", "--weighting", method, "--accumulate", accumulate, *extra,
              "--out", str(out), "--device", "cpu"],
             cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
