@@ -160,6 +160,10 @@ class Task:
         None where the task has no classes or asks for none."""
         return None
 
+    def describe_class_weights(self, weights: torch.Tensor, options) -> str:
+        """The training log's line for the class weights :meth:`class_weights` found."""
+        return f"class weights for {self.name}: {', '.join(f'{w:.2f}' for w in weights.tolist())}"
+
     def has_valid(self, target: torch.Tensor) -> torch.Tensor:
         """Whether ``target`` has at least one valid pixel (a device tensor: no host sync)."""
         return (target != self.missing_value).any()
@@ -235,6 +239,10 @@ class SemanticTask(Task):
         """Median-frequency balance raised to the power ``options.class_weights`` names."""
         power = losses.CLASS_BALANCE[options.class_weights]
         return None if power is None else losses.median_frequency_weights(labels, self.num_classes, power)
+
+    def describe_class_weights(self, weights, options):
+        pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(self.class_set.classes, weights.tolist()))
+        return f"class weights ({options.class_weights}) for {self.name}: {pairs}"
 
     def has_valid(self, target):
         return (target >= 0).any()

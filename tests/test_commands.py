@@ -62,3 +62,24 @@ def test_evaluate_names_a_missing_run_folder_first(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(tmp_path / "runs" / "mtan")], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "does not exist" in r.stderr and "--data is needed" not in r.stderr
+
+
+def test_the_package_built_from_pyproject_holds_every_module_and_the_page_script(tmp_path):
+    """``pip install .`` (a wheel built from pyproject.toml) carries every module of ``mtan`` and
+    the files the modules read beside them (the page's script), so an installed app starts."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "mtan", src / "mtan", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    wheel, = (tmp_path / "wheel").glob("mtan-*.whl")
+    packed = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("mtan/")}
+    present = {p.relative_to(REPO).as_posix() for p in (REPO / "mtan").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert {p for p in present if p.endswith(".py")} <= packed
+    assert "mtan/serve/page.js" in present and present <= packed, sorted(present - packed)

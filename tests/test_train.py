@@ -414,7 +414,7 @@ def test_every_setting_is_declared_once_and_has_its_flag():
     dests: dict = {}
     for action in p._actions:
         dests.setdefault(action.dest, action)
-    names = [flat_name(path, f) for path, f in settings()]
+    names = [flat_name(f) for _, f in settings()]
     assert len(names) == len(set(names)) == len(FLAT) and {"data_root", "depth_smoothness", "push_to_hub"} <= set(names)
     for name in names:
         assert (name in dests) == (name != "command"), name  # --preset is the preset's own flag

@@ -1,5 +1,6 @@
 """The app page's fixed texts and its style sheet."""
 import json
+from pathlib import Path
 
 ABOUT = """**MTAN** (Liu, Johns and Davison, *End-to-End Multi-Task Learning with Attention*, CVPR 2019) shares one
 SegNet-style network between all tasks and gives each task a chain of small soft-attention masks, one per encoder
@@ -40,106 +41,16 @@ CSS = """
 }
 """
 
-# Run once when the page loads (``launch(js=...)``: no event a request could call). The Live tab says when the browser has no camera to offer, or the
-# visitor refused it (gradio's webcam shows nothing then), checked again when the devices or the
-# permission change and when a tab is clicked; a bad clip gets one message, not two; and the 3D
-# view turns only as far as it stays readable (:data:`ORBIT_PX`).
-PAGE_JS = """
-() => {
-  const show = (text) => {
-    const box = document.querySelector('#live-camera-note');
-    if (!box) return;
-    box.innerText = text;
-    box.style.display = text ? '' : 'none';
-  };
-  const check = async () => {
-    const media = navigator.mediaDevices;
-    if (!media || !media.enumerateDevices) {
-      show('This browser gives this page no camera: browsers offer a camera only to https:// pages and localhost.');
-      return;
-    }
-    try {
-      const devices = await media.enumerateDevices();
-      if (!devices.some((d) => d.kind === 'videoinput')) {
-        show('No camera was found on this device. The Photo and Video tabs work without one.');
-        return;
-      }
-      if (navigator.permissions && navigator.permissions.query) {
-        const status = await navigator.permissions.query({name: 'camera'});
-        status.onchange = check;
-        if (status.state === 'denied') {
-          show('Camera access is refused for this page: allow it in the browser (the icon beside the address), then reload.');
-          return;
-        }
-      }
-      show('');
-    } catch (e) {
-      show('');
-    }
-  };
-  check();
-  if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
-    navigator.mediaDevices.addEventListener('devicechange', check);
-  }
-  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('[role=tab]')) check(); }, true);
-  // A clip the browser cannot preview raises gradio's own "Video not playable" toast; the app's one
-  // message under the result says what is wrong with it, so that toast is taken away.
-  new MutationObserver(() => {
-    for (const toast of document.querySelectorAll('.toast-body')) {
-      if ((toast.innerText || '').includes('Video not playable')) toast.remove();
-    }
-  }).observe(document.body, {childList: true, subtree: true});
-  // The 3D view turns with the pointer's travel in a drag. Seen from far off the photo's own
-  // viewpoint, a scene made from one depth map is streaks, so the travel from the view the scene
-  // opened with is bounded: a move (or the release) past the bound reaches the viewer as one at
-  // the bound. The bound resets when a new scene comes.
-  const ORBIT = ORBIT_PX_JSON;
-  const orbit = new WeakMap();
-  const sceneCanvas = (e) => e.isTrusted && e.target && e.target.closest && e.target.closest('#scene canvas');
-  const clamp = (v, b) => Math.max(-b, Math.min(b, v));
-  const handOn = (canvas, e, type, x, y) => canvas.dispatchEvent(new PointerEvent(type, {
-    bubbles: true, cancelable: true, pointerId: e.pointerId, pointerType: e.pointerType, isPrimary: e.isPrimary,
-    button: e.button, buttons: e.buttons, clientX: x, clientY: y, screenX: x, screenY: y}));
-  document.addEventListener('pointerdown', (e) => {
-    const canvas = sceneCanvas(e);
-    if (!canvas || !e.isPrimary) return;
-    const s = orbit.get(canvas) || {x: 0, y: 0};
-    Object.assign(s, {lastX: e.clientX, lastY: e.clientY, id: e.pointerId, turning: e.button === 0});
-    orbit.set(canvas, s);
-  }, true);
-  const bounded = (e) => {
-    const canvas = sceneCanvas(e);
-    const s = canvas && orbit.get(canvas);
-    if (!s || !s.turning || s.id !== e.pointerId) return;
-    if (e.type !== 'pointermove') s.turning = false;
-    else if (!(e.buttons & 1)) return;
-    const x = s.x + e.clientX - s.lastX, y = s.y + e.clientY - s.lastY;
-    if (Math.abs(x) <= ORBIT.x && Math.abs(y) <= ORBIT.y) {
-      Object.assign(s, {x, y, lastX: e.clientX, lastY: e.clientY});
-    } else {
-      e.stopImmediatePropagation();
-      const cx = clamp(x, ORBIT.x), cy = clamp(y, ORBIT.y);
-      Object.assign(s, {lastX: s.lastX + cx - s.x, lastY: s.lastY + cy - s.y, x: cx, y: cy});
-      handOn(canvas, e, e.type, s.lastX, s.lastY);
-    }
-    canvas.dataset.orbit = s.x + ',' + s.y;
-  };
-  for (const type of ['pointermove', 'pointerup', 'pointercancel']) document.addEventListener(type, bounded, true);
-  let caption = null;
-  new MutationObserver(() => {
-    const now = (document.querySelector('#scene-caption') || {}).innerText || '';
-    const canvas = document.querySelector('#scene canvas');
-    if (now === caption || !canvas) return;
-    caption = now;
-    orbit.delete(canvas);
-    canvas.dataset.orbit = '0,0';
-  }).observe(document.body, {childList: true, subtree: true, characterData: true});
-}
-"""
-
 #: How far a drag may turn the 3D view from the view it opened with, in CSS pixels of pointer
 #: travel sideways and up or down. The viewer's inertia carries a turn on after each move, so a
 #: pixel is worth about a degree: 40 pixels already show the gaps a scene made from one depth map
 #: has behind every object, 24 keep the scene readable.
 ORBIT_PX = {"x": 24, "y": 16}
-PAGE_JS = PAGE_JS.replace("ORBIT_PX_JSON", json.dumps(ORBIT_PX))
+
+#: Run once when the page loads (``launch(js=...)``, from ``page.js`` beside this file): the Live
+#: tab says when the browser has no camera to offer, or the visitor refused it (gradio's webcam
+#: shows nothing then), checked again when the devices or the permission change and when a tab is
+#: clicked; a bad clip gets one message, not two; and the 3D view turns only as far as it stays
+#: readable (:data:`ORBIT_PX`).
+PAGE_JS = (Path(__file__).with_name("page.js").read_text(encoding="utf-8")
+           .replace("ORBIT_PX_JSON", json.dumps(ORBIT_PX)))

@@ -70,7 +70,7 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
         title = parts[path[0]].title
         if title not in groups:
             groups[title] = p.add_argument_group(title)
-        _add(groups[title], flat_name(path, f), f)
+        _add(groups[title], flat_name(f), f)
     return p
 
 

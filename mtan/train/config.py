@@ -204,8 +204,8 @@ def settings(cls=None, path: tuple = ()):
             yield path + (f.name,), f
 
 
-def flat_name(path: tuple, f: dataclasses.Field) -> str:
-    """A setting's flat name: its flag without the dashes (``("data", "root")`` -> ``data_root``)."""
+def flat_name(f: dataclasses.Field) -> str:
+    """A setting's flat name: its flag without the dashes (the ``root`` of ``data`` -> ``data_root``)."""
     return f.metadata.get("flag") or f.name
 
 
@@ -239,7 +239,7 @@ class TrainConfig:
             raise ValueError(f"{flag(name)} {flat[name]!r}: {why}")
 
         for path, f in settings():
-            name = flat_name(path, f)
+            name = flat_name(f)
             value, meta = flat[name], f.metadata
             if value is None and f.default is None:
                 continue
@@ -291,7 +291,7 @@ class TrainConfig:
             value = self
             for name in path:
                 value = getattr(value, name)
-            out[flat_name(path, f)] = value
+            out[flat_name(f)] = value
         return out
 
     def to_json(self) -> str:
@@ -312,7 +312,7 @@ class TrainConfig:
             for p in parents:
                 node = node.setdefault(p, {})
             node[last] = value
-        return cls._build(cls, nested)
+        return build(cls, nested)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -320,32 +320,34 @@ class TrainConfig:
         their flat names, as run folders written before the parts existed hold them)."""
         if not isinstance(values.get("data", {}), dict):
             return cls.from_flags(values)
-        return cls._build(cls, values)
+        return build(cls, values)
 
-    @staticmethod
-    def _build(cls, values: dict, path: tuple = ()):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(fields)
-        if unknown:
-            names = sorted(".".join(path + (u,)) for u in unknown)
-            raise ValueError(f"unknown training option(s): {names}")
-        kwargs = {}
-        for name, value in values.items():
-            sub = fields[name].metadata.get("part")
-            if sub is not None:
-                if not isinstance(value, dict):
-                    raise ValueError(f"training option {'.'.join(path + (name,))} must be a group of settings, "
-                                     f"not {value!r}")
-                value = TrainConfig._build(sub, value, path + (name,))
-            kwargs[name] = value
-        return cls(**kwargs)
+
+def build(cls, values: dict, path: tuple = ()):
+    """An instance of the config class ``cls`` from its settings nested by part (``path``: where
+    ``cls`` sits in :class:`TrainConfig`, for the messages)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        names = sorted(".".join(path + (u,)) for u in unknown)
+        raise ValueError(f"unknown training option(s): {names}")
+    kwargs = {}
+    for name, value in values.items():
+        sub = fields[name].metadata.get("part")
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ValueError(f"training option {'.'.join(path + (name,))} must be a group of settings, "
+                                 f"not {value!r}")
+            value = build(sub, value, path + (name,))
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 #: flat name -> path of every setting (``"data_root" -> ("data", "root")``), each name once.
 FLAT: dict[str, tuple] = {}
 for _path, _f in settings():
-    assert flat_name(_path, _f) not in FLAT, f"two settings are called {flat_name(_path, _f)}"
-    FLAT[flat_name(_path, _f)] = _path
+    assert flat_name(_f) not in FLAT, f"two settings are called {flat_name(_f)}"
+    FLAT[flat_name(_f)] = _path
 
 
 PRESETS: dict[str, dict] = {

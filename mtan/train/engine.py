@@ -225,8 +225,7 @@ class Engine:
             weights = t.class_weights(self.train_data.targets[t.name], options)
             if weights is not None:
                 out[t.name] = weights
-                pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(t.class_set.classes, out[t.name].tolist()))
-                self.log(f"class weights ({options.class_weights}) for {t.name}: {pairs}")
+                self.log(t.describe_class_weights(weights, options))
         return out
 
     def _parts(self) -> Parts:
