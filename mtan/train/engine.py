@@ -62,6 +62,36 @@ from mtan.train.weighting import Parts, build_weighting, model_parts
 PROGRESS_EVERY_S = 60.0  # without a progress bar (output to a log file): a progress line this often
 
 
+class EpochLosses:
+    """An epoch's task losses summed on the device (no host read per batch), the batches in
+    which each task had a valid pixel, the images seen, and the tasks whose loss went non-finite
+    first (one bad step makes every task's loss NaN after it)."""
+
+    def __init__(self, tasks: list[Task], device: torch.device):
+        self.tasks, self.images = tasks, 0
+        self.sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+        self.batches = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+        self.nonfinite = torch.zeros(len(tasks), dtype=torch.bool, device=device)
+
+    def add(self, losses: dict, has_valid: torch.Tensor, images: int) -> None:
+        stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
+        self.nonfinite = torch.where(self.nonfinite.any(), self.nonfinite, ~torch.isfinite(stacked))
+        self.sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
+        self.batches += has_valid.double()
+        self.images += images
+
+    def means(self) -> list[float]:
+        return (self.sums / self.batches.clamp_min(1)).tolist()
+
+    def reduce(self, runtime) -> None:
+        """Sum over the processes of a distributed run (a task is non-finite if it is in any)."""
+        all_reduce_([self.sums, self.batches], runtime)
+        if runtime.distributed:
+            flags = self.nonfinite.int()
+            dist.all_reduce(flags)
+            self.nonfinite = flags > 0
+
+
 class Engine:
     """Holds the model, optimiser, data and settings of one run; ``fit()`` trains it."""
 
@@ -346,15 +376,9 @@ class Engine:
         self.weighting.after_step(pair[0], pair[1])
 
     def train_epoch(self, epoch: int) -> dict:
-        cfg, model = self.config, self.forward_module
+        cfg, acc = self.config, self.config.optim.accumulate
         self.model.train()
-        n_tasks = len(self.tasks)
-        device = self.runtime.device
-        loss_sums = torch.zeros(n_tasks, dtype=torch.float64, device=device)
-        loss_batches = torch.zeros(n_tasks, dtype=torch.float64, device=device)
-        nonfinite = torch.zeros(n_tasks, dtype=torch.bool, device=device)
-        images = 0
-        acc = cfg.optim.accumulate
+        tally = EpochLosses(self.tasks, self.runtime.device)
         n_batches = max(1, len(self.train_data) // self.runtime.world // cfg.optim.batch_size // acc) * acc
         group, group_losses = [], []  # the batches of the step being made (FAMO looks at them again)
         bar = tqdm(itertools.islice(self._batches(self.train_data, cfg.optim.batch_size, epoch, cfg.data.augment), n_batches),
@@ -365,68 +389,64 @@ class Engine:
         last_checked = last_logged = t0
         for step, batch in enumerate(bar):
             micro = (step % acc, acc)
-            if self.compile_unproven:  # the first compiled step: fall back to eager if compiling fails
-                try:
-                    losses, has_valid = self._forward_backward(model, batch, micro)
-                except Exception as e:  # noqa: BLE001 (inductor, missing compiler, unsupported op...)
-                    self.log(f"warning: torch.compile failed at the first step ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300] if str(e) else ''}); continuing eagerly")
-                    self.forward_module = model = self._wrap(False)
-                    losses, has_valid = self._forward_backward(model, batch, micro)
-                self.compile_unproven = False
-            else:
-                losses, has_valid = self._forward_backward(model, batch, micro)
+            losses, has_valid = self._first_or_next_batch(batch, micro)
             if self.weighting.learns_from_step:
                 group.append(batch)
                 group_losses.append(losses)
             if micro[0] == acc - 1:  # the step's last batch: update
-                if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
-                    self._average([p.grad for p in self.weighting.parameters()])
-                self.optimizer.step()
-                if self.sync_by_hand:  # as DDP does: every process continues with rank 0's BatchNorm statistics
-                    for b in self.model.buffers():
-                        dist.broadcast(b, 0)
-                if self.weighting.learns_from_step:
-                    self._learn_from_step(group, group_losses)
-                    group, group_losses = [], []
-                if self.step_schedule_per_batch:
-                    self.scheduler.step()
-            stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
-            bad_now = ~torch.isfinite(stacked)
-            # the tasks that went bad first (one bad step makes every task's loss NaN after it)
-            nonfinite = torch.where(nonfinite.any(), nonfinite, bad_now)
-            loss_sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
-            loss_batches += has_valid.double()
-            images += batch["image"].shape[0]
+                self._optimizer_step(group, group_losses)
+                group, group_losses = [], []
+            tally.add(losses, has_valid, batch["image"].shape[0])
             now = time.perf_counter()
             if bar.disable is False and now - last_shown > 1.0:  # a host read at most once a second
-                means = (loss_sums / loss_batches.clamp_min(1)).tolist()
-                bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, means)})
+                bar.set_postfix({t.name: f"{v:.4f}" for t, v in zip(self.tasks, tally.means())})
                 last_shown = now
             if not self.show_progress and now - last_logged > PROGRESS_EVERY_S:  # a log file: a line a minute
                 last_logged = now
-                means = (loss_sums / loss_batches.clamp_min(1)).tolist()
                 self.log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {step + 1}/{n_batches} batches, "
-                         f"{images / (now - t0):.1f} images/s, loss "
-                         + " ".join(f"{t.name} {v:.4f}" for t, v in zip(self.tasks, means)))
+                         f"{tally.images / (now - t0):.1f} images/s, loss "
+                         + " ".join(f"{t.name} {v:.4f}" for t, v in zip(self.tasks, tally.means())))
             if not self.runtime.distributed and now - last_checked > 2.0:
                 last_checked = now  # a diverged run stops within seconds, not at the end of the epoch
-                if bool(nonfinite.any()):
+                if bool(tally.nonfinite.any()):
                     break
         bar.close()
-        all_reduce_([loss_sums, loss_batches], self.runtime)
-        if self.runtime.distributed:
-            flags = nonfinite.int()
-            dist.all_reduce(flags)
-            nonfinite = flags > 0
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        bad = [t.name for t, b in zip(self.tasks, nonfinite.tolist()) if b]
-        means = (loss_sums / loss_batches.clamp_min(1)).tolist()
-        result = {"loss": {t.name: m for t, m in zip(self.tasks, means)}, "seconds": seconds,
-                  "images": images * self.runtime.world, "nonfinite": bad}
+        tally.reduce(self.runtime)
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(self.runtime.device)
+        return {"loss": dict(zip((t.name for t in self.tasks), tally.means())),
+                "seconds": time.perf_counter() - t0, "images": tally.images * self.runtime.world,
+                "nonfinite": [t.name for t, b in zip(self.tasks, tally.nonfinite.tolist()) if b]}
+
+    def _first_or_next_batch(self, batch: dict, micro: tuple[int, int]):
+        """:meth:`_forward_backward` of one batch; the first compiled one falls back to eager
+        execution (with a warning) when compiling fails."""
+        if not self.compile_unproven:
+            return self._forward_backward(self.forward_module, batch, micro)
+        try:
+            result = self._forward_backward(self.forward_module, batch, micro)
+        except Exception as e:  # noqa: BLE001 (inductor, missing compiler, unsupported op...)
+            self.log(f"warning: torch.compile failed at the first step ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:300] if str(e) else ''}); continuing eagerly")
+            self.forward_module = self._wrap(False)
+            result = self._forward_backward(self.forward_module, batch, micro)
+        self.compile_unproven = False
         return result
+
+    def _optimizer_step(self, group: list[dict], group_losses: list[dict]) -> None:
+        """The update after a step's last batch: the weighting's own parameters averaged over the
+        processes, the optimiser's step, BatchNorm statistics shared, FAMO's second look at the
+        step's batches, and the learning rate of a per-batch schedule."""
+        if self.runtime.distributed and any(p.grad is not None for p in self.weighting.parameters()):
+            self._average([p.grad for p in self.weighting.parameters()])
+        self.optimizer.step()
+        if self.sync_by_hand:  # as DDP does: every process continues with rank 0's BatchNorm statistics
+            for b in self.model.buffers():
+                dist.broadcast(b, 0)
+        if self.weighting.learns_from_step:
+            self._learn_from_step(group, group_losses)
+        if self.step_schedule_per_batch:
+            self.scheduler.step()
 
     @torch.no_grad()
     def evaluate(self, data) -> dict:
