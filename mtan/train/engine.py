@@ -109,41 +109,8 @@ class Engine:
         self.amp_measured: dict | None = None  # the CPU timing behind --amp auto's choice
         self.channels_last = config.engine.channels_last == "on" or (config.engine.channels_last == "auto" and cuda)
 
-        # data: validated before the first step, held in memory on the device
-        self.log(f"preparing {config.data.name}: reading (or rendering) and checking the data, then building the model"
-                 + (" and timing float32 against bf16 on this CPU" if config.engine.amp == "auto" and not cuda else "")
-                 + " ...")
-        train_set = build_split(config, "train")
-        self.val_raw = validation_sets(config)
-        if config.data.workers:  # generated frames: render them in parallel before the checks read them
-            for ds in [train_set, *self.val_raw.values()]:
-                for part in getattr(ds, "datasets", [ds]):
-                    if hasattr(part, "render_all"):
-                        part.render_all(config.data.workers, progress=self.show_progress)
-        for ds in [train_set, *self.val_raw.values()]:
-            validate(ds, full=True, progress=self.show_progress)
-        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data.workers)
-        self.val_data = {k: load_into_memory(v, device, False, config.data.workers) for k, v in self.val_raw.items()}
-        self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
-
-        # model
-        task_cfgs = [t.to_config() for t in self.data_tasks]
-        if config.model.arch == "single":
-            if config.model.task is None:
-                raise ValueError(f"arch 'single' needs --task (one of {[t.name for t in self.data_tasks]})")
-            task_cfgs = [t for t in task_cfgs if t["name"] == config.model.task]
-            if not task_cfgs:
-                raise ValueError(f"--task {config.model.task!r} is not a task of {config.data.name} "
-                                 f"({[t.name for t in self.data_tasks]})")
-        self.model = MTAN(task_cfgs, arch=config.model.arch, width=config.model.width).to(device)
-        if config.model.init_from:
-            self._init_from(config.model.init_from)
-        # same math either way (tested); fewer, larger kernels pay off on a GPU
-        self.model.set_batched_attention(config.engine.batched_attention == "on" or (config.engine.batched_attention == "auto" and cuda))
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self._load_data()  # validated before the first step, held in memory on the device
+        self._build_model()
         self.tasks = self.model.tasks
         self.baselines = baseline_scores(config.engine.baseline) if config.engine.baseline else {}
         self.weighting = build_weighting(config.optim.weighting, self.model.task_names, config.optim.temperature,
@@ -178,6 +145,50 @@ class Engine:
         self.start_epoch = 0
         self.best_score = -math.inf
         self.history: list[dict] = []
+
+    def _load_data(self) -> None:
+        """The training split and the validation sets: rendered where generated, every item
+        checked, then held in memory on the device; the tasks the data has."""
+        config, device = self.config, self.runtime.device
+        cuda = device.type == "cuda"
+        self.log(f"preparing {config.data.name}: reading (or rendering) and checking the data, then building the model"
+                 + (" and timing float32 against bf16 on this CPU" if config.engine.amp == "auto" and not cuda else "")
+                 + " ...")
+        train_set = build_split(config, "train")
+        self.val_raw = validation_sets(config)
+        if config.data.workers:  # generated frames: render them in parallel before the checks read them
+            for ds in [train_set, *self.val_raw.values()]:
+                for part in getattr(ds, "datasets", [ds]):
+                    if hasattr(part, "render_all"):
+                        part.render_all(config.data.workers, progress=self.show_progress)
+        for ds in [train_set, *self.val_raw.values()]:
+            validate(ds, full=True, progress=self.show_progress)
+        self.train_data = load_into_memory(train_set, device, self.show_progress, config.data.workers)
+        self.val_data = {k: load_into_memory(v, device, False, config.data.workers) for k, v in self.val_raw.items()}
+        self.data_tasks: list[Task] = tasks_from_config(train_set.task_configs)
+
+    def _build_model(self) -> None:
+        """The network for the data's tasks (one task's alone for ``--arch single``), started from
+        ``--init-from`` if given, in the memory layout and attention form chosen for the device."""
+        config, device = self.config, self.runtime.device
+        cuda = device.type == "cuda"
+        task_cfgs = [t.to_config() for t in self.data_tasks]
+        if config.model.arch == "single":
+            if config.model.task is None:
+                raise ValueError(f"arch 'single' needs --task (one of {[t.name for t in self.data_tasks]})")
+            task_cfgs = [t for t in task_cfgs if t["name"] == config.model.task]
+            if not task_cfgs:
+                raise ValueError(f"--task {config.model.task!r} is not a task of {config.data.name} "
+                                 f"({[t.name for t in self.data_tasks]})")
+        self.model = MTAN(task_cfgs, arch=config.model.arch, width=config.model.width).to(device)
+        if config.model.init_from:
+            self._init_from(config.model.init_from)
+        # same math either way (tested); fewer, larger kernels pay off on a GPU
+        self.model.set_batched_attention(config.engine.batched_attention == "on" or (config.engine.batched_attention == "auto" and cuda))
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     def _choose_cpu_amp(self) -> None:
         """``--amp auto`` on a CPU: time a few training steps in float32 and in bf16 autocast on this
