@@ -3,7 +3,7 @@
 baselines of Delta_m (the multi-task papers' summary: lower is better, negative beats them).
 
     python benchmarks/mtl_methods.py --tiny                  # seconds a run: what the tests run
-    python benchmarks/mtl_methods.py                         # the CPU table (hours on 2 cores)
+    python benchmarks/mtl_methods.py --out ~/mtan-runs/mtl   # the CPU table (hours on 2 cores)
     python benchmarks/mtl_methods.py --seeds 0,1,2 --methods equal,dwa,pcgrad
     python benchmarks/mtl_methods.py --methods nash-mtl,nash-mtl/4   # /N: --solve-every N
     python benchmarks/mtl_methods.py --size 128x256 --width 1 --epochs 200 --data cityscapes \\
@@ -13,6 +13,11 @@ The data is generated street scenes (7 classes and exact inverse depth; ``--data
 dataset name of ``train.py``). One JSON object: per method its validation metrics (the mean over
 seeds), Delta_m against the single-task runs, its training seconds per epoch and its overhead
 against equal weighting.
+
+With ``--out DIR`` every run keeps its folder there: run the same command again after the machine
+stopped and the runs already finished are read back, the one cut short resumes from its last
+checkpoint (``train.py --resume``), and the rest start; a folder whose run had other settings is
+refused. Without it the runs go to a temporary folder.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, machine  # noqa: E402
 
 from mtan.metrics import DELTA_M_METRICS, delta_m, relative_changes  # noqa: E402
-from mtan.train import apply_preset, train  # noqa: E402
+from mtan.train import TrainConfig, apply_preset, train  # noqa: E402
+from mtan.train.run_folder import read_metrics  # noqa: E402
 from mtan.train.weighting import METHODS  # noqa: E402
 
 # Every weighting, and Nash-MTL finding its weights every 4th step only (--solve-every 4).
@@ -42,11 +48,22 @@ SETTINGS = {  # the CPU benchmark and its tiny version
 
 
 def run(out: Path, data: str, data_root, settings: dict, seed: int, device: str, **changes) -> dict:
-    """One training run; its last validation metrics and seconds per epoch."""
+    """One training run's last validation metrics and seconds per epoch: read back from ``out``
+    when the run finished there, resumed when it stopped part way, else trained."""
     config = apply_preset(None, dict(data=data, data_root=data_root, **settings, seed=seed, device=device,
                                      lr=1e-3, optimizer="adamw", schedule="cosine", out=str(out), progress=False,
                                      eval_every=settings["epochs"], amp="off", **changes))
-    history = train(config, log=lambda *a, **k: None)
+    saved = out / "train_config.json"
+    history = read_metrics(out / "metrics.jsonl")
+    if saved.is_file():
+        before = TrainConfig.from_dict(json.loads(saved.read_text()))
+        before.command = config.command
+        if before != config:
+            raise SystemExit(f"{out} holds a run with other settings than this table's: remove it, or pass "
+                             "another --out")
+    if len(history) < settings["epochs"]:
+        resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.safetensors"))
+        history = train(config, resume=resume, log=lambda *a, **k: None)
     last = history[-1]
     metrics = next(iter(last["val"].values())) if last.get("val") else {}
     return {"metrics": {k: v for k, v in metrics.items() if k in DELTA_M_METRICS},
@@ -71,6 +88,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep every run's folder here: run the command again to go on after a stop")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,8 +106,8 @@ def main() -> None:
     start = time.perf_counter()
     results: dict = {"benchmark": "mtl_methods", "tiny": args.tiny, **machine(torch.device(args.device)),
                      "data": args.data, "settings": settings, "seeds": seeds}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out.expanduser() if args.out else Path(scratch)
         baselines = {}
         for task in ("semantic", "depth"):
             log(f"single-task baseline: {task}")

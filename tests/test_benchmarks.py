@@ -196,3 +196,24 @@ def test_mtl_methods_tiny():
         assert row["delta_m"] == pytest.approx(sum(row["changes"].values()) / len(base)), name
         assert row["seconds_per_epoch"] > 0 and row["overhead_vs_equal"] > 0
     assert result["methods"]["equal"]["overhead_vs_equal"] == pytest.approx(1.0)
+
+
+def test_mtl_methods_goes_on_from_its_out_folder(tmp_path):
+    """--out keeps the runs: a second call reads the finished ones back, a run cut short resumes
+    from its last checkpoint to the same figures, and a folder of other settings is refused."""
+    out = tmp_path / "table"
+    args = ("--methods", "equal", "--epochs", "2", "--out", str(out))
+    first = run_benchmark("mtl_methods", *args)
+    again = run_benchmark("mtl_methods", *args)
+    assert again["methods"] == first["methods"] and again["baselines"] == first["baselines"]
+    run = out / "equal-1-0"
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2
+    (run / "metrics.jsonl").write_text(metrics[0] + "\n")  # as if the machine stopped during epoch 2
+    (run / "checkpoints" / "epoch_0001.safetensors").unlink()
+    resumed = run_benchmark("mtl_methods", *args)
+    assert resumed["methods"]["equal"]["metrics"] == first["methods"]["equal"]["metrics"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    proc = subprocess.run([sys.executable, str(BENCH / "mtl_methods.py"), "--tiny", "--threads", "1", *args,
+                           "--width", "0.125"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "holds a run with other settings" in proc.stderr and "Traceback" not in proc.stderr
