@@ -19,8 +19,11 @@ settings (data, root, size, frames, labels), one JSON object per part of a mixtu
 Keys: ``semantic.miou``, ``semantic.pixel_acc``, ``semantic.iou.<class>`` (each class's IoU;
 null for a class in neither prediction nor labels), ``depth.abs_err``, ``depth.rel_err``,
 ``normal.mean_deg``, ``normal.median_deg``, ``normal.within_11.25`` ... and ``loss.<task>``.
-Only the tasks that both the model and the data have are scored. ``--confusion FILE`` writes
-each segmentation task's confusion matrix (pixel counts, rows = labels, columns = predictions).
+Only the tasks that both the model and the data have are scored. With ``--data``, each
+segmentation task also gets ``semantic.precision.<class>`` (of the pixels called the class, the
+share labelled so) and ``semantic.called_vs_labelled.<class>`` (pixels called the class over
+pixels labelled so: 1 = called as often as it occurs). ``--confusion FILE`` writes each
+segmentation task's confusion matrix (pixel counts, rows = labels, columns = predictions).
 
 For a street model (CityScapes 7 categories + inverse depth) on data with labels, the ordering
 of the predicted depth is scored too, which works without depth ground truth (CamVid):
@@ -196,6 +199,9 @@ def main(argv=None) -> int:
                                            app_resolution=args.app_resolution, flip=args.flip))
 
             result = with_delta_m(result, scored)
+        for name, metric in metrics.items():  # the model's own scores, not the baselines'
+            if hasattr(metric, "class_balance"):
+                result.update({f"{name}.{k}": v for k, v in metric.class_balance().items()})
     except (DatasetError, ModelConfigError, ValueError, KeyError) as e:
         print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
         return 2

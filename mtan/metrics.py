@@ -99,6 +99,22 @@ class SegmentationMetric(Metric):
         return {"classes": names, "rows": "target", "columns": "prediction",
                 "matrix": self.confusion.cpu().tolist()}
 
+    def class_balance(self) -> dict[str, float]:
+        """How often each class is called against how often it is there: ``precision.<class>``,
+        the share of the pixels predicted as the class that are labelled so, and
+        ``called_vs_labelled.<class>``, the pixels predicted as the class over those labelled so
+        (1 = called as often as it occurs; above 1, called where it is not). NaN where undefined."""
+        cm = self.confusion.double().cpu()
+        called, labelled, tp = cm.sum(0), cm.sum(1), cm.diag()
+        nan = float("nan")
+        names = list(self.class_names or range(self.num_classes))
+        out = {}
+        for i, name in enumerate(names):
+            out[f"precision.{name}"] = float(tp[i] / called[i]) if called[i] > 0 else nan
+        for i, name in enumerate(names):
+            out[f"called_vs_labelled.{name}"] = float(called[i] / labelled[i]) if labelled[i] > 0 else nan
+        return out
+
     def per_class_iou(self) -> list[float]:
         cm = self.confusion.double().cpu()
         tp = cm.diag()

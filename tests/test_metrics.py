@@ -18,6 +18,12 @@ def test_segmentation_hand_example_with_an_absent_class():
     assert r["miou"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
     assert r["pixel_acc"] == pytest.approx(4 / 5)
     assert math.isnan(m.per_class_iou()[3])
+    # called: class 0 once (right), class 1 three times (two right), class 2 once (right)
+    b = m.class_balance()
+    assert (b["precision.0"], b["precision.1"], b["precision.2"]) == pytest.approx((1.0, 2 / 3, 1.0))
+    assert (b["called_vs_labelled.0"], b["called_vs_labelled.1"], b["called_vs_labelled.2"]) == pytest.approx(
+        (1 / 2, 3 / 2, 1.0))
+    assert math.isnan(b["precision.3"]) and math.isnan(b["called_vs_labelled.3"])  # neither called nor there
 
 
 def test_segmentation_accumulates_over_the_split_not_per_batch():

@@ -207,7 +207,14 @@ def test_evaluate_scores_any_size_and_as_the_app_does(tmp_path):
     assert cli.returncode == 0, cli.stderr[-2000:]
     table = json.loads(out.read_text())["semantic"]
     assert 0 < sum(map(sum, table["matrix"])) <= 4 * 40 * 72  # every labelled pixel of the 4 frames, once
-    assert "semantic.iou.sky" in json.loads(cli.stdout)
+    printed = json.loads(cli.stdout)
+    assert "semantic.iou.sky" in printed
+    matrix = table["matrix"]  # rows: labels, columns: predictions
+    for i, name in enumerate(table["classes"]):
+        called, labelled = sum(row[i] for row in matrix), sum(matrix[i])
+        if called and labelled:
+            assert printed[f"semantic.precision.{name}"] == pytest.approx(matrix[i][i] / called)
+            assert printed[f"semantic.called_vs_labelled.{name}"] == pytest.approx(called / labelled)
 
 
 @pytest.mark.slow
