@@ -185,16 +185,7 @@ def load_image(source: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_
             if w * h > max_pixels and isinstance(im, JpegImageFile) and not full_size_jpeg:
                 target = _scaled(w, h, max_pixels)
                 im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never smaller than target
-            if im.width * im.height > max_image_pixels:  # from the header: nothing decoded yet
-                raise _too_large(w, h, max_image_pixels)
-            cost = decode_bytes(im.width, im.height, im.mode, full_size_jpeg)
-            if cost > MAX_DECODE_BYTES:
-                kind = "progressive JPEG" if full_size_jpeg else f"{im.mode} image"
-                raise ImageLoadError(f"The image is too large to decode here: this {w}x{h} {kind} would take about "
-                                     f"{cost / 2**20:,.0f} MB of memory, over this app's limit of "
-                                     f"{MAX_DECODE_BYTES / 2**20:,.0f} MB. Downscale it"
-                                     + (" (or save it without transparency)" if "A" in im.mode else "")
-                                     + " and upload it again.")
+            _refuse_costly_decode(im, (w, h), max_image_pixels, full_size_jpeg)
             if getattr(im, "is_animated", False):
                 notes.append("The file holds several images (an animation or several pages): the first was used.")
             im.load()
@@ -218,15 +209,38 @@ def load_image(source: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     except Exception:  # truncated or corrupt data (OSError, ValueError, SyntaxError, struct.error ...)
         raise ImageLoadError(DAMAGED) from None
     if im.width * im.height < w * h:
-        shown = (h, w) if method in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
-                                     Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
-        if max(w, h) > MAX_SIDE and w * h <= max_pixels:
-            limit = f"limit of {MAX_SIDE:,} pixels a side"
-        else:
-            limit = f"limit of {max_pixels:,} pixels"
-        notes.append(f"The photo ({shown[0]}x{shown[1]} pixels) is larger than this app's {limit}: it was "
-                     f"downscaled to {im.width}x{im.height}, the size of its views and downloads.")
+        notes.append(_downscaled_note((w, h), im.size, method, max_pixels))
     return im, notes
+
+
+def _refuse_costly_decode(im: Image.Image, size: tuple[int, int], max_image_pixels: int, full_size_jpeg: bool) -> None:
+    """Raise :class:`ImageLoadError` when the opened (not yet decoded) image would take more
+    pixels or memory to decode than this app allows; ``size`` is the file's own (w, h)."""
+    w, h = size
+    if im.width * im.height > max_image_pixels:  # from the header: nothing decoded yet
+        raise _too_large(w, h, max_image_pixels)
+    cost = decode_bytes(im.width, im.height, im.mode, full_size_jpeg)
+    if cost > MAX_DECODE_BYTES:
+        kind = "progressive JPEG" if full_size_jpeg else f"{im.mode} image"
+        raise ImageLoadError(f"The image is too large to decode here: this {w}x{h} {kind} would take about "
+                             f"{cost / 2**20:,.0f} MB of memory, over this app's limit of "
+                             f"{MAX_DECODE_BYTES / 2**20:,.0f} MB. Downscale it"
+                             + (" (or save it without transparency)" if "A" in im.mode else "")
+                             + " and upload it again.")
+
+
+def _downscaled_note(size: tuple[int, int], now: tuple[int, int], method, max_pixels: int) -> str:
+    """The note for a photo of ``size`` (w, h, as stored) that was downscaled to ``now``; the
+    sizes are said as the visitor sees the photo (``method``: the EXIF turn applied)."""
+    w, h = size
+    shown = (h, w) if method in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+                                 Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
+    if max(w, h) > MAX_SIDE and w * h <= max_pixels:
+        limit = f"limit of {MAX_SIDE:,} pixels a side"
+    else:
+        limit = f"limit of {max_pixels:,} pixels"
+    return (f"The photo ({shown[0]}x{shown[1]} pixels) is larger than this app's {limit}: it was "
+            f"downscaled to {now[0]}x{now[1]}, the size of its views and downloads.")
 
 
 def processing_notes(size: tuple[int, int], processing_size: tuple[int, int]) -> list[str]:
