@@ -190,17 +190,7 @@ def open_clip(path: str | Path, limits: VideoLimits):
                             metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         handle.close()
-        what = _what_it_is(path)
-        if what in ("a playlist (M3U/HLS)", "a concatenation list", "a manifest or XML file (DASH, SMIL ...)",
-                    "a DASH manifest", "a playlist (PLS)", "a stream description (SDP)"):
-            raise VideoError(f"This file is {what}, not a video clip: playlists, manifests and lists of other "
-                             f"files are not accepted. Upload the video itself ({CONTAINER_NAMES}).") from None
-        if what is not None:
-            raise VideoError(f"This file is {what}, not a video clip (image sequences and animated images are "
-                             f"not accepted): use the Photo tab for photos, or upload a video clip "
-                             f"({CONTAINER_NAMES}).") from None
-        raise VideoError(f"This file is not a video clip that can be read (damaged, truncated, or not in one of the "
-                         f"formats this app reads: {CONTAINER_NAMES}).") from None
+        raise VideoError(_not_a_clip(path)) from None
     try:
         name = container.format.name or ""
         if not container.streams.video:
@@ -212,32 +202,11 @@ def open_clip(path: str | Path, limits: VideoLimits):
             codec = (ctx.name or "an unknown codec").upper()
             raise VideoError(f"This clip's video is stored as {codec:.30}, which this app does not decode: export it "
                              f"as {CODEC_NAMES} (an ordinary MP4 or WebM) and upload it again.")
-        width, height = int(ctx.width or 0), int(ctx.height or 0)
-        if width <= 0 or height <= 0:
-            raise VideoError("This clip's frame size cannot be read (damaged or truncated): upload another clip.")
-        if width * height > limits.max_pixels:
-            raise VideoError(f"The clip's frames are too large: {width}x{height} pixels is over this app's limit "
-                             f"of {limits.max_pixels / 1e6:.1f} megapixels: export the clip at 4K or less.")
-        pix_fmt = ctx.format.name if ctx.format is not None else None
-        if frame_bytes(width, height, pix_fmt) > MAX_FRAME_BYTES:
-            raise VideoError(f"The clip's frames take too much memory to decode ({width}x{height} pixels in "
-                             f"{pix_fmt or 'a pixel format of up to 16 bits a channel'}): export it in 8-bit colour "
-                             f"or smaller and upload it again.")
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = Fraction(rate) if rate and float(rate) > 0 and math.isfinite(float(rate)) else Fraction(0)
-        seconds = None
-        if stream.duration and stream.time_base:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration:
-            seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        width, height = _checked_frame_size(ctx, limits)
+        fps, seconds = _rate_and_length(container, stream)
         if seconds is not None and seconds > limits.max_seconds + 0.5:
             raise VideoError(f"The clip is {_duration(seconds)} long; this app takes clips of up to "
                              f"{limits.max_seconds:g} s: trim it and upload again.")
-        if not 0 < fps <= 1000:
-            if stream.frames and seconds:
-                fps = Fraction(stream.frames / seconds).limit_denominator(1001)
-            else:
-                fps = Fraction(25)
         info = ClipInfo(width, height, fps, seconds, ctx.name or "unknown", name, bool(container.streams.audio))
         # The decoder refuses any frame over the pixel limit, whatever the header said.
         ctx.options = {"max_pixels": str(int(limits.max_pixels))}
@@ -248,6 +217,52 @@ def open_clip(path: str | Path, limits: VideoLimits):
         container.close()
         handle.close()
         raise
+
+
+def _not_a_clip(path: Path) -> str:
+    """Why a file FFmpeg would not open as a clip was refused: what it is, where that can be told."""
+    what = _what_it_is(path)
+    if what in ("a playlist (M3U/HLS)", "a concatenation list", "a manifest or XML file (DASH, SMIL ...)",
+                "a DASH manifest", "a playlist (PLS)", "a stream description (SDP)"):
+        return (f"This file is {what}, not a video clip: playlists, manifests and lists of other "
+                f"files are not accepted. Upload the video itself ({CONTAINER_NAMES}).")
+    if what is not None:
+        return (f"This file is {what}, not a video clip (image sequences and animated images are "
+                f"not accepted): use the Photo tab for photos, or upload a video clip ({CONTAINER_NAMES}).")
+    return (f"This file is not a video clip that can be read (damaged, truncated, or not in one of the "
+            f"formats this app reads: {CONTAINER_NAMES}).")
+
+
+def _checked_frame_size(ctx, limits: VideoLimits) -> tuple[int, int]:
+    """The frame size (w, h) the stream's header gives, refused when it is unreadable, over the
+    pixel limit, or in a pixel format that would take too much memory a frame."""
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError("This clip's frame size cannot be read (damaged or truncated): upload another clip.")
+    if width * height > limits.max_pixels:
+        raise VideoError(f"The clip's frames are too large: {width}x{height} pixels is over this app's limit "
+                         f"of {limits.max_pixels / 1e6:.1f} megapixels: export the clip at 4K or less.")
+    pix_fmt = ctx.format.name if ctx.format is not None else None
+    if frame_bytes(width, height, pix_fmt) > MAX_FRAME_BYTES:
+        raise VideoError(f"The clip's frames take too much memory to decode ({width}x{height} pixels in "
+                         f"{pix_fmt or 'a pixel format of up to 16 bits a channel'}): export it in 8-bit colour "
+                         f"or smaller and upload it again.")
+    return width, height
+
+
+def _rate_and_length(container, stream) -> tuple[Fraction, float | None]:
+    """Frames a second and seconds (None when the header does not say) of a clip's video
+    stream; a rate the header lacks or gets wrong is taken from the frame count, else 25."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = Fraction(rate) if rate and float(rate) > 0 and math.isfinite(float(rate)) else Fraction(0)
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    if not 0 < fps <= 1000:
+        fps = Fraction(stream.frames / seconds).limit_denominator(1001) if stream.frames and seconds else Fraction(25)
+    return fps, seconds
 
 
 def close_clip(container) -> None:
