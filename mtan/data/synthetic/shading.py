@@ -19,160 +19,226 @@ from mtan.data.synthetic.raycast import _CORNERS, _HIT, _Hits, _Rays, _alpha_tes
 
 
 
+class _Surface:
+    """What the texture of one material kind is drawn from: the hits on it (their material, place
+    on the face, face direction, noise), the materials' colours and parameters, and the scene's
+    noise lattice; ``refl`` and ``emit`` start at zero."""
+
+    def __init__(self, scene: Scene, kind: int, h: _Hits):
+        self.scene, self.kind, self.h = scene, kind, h
+        self.mat, self.su, self.sv, self.fu, self.fv = h.mat, h.su, h.sv, h.fu, h.fv
+        self.axis, self.sgn, self.P, self.fine, self.coarse = h.axis, h.sgn, h.P, h.fine, h.coarse
+        rgb = scene.mat_rgb[h.mat]
+        self.c1, self.c2, self.c3 = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        self.par, self.lat, self.n = scene.mat_par[h.mat], scene.noise, len(h.mat)
+        self.refl = np.zeros(self.n, dtype=np.float32)
+        self.emit = np.zeros((self.n, 3), dtype=np.float32)
+        self.vertical = self.axis != 1
+
+    def shade(self, c, amount):
+        """Colour ``c`` varied by the fine and coarse noise, by ``amount``."""
+        return c * (1 + amount * (self.fine[:, None] - 0.5) + 0.5 * amount * (self.coarse[:, None] - 0.5))
+
+
 def _texture(scene: Scene, kind: int, h: _Hits):
     """Albedo (n, 3), sky reflectivity (n,) and emission (n, 3) of hits on one material kind."""
-    mat, su, sv, fu, fv, axis, sgn, P = h.mat, h.su, h.sv, h.fu, h.fv, h.axis, h.sgn, h.P
-    fine, coarse = h.fine, h.coarse
-    rgb = scene.mat_rgb[mat]
-    c1, c2, c3 = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    par = scene.mat_par[mat]
-    lat = scene.noise
-    n = len(mat)
-    refl = np.zeros(n, dtype=np.float32)
-    emit = np.zeros((n, 3), dtype=np.float32)
-    vertical = axis != 1
+    if kind not in _TEXTURES:
+        raise ValueError(f"unknown material kind {kind}")
+    return _TEXTURES[kind](_Surface(scene, kind, h))
 
-    def shade(c, amount):
-        return c * (1 + amount * (fine[:, None] - 0.5) + 0.5 * amount * (coarse[:, None] - 0.5))
 
-    if kind == PLAIN:
-        return shade(c1, 0.3 + par[:, 0:1]), refl, emit
+def _plain(t: _Surface):
+    """Plain material: its colour varied by noise."""
+    c1, par, refl, emit = t.c1, t.par, t.refl, t.emit
+    shade = t.shade
+    return shade(c1, 0.3 + par[:, 0:1]), refl, emit
 
-    if kind == FACADE:
-        floor_h, ground_h, spacing, win_w, win_h, shop, ledge, dirt = par.T
-        face_w, face_h = h.width, h.height
-        n_cols = np.floor(face_w / spacing)
-        margin = 0.5 * (face_w - n_cols * spacing)
-        cu = (su - margin) / spacing
-        col = np.floor(cu)
-        ku = cu - col
-        cv = (sv - ground_h) / floor_h
-        row = np.floor(cv)
-        kv = cv - row
-        in_grid = (col >= 0) & (col < n_cols) & (sv > ground_h) & (sv < face_h - 0.8)
-        win = in_grid & (np.abs(ku - 0.5) < 0.5 * win_w) & (np.abs(kv - 0.5) < 0.5 * win_h)
-        frame = in_grid & (np.abs(ku - 0.5) < 0.5 * win_w + 0.06) & (np.abs(kv - 0.5) < 0.5 * win_h + 0.05) & ~win
-        shop_win = (shop > 0) & (sv < ground_h - 0.6) & (sv > 0.5) & (np.abs(np.mod(su, 5.0) - 2.5) < 2.0)
-        band = (ledge > 0) & in_grid & (kv < 0.06)
-        cornice = sv > face_h - 0.35
-        wall = shade(c1, 0.25) * (1 - dirt[:, None] * np.clip(1 - sv / 3.0, 0, 1)[:, None])  # grime near the ground
-        pane = _hash(lat, col + 17 * axis, row + 3 * np.round(face_w))
-        glass = c2 * (0.5 + pane[:, None])
-        albedo = np.where((win | shop_win)[:, None], glass, wall)
-        albedo = np.where((frame | band | cornice)[:, None], c3, albedo)
-        refl = np.where(win | shop_win, GLASS_REFLECTANCE, 0.0).astype(np.float32)
-        roof = ~vertical
-        albedo = np.where(roof[:, None], c3 * 0.45 + shade(c1, 0.3) * 0.1, albedo)
-        return albedo, np.where(roof, 0.0, refl), emit
 
-    if kind == SIDEWALK:
-        tile = par[:, 0]
-        top = ~vertical
-        grout = (np.mod(su, tile) < 0.04) | (np.mod(sv, tile) < 0.04)
-        albedo = shade(c1, 0.35) * np.where(grout, 0.75, 1.0)[:, None]
-        return np.where(top[:, None], albedo, shade(c2, 0.3)), refl, emit
+def _facade(t: _Surface):
+    """A building face: windows in a grid of floors, shop windows, ledges, a cornice, grime near
+    the ground; a flat roof."""
+    su, sv, axis, c1, c2, c3 = t.su, t.sv, t.axis, t.c1, t.c2, t.c3
+    par, lat, refl, emit, vertical, h = t.par, t.lat, t.refl, t.emit, t.vertical, t.h
+    shade = t.shade
+    floor_h, ground_h, spacing, win_w, win_h, shop, ledge, dirt = par.T
+    face_w, face_h = h.width, h.height
+    n_cols = np.floor(face_w / spacing)
+    margin = 0.5 * (face_w - n_cols * spacing)
+    cu = (su - margin) / spacing
+    col = np.floor(cu)
+    ku = cu - col
+    cv = (sv - ground_h) / floor_h
+    row = np.floor(cv)
+    kv = cv - row
+    in_grid = (col >= 0) & (col < n_cols) & (sv > ground_h) & (sv < face_h - 0.8)
+    win = in_grid & (np.abs(ku - 0.5) < 0.5 * win_w) & (np.abs(kv - 0.5) < 0.5 * win_h)
+    frame = in_grid & (np.abs(ku - 0.5) < 0.5 * win_w + 0.06) & (np.abs(kv - 0.5) < 0.5 * win_h + 0.05) & ~win
+    shop_win = (shop > 0) & (sv < ground_h - 0.6) & (sv > 0.5) & (np.abs(np.mod(su, 5.0) - 2.5) < 2.0)
+    band = (ledge > 0) & in_grid & (kv < 0.06)
+    cornice = sv > face_h - 0.35
+    wall = shade(c1, 0.25) * (1 - dirt[:, None] * np.clip(1 - sv / 3.0, 0, 1)[:, None])  # grime near the ground
+    pane = _hash(lat, col + 17 * axis, row + 3 * np.round(face_w))
+    glass = c2 * (0.5 + pane[:, None])
+    albedo = np.where((win | shop_win)[:, None], glass, wall)
+    albedo = np.where((frame | band | cornice)[:, None], c3, albedo)
+    refl = np.where(win | shop_win, GLASS_REFLECTANCE, 0.0).astype(np.float32)
+    roof = ~vertical
+    albedo = np.where(roof[:, None], c3 * 0.45 + shade(c1, 0.3) * 0.1, albedo)
+    return albedo, np.where(roof, 0.0, refl), emit
 
-    if kind == FOLIAGE:
-        freq = par[:, 0]
-        leafy = _value_noise(lat, (P[:, 0] + P[:, 2]) * freq + 7.0, P[:, 1] * freq)
-        leafy2 = _value_noise(lat, (P[:, 0] - P[:, 2]) * freq * 1.7 + 91.0, P[:, 1] * freq * 1.7 + 40.0)
-        m = np.clip(leafy * 0.6 + leafy2 * 0.6 - 0.1, 0, 1)[:, None]
-        albedo = c1 * (1 - m) + c2 * m
-        albedo = albedo * (0.55 + 0.7 * leafy2[:, None])  # gaps between leaves are darker
-        return albedo, refl, emit
 
-    if kind == WALL:
-        course = par[:, 0]
-        joint = np.mod(sv, course) < 0.03
-        top = (fv > 0.93) | ~vertical
-        albedo = shade(c1, 0.35) * np.where(joint, 0.8, 1.0)[:, None]
-        return np.where(top[:, None], c2, albedo), refl, emit
+def _sidewalk(t: _Surface):
+    """Paving slabs with grout on top, the kerb in the second colour."""
+    su, sv, c1, c2, par, refl, emit, vertical = t.su, t.sv, t.c1, t.c2, t.par, t.refl, t.emit, t.vertical
+    shade = t.shade
+    tile = par[:, 0]
+    top = ~vertical
+    grout = (np.mod(su, tile) < 0.04) | (np.mod(sv, tile) < 0.04)
+    albedo = shade(c1, 0.35) * np.where(grout, 0.75, 1.0)[:, None]
+    return np.where(top[:, None], albedo, shade(c2, 0.3)), refl, emit
 
-    if kind == FENCE:
-        return shade(c1, 0.2), refl, emit
 
-    if kind in (CAR_BODY, BUS):
-        heading = par[:, 0]
-        # The rear face is the low-z face for a car heading +z.
-        end = vertical & (axis == 2)
-        rear = end & (sgn == -heading)
-        front = end & ~rear
-        gloss = PAINT_REFLECTANCE
-        albedo = shade(c1, 0.1)
-        light_row = (fv > 0.55) & (fv < 0.8) if kind == CAR_BODY else (fv > 0.08) & (fv < 0.18)
-        corner = (fu < 0.17) | (fu > 0.83)
-        tail = rear & light_row & corner
-        head = front & light_row & corner
-        plate_v = (0.2, 0.42) if kind == CAR_BODY else (0.02, 0.07)
-        plate = end & (np.abs(fu - 0.5) < 0.12) & (fv > plate_v[0]) & (fv < plate_v[1])
-        grille = front & (np.abs(fu - 0.5) < 0.25) & (fv > 0.45) & (fv < 0.75) & ~plate
-        bumper = vertical & (fv < (0.18 if kind == CAR_BODY else 0.05))
-        sill = (axis == 0) & (fv < 0.2)
-        albedo = np.where((bumper | sill | grille)[:, None], np.float32(0.02), albedo)
-        albedo = np.where(plate[:, None], np.float32(0.75), albedo)
-        albedo = np.where(tail[:, None], c2, albedo)
-        albedo = np.where(head[:, None], c3, albedo)
-        emit = np.where(tail[:, None], c2 * 0.15, emit)
-        refl = np.where(bumper | sill, 0.0, gloss).astype(np.float32)
-        if kind == BUS:  # band of side and end windows, a stripe under them
-            win_band = vertical & (fv > 0.5) & (fv < 0.88)
-            divider = (axis == 0) & (np.mod(su, 1.4) < 0.12)
-            wide = end & (fv > 0.35) & (fv < 0.9) & (np.abs(fu - 0.5) < 0.44)
-            glass = (win_band & ~divider & ~end) | wide
-            stripe = vertical & (fv > 0.42) & (fv < 0.47)
-            albedo = np.where(glass[:, None], c2, albedo)
-            albedo = np.where(stripe[:, None], c3, albedo)
-            refl = np.where(glass, GLASS_REFLECTANCE, refl).astype(np.float32)
-        return albedo, refl, emit
+def _foliage(t: _Surface):
+    """Leaves: two noise layers between two greens, gaps darker."""
+    P, c1, c2, par, lat, refl, emit = t.P, t.c1, t.c2, t.par, t.lat, t.refl, t.emit
+    freq = par[:, 0]
+    leafy = _value_noise(lat, (P[:, 0] + P[:, 2]) * freq + 7.0, P[:, 1] * freq)
+    leafy2 = _value_noise(lat, (P[:, 0] - P[:, 2]) * freq * 1.7 + 91.0, P[:, 1] * freq * 1.7 + 40.0)
+    m = np.clip(leafy * 0.6 + leafy2 * 0.6 - 0.1, 0, 1)[:, None]
+    albedo = c1 * (1 - m) + c2 * m
+    albedo = albedo * (0.55 + 0.7 * leafy2[:, None])  # gaps between leaves are darker
+    return albedo, refl, emit
 
-    if kind == CAR_CABIN:
-        van, heading = par[:, 0], par[:, 1]
-        side = axis == 0
-        end = axis == 2
-        pillar = np.abs(fu - 0.5) < 0.035
-        side_glass = side & (fu > 0.07) & (fu < 0.93) & (fv > 0.12) & (fv < 0.9) & ~pillar
-        # Vans only have windows at the front of the side (front = high z when heading +z).
-        front_frac = np.where(heading > 0, fu, 1 - fu)
-        side_glass &= (van == 0) | (front_frac > 0.72)
-        end_glass = end & (fu > 0.08) & (fu < 0.92) & (fv > 0.1) & (fv < 0.88)
-        glass = side_glass | end_glass
-        albedo = np.where(glass[:, None], c2, shade(c1, 0.1))
-        refl = np.where(glass, GLASS_REFLECTANCE, PAINT_REFLECTANCE).astype(np.float32)
-        return albedo, refl, emit
 
-    if kind == SIGN:
-        shape = par[:, 0]
-        front = (axis == 2) & (sgn < 0)
-        u, v = 2 * fu - 1, 2 * fv - 1
-        # A "radius" that is 1 on the outline of the round / triangular / square plate.
-        r = np.where(shape == 0, np.sqrt(u * u + v * v),
-                     np.where(shape == 1, np.maximum(-v, 2 * np.abs(u) + v), np.maximum(np.abs(u), np.abs(v))))
-        border = r > 0.75
-        albedo = np.where(border[:, None], c2, c1)
-        return np.where(front[:, None], albedo, c3), refl, emit
+def _wall(t: _Surface):
+    """Courses of blocks with joints, a coping on top."""
+    sv, fv, c1, c2, par, refl, emit, vertical = t.sv, t.fv, t.c1, t.c2, t.par, t.refl, t.emit, t.vertical
+    shade = t.shade
+    course = par[:, 0]
+    joint = np.mod(sv, course) < 0.03
+    top = (fv > 0.93) | ~vertical
+    albedo = shade(c1, 0.35) * np.where(joint, 0.8, 1.0)[:, None]
+    return np.where(top[:, None], c2, albedo), refl, emit
 
-    if kind == TRAFFIC_LIGHT:
-        lit = par[:, 0]
-        front = (axis == 2) & (sgn < 0)
-        slot = np.floor((1 - fv) * 3)
-        v_in = (1 - fv) * 3 - slot
-        lamp = front & (np.hypot(fu - 0.5, (v_in - 0.5) * 0.33 / 0.32) < 0.3)
-        on = lamp & (slot == lit)
-        colours = _lin_array([(0.95, 0.1, 0.05), (0.95, 0.6, 0.05), (0.1, 0.95, 0.45)])  # red, amber, green
-        lamp_rgb = colours[np.clip(slot, 0, 2).astype(np.int64)]
-        albedo = np.where(lamp[:, None], lamp_rgb * 0.15, c1)
-        emit = np.where(on[:, None], lamp_rgb * 2.0, emit)
-        return albedo, refl, emit
 
-    if kind == WHEEL:
-        hub = fu < 0.62
-        return np.where(hub[:, None], c2, c1), np.where(hub, PAINT_REFLECTANCE, 0.0).astype(np.float32), emit
+def _fence(t: _Surface):
+    """A fence: its colour varied by noise."""
+    c1, refl, emit = t.c1, t.refl, t.emit
+    shade = t.shade
+    return shade(c1, 0.2), refl, emit
 
-    if kind == HEAD:
-        hair = fv > 0.25
-        return np.where(hair[:, None], c2, c1), refl, emit
 
-    raise ValueError(f"unknown material kind {kind}")
+def _vehicle_body(t: _Surface):
+    """A car or bus body: paint, bumpers, sills, grille, plate, tail and head lights; a bus adds
+    its windows and stripe."""
+    su, fu, fv, axis, sgn, c1 = t.su, t.fu, t.fv, t.axis, t.sgn, t.c1
+    c2, c3, par, refl, emit, vertical = t.c2, t.c3, t.par, t.refl, t.emit, t.vertical
+    shade = t.shade
+    kind = t.kind
+    heading = par[:, 0]
+    # The rear face is the low-z face for a car heading +z.
+    end = vertical & (axis == 2)
+    rear = end & (sgn == -heading)
+    front = end & ~rear
+    gloss = PAINT_REFLECTANCE
+    albedo = shade(c1, 0.1)
+    light_row = (fv > 0.55) & (fv < 0.8) if kind == CAR_BODY else (fv > 0.08) & (fv < 0.18)
+    corner = (fu < 0.17) | (fu > 0.83)
+    tail = rear & light_row & corner
+    head = front & light_row & corner
+    plate_v = (0.2, 0.42) if kind == CAR_BODY else (0.02, 0.07)
+    plate = end & (np.abs(fu - 0.5) < 0.12) & (fv > plate_v[0]) & (fv < plate_v[1])
+    grille = front & (np.abs(fu - 0.5) < 0.25) & (fv > 0.45) & (fv < 0.75) & ~plate
+    bumper = vertical & (fv < (0.18 if kind == CAR_BODY else 0.05))
+    sill = (axis == 0) & (fv < 0.2)
+    albedo = np.where((bumper | sill | grille)[:, None], np.float32(0.02), albedo)
+    albedo = np.where(plate[:, None], np.float32(0.75), albedo)
+    albedo = np.where(tail[:, None], c2, albedo)
+    albedo = np.where(head[:, None], c3, albedo)
+    emit = np.where(tail[:, None], c2 * 0.15, emit)
+    refl = np.where(bumper | sill, 0.0, gloss).astype(np.float32)
+    if kind == BUS:  # band of side and end windows, a stripe under them
+        win_band = vertical & (fv > 0.5) & (fv < 0.88)
+        divider = (axis == 0) & (np.mod(su, 1.4) < 0.12)
+        wide = end & (fv > 0.35) & (fv < 0.9) & (np.abs(fu - 0.5) < 0.44)
+        glass = (win_band & ~divider & ~end) | wide
+        stripe = vertical & (fv > 0.42) & (fv < 0.47)
+        albedo = np.where(glass[:, None], c2, albedo)
+        albedo = np.where(stripe[:, None], c3, albedo)
+        refl = np.where(glass, GLASS_REFLECTANCE, refl).astype(np.float32)
+    return albedo, refl, emit
+
+
+def _car_cabin(t: _Surface):
+    """A car cabin: side and end windows between pillars (a van has side windows at the front only)."""
+    fu, fv, axis, c1, c2, par, refl, emit = t.fu, t.fv, t.axis, t.c1, t.c2, t.par, t.refl, t.emit
+    shade = t.shade
+    van, heading = par[:, 0], par[:, 1]
+    side = axis == 0
+    end = axis == 2
+    pillar = np.abs(fu - 0.5) < 0.035
+    side_glass = side & (fu > 0.07) & (fu < 0.93) & (fv > 0.12) & (fv < 0.9) & ~pillar
+    # Vans only have windows at the front of the side (front = high z when heading +z).
+    front_frac = np.where(heading > 0, fu, 1 - fu)
+    side_glass &= (van == 0) | (front_frac > 0.72)
+    end_glass = end & (fu > 0.08) & (fu < 0.92) & (fv > 0.1) & (fv < 0.88)
+    glass = side_glass | end_glass
+    albedo = np.where(glass[:, None], c2, shade(c1, 0.1))
+    refl = np.where(glass, GLASS_REFLECTANCE, PAINT_REFLECTANCE).astype(np.float32)
+    return albedo, refl, emit
+
+
+def _sign(t: _Surface):
+    """A traffic sign: a round, triangular or square plate with a border on the front, its back plain."""
+    fu, fv, axis, sgn, c1, c2 = t.fu, t.fv, t.axis, t.sgn, t.c1, t.c2
+    c3, par, refl, emit = t.c3, t.par, t.refl, t.emit
+    shape = par[:, 0]
+    front = (axis == 2) & (sgn < 0)
+    u, v = 2 * fu - 1, 2 * fv - 1
+    # A "radius" that is 1 on the outline of the round / triangular / square plate.
+    r = np.where(shape == 0, np.sqrt(u * u + v * v),
+                 np.where(shape == 1, np.maximum(-v, 2 * np.abs(u) + v), np.maximum(np.abs(u), np.abs(v))))
+    border = r > 0.75
+    albedo = np.where(border[:, None], c2, c1)
+    return np.where(front[:, None], albedo, c3), refl, emit
+
+
+def _traffic_light(t: _Surface):
+    """A traffic light: three lamps on the front, the lit one glowing."""
+    fu, fv, axis, sgn, c1, par, refl, emit = t.fu, t.fv, t.axis, t.sgn, t.c1, t.par, t.refl, t.emit
+    lit = par[:, 0]
+    front = (axis == 2) & (sgn < 0)
+    slot = np.floor((1 - fv) * 3)
+    v_in = (1 - fv) * 3 - slot
+    lamp = front & (np.hypot(fu - 0.5, (v_in - 0.5) * 0.33 / 0.32) < 0.3)
+    on = lamp & (slot == lit)
+    colours = _lin_array([(0.95, 0.1, 0.05), (0.95, 0.6, 0.05), (0.1, 0.95, 0.45)])  # red, amber, green
+    lamp_rgb = colours[np.clip(slot, 0, 2).astype(np.int64)]
+    albedo = np.where(lamp[:, None], lamp_rgb * 0.15, c1)
+    emit = np.where(on[:, None], lamp_rgb * 2.0, emit)
+    return albedo, refl, emit
+
+
+def _wheel(t: _Surface):
+    """A wheel: tyre with a shiny hub."""
+    fu, c1, c2, emit = t.fu, t.c1, t.c2, t.emit
+    hub = fu < 0.62
+    return np.where(hub[:, None], c2, c1), np.where(hub, PAINT_REFLECTANCE, 0.0).astype(np.float32), emit
+
+
+def _head(t: _Surface):
+    """A head: face below, hair above."""
+    fv, c1, c2, refl, emit = t.fv, t.c1, t.c2, t.refl, t.emit
+    hair = fv > 0.25
+    return np.where(hair[:, None], c2, c1), refl, emit
+
+
+#: The texture of each material kind.
+_TEXTURES = {
+    PLAIN: _plain, FACADE: _facade, SIDEWALK: _sidewalk, FOLIAGE: _foliage, WALL: _wall,
+    FENCE: _fence, CAR_BODY: _vehicle_body, BUS: _vehicle_body, CAR_CABIN: _car_cabin, SIGN: _sign,
+    TRAFFIC_LIGHT: _traffic_light, WHEEL: _wheel, HEAD: _head
+}
 
 
 def _ground_albedo(scene: Scene, P):
