@@ -422,6 +422,30 @@ def _build_scene(rng: np.random.Generator) -> Scene:
     kerb_rgb = _jitter((0.65, 0.65, 0.62), rng)
     L.mats["sidewalk"] = b.material(FLAT, SIDEWALK, paving, kerb_rgb, params=(rng.uniform(0.3, 0.8),))
 
+    zone_edges, zone_types = _streets_and_sides(L, district, rng)
+    _furniture_and_trees(L, district, rng)
+    _people(L, rng)
+    camera = _vehicles_and_camera(L, n_lanes, lane_w, park_w, two_way, rng)
+    street = Street(
+        road_half=road_half, lane_w=lane_w, n_lanes=n_lanes, park_w=park_w, two_way=two_way,
+        centre_double=rng.random() < 0.4,
+        line_rgb=_lin(_jitter((0.85, 0.85, 0.82), rng, 0.04)),
+        centre_rgb=_lin((0.85, 0.65, 0.15) if rng.random() < 0.2 else _jitter((0.85, 0.85, 0.82), rng, 0.04)),
+        asphalt_rgb=_lin(_hsv(rng.uniform(0.05, 0.6), rng.uniform(0.0, 0.06), rng.uniform(0.22, 0.42))),
+        paved_rgb=_lin(_hsv(rng.uniform(0.05, 0.12), rng.uniform(0.0, 0.15), rng.uniform(0.4, 0.6))),
+        grass_rgb=_lin(_hsv(rng.uniform(0.17, 0.25), rng.uniform(0.4, 0.7), rng.uniform(0.3, 0.5))),
+        dash_len=rng.uniform(2, 4), dash_period=rng.uniform(6, 12), edge_lines=rng.random() < 0.5,
+        crossings=L.zebras, zone_edges=zone_edges, zone_types=zone_types,
+    )
+    noise = rng.random((NOISE_SIZE, NOISE_SIZE), dtype=np.float32)
+    return b.finish(camera, _build_lighting(rng), street, noise)
+
+
+def _streets_and_sides(L: _Layout, district: str, rng: np.random.Generator):
+    """Cross streets; the sidewalks (broken by them) and the facades behind them; a building
+    across the street's end, if it has one; the backdrop. The zones of each side (their edges
+    and types), for the ground's texture."""
+    b, road_half, z_end = L.b, L.road_half, L.z_end
     # Cross streets.
     z = rng.uniform(15, 60)
     while z < min(z_end, 220) and rng.random() < 0.6:
@@ -450,8 +474,12 @@ def _build_scene(rng: np.random.Generator) -> Scene:
                          (3.2, 3.8, rng.uniform(2, 3.5), 0.5, 0.5, 1, 1, 0.1))
         b.box(lo, (150.0, rng.uniform(8, 30), lo[2] + 15), mat)
     _backdrop(L, rng)
+    return zone_edges, zone_types
 
-    # Street furniture and vegetation along the kerbs.
+
+def _furniture_and_trees(L: _Layout, district: str, rng: np.random.Generator) -> None:
+    """Trees, street lamps and signs along the kerbs."""
+    road_half, z_end = L.road_half, L.z_end
     tree_sides = [side for side in (0, 1) if rng.random() < (0.45 if district == "urban" else 0.75)]
     for side in tree_sides:
         s = _sign(side)
@@ -468,7 +496,10 @@ def _build_scene(rng: np.random.Generator) -> Scene:
         if not L.in_crossing(sz, sz, margin=1):
             _add_sign(L, int(rng.integers(0, 2)), sz, rng)
 
-    # People.
+
+def _people(L: _Layout, rng: np.random.Generator) -> None:
+    """People on the sidewalks (in the road where a cross street breaks them) and on the zebras."""
+    road_half = L.road_half
     for _ in range(rng.integers(2, 16)):
         side = int(rng.integers(0, 2))
         pz = rng.uniform(3, 70)
@@ -479,7 +510,12 @@ def _build_scene(rng: np.random.Generator) -> Scene:
         for _ in range(rng.integers(0, 4)):
             _add_person(L, rng.uniform(-road_half, road_half), rng.uniform(c0, c1), 0.0, rng)
 
-    # Vehicles: parked rows, traffic in our direction and oncoming.
+
+def _vehicles_and_camera(L: _Layout, n_lanes: int, lane_w: float, park_w: float, two_way: bool,
+                         rng: np.random.Generator):
+    """Parked rows, traffic in our direction and oncoming, maybe a cyclist; the camera, in one of
+    our lanes."""
+    z_end = L.z_end
     for side in (0, 1):
         if park_w > 0 and rng.random() < 0.65:
             _park_row(L, side, rng.uniform(-12, 5), min(z_end, 120), rng)
@@ -501,17 +537,4 @@ def _build_scene(rng: np.random.Generator) -> Scene:
         start = 6.0 if abs(lx - camera.origin[0]) < lane_w / 2 + 0.3 else -10.0
         _lane_traffic(L, lx, -1 if oncoming else 1, start, min(z_end, 150), rng, density,
                       keep_clear=cyclist_clear if lx == kerb_lane else ())
-
-    street = Street(
-        road_half=road_half, lane_w=lane_w, n_lanes=n_lanes, park_w=park_w, two_way=two_way,
-        centre_double=rng.random() < 0.4,
-        line_rgb=_lin(_jitter((0.85, 0.85, 0.82), rng, 0.04)),
-        centre_rgb=_lin((0.85, 0.65, 0.15) if rng.random() < 0.2 else _jitter((0.85, 0.85, 0.82), rng, 0.04)),
-        asphalt_rgb=_lin(_hsv(rng.uniform(0.05, 0.6), rng.uniform(0.0, 0.06), rng.uniform(0.22, 0.42))),
-        paved_rgb=_lin(_hsv(rng.uniform(0.05, 0.12), rng.uniform(0.0, 0.15), rng.uniform(0.4, 0.6))),
-        grass_rgb=_lin(_hsv(rng.uniform(0.17, 0.25), rng.uniform(0.4, 0.7), rng.uniform(0.3, 0.5))),
-        dash_len=rng.uniform(2, 4), dash_period=rng.uniform(6, 12), edge_lines=rng.random() < 0.5,
-        crossings=L.zebras, zone_edges=zone_edges, zone_types=zone_types,
-    )
-    noise = rng.random((NOISE_SIZE, NOISE_SIZE), dtype=np.float32)
-    return b.finish(camera, _build_lighting(rng), street, noise)
+    return camera
