@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mtan.checkpoint import atomic_write
+from mtan.atomic import atomic_write
 from mtan.cli import help_text
 from mtan.data import build_dataset, to_memory
 from mtan.data.common import options_from_text

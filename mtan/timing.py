@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mtan.checkpoint import atomic_write
+from mtan.atomic import atomic_write
 
 
 # A measurement is trusted (kept for later starts) only when it was quiet: each option's timings

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtan.checkpoint import atomic_save_npy
+from mtan.atomic import atomic_save_npy
 from mtan.data.common import DatasetError, Field, ReleaseDataset, parse_size
 from mtan.tasks import CITYSCAPES_INVERSE_DEPTH_SCALE
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from mtan.checkpoint import atomic_write
+from mtan.atomic import atomic_write
 from mtan.serve.prediction import MASK_SCALE
 from mtan.serve.render import colorize_labels, depth_limits, normals_to_rgb
 

@@ -38,8 +38,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from mtan.checkpoint import (CheckpointError, atomic_write_text, clean_stale_temporaries, latest_good_checkpoint,
-                             list_checkpoints, prune_checkpoints, read_header, restore, save_checkpoint)
+from mtan.atomic import atomic_write_text
+from mtan.checkpoint import (CheckpointError, clean_stale_temporaries, latest_good_checkpoint, list_checkpoints,
+                             prune_checkpoints, read_header, restore, save_checkpoint)
 from mtan.data import validate
 from mtan.data.augment import BatchAugment
 from mtan.data.common import parse_size

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from mtan.checkpoint import CheckpointError, fsync_dir, list_checkpoints
+from mtan.atomic import fsync_dir
+from mtan.checkpoint import CheckpointError, list_checkpoints
 from mtan.model import MTAN
 
 

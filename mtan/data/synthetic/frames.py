@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtan.checkpoint import atomic_save_npy
+from mtan.atomic import atomic_save_npy
 from mtan.data.synthetic.scene import (
     GENERATOR_VERSION, GROUND_MAX_DISTANCE, INVERSE_DEPTH_SCALE, MAX_INVERSE_DEPTH)
 from mtan.data.synthetic.street import _build_scene
