@@ -12,6 +12,8 @@ import re
 import threading
 from pathlib import Path
 
+import numpy as np
+
 TEMPORARY_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # what atomic_write leaves behind if killed
 
 
@@ -57,8 +59,6 @@ def atomic_write(path: Path, write, durable: bool = True) -> None:
 
 def atomic_save_npy(path: Path, array) -> None:
     """``np.save`` through :func:`atomic_write` (not durable: for datasets written by the thousand)."""
-    import numpy as np
-
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)

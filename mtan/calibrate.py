@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mtan.atomic import atomic_write
 from mtan.cli import help_text
@@ -56,8 +57,6 @@ def collect_scores(model, dataset, resolution: tuple[int, int] | None, stride: i
     """Class scores of the model's semantic task on every labelled pixel of ``dataset`` on a grid
     of ``stride``, as the app computes them (``resolution``: the box photos are fitted in; None: as
     they are). Any bias the model holds is taken out again: the scores are the network's own."""
-    from tqdm import tqdm
-
 
     sem = find_task(model.tasks, "semantic")
     if sem is None:

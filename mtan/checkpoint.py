@@ -20,6 +20,9 @@ import shutil
 import zlib
 from pathlib import Path
 
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 import torch
 
 from mtan.atomic import TEMPORARY_RE, atomic_write
@@ -67,8 +70,6 @@ def unpack_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, weighting: torch.nn.Module, meta: dict) -> None:
     """Write the full training state of one epoch to ``path`` (atomically)."""
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = pack_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
@@ -87,7 +88,6 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     header_text = json.dumps(header)
     checksums = {"__header__": _crc(header_text.encode()), **{k: tensor_crc(v) for k, v in tensors.items()}}
     metadata = {"mtan_checkpoint": header_text, "mtan_checksums": json.dumps(checksums)}
-    from safetensors import SafetensorError
 
     path = Path(path)
     try:
@@ -102,8 +102,6 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether a CPU tensor holds no NaN or infinity (integer tensors: always). numpy is many times
     faster at this than torch.isfinite on small CPU tensors."""
-    import numpy as np
-
     if not tensor.is_floating_point():
         return True
     if tensor.dtype == torch.bfloat16:
@@ -123,8 +121,6 @@ def tensor_crc(tensor: torch.Tensor) -> int:
 
 def read_header(path: Path) -> dict:
     """A checkpoint's JSON header alone (its tensors are not read); CheckpointError if unreadable."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["mtan_checkpoint"])
@@ -134,8 +130,6 @@ def read_header(path: Path) -> dict:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint: its tensors and its JSON header. Damaged files raise CheckpointError."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

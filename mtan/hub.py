@@ -6,8 +6,11 @@ also importable from here.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from mtan.model.files import (CONFIG_NAME, WEIGHTS_NAME, HubUnavailableError, ModelConfigError,  # noqa: F401
@@ -128,8 +131,6 @@ def deploy_space(space_id: str, model: str | None = None, hardware: str | None =
     ``zero-a10g`` (ZeroGPU: the ``spaces`` package joins the requirements). Returns the Space's URL,
     or None after saying why it failed (nothing here is changed). ``dry_run``: say what would be
     uploaded and where, and touch no network."""
-    import tempfile
-
     zerogpu = bool(hardware and hardware.startswith("zero"))
     files = space_files(space_id, model, zerogpu)
     url = f"https://huggingface.co/spaces/{space_id}"
@@ -176,8 +177,6 @@ def deploy_space(space_id: str, model: str | None = None, hardware: str | None =
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m mtan.hub", description="Hub helpers for mtan models.")
     sub = p.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="upload a run folder's model (config, weights, card, curves, metrics)")
@@ -197,14 +196,10 @@ def main(argv=None) -> int:
         else:
             url = push_run(args.run_dir, args.repo_id, private=args.private)
     except ModelConfigError as e:
-        import sys
-
         print(f"error: {_redact(str(e))}", file=sys.stderr)
         return 2
     return 0 if url else 1
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

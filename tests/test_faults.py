@@ -280,6 +280,8 @@ def test_full_disk_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch
     """The writer fails with ENOSPC after writing part of the temporary file."""
     import safetensors.torch
 
+    import mtan.checkpoint
+
     state = tiny_training_state()
     folder = tmp_path / "checkpoints"
     save_checkpoint(folder / "epoch_0000.safetensors", meta={"epoch": 0}, **state)
@@ -294,7 +296,7 @@ def test_full_disk_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         partial["size"] = os.path.getsize(filename)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(mtan.checkpoint, "save_file", disk_full)  # the writer the checkpoints use
     with pytest.raises(CheckpointError) as err:
         save_checkpoint(folder / "epoch_0001.safetensors", meta={"epoch": 1}, **state)
     message = str(err.value)
@@ -445,6 +447,8 @@ def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, capsys, monk
     """safetensors' writer fails with ENOSPC part-way through epoch 2's checkpoint (or its model export)."""
     import safetensors.torch
 
+    import mtan.checkpoint
+
     out = tmp_path / "run"
     real = safetensors.torch.save_file
 
@@ -460,7 +464,8 @@ def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, capsys, monk
             os.truncate(filename, os.path.getsize(filename) // 2)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    for module in (safetensors.torch, mtan.checkpoint):  # the model export's writer, the checkpoints'
+        monkeypatch.setattr(module, "save_file", save_file)
     code, stdout, stderr = main([*TINY, "--epochs", "2", "--out", out], capsys)
     assert code == 2, stderr
     assert "Traceback" not in stderr and "No space left on device" in stderr
@@ -473,7 +478,8 @@ def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, capsys, monk
     assert temporaries(checkpoints) == [] and temporaries(out) == [] and temporaries(out / "best") == []
     MTAN.from_pretrained(out)  # the last exported model is intact
 
-    monkeypatch.setattr(safetensors.torch, "save_file", real)  # space freed: the run continues
+    for module in (safetensors.torch, mtan.checkpoint):  # space freed: the run continues
+        monkeypatch.setattr(module, "save_file", real)
     code, stdout, stderr = main(["--resume", out, "--no-progress"], capsys)
     assert code == 0, stderr
     assert "epochs done (from epoch_0000.safetensors), continuing with epoch 2" in stdout  # epoch 2 again

@@ -17,6 +17,7 @@ Every dataset yields dicts ``{"image": 3xHxW float in [0, 1], <task name>: targe
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import os
 from pathlib import Path
@@ -167,8 +168,6 @@ _LAZY = {"CamVidDataset": ("mtan.data.camvid", "CamVidDataset"),
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'mtan.data' has no attribute {name!r}")

@@ -14,6 +14,7 @@ sky).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from urllib.request import urlopen
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from mtan.data.common import (DatasetError, center_crop_box, check_sample_values, check_target,
                               crop_sample, parse_size, resize_sample)
@@ -281,8 +283,6 @@ SEGNET_SPLITS = {"train": ("train", "trainannot", 367), "val": ("val", "valannot
 def fetch(url: str, dest: Path, progress: bool = True) -> Path:
     """``url`` streamed to ``dest`` (through a temporary name, so a broken download leaves nothing
     that looks complete)."""
-    from tqdm import tqdm
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
@@ -352,8 +352,6 @@ def download(out, url: str = SEGNET_ARCHIVE, archive=None, progress: bool = True
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m mtan.data.camvid", description="CamVid for mtan.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("download", help="fetch the SegNet tutorial's CamVid (a few hundred MB), check it, lay it out")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from mtan.atomic import atomic_save_npy
 from mtan.data.common import DatasetError, Field, ReleaseDataset, parse_size
@@ -357,8 +358,6 @@ ALL_FOLDERS = ["image", "depth"] + list(LABEL_FOLDERS)
 def _prepare_split(root: Path, split_dir: Path, split: str, wanted: list[str], size, depth: str, tables,
                    workers: int, progress: bool, report: PrepareReport) -> int:
     """Convert one split into ``split_dir``; returns the number of frames in the output."""
-    from tqdm import tqdm
-
     frames, skipped = find_frames(root, split)
     report.skipped += skipped
     frames = _drop_failed_before(frames, split_dir / "failed.txt", report)

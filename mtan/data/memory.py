@@ -28,11 +28,16 @@ tensors, with optional augmentation applied to the whole batch there.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
 from typing import Callable, Iterator
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from mtan.data.augment import BatchAugment
 from mtan.data.common import check_sample_values
@@ -212,8 +217,6 @@ class InMemoryDataset(torch.utils.data.Dataset):
         ``workers`` > 0 reads files in DataLoader worker processes. Depth is stored as 16-bit
         codes while every value seen is exactly ``p / 65535``, and switches to float16 otherwise.
         """
-        from tqdm import tqdm
-
         tasks = tasks_from_config(dataset.task_configs)
         n = len(dataset)
         h, w = getattr(dataset, "size", None) or dataset[0]["image"].shape[-2:]
@@ -260,10 +263,6 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
     def save(self, path) -> None:
         """Write the stored tensors to a safetensors file (task configs and name in its header)."""
-        import json
-
-        from safetensors.torch import save_file
-
         tensors = {"images": self.images.cpu().contiguous(),
                    **{f"targets.{k}": v.cpu().contiguous() for k, v in self.targets.items()}}
         save_file(tensors, str(path), metadata={"task_configs": json.dumps(self.task_configs), "name": self.name})
@@ -271,10 +270,6 @@ class InMemoryDataset(torch.utils.data.Dataset):
     @classmethod
     def load(cls, path, device="cpu") -> "InMemoryDataset":
         """Read a file written by :meth:`save` (safetensors: no pickle, no code execution)."""
-        import json
-
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -361,8 +356,6 @@ def to_memory(dataset, device="cpu", workers: int = 0, progress: bool = True, **
 def measure_throughput(dataset: InMemoryDataset, batch_size: int = 8, augment: bool = True,
                        seconds: float = 3.0) -> float:
     """Images per second of ``iter_batches`` (synchronising the device at the end)."""
-    import time
-
     generator = torch.Generator(device=dataset.device).manual_seed(0)
     images, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -7,6 +7,8 @@ finite. The first problem raises a :class:`~mtan.data.common.DatasetError` namin
 """
 from __future__ import annotations
 
+from tqdm import tqdm
+
 from mtan.data.common import DatasetError, check_sample_values
 from mtan.tasks import tasks_from_config
 
@@ -17,8 +19,6 @@ def validate(dataset, full: bool = True, progress: bool = True) -> int:
     ``full=False`` checks only what opening the dataset checks plus the first item.
     Raises :class:`DatasetError` on the first problem, naming the file and the fix.
     """
-    from tqdm import tqdm
-
     name = getattr(dataset, "name", type(dataset).__name__)
     for attr in ("task_configs", "name"):
         if not hasattr(dataset, attr):

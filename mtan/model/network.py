@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from safetensors.torch import save_model
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -208,8 +209,6 @@ class MTAN(
     # ---- saving and loading -----------------------------------------------------------
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from safetensors.torch import save_model
-
         weights = Path(save_directory) / WEIGHTS_NAME
         save_model(self, str(weights))
         umask = os.umask(0)

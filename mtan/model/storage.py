@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 import torch.nn as nn
 
 from mtan.model.files import ModelConfigError
@@ -36,9 +38,6 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def load_safetensors_strict(model: nn.Module, weights_file: str | os.PathLike) -> None:
     """Load a safetensors file into ``model``, requiring exactly the model's tensors and shapes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

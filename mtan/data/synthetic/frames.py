@@ -3,9 +3,11 @@ sheet."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mtan.atomic import atomic_save_npy
 from mtan.data.synthetic.scene import (
@@ -60,16 +62,12 @@ def _map(func, jobs, workers, progress, desc):
     """Yield ``func(job)`` for every job, in order; in a process pool when workers > 1, with a tqdm bar."""
     pool = None
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         # Workers only run numpy code: forking is cheap and needs no re-import. The pool is made
         # before tqdm starts its monitor thread.
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         pool = mp.get_context(method).Pool(min(workers, len(jobs)))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs), desc=desc, unit="frame")
     try:
         if pool is not None:
