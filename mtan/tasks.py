@@ -15,6 +15,7 @@ Tasks are described by small JSON-friendly dicts (they live in a model's ``confi
 """
 from __future__ import annotations
 
+import colorsys
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -98,8 +99,6 @@ CAMVID_11 = _register(ClassSet(
 
 def generic_class_set(num_classes: int) -> ClassSet:
     """Names ``class 0..K-1`` with colours spread around the hue circle (for unknown label sets)."""
-    import colorsys
-
     palette = tuple(
         tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95))
         for i in range(num_classes)

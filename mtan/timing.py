@@ -8,6 +8,7 @@ that a restart on the same machine does not measure again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -15,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from mtan.atomic import atomic_write
 
@@ -61,8 +64,6 @@ def measure(options: dict[str, Callable[[], object]], warmup: int = 1, repeats: 
     if not options:
         raise ValueError("measure() needs at least one option")
     if threads is None:
-        import torch
-
         threads = torch.get_num_threads()
     for run in options.values():
         for _ in range(warmup):
@@ -129,8 +130,6 @@ def cpu_name() -> str:
 def cpu_identity() -> str:
     """The CPU's model name and a digest of its feature flags: two CPUs sold under one name (an
     "AMD EPYC" with or without bf16 units) tell apart."""
-    import hashlib
-
     flags = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -16,6 +16,7 @@ does not compile where compiling did not pay.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,8 +31,6 @@ COMPILER_LOGGERS = ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extensi
 
 def quiet_compiler_logs() -> None:
     """torch.compile's internal warnings off (errors still show); the warm-up reports what it measured."""
-    import logging
-
     for name in COMPILER_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 from mtan.timing import measure, remember_choice, remembered_choice, still_fresh

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from mtan.checkpoint import all_finite
 from mtan.tokens import error_text
 
 CONFIG_NAME = "config.json"
@@ -68,8 +69,6 @@ def check_weights_file(path: str | os.PathLike) -> None:
     edited in the header (F32 -> I32 keeps the size) is caught, and every value must be finite:
     NaN or infinite weights (a diverged run, or tampering) would only give NaN predictions.
     """
-    from mtan.checkpoint import all_finite
-
     wrong_dtype, nonfinite = [], []
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,6 @@ def save_masks_npz(path: Path, arrays: dict[str, np.ndarray], info: dict, level:
     masks uncompressed: a trained model's uint8 masks are fine-grained enough that deflate (level 1)
     saves only about 12 % of the bytes (12.5 MB against 14.2 MB at 256x512) for 40 times the time
     (1 s against 25 ms on a 2-core CPU); 1-9 deflate at that level."""
-    import zipfile
-
     meta = dict(info, layout=MASKS_LAYOUT, dtype=str(next(iter(arrays.values())).dtype) if arrays else "",
                 scale=MASK_SCALE if all(a.dtype == np.uint8 for a in arrays.values()) else 1.0)
     method, extra = (zipfile.ZIP_DEFLATED, {"compresslevel": level}) if level else (zipfile.ZIP_STORED, {})

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+import torch
 
 
 COLORMAPS = ("inferno", "magma", "viridis", "plasma", "turbo", "Spectral_r", "gray")
@@ -139,8 +140,6 @@ def colorize_depth(depth: np.ndarray, size: tuple[int, int], cmap: str = DEFAULT
 
 
 def _metres(task, values) -> list[float]:
-    import torch
-
     return [float(v) for v in task.to_metres(torch.tensor(values, dtype=torch.float64))]
 
 

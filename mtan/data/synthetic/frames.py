@@ -15,6 +15,7 @@ from mtan.data.synthetic.scene import (
 from mtan.data.synthetic.street import _build_scene
 from mtan.data.synthetic.raycast import _Rays, _aabbs, _camera_rays, _cast, _screen_rects
 from mtan.data.synthetic.shading import _develop, _shade
+from mtan.tasks import CITYSCAPES_7
 
 
 def render_frame(seed: int, index: int, height: int = 128, width: int = 256, *, stream: int = 0) -> dict:
@@ -161,8 +162,6 @@ def write_release(out_dir, n_train: int, n_val: int, height: int = 128, width: i
 def colourise_labels(label: np.ndarray, palette=None) -> np.ndarray:
     """H x W labels -> H x W x 3 uint8 colours (CityScapes category colours by default)."""
     if palette is None:
-        from mtan.tasks import CITYSCAPES_7
-
         palette = CITYSCAPES_7.palette
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
@@ -179,8 +178,6 @@ def preview(path, n: int = 8, seed: int = 0, height: int = 128, width: int = 256
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from mtan.tasks import CITYSCAPES_7
 
     frames = generate(n, seed, height, width, workers=workers)
     dpi = 100
