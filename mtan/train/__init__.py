@@ -10,6 +10,7 @@ module              job
 ``weighting``       how the task losses (or the tasks' gradients) are combined, with each method's state
 ``gradients``       the gradient methods as functions of the per-task gradients (PCGrad, MGDA, ...)
 ``engine``          :class:`Engine`: the model, optimiser and data of one run, and its loop
+``epoch_losses``    an epoch's task losses summed on the device as the loop goes
 ``run_folder``      the run folder's checks, ``metrics.jsonl``, the best epoch, the exported model
 ``plots``           ``curves.png``
 ==================  ====================================================================

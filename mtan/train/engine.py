@@ -47,13 +47,14 @@ from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
 from mtan.data.registry import spec
 from mtan.model import MTAN, ModelConfigError, count_parameters
-from mtan.runtime import all_reduce_, setup_runtime, shard_order
+from mtan.runtime import setup_runtime, shard_order
 from mtan.metrics import with_delta_m
 from mtan.scoring import evaluate_model
 from mtan.tasks import Task, tasks_from_config
 from mtan.timing import cpu_identity, fastest
 from mtan.train.config import TrainConfig
 from mtan.train.datasets import build_split, load_into_memory, validation_sets
+from mtan.train.epoch_losses import EpochLosses
 from mtan.train.plots import plot_curves
 from mtan.train.run_folder import baseline_scores, export, monitor_score, read_metrics, summary_line
 from mtan.train.schedule import build_schedule
@@ -61,36 +62,6 @@ from mtan.train.weighting import Parts, build_weighting, model_parts
 
 
 PROGRESS_EVERY_S = 60.0  # without a progress bar (output to a log file): a progress line this often
-
-
-class EpochLosses:
-    """An epoch's task losses summed on the device (no host read per batch), the batches in
-    which each task had a valid pixel, the images seen, and the tasks whose loss went non-finite
-    first (one bad step makes every task's loss NaN after it)."""
-
-    def __init__(self, tasks: list[Task], device: torch.device):
-        self.tasks, self.images = tasks, 0
-        self.sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-        self.batches = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-        self.nonfinite = torch.zeros(len(tasks), dtype=torch.bool, device=device)
-
-    def add(self, losses: dict, has_valid: torch.Tensor, images: int) -> None:
-        stacked = torch.stack([losses[t.name].detach().double() for t in self.tasks])
-        self.nonfinite = torch.where(self.nonfinite.any(), self.nonfinite, ~torch.isfinite(stacked))
-        self.sums += torch.where(has_valid, stacked, torch.zeros_like(stacked))
-        self.batches += has_valid.double()
-        self.images += images
-
-    def means(self) -> list[float]:
-        return (self.sums / self.batches.clamp_min(1)).tolist()
-
-    def reduce(self, runtime) -> None:
-        """Sum over the processes of a distributed run (a task is non-finite if it is in any)."""
-        all_reduce_([self.sums, self.batches], runtime)
-        if runtime.distributed:
-            flags = self.nonfinite.int()
-            dist.all_reduce(flags)
-            self.nonfinite = flags > 0
 
 
 class Engine:
