@@ -187,7 +187,8 @@ def visit_bad_clip(url: str, bad: Path, timeout: float = 120.0) -> dict:
         time.sleep(2.0)  # any toast the browser's failed preview raises has come by now
         return {"summary": driver.find_element(By.CSS_SELECTOR, "#video-summary").text,
                 "toasts": [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".toast-body")],
-                "error_pills": page.error_pills()}
+                "error_pills": page.error_pills(),
+                "clip_left_in_box": len(driver.find_elements(By.CSS_SELECTOR, "#video-input video"))}
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,7 @@ def test_video_3d_and_live_webcam_render(app_url, tmp_path):
     bad.write_text("this is a text file, not a clip\n" * 20)
     messages = visit_bad_clip(app_url, bad)  # one message, the app's own
     assert "not a video clip" in messages["summary"] and messages["toasts"] == [] and messages["error_pills"] == 0, messages
+    assert messages["clip_left_in_box"] == 0, messages  # the upload box is ready for another clip
 
 
 if __name__ == "__main__":

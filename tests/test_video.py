@@ -16,8 +16,8 @@ from mediahelpers import (count_frames, write_8k, write_animation, write_audio_o
 from PIL import Image
 
 from mtan.serve import ModelRegistry
-from mtan.serve.video import (ClipInfo, LiveSession, VideoError, VideoLimits, _Smoother, decoded_frames, open_clip,
-                              process_clip)
+from mtan.serve.video import (ClipInfo, LiveSession, VideoBusy, VideoError, VideoLimits, _Smoother, decoded_frames,
+                              open_clip, process_clip)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_a_clip_stops_at_the_server_time_limit(loaded, tmp_path, monkeypatch):
     import mtan.serve.video as video
 
     clip = write_clip(tmp_path / "c.mp4", seconds=3, fps=10)
-    with pytest.raises(VideoError, match="more than 1e-09 s of the server's time before its first frame"):
+    with pytest.raises(VideoBusy, match="more than 1e-09 s of the server's time before its first frame"):
         process_clip(loaded, clip, tmp_path / "o.mp4", (64, 128), VideoLimits(max_work_seconds=1e-9))
 
     class SlowClock:
@@ -231,3 +231,41 @@ def test_a_clip_stops_at_the_server_time_limit(loaded, tmp_path, monkeypatch):
     assert 0 < result.frames < 30
     assert any("Processing stopped after 10 s of the server's time" in n for n in result.notes), result.notes
     assert count_frames(result.path)[0] == result.frames
+
+
+def test_the_page_takes_a_refused_clip_out_of_its_upload_box(loaded, clip, tmp_path, monkeypatch):
+    """The page's clip run: a clip refused for what it is (here a text file named .mp4) leaves the
+    upload box with the one message; a refusal that the same clip may pass later (the server had no
+    time) or one about a setting keeps it; a clip that runs keeps it and gets its legend."""
+    import gradio as gr
+
+    import mtan.serve.media_events as media
+    from mtan.serve.downloads import DownloadFolders
+    from mtan.serve.uploads import UploadPolicy
+
+    uploads = tmp_path / "uploads"
+    (uploads / "a").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    policy = UploadPolicy.create(uploads, 10 * 2**20, noun="video clip")
+    events = media.MediaEvents(lambda key: loaded, None, DownloadFolders(tmp_path / "out", 3600, 2**30), policy, policy,
+                               VideoLimits(), 10**6, 10**8, "CPU")
+    text = uploads / "a" / "holiday.mp4"
+    text.write_text("this is a text file, not a clip\n" * 20)
+    good = uploads / "a" / "street.mp4"
+    good.write_bytes(clip.read_bytes())
+    settings = ("128x256", "photo | segmentation | depth", 0.0, "inferno", 0.55)
+
+    def page(path, *given):
+        return events.page_video({"path": str(path), "orig_name": path.name}, None, *(given or settings),
+                                 progress=lambda *a, **k: None)
+
+    out, summary, legend, box = page(text)
+    assert out is None and "not a video clip" in summary and legend == "" and box is None
+    _, summary, _, box = page(good, "1x1", *settings[1:])
+    assert "not a processing resolution" in summary and isinstance(box, type(gr.skip()))
+    out, summary, legend, box = page(good)
+    assert out.endswith(".mp4") and "30 frames at 10 frames/s" in summary and "bright is near" in legend
+    assert isinstance(box, type(gr.skip()))
+    monkeypatch.setattr(media, "clip_on_device", lambda *a, **k: (_ for _ in ()).throw(VideoBusy("try again later")))
+    _, summary, _, box = page(good)
+    assert "try again later" in summary and isinstance(box, type(gr.skip()))

@@ -37,10 +37,11 @@ MAX_STREAM_FRAME_CHARS = 4_000_000  # a streamed webcam frame, base64 (a 640x480
 STREAM_FRAME_URL = re.compile(r"data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/=]+")
 
 
-def refusal(event: str, message: str) -> gr.Error:
-    """A ``gr.Error`` with ``message`` for the visitor, logged as one line (no traceback)."""
+def refusal(event: str, message: str, kind: type[gr.Error] = gr.Error) -> gr.Error:
+    """A ``gr.Error`` (or its subclass ``kind``) with ``message`` for the visitor, logged as one
+    line (no traceback)."""
     log.info("refused %s: %s", event, message[:300])
-    return gr.Error(message, print_exception=False)
+    return kind(message, print_exception=False)
 
 
 def _default(block):

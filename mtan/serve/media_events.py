@@ -24,7 +24,7 @@ from mtan.serve.registry import LoadedModel
 from mtan.serve.scene3d import COLOURINGS, DEFAULT_FOV, DEFAULT_MAX_METRES, build_scene, write_glb, write_ply
 from mtan.serve.sources import model_label
 from mtan.serve.uploads import UploadPolicy
-from mtan.serve.video import LAYOUTS, LiveSession, VideoError, VideoLimits, process_clip
+from mtan.serve.video import LAYOUTS, LiveSession, VideoBusy, VideoError, VideoLimits, process_clip
 from mtan.serve.zerogpu import gpu_task
 
 # On a ZeroGPU Space these hold a GPU for the call only (decorated at import, as ZeroGPU asks).
@@ -37,6 +37,11 @@ def _live(session: LiveSession, photo: np.ndarray):
 
 live_on_device = gpu_task(_live, duration=10)
 LIVE_MAX_PIXELS = 3840 * 2160  # a webcam frame is at most 4K
+
+
+class ClipRefused(gr.Error):
+    """A clip refused for what it is (not a clip, damaged, too long, too large): another clip is
+    needed, so the page takes this one out of its upload box as it says why."""
 
 
 def video_resolutions(loaded: LoadedModel | None) -> tuple[list[str], str]:
@@ -79,7 +84,7 @@ class MediaEvents:
         try:
             path = self.video_uploads.check(video.get("path") if isinstance(video, dict) else video)
         except ValueError as e:
-            raise refusal("predict_video", str(e)) from None
+            raise refusal("predict_video", str(e), ClipRefused) from None
         name = (video.get("orig_name") if isinstance(video, dict) else None) or path.name
         loaded = self.get_model(model)
         offered, default = video_resolutions(loaded)
@@ -93,8 +98,10 @@ class MediaEvents:
             result = clip_on_device(loaded, path, out, box, self.video_limits, layout, float(smoothing or 0),
                                     colormap, opacity,
                                     progress=lambda done, total: progress((done, total), desc="Frames", unit="frames"))
-        except VideoError as e:
+        except VideoBusy as e:
             raise refusal("predict_video", str(e)) from None
+        except VideoError as e:
+            raise refusal("predict_video", str(e), ClipRefused) from None
         h, w = result.processing_size
         summary = (f"**{model_label(loaded.key)}** · {result.frames} frames at {float(result.fps):.3g} frames/s · "
                    f"network input {w}x{h} · {result.seconds:.1f} s ({result.frames_per_second:.1f} frames/s; "
@@ -102,15 +109,18 @@ class MediaEvents:
         return str(result.path), "\n\n".join([summary] + [f"⚠️ {n}" for n in result.notes])
 
     def page_video(self, video, model, *args, progress=gr.Progress()):
-        """The page's clip run: the video, its summary and the legend of its colours, or the one
-        message that says why not."""
+        """The page's clip run: the video, its summary, the legend of its colours and the upload
+        box, or the one message that says why not. A clip refused for what it is leaves the upload
+        box (the browser's own preview of it would only add a second, vaguer error)."""
         if video is None:
-            return None, "", ""
+            return None, "", "", gr.skip()
         try:
             out, summary = self.predict_video(video, model, *args, progress=progress)
+        except ClipRefused as e:
+            return None, f"⚠️ **{e.message}**", "", None
         except gr.Error as e:
-            return None, f"⚠️ **{e.message}**", ""
-        return out, summary, self.legend(model)
+            return None, f"⚠️ **{e.message}**", "", gr.skip()
+        return out, summary, self.legend(model), gr.skip()
 
     def legend(self, model) -> str:
         """What a clip's colours mean: every class of the model's segmentation, and the depth's scale."""

@@ -77,6 +77,10 @@ class VideoError(ValueError):
     """A clip that cannot be processed; the message is for the visitor."""
 
 
+class VideoBusy(VideoError):
+    """A clip refused because the server had no time for it: the same clip may work later."""
+
+
 @dataclass(frozen=True)
 class VideoLimits:
     """What the app takes: clips of at most ``max_seconds``; frames of at most ``max_pixels``;
@@ -551,7 +555,7 @@ def process_clip(loaded: LoadedModel, path: str | Path, out_path: str | Path, bo
             if progress is not None:
                 progress(written, total)
         if output is None and Stop.TIME in stopped:
-            raise VideoError(f"This clip took more than {limits.max_work_seconds:g} s of the server's time before "
+            raise VideoBusy(f"This clip took more than {limits.max_work_seconds:g} s of the server's time before "
                              f"its first frame (this app's limit per clip): try again later, or a shorter clip.")
         if output is None:
             raise VideoError("No frame of this clip could be decoded (damaged or truncated): upload another clip.")

@@ -307,7 +307,8 @@ def wire(app: App, page: dict) -> None:
     gr.Button(visible=False).click(app.media.predict_video, video_inputs, [p["video_out"], p["video_summary"]],
                                    api_name="predict_video", **clips)
     gr.on([p["video_in"].upload, p["video_button"].click], app.media.page_video, video_inputs,
-          [p["video_out"], p["video_summary"], p["video_legend"]], api_visibility="private", **clips)
+          [p["video_out"], p["video_summary"], p["video_legend"], p["video_in"]],
+          show_progress_on=[p["video_out"], p["video_summary"]], api_visibility="private", **clips)
     # The live webcam: each streamed frame, answered in order, a few a second.
     p["live_in"].stream(app.media.live_frame, [p["live_in"], p["model"], p["live_layout"], p["live_session"]],
                         [p["live_out"], p["live_rate"], p["live_session"]], stream_every=0.2,
