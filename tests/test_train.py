@@ -339,8 +339,19 @@ def test_init_from_and_class_weights(tmp_path, dwa_run):
     labels = engine.train_data.targets["semantic"].long()
     counts = torch.bincount(labels[labels >= 0], minlength=7)
     assert int(weights.argmax()) == int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
-    with pytest.raises(ValueError, match="--init-from .*width 0.0625.*this run builds mtan width 0.125"):
-        Engine(apply_preset(None, {**base, "width": 0.125, "init_from": str(dwa_run)}), log=lambda *a: None)
+    # a narrower model is grown to the run's width, computing the same outputs
+    lines = []
+    wider = Engine(apply_preset(None, {**base, "width": 0.125, "init_from": str(dwa_run)}), log=lines.append)
+    assert any("grown from width 0.0625 to 0.125 (each channel copied; same outputs)" in line for line in lines)
+    x = torch.rand(2, 3, 32, 64)
+    narrow = MTAN.from_pretrained(dwa_run).eval()
+    with torch.no_grad():
+        want, got = narrow(x), wider.model.eval()(x)
+    assert all(torch.allclose(got[k], want[k], atol=1e-4, rtol=1e-4) for k in want)
+    with pytest.raises(ValueError, match="--init-from .*width 0.0625.*this run builds mtan width 0.03125"):
+        Engine(apply_preset(None, {**base, "width": 0.03125, "init_from": str(dwa_run)}), log=lambda *a: None)
+    with pytest.raises(ValueError, match="width 0.0625 cannot grow to 0.1: the layers grow by different factors"):
+        Engine(apply_preset(None, {**base, "width": 0.1, "init_from": str(dwa_run)}), log=lambda *a: None)
     # a calibrated model (a class bias in its config) is fine-tuned from its weights; the bias stays behind
     calibrated = MTAN.from_pretrained(dwa_run)
     calibrated.tasks[0].class_bias = tuple(float(i) / 10 for i in range(7))

@@ -96,8 +96,9 @@ class ModelSettings:
     arch: str = option("mtan", "architecture", choices=("mtan", "split", "single"))
     task: str | None = option(None, "the task of --arch single: semantic, depth or normal")
     width: float = option(1.0, "width multiplier, 1.0 = the paper's 64..512", number=(0.0, True))
-    init_from: str | None = option(None, "start from the weights of a saved model with the same architecture, tasks "
-                                   "and width (a folder, a run folder or a Hub repo id): fine-tuning",
+    init_from: str | None = option(None, "start from the weights of a saved model with the same architecture and "
+                                   "tasks (a folder, a run folder or a Hub repo id): fine-tuning; a narrower model "
+                                   "is first grown to --width, computing the same outputs",
                                    cli={"metavar": "MODEL"})
 
 
