@@ -19,9 +19,9 @@ from mtan.model.blocks import (ARCHITECTURES, BASE_WIDTHS, MULTIPLE, NUM_STAGES,
 from mtan.model.geometry import crop, flip_average, pad, padded_forward, padded_size
 from mtan.model.network import MTAN
 from mtan.model.storage import count_parameters, load_safetensors_strict, read_config
-from mtan.model.widen import WidenError, widened_state
+from mtan.model.widen import WidenError, load_into, widened_state
 
 __all__ = ["ARCHITECTURES", "BASE_WIDTHS", "CONFIG_NAME", "MTAN", "MULTIPLE", "NUM_STAGES", "WEIGHTS_NAME",
            "AttentionMask", "ConvBNReLU", "Head", "ModelConfigError", "count_parameters", "crop", "flip_average",
            "load_safetensors_strict", "pad", "padded_forward", "padded_size", "read_config", "stage_widths", "WidenError",
-           "widened_state"]
+           "load_into", "widened_state"]

@@ -64,3 +64,25 @@ def widened_state(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], se
                          f"widths must all grow by the same factor")
     generator = torch.Generator().manual_seed(seed)
     return {name: widen_tensor(t, new[name].shape, generator).to(new[name].dtype) for name, t in old.items()}
+
+
+def load_into(model, other, seed: int = 0) -> bool:
+    """Copy the trained network ``other`` into ``model``: the same architecture and tasks (a
+    calibration, fitted after training, is not compared or copied), and the same width or a
+    narrower one, grown to ``model``'s. Returns whether it was grown."""
+    def shape(m):
+        return m.arch, [{k: v for k, v in t.to_config().items() if k != "class_bias"} for t in m.tasks]
+
+    mine, theirs = shape(model), shape(other)
+    if mine != theirs or other.width > model.width:
+        raise WidenError(f"that model is {theirs[0]} width {other.width:g} with tasks {[t['name'] for t in theirs[1]]}; "
+                         f"this run builds {mine[0]} width {model.width:g} with {[t['name'] for t in mine[1]]} (the "
+                         f"same architecture and tasks with their classes, and the same width or a wider one)")
+    if other.width == model.width:
+        model.load_state_dict(other.state_dict())
+        return False
+    try:
+        model.load_state_dict(widened_state(other.state_dict(), model.state_dict(), seed=seed))
+    except WidenError as e:
+        raise WidenError(f"width {other.width:g} cannot grow to {model.width:g}: {e}") from None
+    return True

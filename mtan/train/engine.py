@@ -46,7 +46,7 @@ from mtan.data.augment import BatchAugment
 from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
 from mtan.data.registry import spec
-from mtan.model import MTAN, ModelConfigError, WidenError, count_parameters, widened_state
+from mtan.model import MTAN, ModelConfigError, WidenError, count_parameters, load_into
 from mtan.runtime import setup_runtime, shard_order
 from mtan.metrics import with_delta_m
 from mtan.scoring import evaluate_model
@@ -208,36 +208,18 @@ class Engine:
 
     def _init_from(self, source: str) -> None:
         """Copy the weights of a saved model with the same architecture and tasks: of the same
-        width, or of a narrower one grown to this width with its function kept (``mtan.model.widen``)."""
+        width, or of a narrower one grown to this width with its outputs kept (``mtan.model.widen``)."""
         try:
             other = MTAN.from_pretrained(source)
-        except ModelConfigError as e:
+            grown = load_into(self.model, other, seed=self.config.engine.seed)
+        except (ModelConfigError, WidenError) as e:
             raise ValueError(f"--init-from {source}: {e}") from None
-
-        def shape(model):  # a calibration (class bias) is fitted after training: it is not carried over
-            return (model.arch, [{k: v for k, v in t.to_config().items() if k != "class_bias"} for t in model.tasks])
-
-        mine, theirs = shape(self.model), shape(other)
-        if mine != theirs or other.width > self.model.width:
-            raise ValueError(f"--init-from {source}: that model is {theirs[0]} width {other.width:g} with tasks "
-                             f"{[t['name'] for t in theirs[1]]}; this run builds {mine[0]} width "
-                             f"{self.model.width:g} with {[t['name'] for t in mine[1]]} (the same architecture and "
-                             f"tasks with their classes, and the same width or a wider one)")
-        grown = ""
-        if other.width == self.model.width:
-            self.model.load_state_dict(other.state_dict())
-        else:
-            try:
-                state = widened_state(other.state_dict(), self.model.state_dict(), seed=self.config.engine.seed)
-            except WidenError as e:
-                raise ValueError(f"--init-from {source}: width {other.width:g} cannot grow to "
-                                 f"{self.model.width:g}: {e}") from None
-            self.model.load_state_dict(state)
-            grown = f", grown from width {other.width:g} to {self.model.width:g} (each channel copied; same outputs)"
         calibrated = [t.name for t in other.tasks if getattr(t, "class_bias", None) is not None]
-        self.log(f"initialised from {source}{grown}" +
-                 (f" (its calibration of {', '.join(calibrated)} is not carried over: python -m mtan.calibrate fits "
-                  f"one for the trained model)" if calibrated else ""))
+        self.log(f"initialised from {source}"
+                 + (f", grown from width {other.width:g} to {self.model.width:g} (each channel copied; same outputs)"
+                    if grown else "")
+                 + (f" (its calibration of {', '.join(calibrated)} is not carried over: python -m mtan.calibrate "
+                    f"fits one for the trained model)" if calibrated else ""))
 
     def _class_weights(self) -> dict[str, torch.Tensor]:
         """Per-class weights of the training losses that ask for them (``--class-weights``), from
