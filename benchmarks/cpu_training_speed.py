@@ -3,12 +3,15 @@ hours (or days) on this machine can afford.
 
     python benchmarks/cpu_training_speed.py                           # widths 0.25, 0.375, 0.5; fp32 and bf16
     python benchmarks/cpu_training_speed.py --widths 0.25,1 --crop 128x256 --steps 6
+    python benchmarks/cpu_training_speed.py --widths 0.5 --layouts nchw,channels-last   # both memory layouts
 
 Each (width, precision) trains a street MTAN (7 classes + inverse depth) on random images and
 targets of the street recipe's crop (192x256, batch 8, channels-last, AdamW): ``--warmup`` steps
 untimed, then ``--steps`` timed; the precisions of one width are timed in turns (interleaved), so a
 change in the machine's load hits both alike. Prints one JSON object: images per second for each
-(width, precision), and bf16's speed-up against fp32 per width.
+(width, precision), and bf16's speed-up against fp32 per width. ``--layouts nchw,channels-last``
+times each memory layout (what ``train.py --channels-last auto`` chooses between on a CPU): the
+results of a width are then keyed by layout.
 """
 from __future__ import annotations
 
@@ -40,12 +43,14 @@ def one_step(model, optimizer, batch, dtype) -> None:
     optimizer.step()
 
 
-def measure(width: float, crop: tuple[int, int], batch: int, steps: int, warmup: int, precisions: list[str]) -> dict:
+def measure(width: float, crop: tuple[int, int], batch: int, steps: int, warmup: int, precisions: list[str],
+            channels_last: bool = True) -> dict:
     torch.manual_seed(0)
-    model = MTAN(preset_tasks("cityscapes-7"), width=width).to(memory_format=torch.channels_last).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = MTAN(preset_tasks("cityscapes-7"), width=width).to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     h, w = crop
-    data = (torch.rand(batch, 3, h, w).contiguous(memory_format=torch.channels_last),
+    data = (torch.rand(batch, 3, h, w).contiguous(memory_format=layout),
             torch.randint(0, 7, (batch, h, w)), torch.rand(batch, 1, h, w) * 0.3)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     for name in precisions:
@@ -73,13 +78,18 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--layouts", default="channels-last", help="memory layouts to time: channels-last, nchw or both")
     args = p.parse_args()
     crop = tuple(int(v) for v in args.crop.lower().split("x"))
     out = {"machine": machine(torch.device("cpu")), "crop": args.crop, "batch_size": args.batch_size, "widths": {}}
     for width in (float(v) for v in args.widths.split(",")):
         log(f"width {width:g} ...")
-        out["widths"][f"{width:g}"] = measure(width, crop, args.batch_size, args.steps, args.warmup,
-                                              args.precisions.split(","))
+        layouts = args.layouts.split(",")
+        if not set(layouts) <= {"channels-last", "nchw"}:
+            p.error(f"--layouts {args.layouts!r}: each must be channels-last or nchw")
+        found = {layout: measure(width, crop, args.batch_size, args.steps, args.warmup, args.precisions.split(","),
+                                 channels_last=layout == "channels-last") for layout in layouts}
+        out["widths"][f"{width:g}"] = found[layouts[0]] if len(layouts) == 1 else found
         log(json.dumps(out["widths"][f"{width:g}"]))
     print(json.dumps(out, indent=1))
 

@@ -217,3 +217,26 @@ def test_mtl_methods_goes_on_from_its_out_folder(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "mtl_methods.py"), "--tiny", "--threads", "1", *args,
                            "--width", "0.125"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "holds a run with other settings" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cpu_training_speed_times_each_width_precision_and_layout():
+    cmd = [sys.executable, str(BENCH / "cpu_training_speed.py"), "--widths", "0.0625", "--crop", "32x64",
+           "--batch-size", "2", "--steps", "2", "--warmup", "1"]
+    proc = subprocess.run(cmd + ["--layouts", "nchw,channels-last"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["crop"] == "32x64" and result["batch_size"] == 2
+    per_layout = result["widths"]["0.0625"]
+    assert set(per_layout) == {"nchw", "channels-last"}
+    for found in per_layout.values():
+        for precision in ("fp32", "bf16"):
+            timing = found[precision]
+            assert timing["seconds_per_step"] > 0
+            assert timing["images_per_second"] == pytest.approx(2 / timing["seconds_per_step"], rel=0.02)
+        assert found["bf16_speedup"] == pytest.approx(
+            found["bf16"]["images_per_second"] / found["fp32"]["images_per_second"], rel=0.02)
+    one = subprocess.run(cmd + ["--precisions", "fp32"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert set(json.loads(one.stdout)["widths"]["0.0625"]) == {"fp32"}  # one layout: not keyed by layout
+    bad = subprocess.run(cmd + ["--layouts", "nhwc"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--layouts 'nhwc': each must be channels-last or nchw" in bad.stderr

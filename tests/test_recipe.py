@@ -175,13 +175,43 @@ def test_amp_auto_is_timed_on_the_cpu_logged_and_kept_on_resume(tmp_path):
                                   batch_size=4, epochs=1, out=str(out), progress=False))
     train(cfg, log=lines.append)
     chosen = next(line for line in lines if line.startswith("amp auto: "))
-    assert "seconds per training step on this CPU: off " in chosen and ", bf16 " in chosen
-    recorded = load_checkpoint(list_checkpoints(out / "checkpoints")[0][1])[1]["amp"]
-    assert chosen.startswith(f"amp auto: {recorded} ")
+    # both precisions in both memory layouts timed (an option twice as slow as the fastest is dropped
+    # after its first timed step, but still reported)
+    timed = chosen.split("seconds per training step on this CPU: ")[1].rstrip(")").split(", ")
+    assert [t.rsplit(" ", 1)[0] for t in timed] == ["off", "bf16", "off channels-last", "bf16 channels-last"]
+    meta = load_checkpoint(list_checkpoints(out / "checkpoints")[0][1])[1]
+    assert chosen.startswith(f"amp auto: {meta['amp']}; channels-last auto: {meta['channels_last']} (")
     resumed = subprocess.run([sys.executable, "train.py", "--resume", str(out), "--epochs", "2", "--no-progress"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"amp {recorded} (as the run being resumed chose on this CPU)" in resumed.stdout
+    assert f"amp {meta['amp']} (as the run being resumed chose on this CPU)" in resumed.stdout
+    assert f"channels-last {meta['channels_last']} (as the run being resumed chose on this CPU)" in resumed.stdout
+    assert "auto:" not in resumed.stdout
+
+
+def test_channels_last_auto_times_the_layouts_in_the_precision_given(tmp_path):
+    from mtan.train.engine import Engine
+
+    lines = []
+    cfg = apply_preset(None, dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625,
+                                  batch_size=4, epochs=1, amp="off", out=str(tmp_path / "run"), progress=False))
+    engine = Engine(cfg, log=lines.append)
+    chosen = next(line for line in lines if "auto: " in line)
+    assert chosen.startswith("channels-last auto: ") and "amp auto" not in chosen
+    timed = chosen.split("seconds per training step on this CPU: ")[1].rstrip(")").split(", ")
+    assert [t.rsplit(" ", 1)[0] for t in timed] == ["off", "off channels-last"]
+    assert engine.amp_dtype is None
+    layout = torch.channels_last if engine.channels_last else torch.contiguous_format
+    convs = [m.weight for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=layout) for w in convs)
+    assert chosen.startswith(f"channels-last auto: {'on' if engine.channels_last else 'off'} (")
+    batch = next(engine._batches(engine.train_data, 4, 0, False))
+    assert batch["image"].is_contiguous(memory_format=layout)
+    fixed = apply_preset(None, dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625,
+                                    batch_size=4, epochs=1, amp="off", channels_last="off",
+                                    out=str(tmp_path / "fixed"), progress=False))
+    quiet = []
+    assert not Engine(fixed, log=quiet.append).channels_last and not any("auto: " in line for line in quiet)
 
 
 def test_evaluate_scores_any_size_and_as_the_app_does(tmp_path):

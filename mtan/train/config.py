@@ -170,7 +170,8 @@ class EngineConfig:
     amp: str = option("auto", "bf16 autocast: auto = on CUDA; on a CPU the faster of off and bf16, timed on this "
                       "machine at start (the choice is logged and kept by --resume)", choices=("auto", "bf16", "off"),
                       show_default=False)
-    channels_last: str = option("auto", "channels-last memory: auto = on CUDA only", choices=ON_OFF,
+    channels_last: str = option("auto", "channels-last memory: auto = on CUDA; on a CPU the faster layout, timed "
+                                "at start with --amp auto's precisions (logged and kept by --resume)", choices=ON_OFF,
                                 show_default=False)
     compile: bool = option(False, "torch.compile the model (eager fallback)")
     batched_attention: str = option("auto", "run all tasks' attention branches as one batched computation (same "

@@ -109,8 +109,8 @@ class Engine:
         self.scheduler = build_schedule(self.optimizer, config, self.steps_per_epoch)
         self.step_schedule_per_batch = config.optim.schedule != "step"
 
-        if config.engine.amp == "auto" and not cuda:
-            self._choose_cpu_amp()
+        if "auto" in (config.engine.amp, config.engine.channels_last) and not cuda:
+            self._choose_cpu_speed()
         # the module that runs the steps: compiled and/or wrapped for DDP
         self.forward_module = self._wrap(config.engine.compile)
         self.compile_unproven = config.engine.compile  # torch.compile fails at the first call, not when wrapping
@@ -162,49 +162,69 @@ class Engine:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    def _choose_cpu_amp(self) -> None:
-        """``--amp auto`` on a CPU: time a few training steps in float32 and in bf16 autocast on this
-        machine and keep the faster (bf16 is twice as fast as float32 on some CPUs and half as fast
-        on others). A run resumed on the same CPU keeps the choice its checkpoints record; on another
-        kind of CPU it times again and continues in what is fast there (everything but the
-        arithmetic resumes exactly: the timing steps leave no trace)."""
-        recorded, recorded_cpu = self._recorded_amp()
+    def _choose_cpu_speed(self) -> None:
+        """``--amp auto`` and ``--channels-last auto`` on a CPU: time a few training steps in each
+        precision (float32, bf16 autocast) and memory layout (NCHW, channels-last) left to choose on
+        this machine and keep the fastest (bf16 is twice as fast as float32 on some CPUs and half as
+        fast on others; channels-last halves a bf16 step on some). A run resumed on the same CPU
+        keeps the choices its checkpoints record; on another kind of CPU it times again and
+        continues in what is fast there (everything but the arithmetic resumes exactly: the timing
+        steps leave no trace)."""
+        engine = self.config.engine
+        recorded = self._recorded_speed()
         here = cpu_identity()
-        if recorded is not None and recorded_cpu in (None, here):
-            self.amp_dtype = torch.bfloat16 if recorded == "bf16" else None
-            self.log(f"amp {recorded} (as the run being resumed chose on this CPU)")
-            return
-        if recorded is not None:
-            self.log(f"resuming on another CPU ({here}; the run so far: {recorded_cpu}, amp {recorded}): "
-                     f"timing float32 and bf16 again")
-        batch = next(self._batches(self.train_data, self.config.optim.batch_size, 0, self.config.data.augment))
-        saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
-                 copy.deepcopy(self.weighting.state_dict()))
+        same_cpu = recorded.get("cpu") in (None, here)
+        amps = ["off", "bf16"] if engine.amp == "auto" else [engine.amp]
+        layouts = ["off", "on"] if engine.channels_last == "auto" else [engine.channels_last]
+        if same_cpu and engine.amp == "auto" and recorded.get("amp"):
+            amps = [recorded["amp"]]
+            self.log(f"amp {amps[0]} (as the run being resumed chose on this CPU)")
+        if same_cpu and engine.channels_last == "auto" and recorded.get("channels_last"):
+            layouts = [recorded["channels_last"]]
+            self.log(f"channels-last {layouts[0]} (as the run being resumed chose on this CPU)")
+        if not same_cpu:
+            self.log(f"resuming on another CPU ({here}; the run so far: {recorded['cpu']}, amp {recorded.get('amp')}, "
+                     f"channels-last {recorded.get('channels_last', 'off')}): timing them again")
+        if len(amps) * len(layouts) > 1:
+            batch = next(self._batches(self.train_data, self.config.optim.batch_size, 0, self.config.data.augment))
+            saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
+                     copy.deepcopy(self.weighting.state_dict()))
 
-        def step(dtype):
-            self.amp_dtype = dtype
-            self._forward_backward(self.model, batch)
+            def step(amp, layout):
+                self._set_speed(amp, layout)
+                self._forward_backward(self.model, self._prepare(dict(batch)))
 
-        choice, seconds = fastest({"off": lambda: step(None), "bf16": lambda: step(torch.bfloat16)})
-        self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics,
-        torch.set_rng_state(saved[1])         # the weighting's state and draws)
-        self.weighting.load_state_dict(saved[2])
-        self.optimizer.zero_grad(set_to_none=True)
-        self.amp_dtype = torch.bfloat16 if choice == "bf16" else None
-        self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
-        self.log(f"amp auto: {choice} (seconds per training step on this CPU: "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
+            options = {(f"{amp} channels-last" if layout == "on" else amp): (amp, layout)
+                       for layout in layouts for amp in amps}
+            choice, seconds = fastest({name: (lambda a=a, l=l: step(a, l)) for name, (a, l) in options.items()})
+            chosen = ([f"amp auto: {options[choice][0]}"] if len(amps) > 1 else []) + \
+                ([f"channels-last auto: {options[choice][1]}"] if len(layouts) > 1 else [])
+            amps, layouts = [options[choice][0]], [options[choice][1]]
+            self._set_speed(amps[0], layouts[0])
+            self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics,
+            torch.set_rng_state(saved[1])         # the weighting's state and draws)
+            self.weighting.load_state_dict(saved[2])
+            self.optimizer.zero_grad(set_to_none=True)
+            self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
+            self.log("; ".join(chosen) + " (seconds per training step on this CPU: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
+        self._set_speed(amps[0], layouts[0])
 
-    def _recorded_amp(self) -> tuple[str | None, str | None]:
-        """The precision and CPU the newest checkpoint records (None, None without one)."""
+    def _set_speed(self, amp: str, layout: str) -> None:
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        self.channels_last = layout == "on"
+        self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def _recorded_speed(self) -> dict:
+        """The precision, memory layout and CPU the newest checkpoint records (empty without one)."""
         found = list_checkpoints(self.out / "checkpoints")
         if not found:
-            return None, None
+            return {}
         try:
             header = read_header(found[0][1])  # the header alone: resume() reads the tensors
         except CheckpointError:
-            return None, None
-        return header.get("amp"), header.get("cpu")
+            return {}
+        return {k: header.get(k) for k in ("amp", "channels_last", "cpu")}
 
     def _init_from(self, source: str) -> None:
         """Copy the weights of a saved model with the same architecture and tasks: of the same
@@ -265,8 +285,8 @@ class Engine:
         return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
 
     def _prepare(self, batch: dict) -> dict:
-        if self.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch["image"] = batch["image"].contiguous(memory_format=layout)
         return batch
 
     def _batches(self, data, batch_size: int, epoch: int | None, augment: bool):
@@ -463,7 +483,7 @@ class Engine:
                  f"{cfg.data.name}: {len(self.train_data)} train frames, val "
                  f"{ {k: len(v) for k, v in self.val_data.items()} }, device {self.runtime.device}"
                  f"{f' x {self.runtime.world} processes' if self.runtime.distributed else ''}, "
-                 f"amp {'bf16' if self.amp_dtype is not None else 'off'}, out {self.out}")
+                 f"amp {'bf16' if self.amp_dtype is not None else 'off'}{', channels-last' if self.channels_last else ''}, out {self.out}")
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             self.weighting.begin_epoch(epoch)  # DWA fixes this epoch's weights from the recorded losses
@@ -550,7 +570,8 @@ class Engine:
         save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:04d}.safetensors", model=self.model,
                         optimizer=self.optimizer, scheduler=self.scheduler, weighting=self.weighting,
                         meta={"epoch": epoch, "best_score": self.best_score, "config": dataclasses.asdict(cfg),
-                              "amp": "bf16" if self.amp_dtype is not None else "off", "cpu": cpu_identity()})
+                              "amp": "bf16" if self.amp_dtype is not None else "off",
+                              "channels_last": "on" if self.channels_last else "off", "cpu": cpu_identity()})
         prune_checkpoints(self.out / "checkpoints", keep=cfg.engine.keep_checkpoints)
 
     def card_kwargs(self, record: dict) -> dict:
