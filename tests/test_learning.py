@@ -36,7 +36,7 @@ def test_small_mtan_learns_street_scenes(tmp_path):
     constant = constant_predictor_scores()
     config = apply_preset(None, dict(data="synthetic", size=SIZE, train_frames=TRAIN, val_frames=VAL, width=0.125,
                                      batch_size=8, epochs=10, lr=3e-3, weighting="dwa", out=str(tmp_path / "run"),
-                                     progress=False, amp="off"))  # fp32: the same run whatever the timing says
+                                     progress=False, amp="off", channels_last="off"))  # fp32: the same run whatever the timing says
     history = train(config, log=lambda *a: None)
     val = history[-1]["val"]["synthetic"]
     print("constant:", constant, "trained:", val)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenZq7Xw3Lp9Rt2Vb6Nm4Kc8Jd1Hs5"  # a fake token: the shape of a real one
 OTHER = "plain-secret-without-prefix-0a9b8c7d6e5f"  # a token of another shape, passed explicitly
 TINY = ["--data", "synthetic", "--size", "32x64", "--train-frames", "8", "--val-frames", "4", "--width", "0.0625",
-        "--batch-size", "4", "--no-progress", "--amp", "off"]
+        "--batch-size", "4", "--no-progress", "--amp", "off", "--channels-last", "off"]
 
 
 class EchoHub:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A run small enough for CI: 32x64 generated street scenes, a 1/16-width MTAN.
 TINY = ["--data", "synthetic", "--size", "32x64", "--train-frames", "16", "--val-frames", "8",
-        "--width", "0.0625", "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--amp", "off"]
+        "--width", "0.0625", "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--amp", "off", "--channels-last", "off"]
 
 
 def run_train(args, timeout=600, env=None, **kwargs):
@@ -264,7 +264,7 @@ def test_compile_failing_at_the_first_step_falls_back_to_eager(tmp_path, monkeyp
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or FailsOnFirstCall(model))
     base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
-                epochs=2, lr=1e-3, progress=False, amp="off")
+                epochs=2, lr=1e-3, progress=False, amp="off", channels_last="off")
     lines = []
     history = train(apply_preset(None, {**base, "compile": True, "out": str(tmp_path / "c")}), log=lines.append)
     assert len(compiled) == 1
@@ -276,7 +276,7 @@ def test_compile_failing_at_the_first_step_falls_back_to_eager(tmp_path, monkeyp
 def test_data_workers_give_the_same_run(tmp_path):
     """--data-workers 2 (frames rendered in processes) gives exactly the run of the default."""
     base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
-                epochs=2, lr=1e-3, progress=False, batched_attention="off", amp="off")
+                epochs=2, lr=1e-3, progress=False, batched_attention="off", amp="off", channels_last="off")
     runs = [train(apply_preset(None, {**base, "data_workers": workers, "out": str(tmp_path / str(workers))}),
                   log=lambda *a: None) for workers in (2, 0)]
     assert [r["train"] for r in runs[0]] == [r["train"] for r in runs[1]]
@@ -406,7 +406,7 @@ def test_the_first_line_comes_at_once_and_a_log_gets_progress_lines(tmp_path, mo
     monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
     lines: list[str] = []
     train(TrainConfig.from_flags(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4,
-                      epochs=1, progress=False, amp="off", out=str(tmp_path / "run")),
+                      epochs=1, progress=False, amp="off", channels_last="off", out=str(tmp_path / "run")),
           log=lambda *a: lines.append(" ".join(map(str, a))))
     assert lines[0].startswith("preparing synthetic: reading")
     progress = [line for line in lines if line.startswith("epoch 1/1: ")]
@@ -455,7 +455,7 @@ def test_delta_m_against_single_task_runs_at_each_validation(tmp_path):
     from mtan.train import train
 
     base = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4, epochs=1,
-                progress=False, amp="off")
+                progress=False, amp="off", channels_last="off")
     runs = {}
     for task in ("semantic", "depth"):
         runs[task] = tmp_path / task
@@ -531,7 +531,7 @@ def test_accumulation_makes_fewer_larger_steps_and_mgda_ub_refuses_it(tmp_path):
     from mtan.train.engine import Engine
 
     cfg = apply_preset(None, dict(data="synthetic", size="32x64", train_frames=16, val_frames=4, width=0.0625,
-                                  batch_size=4, epochs=1, weighting="pcgrad", accumulate=2, amp="off",
+                                  batch_size=4, epochs=1, weighting="pcgrad", accumulate=2, amp="off", channels_last="off",
                                   out=str(tmp_path / "acc"), progress=False))
     trainer = Engine(cfg, log=lambda *a: None)
     trainer.fit()
