@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from mtan.atomic import atomic_write_text
 from mtan.checkpoint import (CheckpointError, clean_stale_temporaries, latest_good_checkpoint, list_checkpoints,
-                             prune_checkpoints, read_header, restore, save_checkpoint)
+                             prune_checkpoints, restore, save_checkpoint)
 from mtan.data import validate
 from mtan.data.augment import BatchAugment
 from mtan.data.common import parse_size
@@ -51,7 +51,8 @@ from mtan.runtime import setup_runtime, shard_order
 from mtan.metrics import with_delta_m
 from mtan.scoring import evaluate_model
 from mtan.tasks import Task, tasks_from_config
-from mtan.timing import cpu_identity, fastest
+from mtan.timing import cpu_identity
+from mtan.train import cpu_speed
 from mtan.train.config import TrainConfig
 from mtan.train.datasets import build_split, load_into_memory, validation_sets
 from mtan.train.epoch_losses import EpochLosses
@@ -78,7 +79,6 @@ class Engine:
         device = self.runtime.device
         cuda = device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (config.engine.amp == "bf16" or (config.engine.amp == "auto" and cuda)) else None
-        self.amp_measured: dict | None = None  # the CPU timing behind --amp auto's choice
         self.channels_last = config.engine.channels_last == "on" or (config.engine.channels_last == "auto" and cuda)
 
         self._load_data()  # validated before the first step, held in memory on the device
@@ -163,68 +163,33 @@ class Engine:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _choose_cpu_speed(self) -> None:
-        """``--amp auto`` and ``--channels-last auto`` on a CPU: time a few training steps in each
-        precision (float32, bf16 autocast) and memory layout (NCHW, channels-last) left to choose on
-        this machine and keep the fastest (bf16 is twice as fast as float32 on some CPUs and half as
-        fast on others; channels-last halves a bf16 step on some). A run resumed on the same CPU
-        keeps the choices its checkpoints record; on another kind of CPU it times again and
-        continues in what is fast there (everything but the arithmetic resumes exactly: the timing
-        steps leave no trace)."""
+        """``--amp auto`` / ``--channels-last auto`` on a CPU (:mod:`mtan.train.cpu_speed`): the
+        timing steps run on a real batch and leave no trace (weights, BatchNorm statistics, the
+        weighting's state and the random draws are restored), so a resume stays exact."""
         engine = self.config.engine
-        recorded = self._recorded_speed()
-        here = cpu_identity()
-        same_cpu = recorded.get("cpu") in (None, here)
-        amps = ["off", "bf16"] if engine.amp == "auto" else [engine.amp]
-        layouts = ["off", "on"] if engine.channels_last == "auto" else [engine.channels_last]
-        if same_cpu and engine.amp == "auto" and recorded.get("amp"):
-            amps = [recorded["amp"]]
-            self.log(f"amp {amps[0]} (as the run being resumed chose on this CPU)")
-        if same_cpu and engine.channels_last == "auto" and recorded.get("channels_last"):
-            layouts = [recorded["channels_last"]]
-            self.log(f"channels-last {layouts[0]} (as the run being resumed chose on this CPU)")
-        if not same_cpu:
-            self.log(f"resuming on another CPU ({here}; the run so far: {recorded['cpu']}, amp {recorded.get('amp')}, "
-                     f"channels-last {recorded.get('channels_last', 'off')}): timing them again")
-        if len(amps) * len(layouts) > 1:
-            batch = next(self._batches(self.train_data, self.config.optim.batch_size, 0, self.config.data.augment))
-            saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
-                     copy.deepcopy(self.weighting.state_dict()))
+        record = cpu_speed.recorded(self.out / "checkpoints")
+        saved = None
 
-            def step(amp, layout):
-                self._set_speed(amp, layout)
-                self._forward_backward(self.model, self._prepare(dict(batch)))
+        def step(speed: cpu_speed.Speed) -> None:
+            nonlocal saved
+            if saved is None:
+                saved = ({k: v.clone() for k, v in self.model.state_dict().items()}, torch.get_rng_state(),
+                         copy.deepcopy(self.weighting.state_dict()),
+                         next(self._batches(self.train_data, self.config.optim.batch_size, 0, self.config.data.augment)))
+            self._set_speed(speed)
+            self._forward_backward(self.model, self._prepare(dict(saved[3])))
 
-            options = {(f"{amp} channels-last" if layout == "on" else amp): (amp, layout)
-                       for layout in layouts for amp in amps}
-            choice, seconds = fastest({name: (lambda a=a, l=l: step(a, l)) for name, (a, l) in options.items()})
-            chosen = ([f"amp auto: {options[choice][0]}"] if len(amps) > 1 else []) + \
-                ([f"channels-last auto: {options[choice][1]}"] if len(layouts) > 1 else [])
-            amps, layouts = [options[choice][0]], [options[choice][1]]
-            self._set_speed(amps[0], layouts[0])
-            self.model.load_state_dict(saved[0])  # the timing steps leave no trace (BatchNorm statistics,
-            torch.set_rng_state(saved[1])         # the weighting's state and draws)
+        self._set_speed(cpu_speed.choose(engine.amp, engine.channels_last, record, step, self.log))
+        if saved is not None:
+            self.model.load_state_dict(saved[0])
+            torch.set_rng_state(saved[1])
             self.weighting.load_state_dict(saved[2])
             self.optimizer.zero_grad(set_to_none=True)
-            self.amp_measured = {"choice": choice, "seconds_per_step": seconds}
-            self.log("; ".join(chosen) + " (seconds per training step on this CPU: "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()) + ")")
-        self._set_speed(amps[0], layouts[0])
 
-    def _set_speed(self, amp: str, layout: str) -> None:
-        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
-        self.channels_last = layout == "on"
+    def _set_speed(self, speed: cpu_speed.Speed) -> None:
+        self.amp_dtype = torch.bfloat16 if speed.amp == "bf16" else None
+        self.channels_last = speed.layout == "on"
         self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def _recorded_speed(self) -> dict:
-        """The precision, memory layout and CPU the newest checkpoint records (empty without one)."""
-        found = list_checkpoints(self.out / "checkpoints")
-        if not found:
-            return {}
-        try:
-            header = read_header(found[0][1])  # the header alone: resume() reads the tensors
-        except CheckpointError:
-            return {}
-        return {k: header.get(k) for k in ("amp", "channels_last", "cpu")}
 
     def _init_from(self, source: str) -> None:
         """Copy the weights of a saved model with the same architecture and tasks: of the same
