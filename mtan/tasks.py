@@ -324,10 +324,12 @@ class DepthTask(Task):
         return "Farther things take the colours on the right (depth in metres)."
 
     def loss_options(self, options, class_weight=None):
-        return {"smoothness": options.smoothness}
+        return {"smoothness": options.smoothness, "ranking": options.ranking}
 
-    def loss(self, pred, target, *, image=None, smoothness=0.0):
+    def loss(self, pred, target, *, image=None, smoothness=0.0, ranking=0.0):
         loss = losses.depth_loss(pred, target)
+        if ranking:
+            loss = loss + ranking * losses.depth_ranking_loss(pred, target)
         if smoothness:
             if image is None:
                 raise ValueError(f"task {self.name!r}: the smoothness term needs the image")

@@ -75,17 +75,62 @@ def test_weighted_semantic_loss_is_the_weighted_mean():
 
 def test_each_task_reads_only_its_own_loss_options():
     """The trainer asks each task for its loss options: segmentation takes the class weights and
-    label smoothing, depth the smoothness term, normals nothing; a task's loss refuses another's."""
+    label smoothing, depth the smoothness and ranking terms, normals nothing; a task's loss refuses another's."""
     from mtan import preset_tasks
     from mtan.tasks import tasks_from_config
     from mtan.train.config import TrainConfig
 
-    config = TrainConfig.from_flags(label_smoothing=0.1, depth_smoothness=0.05)
+    config = TrainConfig.from_flags(label_smoothing=0.1, depth_smoothness=0.05, depth_ranking=0.2)
     weight = torch.ones(13)
     options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
-    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05},
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05, "ranking": 0.2},
                        "normal": {}}
     depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
     with pytest.raises(TypeError):
         depth.loss(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), label_smoothing=0.1)
+
+
+def test_depth_ranking_penalises_the_wrong_order_and_ignores_scale_and_invalid_pixels():
+    """Known answers of the ranking term on a two-level map: a near block (inverse depth 0.4) on a
+    far background (0.1), pairs 2 and 6 pixels apart."""
+    from mtan.losses import depth_ranking_loss
+
+    target = torch.full((1, 1, 20, 20), 0.1)
+    target[..., 3:17, 3:17] = 0.4
+    right = target.clone()
+    flat = torch.full_like(target, 0.2)
+    wrong = 0.5 - target  # the block farther than the background
+    # a flat prediction: every ordered pair costs log 2, every equal pair 0
+    assert float(depth_ranking_loss(flat, target)) == pytest.approx(math.log(2), rel=1e-6)
+    # the right order: each ordered pair costs softplus(-log 4), equal pairs 0
+    assert float(depth_ranking_loss(right, target)) == pytest.approx(math.log(1 + 1 / 4), rel=1e-6)
+    assert float(depth_ranking_loss(wrong, target)) == pytest.approx(math.log(1 + 4), rel=1e-6)
+    # scale does not matter, and neither does the target's
+    assert float(depth_ranking_loss(right * 7, target / 3)) == pytest.approx(float(depth_ranking_loss(right, target)), rel=1e-5)
+    # equal pairs: squared log ratio (background noise costs, the order being kept)
+    noisy = right.clone()
+    noisy[..., 0, 0] = 0.2
+    assert float(depth_ranking_loss(noisy, target)) > float(depth_ranking_loss(right, target))
+    # invalid target pixels take no part: hiding the block leaves only equal pairs, all exact
+    hidden = target.clone()
+    hidden[..., 3:17, 3:17] = 0
+    assert float(depth_ranking_loss(wrong, hidden)) == pytest.approx(0.0, abs=1e-7)
+    assert float(depth_ranking_loss(flat, torch.zeros_like(target))) == 0.0
+    # the gradient moves the block nearer and the background farther
+    p = flat.clone().requires_grad_()
+    depth_ranking_loss(p, target).backward()
+    assert float(p.grad[..., 10, 10]) == 0.0  # deep inside the block: no pair crosses its outline
+    assert float(p.grad[..., 3, 10]) < 0 and float(p.grad[..., 2, 10]) > 0
+
+
+def test_the_depth_task_adds_the_ranking_term_with_its_weight():
+    from mtan import preset_tasks
+    from mtan.losses import depth_loss, depth_ranking_loss
+    from mtan.tasks import tasks_from_config
+
+    depth = next(t for t in tasks_from_config(preset_tasks("cityscapes-7")) if t.kind == "depth")
+    pred, target = torch.rand(2, 1, 16, 16) + 0.05, torch.rand(2, 1, 16, 16)
+    expected = depth_loss(pred, target) + 0.3 * depth_ranking_loss(pred, target)
+    assert float(depth.loss(pred, target, ranking=0.3)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(depth.loss(pred, target)) == pytest.approx(float(depth_loss(pred, target)), rel=1e-6)

@@ -147,6 +147,9 @@ class DepthLoss:
     """The depth task's loss options (read by :meth:`mtan.tasks.DepthTask.loss_options`)."""
     smoothness: float = option(0.0, "weight of an edge-aware smoothness term on the predicted depth (needs no "
                                "depth labels)", flag="depth_smoothness", number=(0.0, False))
+    ranking: float = option(0.0, "weight of a pairwise ranking term on the predicted depth: pixel pairs a few pixels "
+                            "apart are pushed into the order of their depth targets, in log depth so that a far "
+                            "object's outline counts as much as a near one's", flag="depth_ranking", number=(0.0, False))
 
 
 @dataclass
