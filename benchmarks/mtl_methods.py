@@ -67,7 +67,7 @@ def run(out: Path, data: str, data_root, settings: dict, seed: int, device: str,
     last = history[-1]
     metrics = next(iter(last["val"].values())) if last.get("val") else {}
     return {"metrics": {k: v for k, v in metrics.items() if k in DELTA_M_METRICS},
-            "seconds_per_epoch": statistics.mean(r["epoch_seconds"] for r in history)}
+            "seconds_per_epoch": statistics.median(r["epoch_seconds"] for r in history)}
 
 
 def mean_metrics(runs: list[dict]) -> dict:
