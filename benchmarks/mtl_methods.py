@@ -11,7 +11,7 @@ baselines of Delta_m (the multi-task papers' summary: lower is better, negative 
 
 The data is generated street scenes (7 classes and exact inverse depth; ``--data`` takes any
 dataset name of ``train.py``). One JSON object: per method its validation metrics (the mean over
-seeds), Delta_m against the single-task runs, its training seconds per epoch and its overhead
+seeds), Delta_m against the single-task runs, its median training seconds per epoch and its overhead
 against equal weighting.
 
 With ``--out DIR`` every run keeps its folder there: run the same command again after the machine
