@@ -114,6 +114,53 @@ def depth_ranking_loss(pred: torch.Tensor, target: torch.Tensor, gaps: tuple[int
     return _safe_mean(ordered_sum, ordered_n) + _safe_mean(equal_sum, equal_n)
 
 
+def occlusion_order_loss(pred: torch.Tensor, labels: torch.Tensor, front: tuple[int, ...], behind: tuple[int, ...],
+                         target: torch.Tensor | None = None, gaps: tuple[int, ...] = RANKING_GAPS,
+                         nearer_is_larger: bool = True, ratio: float = RANKING_RATIO) -> torch.Tensor:
+    """An occlusion prior from the segmentation labels: a pixel of a ``front`` class (a person, a
+    car) ``gap`` pixels from one of a ``behind`` class (a facade, a tree, the sky) across a row or a
+    column is seen in front of it, so it should be predicted nearer:
+    ``log(1 + exp(-(log n_front - log n_behind)))`` with ``n`` the nearness (inverse depth, or 1 /
+    depth where ``nearer_is_larger`` is False), averaged over all such pairs. The ranking term of
+    :func:`depth_ranking_loss`, with the order read from the labels: it reaches the outlines where the
+    depth targets have no value on one side (a facade above a car whose foot the car hides), most of
+    them in CamVid's pseudo-depth. A pair whose depth targets both exist and say the other order (by
+    more than ``ratio``: a near corner of a building beside a car farther down the street) is left
+    out. pred: N x 1 x H x W; labels: N x H x W class ids (-1 void); target: N x 1 x H x W or None.
+    """
+    logn = pred.float().clamp_min(1e-4).log()
+    if not nearer_is_larger:
+        logn = -logn
+    lab = labels.unsqueeze(1)
+    is_front = torch.zeros_like(lab, dtype=torch.bool)
+    is_behind = torch.zeros_like(lab, dtype=torch.bool)
+    for c in front:
+        is_front |= lab == c
+    for c in behind:
+        is_behind |= lab == c
+    if target is not None:
+        valid = depth_valid_mask(target)
+        logt = target.float().abs().clamp_min(1e-12).log()
+        if not nearer_is_larger:
+            logt = -logt
+    total = pred.new_zeros((), dtype=torch.float32)
+    count = total.new_zeros(())
+    for g in gaps:
+        for dim in (2, 3):
+            n = pred.shape[dim]
+            if n <= g:
+                continue
+            a, b = (lambda x: x.narrow(dim, 0, n - g)), (lambda x: x.narrow(dim, g, n - g))
+            for first, second in ((a, b), (b, a)):
+                pairs = first(is_front) & second(is_behind)
+                if target is not None:
+                    contradicted = first(valid) & second(valid) & (second(logt) - first(logt) > math.log(ratio))
+                    pairs = pairs & ~contradicted
+                total = total + (F.softplus(second(logn) - first(logn)) * pairs).sum()
+                count = count + pairs.sum()
+    return _safe_mean(total, count)
+
+
 def normal_valid_mask(target: torch.Tensor) -> torch.Tensor:
     """N x 1 x H x W mask of pixels whose normal vector is not all zero."""
     return (target != 0).any(dim=1, keepdim=True)

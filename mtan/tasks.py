@@ -35,10 +35,23 @@ class ClassSet:
     name: str
     classes: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
+    #: Street scenes: the classes that stand in front (people, vehicles) and those they are seen
+    #: against (buildings, vegetation, sky), for ``--depth-occlusion``; None where no such rule holds.
+    occlusion: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def __post_init__(self):
         if len(self.classes) != len(self.palette):
             raise ValueError(f"class set {self.name!r}: {len(self.classes)} classes but {len(self.palette)} colours")
+        for names in self.occlusion or ():
+            unknown = set(names) - set(self.classes)
+            if unknown:
+                raise ValueError(f"class set {self.name!r}: occlusion names unknown classes {sorted(unknown)}")
+
+    def occlusion_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The class ids of :attr:`occlusion` (front, behind), or None."""
+        if self.occlusion is None:
+            return None
+        return tuple(tuple(self.classes.index(n) for n in names) for names in self.occlusion)
 
     @property
     def num_classes(self) -> int:
@@ -59,6 +72,7 @@ CITYSCAPES_7 = _register(ClassSet(
     "cityscapes-7",
     ("flat", "construction", "object", "nature", "sky", "human", "vehicle"),
     ((128, 64, 128), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180), (220, 20, 60), (0, 0, 142)),
+    occlusion=(("human", "vehicle"), ("construction", "nature", "sky")),
 ))
 
 # The 19 CityScapes evaluation classes (trainIds 0..18) and their official colours.
@@ -70,6 +84,8 @@ CITYSCAPES_19 = _register(ClassSet(
     ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
      (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+    occlusion=(("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
+               ("building", "wall", "vegetation", "sky")),
 ))
 
 # CityScapes "label_2" of the MTAN release: foreground objects (human, vehicle) against the rest.
@@ -324,12 +340,20 @@ class DepthTask(Task):
         return "Farther things take the colours on the right (depth in metres)."
 
     def loss_options(self, options, class_weight=None):
-        return {"smoothness": options.smoothness, "ranking": options.ranking}
+        return {"smoothness": options.smoothness, "ranking": options.ranking, "occlusion": options.occlusion}
 
-    def loss(self, pred, target, *, image=None, smoothness=0.0, ranking=0.0):
+    def loss(self, pred, target, *, image=None, segmentation=None, smoothness=0.0, ranking=0.0, occlusion=0.0):
+        """``segmentation``: ``(labels, class_set)`` of the same batch, for the occlusion term."""
         loss = losses.depth_loss(pred, target)
         if ranking:
             loss = loss + ranking * losses.depth_ranking_loss(pred, target)
+        if occlusion:
+            ids = segmentation[1].occlusion_ids() if segmentation is not None else None
+            if ids is None:
+                raise ValueError(f"task {self.name!r}: the occlusion term needs the segmentation labels of a "
+                                 f"class set that says what stands in front of what")
+            loss = loss + occlusion * losses.occlusion_order_loss(
+                pred, segmentation[0], *ids, target=target, nearer_is_larger=self.nearer_is_larger)
         if smoothness:
             if image is None:
                 raise ValueError(f"task {self.name!r}: the smoothness term needs the image")

@@ -84,7 +84,7 @@ def test_each_task_reads_only_its_own_loss_options():
     weight = torch.ones(13)
     options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
-    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05, "ranking": 0.2},
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0},
                        "normal": {}}
     depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
     with pytest.raises(TypeError):
@@ -134,3 +134,65 @@ def test_the_depth_task_adds_the_ranking_term_with_its_weight():
     expected = depth_loss(pred, target) + 0.3 * depth_ranking_loss(pred, target)
     assert float(depth.loss(pred, target, ranking=0.3)) == pytest.approx(float(expected), rel=1e-6)
     assert float(depth.loss(pred, target)) == pytest.approx(float(depth_loss(pred, target)), rel=1e-6)
+
+
+def test_occlusion_order_pushes_people_and_vehicles_in_front_of_what_they_are_seen_against():
+    """Known answers of the occlusion term on a car (label 6) parked before a facade (label 1) above
+    a road (label 0), CityScapes 7 categories."""
+    from mtan.losses import occlusion_order_loss
+    from mtan.tasks import CITYSCAPES_7
+
+    front, behind = CITYSCAPES_7.occlusion_ids()
+    assert (front, behind) == ((5, 6), (1, 3, 4))
+    labels = torch.ones(1, 20, 20, dtype=torch.long)
+    labels[:, 14:] = 0                 # road below
+    labels[:, 5:14, 4:16] = 6          # the car, standing on it
+    flat = torch.full((1, 1, 20, 20), 0.2)
+    nearer = flat.clone()
+    nearer[..., 5:14, 4:16] = 0.8      # the car 4x nearer than the facade
+    farther = flat.clone()
+    farther[..., 5:14, 4:16] = 0.05
+    assert float(occlusion_order_loss(flat, labels, front, behind)) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(occlusion_order_loss(nearer, labels, front, behind)) == pytest.approx(math.log(1.25), rel=1e-6)
+    assert float(occlusion_order_loss(farther, labels, front, behind)) == pytest.approx(math.log(5), rel=1e-6)
+    # the road takes no part: a road far away changes nothing
+    road_far = nearer.clone()
+    road_far[..., 14:, :] = 0.01
+    assert float(occlusion_order_loss(road_far, labels, front, behind)) == pytest.approx(math.log(1.25), rel=1e-6)
+    # metric depth: nearer is smaller
+    assert float(occlusion_order_loss(1 / nearer, labels, front, behind, nearer_is_larger=False)) == \
+        pytest.approx(math.log(1.25), rel=1e-5)
+    # depth targets that say the facade is nearer leave those pairs out; targets that agree keep them
+    target = torch.zeros_like(flat)
+    target[..., 5:14, 4:16] = 0.1
+    target[..., :5, :] = 0.5           # the facade above the car: nearer, by its targets
+    with_target = float(occlusion_order_loss(farther, labels, front, behind, target=target))
+    assert with_target == pytest.approx(math.log(5), rel=1e-6)  # the pairs left are the car's sides
+    above_only = torch.zeros_like(labels)
+    above_only[:, :5] = 1
+    above_only[:, 5:14, 4:16] = 6
+    assert float(occlusion_order_loss(farther, above_only, front, behind, target=target)) == 0.0
+    target[..., :5, :] = 0.02
+    assert float(occlusion_order_loss(farther, above_only, front, behind, target=target)) == \
+        pytest.approx(math.log(5), rel=1e-6)
+    # no front or no behind class in view: zero, not NaN
+    assert float(occlusion_order_loss(flat, torch.zeros_like(labels), front, behind)) == 0.0
+
+
+def test_the_depth_task_adds_the_occlusion_term_only_with_street_labels():
+    from mtan import preset_tasks
+    from mtan.losses import depth_loss, occlusion_order_loss
+    from mtan.tasks import CITYSCAPES_7, NYUV2_13, tasks_from_config
+
+    depth = next(t for t in tasks_from_config(preset_tasks("cityscapes-7")) if t.kind == "depth")
+    pred, target = torch.rand(2, 1, 16, 16) + 0.05, torch.rand(2, 1, 16, 16)
+    labels = torch.randint(0, 7, (2, 16, 16))
+    expected = depth_loss(pred, target) + 0.5 * occlusion_order_loss(pred, labels, *CITYSCAPES_7.occlusion_ids(),
+                                                                       target=target)
+    got = depth.loss(pred, target, segmentation=(labels, CITYSCAPES_7), occlusion=0.5)
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    assert NYUV2_13.occlusion is None
+    with pytest.raises(ValueError, match="occlusion term needs"):
+        depth.loss(pred, target, segmentation=(labels, NYUV2_13), occlusion=0.5)
+    with pytest.raises(ValueError, match="occlusion term needs"):
+        depth.loss(pred, target, occlusion=0.5)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,43 @@ def test_ablation_trains_each_variant_once_and_prints_the_table(tmp_path):
     assert again.returncode == 0 and "[full]" not in again.stdout  # nothing trained again
     rows = json.loads((tmp_path / "ablation.json").read_text())
     assert set(rows) == {"full", "paper"} and "semantic.iou.flat" in rows["full"]["native"]
+
+
+def test_depth_occlusion_reads_the_segmentation_labels_of_the_batch(tmp_path):
+    """``--depth-occlusion W``: the depth loss of a training step is the L1 loss plus W times the
+    occlusion term on that batch's segmentation labels; a single-task depth network reads them from
+    the data too; data without street classes is refused before training, naming the option."""
+    from mtan.losses import depth_loss, occlusion_order_loss
+    from mtan.tasks import CITYSCAPES_7
+    from mtan.train.engine import Engine
+
+    def engine(**changes):
+        settings = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=4,
+                        epochs=1, amp="off", channels_last="off", depth_occlusion=0.5, out=str(tmp_path / "run"),
+                        progress=False)
+        cfg = apply_preset(None, {**settings, **changes})
+        return Engine(cfg, log=lambda *a: None)
+
+    for e in (engine(), engine(arch="single", task="depth")):
+        batch = e._prepare(next(e._batches(e.train_data, 4, 0, False)))
+        with torch.no_grad():
+            outputs = e.model(batch["image"])
+            losses, _ = e._task_losses(outputs, batch)
+        pred, target = outputs["depth"], batch["depth"]
+        term = occlusion_order_loss(pred, batch["semantic"], *CITYSCAPES_7.occlusion_ids(), target=target)
+        assert float(term) > 0
+        assert float(losses["depth"]) == pytest.approx(float(depth_loss(pred, target) + 0.5 * term), rel=1e-5)
+
+    # an indoor dataset (NYUv2's release format, tiny): no class says what stands in front
+    root = tmp_path / "nyuv2"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for folder, make in {"image": lambda: rng.random((32, 64, 3), dtype=np.float32),
+                             "label": lambda: rng.integers(-1, 13, (32, 64)).astype(np.float32),
+                             "depth": lambda: rng.random((32, 64, 1), dtype=np.float32) + 0.5,
+                             "normal": lambda: np.tile(np.float32([0, 0, 1]), (32, 64, 1))}.items():
+            (root / split / folder).mkdir(parents=True)
+            for i in range(4):
+                np.save(root / split / folder / f"{i}.npy", make())
+    with pytest.raises(ValueError, match="--depth-occlusion needs street segmentation labels"):
+        engine(data="nyuv2", data_root=str(root))

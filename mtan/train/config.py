@@ -150,6 +150,10 @@ class DepthLoss:
     ranking: float = option(0.0, "weight of a pairwise ranking term on the predicted depth: pixel pairs a few pixels "
                             "apart are pushed into the order of their depth targets, in log depth so that a far "
                             "object's outline counts as much as a near one's", flag="depth_ranking", number=(0.0, False))
+    occlusion: float = option(0.0, "weight of an occlusion term on the predicted depth: people and vehicles are "
+                              "pushed nearer than the buildings, vegetation and sky they are seen against, read "
+                              "from the segmentation labels (street class sets)", flag="depth_occlusion",
+                              number=(0.0, False))
 
 
 @dataclass

@@ -97,6 +97,7 @@ class Engine:
         # each task's own loss options, from its own part of the config, read by the task itself
         self.loss_options = {t.name: t.loss_options(config.loss.of(t.name), self.class_weights.get(t.name))
                              for t in self.tasks}
+        self.label_sources = self._label_sources()
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
@@ -220,6 +221,20 @@ class Engine:
                 self.log(t.describe_class_weights(weights, options))
         return out
 
+    def _label_sources(self) -> dict[str, Task]:
+        """For each task whose loss reads another's labels (``--depth-occlusion``): the segmentation
+        task whose class set says what stands in front of what."""
+        sources = {}
+        for t in self.tasks:
+            if self.loss_options[t.name].get("occlusion"):
+                seg = next((s for s in self.data_tasks if getattr(s, "class_set", None) is not None
+                            and s.class_set.occlusion is not None), None)
+                if seg is None:
+                    raise ValueError(f"--depth-occlusion needs street segmentation labels (the CityScapes 7 or 19 "
+                                     f"classes) beside {t.name!r}; {self.config.data.name} has none: leave it out")
+                sources[t.name] = seg
+        return sources
+
     def _parts(self) -> Parts:
         return model_parts(self.model, cut=self.weighting.on_representation, average=self._average)
 
@@ -282,7 +297,9 @@ class Engine:
         losses, has_valid = {}, []
         for t in self.tasks:
             target = batch[t.name]
-            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"], **self.loss_options[t.name])
+            source = self.label_sources.get(t.name)
+            extra = {"segmentation": (batch[source.name], source.class_set)} if source else {}
+            losses[t.name] = t.loss(outputs[t.name], target, image=batch["image"], **extra, **self.loss_options[t.name])
             has_valid.append(t.has_valid(target))
         return losses, torch.stack(has_valid)
 
