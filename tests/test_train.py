@@ -368,6 +368,7 @@ def test_init_from_and_class_weights(tmp_path, dwa_run):
 def test_a_run_resumed_on_another_cpu_times_its_precision_again(tmp_path, monkeypatch):
     """--amp auto keeps its choice on the CPU that made it; resumed on another kind of CPU it times
     float32 and bf16 again, and the run continues where it stopped (its finished epochs kept)."""
+    import mtan.train.cpu_speed as cpu_speed
     import mtan.train.engine as engine
 
     base = dict(data="synthetic", size="32x64", train_frames=16, val_frames=8, width=0.0625, batch_size=4, lr=1e-3,
@@ -378,7 +379,8 @@ def test_a_run_resumed_on_another_cpu_times_its_precision_again(tmp_path, monkey
     train(TrainConfig.from_flags(**base, epochs=3), resume=True, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert any("as the run being resumed chose on this CPU" in line for line in lines), lines
     assert not any("amp auto:" in line for line in lines), lines
-    monkeypatch.setattr(engine, "cpu_identity", lambda: "Another CPU [00000000]")
+    for module in (engine, cpu_speed):  # the CPU the checkpoints record, and the one the choice compares with
+        monkeypatch.setattr(module, "cpu_identity", lambda: "Another CPU [00000000]")
     again: list[str] = []
     train(TrainConfig.from_flags(**base, epochs=4), resume=True, log=lambda *a: again.append(" ".join(map(str, a))))
     assert any("resuming on another CPU" in line for line in again), again
