@@ -20,15 +20,32 @@ def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+                  label_smoothing: float = 0.0, hard_share: float = 1.0) -> torch.Tensor:
     """Pixel-wise cross-entropy over pixels whose label is not -1.
 
     logits: N x K x H x W, target: N x H x W integer labels in [0, K) or -1. ``weight``
     (optional, K values): class weights; the loss is then the weighted mean, the sum of
     ``weight[label] * CE`` divided by the sum of ``weight[label]`` over valid pixels.
     ``label_smoothing``: the target puts this much of its mass evenly on all classes.
+    ``hard_share`` below 1: online hard-pixel mining (bootstrapped cross-entropy, Wu, Shen and
+    van den Hengel 2016): only the ``hard_share`` of the batch's pixels with the largest (weighted)
+    loss count, so thin and confusable structures are not outvoted by the pixels already right.
+    The count is taken of all pixels, void ones included, so no value leaves the device; when
+    fewer pixels are valid, every valid one counts.
     """
+    if not 0 < hard_share <= 1:
+        raise ValueError(f"hard_share must be in (0, 1], got {hard_share}")
     target = target.long()
+    if hard_share < 1:
+        per_pixel = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=-1, reduction="none",
+                                    label_smoothing=label_smoothing).reshape(-1)
+        valid = (target != -1).reshape(-1)
+        # void pixels rank last whatever the logits say (their loss is 0 and they weigh 0)
+        rank = torch.where(valid, per_pixel, torch.full_like(per_pixel, -1.0))
+        k = max(1, math.ceil(hard_share * rank.numel()))
+        picked = rank.topk(k).indices
+        pixel_weight = valid.float() if weight is None else weight[target.clamp_min(0)].reshape(-1) * valid
+        return _safe_mean(per_pixel[picked].sum(), pixel_weight[picked].sum())
     total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=-1, reduction="sum",
                             label_smoothing=label_smoothing)
     if weight is None:
@@ -71,6 +88,17 @@ RANKING_GAPS = (2, 6)
 RANKING_RATIO = 1.1
 
 
+def _pixel_pairs(shape: torch.Size, gaps: tuple[int, ...]):
+    """For each gap and each direction (down columns, along rows) that fits in ``shape`` (N x C x H x
+    W): two functions giving, of a tensor of that shape, the first and the second pixel of every
+    pair ``gap`` pixels apart, as aligned views."""
+    for g in gaps:
+        for dim in (2, 3):
+            n = shape[dim]
+            if n > g:
+                yield (lambda x, d=dim, k=n - g: x.narrow(d, 0, k)), (lambda x, d=dim, g=g, k=n - g: x.narrow(d, g, k))
+
+
 def depth_ranking_loss(pred: torch.Tensor, target: torch.Tensor, gaps: tuple[int, ...] = RANKING_GAPS,
                        ratio: float = RANKING_RATIO) -> torch.Tensor:
     """A pairwise ranking term on the predicted depth, in the spirit of the relative-depth losses
@@ -96,21 +124,16 @@ def depth_ranking_loss(pred: torch.Tensor, target: torch.Tensor, gaps: tuple[int
     equal_sum = pred.new_zeros((), dtype=torch.float32)
     ordered_n = equal_sum.new_zeros(())
     equal_n = equal_sum.new_zeros(())
-    for g in gaps:
-        for dim in (2, 3):
-            if pred.shape[dim] <= g:
-                continue
-            n = pred.shape[dim]
-            a, b = (lambda x: x.narrow(dim, 0, n - g)), (lambda x: x.narrow(dim, g, n - g))
-            both = a(valid) & b(valid)
-            dt = a(logt) - b(logt)
-            dp = a(logp) - b(logp)
-            ordered = both & (dt.abs() > threshold)
-            equal = both & ~ordered
-            ordered_sum = ordered_sum + (F.softplus(-torch.sign(dt) * dp) * ordered).sum()
-            equal_sum = equal_sum + (dp.square() * equal).sum()
-            ordered_n = ordered_n + ordered.sum()
-            equal_n = equal_n + equal.sum()
+    for a, b in _pixel_pairs(pred.shape, gaps):
+        both = a(valid) & b(valid)
+        dt = a(logt) - b(logt)
+        dp = a(logp) - b(logp)
+        ordered = both & (dt.abs() > threshold)
+        equal = both & ~ordered
+        ordered_sum = ordered_sum + (F.softplus(-torch.sign(dt) * dp) * ordered).sum()
+        equal_sum = equal_sum + (dp.square() * equal).sum()
+        ordered_n = ordered_n + ordered.sum()
+        equal_n = equal_n + equal.sum()
     return _safe_mean(ordered_sum, ordered_n) + _safe_mean(equal_sum, equal_n)
 
 
@@ -145,19 +168,14 @@ def occlusion_order_loss(pred: torch.Tensor, labels: torch.Tensor, front: tuple[
             logt = -logt
     total = pred.new_zeros((), dtype=torch.float32)
     count = total.new_zeros(())
-    for g in gaps:
-        for dim in (2, 3):
-            n = pred.shape[dim]
-            if n <= g:
-                continue
-            a, b = (lambda x: x.narrow(dim, 0, n - g)), (lambda x: x.narrow(dim, g, n - g))
-            for first, second in ((a, b), (b, a)):
-                pairs = first(is_front) & second(is_behind)
-                if target is not None:
-                    contradicted = first(valid) & second(valid) & (second(logt) - first(logt) > math.log(ratio))
-                    pairs = pairs & ~contradicted
-                total = total + (F.softplus(second(logn) - first(logn)) * pairs).sum()
-                count = count + pairs.sum()
+    for a, b in _pixel_pairs(pred.shape, gaps):
+        for first, second in ((a, b), (b, a)):
+            pairs = first(is_front) & second(is_behind)
+            if target is not None:
+                contradicted = first(valid) & second(valid) & (second(logt) - first(logt) > math.log(ratio))
+                pairs = pairs & ~contradicted
+            total = total + (F.softplus(second(logn) - first(logn)) * pairs).sum()
+            count = count + pairs.sum()
     return _safe_mean(total, count)
 
 

@@ -73,6 +73,43 @@ def test_weighted_semantic_loss_is_the_weighted_mean():
     assert median_frequency_weights(labels, 4).tolist() == pytest.approx([0.5, 1.0, 3.0, 1.0])
 
 
+def test_hard_pixel_mining_counts_only_the_hardest_share_of_the_pixels():
+    """Known answers: four pixels with cross-entropies a < b < c < d and two void ones; a share of
+    1/3 of the six pixels keeps the two hardest valid ones, with class weights the hardest by
+    weighted loss, divided by their weights; a share that reaches past the valid pixels keeps them all."""
+    probs = torch.tensor([0.9, 0.7, 0.4, 0.1, 0.5, 0.5])  # probability of class 0 at each pixel
+    logits = torch.stack([probs.log(), (1 - probs).log()]).reshape(1, 2, 1, 6)
+    target = torch.tensor([[[0, 0, 0, 0, -1, -1]]])
+    ce = -probs[:4].log()
+    assert semantic_loss(logits, target, hard_share=2 / 6).item() == pytest.approx(((ce[2] + ce[3]) / 2).item())
+    assert semantic_loss(logits, target, hard_share=1.0).item() == pytest.approx(ce.mean().item())
+    assert semantic_loss(logits, target, hard_share=5 / 6).item() == pytest.approx(ce.mean().item())
+    # class 1 at the easiest pixel, weighted 10x: its weighted loss (10 * -log 0.1) is now the hardest
+    target = torch.tensor([[[1, 0, 0, 0, -1, -1]]])
+    weight = torch.tensor([1.0, 10.0])
+    ce1 = -(1 - probs[0]).log()
+    assert semantic_loss(logits, target, weight, hard_share=1 / 6).item() == pytest.approx(ce1.item())
+    expected = (10 * ce1 + ce[3]) / 11
+    assert semantic_loss(logits, target, weight, hard_share=2 / 6).item() == pytest.approx(expected.item())
+    # an all-void batch stays exactly zero with a finite gradient
+    void = torch.full_like(target, -1)
+    logits.requires_grad_(True)
+    loss = semantic_loss(logits, void, hard_share=0.5)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="hard_share"):
+        semantic_loss(logits, target, hard_share=0.0)
+
+
+def test_a_hard_pixel_share_above_one_is_refused_by_the_config():
+    from mtan.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="hard.pixels"):
+        TrainConfig.from_flags(hard_pixels=1.5).validate()
+    with pytest.raises(ValueError, match="hard.pixels"):
+        TrainConfig.from_flags(hard_pixels=0.0).validate()
+
+
 def test_each_task_reads_only_its_own_loss_options():
     """The trainer asks each task for its loss options: segmentation takes the class weights and
     label smoothing, depth the smoothness and ranking terms, normals nothing; a task's loss refuses another's."""
@@ -80,11 +117,11 @@ def test_each_task_reads_only_its_own_loss_options():
     from mtan.tasks import tasks_from_config
     from mtan.train.config import TrainConfig
 
-    config = TrainConfig.from_flags(label_smoothing=0.1, depth_smoothness=0.05, depth_ranking=0.2)
+    config = TrainConfig.from_flags(label_smoothing=0.1, hard_pixels=0.25, depth_smoothness=0.05, depth_ranking=0.2)
     weight = torch.ones(13)
     options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
-    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0},
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1, "hard_share": 0.25}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0},
                        "normal": {}}
     depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
     with pytest.raises(TypeError):

@@ -140,6 +140,8 @@ class SemanticLoss:
                                 "tempered balance: a class 16x rarer than the median weighs 4x)",
                                 choices=tuple(CLASS_BALANCE), show_default=False)
     label_smoothing: float = option(0.0, "semantic cross-entropy label smoothing", number=(0.0, False))
+    hard_pixels: float = option(1.0, "share of each batch's pixels the semantic loss counts, the hardest ones (online "
+                                "hard-pixel mining, e.g. 0.25; 1 counts every pixel)", number=(0.0, True))
 
 
 @dataclass
@@ -281,6 +283,8 @@ class TrainConfig:
                                f"and --weighting is {self.optim.weighting}")
         if self.loss.semantic.label_smoothing >= 1:
             bad("label_smoothing", "must be below 1")
+        if self.loss.semantic.hard_pixels > 1:
+            bad("hard_pixels", "is a share of the pixels: above 0 and at most 1")
         if data.crop is not None and not data.augment:
             bad("crop", "needs --augment (the crop is where the augmentation's window lands)")
         if data.scale_range is not None:
