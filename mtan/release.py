@@ -335,6 +335,7 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             + (f", edge-aware depth smoothness {cfg.loss.depth.smoothness:g}" if cfg.loss.depth.smoothness else "")
             + (f", depth ranking {cfg.loss.depth.ranking:g}" if cfg.loss.depth.ranking else "")
             + (f", depth occlusion {cfg.loss.depth.occlusion:g}" if cfg.loss.depth.occlusion else "")
+            + (f", depth sky {cfg.loss.depth.sky:g}" if cfg.loss.depth.sky else "")
             + (f", starting from `{cfg.model.init_from}`" if cfg.model.init_from else "") + ".")
     text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
                                  f"{torch.get_num_threads()} threads.")

@@ -38,11 +38,13 @@ class ClassSet:
     #: Street scenes: the classes that stand in front (people, vehicles) and those they are seen
     #: against (buildings, vegetation, sky), for ``--depth-occlusion``; None where no such rule holds.
     occlusion: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    #: The class seen behind everything else (the sky), for ``--depth-sky``; None where there is none.
+    sky: str | None = None
 
     def __post_init__(self):
         if len(self.classes) != len(self.palette):
             raise ValueError(f"class set {self.name!r}: {len(self.classes)} classes but {len(self.palette)} colours")
-        for names in self.occlusion or ():
+        for names in (*(self.occlusion or ()), (self.sky,) if self.sky else ()):
             unknown = set(names) - set(self.classes)
             if unknown:
                 raise ValueError(f"class set {self.name!r}: occlusion names unknown classes {sorted(unknown)}")
@@ -52,6 +54,13 @@ class ClassSet:
         if self.occlusion is None:
             return None
         return tuple(tuple(self.classes.index(n) for n in names) for names in self.occlusion)
+
+    def sky_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(every other class, the sky) as class ids, the pairs of ``--depth-sky``; None without a sky."""
+        if self.sky is None:
+            return None
+        sky = self.classes.index(self.sky)
+        return tuple(i for i in range(len(self.classes)) if i != sky), (sky,)
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +81,7 @@ CITYSCAPES_7 = _register(ClassSet(
     "cityscapes-7",
     ("flat", "construction", "object", "nature", "sky", "human", "vehicle"),
     ((128, 64, 128), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180), (220, 20, 60), (0, 0, 142)),
-    occlusion=(("human", "vehicle"), ("construction", "nature", "sky")),
+    occlusion=(("human", "vehicle"), ("construction", "nature", "sky")), sky="sky",
 ))
 
 # The 19 CityScapes evaluation classes (trainIds 0..18) and their official colours.
@@ -85,7 +94,7 @@ CITYSCAPES_19 = _register(ClassSet(
      (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
     occlusion=(("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
-               ("building", "wall", "vegetation", "sky")),
+               ("building", "wall", "vegetation", "sky")), sky="sky",
 ))
 
 # CityScapes "label_2" of the MTAN release: foreground objects (human, vehicle) against the rest.
@@ -342,19 +351,23 @@ class DepthTask(Task):
         return "Farther things take the colours on the right (depth in metres)."
 
     def loss_options(self, options, class_weight=None):
-        return {"smoothness": options.smoothness, "ranking": options.ranking, "occlusion": options.occlusion}
+        return {"smoothness": options.smoothness, "ranking": options.ranking, "occlusion": options.occlusion,
+                "sky": options.sky}
 
-    def loss(self, pred, target, *, image=None, segmentation=None, smoothness=0.0, ranking=0.0, occlusion=0.0):
-        """``segmentation``: ``(labels, class_set)`` of the same batch, for the occlusion term."""
+    def loss(self, pred, target, *, image=None, segmentation=None, smoothness=0.0, ranking=0.0, occlusion=0.0,
+             sky=0.0):
+        """``segmentation``: ``(labels, class_set)`` of the same batch, for the occlusion and sky terms."""
         loss = losses.depth_loss(pred, target)
         if ranking:
             loss = loss + ranking * losses.depth_ranking_loss(pred, target)
-        if occlusion:
-            ids = segmentation[1].occlusion_ids() if segmentation is not None else None
+        for weight, term, rule in ((occlusion, "occlusion", "occlusion_ids"), (sky, "sky", "sky_ids")):
+            if not weight:
+                continue
+            ids = getattr(segmentation[1], rule)() if segmentation is not None else None
             if ids is None:
-                raise ValueError(f"task {self.name!r}: the occlusion term needs the segmentation labels of a "
+                raise ValueError(f"task {self.name!r}: the {term} term needs the segmentation labels of a "
                                  f"class set that says what stands in front of what")
-            loss = loss + occlusion * losses.occlusion_order_loss(
+            loss = loss + weight * losses.occlusion_order_loss(
                 pred, segmentation[0], *ids, target=target, nearer_is_larger=self.nearer_is_larger)
         if smoothness:
             if image is None:

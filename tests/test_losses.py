@@ -121,7 +121,7 @@ def test_each_task_reads_only_its_own_loss_options():
     weight = torch.ones(13)
     options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
-    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1, "hard_share": 0.25}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0},
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1, "hard_share": 0.25}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0, "sky": 0.0},
                        "normal": {}}
     depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
     with pytest.raises(TypeError):
@@ -233,3 +233,28 @@ def test_the_depth_task_adds_the_occlusion_term_only_with_street_labels():
         depth.loss(pred, target, segmentation=(labels, NYUV2_13), occlusion=0.5)
     with pytest.raises(ValueError, match="occlusion term needs"):
         depth.loss(pred, target, occlusion=0.5)
+    # the sky term: every other class in front of the sky, its own mean, added with its own weight
+    others, sky = CITYSCAPES_7.sky_ids()
+    assert (others, sky) == ((0, 1, 2, 3, 5, 6), (4,))
+    expected = expected + 0.2 * occlusion_order_loss(pred, labels, others, sky, target=target)
+    got = depth.loss(pred, target, segmentation=(labels, CITYSCAPES_7), occlusion=0.5, sky=0.2)
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="sky term needs"):
+        depth.loss(pred, target, segmentation=(labels, NYUV2_13), sky=0.5)
+
+
+def test_the_sky_term_keeps_the_sky_behind_a_skyline_pushed_back():
+    """Known answers on a facade (label 1) under the sky (label 4): a facade predicted as far as the
+    sky costs log 2, one 4x nearer log 1.25, one pushed behind the sky (5x farther) log 6."""
+    from mtan.losses import occlusion_order_loss
+    from mtan.tasks import CITYSCAPES_7
+
+    others, sky = CITYSCAPES_7.sky_ids()
+    labels = torch.full((1, 20, 20), 4, dtype=torch.long)
+    labels[:, 10:] = 1
+    pred = torch.full((1, 1, 20, 20), 0.01)
+    assert float(occlusion_order_loss(pred, labels, others, sky)) == pytest.approx(math.log(2), rel=1e-5)
+    pred[..., 10:, :] = 0.04
+    assert float(occlusion_order_loss(pred, labels, others, sky)) == pytest.approx(math.log(1.25), rel=1e-5)
+    pred[..., 10:, :] = 0.002
+    assert float(occlusion_order_loss(pred, labels, others, sky)) == pytest.approx(math.log(6), rel=1e-5)

@@ -156,6 +156,9 @@ class DepthLoss:
                               "pushed nearer than the buildings, vegetation and sky they are seen against, read "
                               "from the segmentation labels (street class sets)", flag="depth_occlusion",
                               number=(0.0, False))
+    sky: float = option(0.0, "weight of a term that keeps the sky behind whatever it is seen next to, read from "
+                        "the segmentation labels (street class sets; the occlusion term's counterweight)",
+                        flag="depth_sky", number=(0.0, False))
 
 
 @dataclass

@@ -222,16 +222,19 @@ class Engine:
         return out
 
     def _label_sources(self) -> dict[str, Task]:
-        """For each task whose loss reads another's labels (``--depth-occlusion``): the segmentation
-        task whose class set says what stands in front of what."""
+        """For each task whose loss reads another's labels (``--depth-occlusion``, ``--depth-sky``): the
+        segmentation task whose class set says what stands in front of what."""
         sources = {}
         for t in self.tasks:
-            if self.loss_options[t.name].get("occlusion"):
+            options = self.loss_options[t.name]
+            flags = [f"--depth-{k}" for k in ("occlusion", "sky") if options.get(k)]
+            if flags:
                 seg = next((s for s in self.data_tasks if getattr(s, "class_set", None) is not None
                             and s.class_set.occlusion is not None), None)
                 if seg is None:
-                    raise ValueError(f"--depth-occlusion needs street segmentation labels (the CityScapes 7 or 19 "
-                                     f"classes) beside {t.name!r}; {self.config.data.name} has none: leave it out")
+                    raise ValueError(f"{' and '.join(flags)} need{'s' if len(flags) == 1 else ''} street segmentation "
+                                     f"labels (the CityScapes 7 or 19 classes) beside {t.name!r}; "
+                                     f"{self.config.data.name} has none: leave it out")
                 sources[t.name] = seg
         return sources
 
