@@ -20,6 +20,7 @@ device and the processes of a distributed run are :mod:`mtan.runtime`.
 """
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -39,13 +40,19 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> list[dict]:
     engine = Engine(config, log=log)
     if resume:
         engine.resume()
+    out, is_main, distributed = engine.out, engine.runtime.is_main, engine.runtime.distributed
     try:
         history = engine.fit()
     finally:
-        if engine.runtime.distributed and dist.is_initialized():
+        if distributed and dist.is_initialized():
+            # The DDP wrapper and any pending collective hold the process group: free them while the
+            # interpreter is fully alive, then close the group (gloo's worker threads otherwise can
+            # be torn down at exit and abort the process after a finished run).
+            del engine
+            gc.collect()
             dist.destroy_process_group()
-    if config.hub.repo and engine.runtime.is_main:
+    if config.hub.repo and is_main:
         from mtan.hub import push_run  # the Hub client is loaded only for a run that pushes
 
-        push_run(engine.out, config.hub.repo, private=config.hub.private, log=log)
+        push_run(out, config.hub.repo, private=config.hub.private, log=log)
     return history
