@@ -292,26 +292,18 @@ def test_depth_occlusion_reads_the_segmentation_labels_of_the_batch(tmp_path):
         cfg = apply_preset(None, {**settings, **changes})
         return Engine(cfg, log=lambda *a: None)
 
-    for e in (engine(), engine(arch="single", task="depth")):
+    # (--depth-sky alone reads the labels too, and adds the sky pairs with its own weight)
+    for e, ids, weight in ((engine(), CITYSCAPES_7.occlusion_ids(), 0.5),
+                           (engine(arch="single", task="depth"), CITYSCAPES_7.occlusion_ids(), 0.5),
+                           (engine(depth_occlusion=0.0, depth_sky=0.25), CITYSCAPES_7.sky_ids(), 0.25)):
         batch = e._prepare(next(e._batches(e.train_data, 4, 0, False)))
         with torch.no_grad():
             outputs = e.model(batch["image"])
             losses, _ = e._task_losses(outputs, batch)
         pred, target = outputs["depth"], batch["depth"]
-        term = occlusion_order_loss(pred, batch["semantic"], *CITYSCAPES_7.occlusion_ids(), target=target)
+        term = occlusion_order_loss(pred, batch["semantic"], *ids, target=target)
         assert float(term) > 0
-        assert float(losses["depth"]) == pytest.approx(float(depth_loss(pred, target) + 0.5 * term), rel=1e-5)
-
-    # --depth-sky alone reads the labels too, and adds the sky pairs with its own weight
-    e = engine(depth_occlusion=0.0, depth_sky=0.25)
-    batch = e._prepare(next(e._batches(e.train_data, 4, 0, False)))
-    with torch.no_grad():
-        outputs = e.model(batch["image"])
-        losses, _ = e._task_losses(outputs, batch)
-    pred, target = outputs["depth"], batch["depth"]
-    term = occlusion_order_loss(pred, batch["semantic"], *CITYSCAPES_7.sky_ids(), target=target)
-    assert float(term) > 0
-    assert float(losses["depth"]) == pytest.approx(float(depth_loss(pred, target) + 0.25 * term), rel=1e-5)
+        assert float(losses["depth"]) == pytest.approx(float(depth_loss(pred, target) + weight * term), rel=1e-5)
 
     # an indoor dataset (NYUv2's release format, tiny): no class says what stands in front
     root = tmp_path / "nyuv2"
