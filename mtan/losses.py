@@ -54,6 +54,38 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return _safe_mean(total, weight[target.clamp_min(0)].mul(valid).sum())
 
 
+def lovasz_softmax_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko 2018, eq. 12 with the per-class
+    errors of eq. 10): a convex surrogate of 1 - IoU for each class present in the batch's labels,
+    averaged over those classes. Every present class counts alike, so a thin, rare class (poles and
+    signs) weighs as much as the road, and what is optimised is the score the benchmark reports.
+
+    For class c, with ``m_i = |[label_i = c] - p_i(c)|`` the error of each valid pixel under the
+    softmax, the pixels are sorted by error (largest first) and the errors are weighted by the
+    increments of the Jaccard loss along that order (the Lovasz extension's gradient): the loss is
+    ``sum_i m_(i) * (J_i - J_(i-1))`` where ``J_i`` is 1 - IoU when the i largest errors are the
+    mistakes. logits: N x K x H x W, target: N x H x W in [0, K) or -1 (void, left out).
+    """
+    k = logits.shape[1]
+    prob = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
+    target = target.reshape(-1).long()
+    valid = target != -1
+    prob, target = prob[valid], target[valid]
+    total = logits.new_zeros((), dtype=torch.float32)
+    present = total.new_zeros(())
+    for c in range(k):
+        fg = (target == c).float()
+        errors, order = (fg - prob[:, c]).abs().sort(descending=True)
+        fg = fg[order]
+        gts = fg.sum()
+        jaccard = 1.0 - (gts - fg.cumsum(0)) / (gts + (1.0 - fg).cumsum(0)).clamp_min(1.0)
+        steps = torch.cat((jaccard[:1], jaccard[1:] - jaccard[:-1]))
+        here = (gts > 0).float()  # a class absent from the labels is left out (no value leaves the device)
+        total = total + here * (errors * steps).sum()
+        present = present + here
+    return _safe_mean(total, present)
+
+
 def median_frequency_weights(labels: torch.Tensor, num_classes: int, power: float = 1.0) -> torch.Tensor:
     """Median frequency balancing (as SegNet trained on CamVid): class c gets
     ``(median(freq) / freq[c]) ** power``, with ``freq`` each class's share of the labelled pixels

@@ -332,6 +332,7 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             + (f", {cfg.loss.semantic.class_weights} class weights" if cfg.loss.semantic.class_weights != "none" else "")
             + (f", label smoothing {cfg.loss.semantic.label_smoothing:g}" if cfg.loss.semantic.label_smoothing else "")
             + (f", hard-pixel share {cfg.loss.semantic.hard_pixels:g}" if cfg.loss.semantic.hard_pixels < 1 else "")
+            + (f", Lovasz-softmax {cfg.loss.semantic.lovasz:g}" if cfg.loss.semantic.lovasz else "")
             + (f", edge-aware depth smoothness {cfg.loss.depth.smoothness:g}" if cfg.loss.depth.smoothness else "")
             + (f", depth ranking {cfg.loss.depth.ranking:g}" if cfg.loss.depth.ranking else "")
             + (f", depth occlusion {cfg.loss.depth.occlusion:g}" if cfg.loss.depth.occlusion else "")

@@ -253,13 +253,16 @@ class SemanticTask(Task):
 
     missing_value: ClassVar[float] = -1.0
 
-    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, hard_share=1.0):
-        return losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing,
+    def loss(self, pred, target, *, image=None, class_weight=None, label_smoothing=0.0, hard_share=1.0, lovasz=0.0):
+        loss = losses.semantic_loss(pred, target, weight=class_weight, label_smoothing=label_smoothing,
                                     hard_share=hard_share)
+        if lovasz:
+            loss = loss + lovasz * losses.lovasz_softmax_loss(pred, target)
+        return loss
 
     def loss_options(self, options, class_weight=None):
         return {"class_weight": class_weight, "label_smoothing": options.label_smoothing,
-                "hard_share": options.hard_pixels}
+                "hard_share": options.hard_pixels, "lovasz": options.lovasz}
 
     def class_weights(self, labels, options):
         """Median-frequency balance raised to the power ``options.class_weights`` names."""

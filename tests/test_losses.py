@@ -110,6 +110,68 @@ def test_a_hard_pixel_share_above_one_is_refused_by_the_config():
         TrainConfig.from_flags(hard_pixels=0.0).validate()
 
 
+def _one_hot_logits(classes: torch.Tensor, k: int, scale: float = 60.0) -> torch.Tensor:
+    return F.one_hot(classes.clamp_min(0), k).permute(0, 3, 1, 2).float() * scale
+
+
+def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou_of_the_classes_present():
+    """With a sure prediction (probabilities 0 or 1) the Lovasz extension is the Jaccard loss
+    itself: 1 - IoU per class, averaged over the classes the labels hold; void pixels count nowhere."""
+    from mtan.losses import lovasz_softmax_loss
+
+    torch.manual_seed(0)
+    k = 5
+    target = torch.randint(0, 4, (2, 6, 7))  # class 4 never labelled
+    target[0, :2] = -1
+    predicted = torch.where(torch.rand(target.shape) < 0.6, target, torch.randint(0, 5, target.shape))
+    predicted[0, :2] = 4  # predictions on void pixels change nothing
+    valid = target != -1
+    ious = [((predicted == c) & (target == c) & valid).sum() / (((predicted == c) | (target == c)) & valid).sum()
+            for c in range(4)]
+    expected = 1 - torch.stack(ious).mean()
+    loss = lovasz_softmax_loss(_one_hot_logits(predicted, k), target)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert 0.2 < expected.item() < 0.8  # a case where the order of the errors matters
+    perfect = lovasz_softmax_loss(_one_hot_logits(target, k), target)
+    assert perfect.item() == pytest.approx(0.0, abs=1e-6)
+    assert lovasz_softmax_loss(torch.randn(1, k, 3, 3), torch.full((1, 3, 3), -1)).item() == 0.0
+
+
+def test_lovasz_softmax_pulls_a_rare_class_as_hard_as_a_common_one():
+    """Cross-entropy averages pixels, so the one pixel of a rare class among 64 gets 1/64 of the
+    push; the Lovasz term averages classes, so that pixel's gradient is far larger than any one
+    road pixel's (and than cross-entropy's there), and raising its true class's score lowers the loss."""
+    from mtan.losses import lovasz_softmax_loss
+
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 3, 3] = 1  # the one pixel of class 1 (a pole)
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[:, 0] = 1.0  # everything called class 0
+    logits.requires_grad_(True)
+    lovasz_softmax_loss(logits, target).backward()
+    rare = logits.grad[0, 1, 3, 3].item()
+    common = logits.grad[0, 0, 0, 0].abs().max().item()
+    assert rare < 0 and abs(rare) > 5 * common
+    plain = logits.detach().clone().requires_grad_(True)
+    semantic_loss(plain, target).backward()
+    assert abs(rare) > 5 * abs(plain.grad[0, 1, 3, 3].item())
+
+
+def test_the_semantic_task_adds_the_lovasz_term_at_its_weight():
+    from mtan.losses import lovasz_softmax_loss
+    from mtan.tasks import SemanticTask
+
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 7, 4, 6), torch.randint(-1, 7, (2, 4, 6))
+    task = SemanticTask("semantic")
+    plain = task.loss(logits, target)
+    torch.testing.assert_close(task.loss(logits, target, lovasz=0.5),
+                               plain + 0.5 * lovasz_softmax_loss(logits, target))
+    with pytest.raises(ValueError, match="lovasz"):
+        from mtan.train.config import TrainConfig
+        TrainConfig.from_flags(lovasz=-0.1).validate()
+
+
 def test_each_task_reads_only_its_own_loss_options():
     """The trainer asks each task for its loss options: segmentation takes the class weights and
     label smoothing, depth the smoothness and ranking terms, normals nothing; a task's loss refuses another's."""
@@ -117,11 +179,13 @@ def test_each_task_reads_only_its_own_loss_options():
     from mtan.tasks import tasks_from_config
     from mtan.train.config import TrainConfig
 
-    config = TrainConfig.from_flags(label_smoothing=0.1, hard_pixels=0.25, depth_smoothness=0.05, depth_ranking=0.2)
+    config = TrainConfig.from_flags(label_smoothing=0.1, hard_pixels=0.25, lovasz=0.5, depth_smoothness=0.05,
+                                    depth_ranking=0.2)
     weight = torch.ones(13)
     options = {t.kind: t.loss_options(config.loss.of(t.name), weight if t.kind == "semantic" else None)
                for t in tasks_from_config(preset_tasks("nyuv2"))}
-    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1, "hard_share": 0.25}, "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0, "sky": 0.0},
+    assert options == {"semantic": {"class_weight": weight, "label_smoothing": 0.1, "hard_share": 0.25, "lovasz": 0.5},
+                       "depth": {"smoothness": 0.05, "ranking": 0.2, "occlusion": 0.0, "sky": 0.0},
                        "normal": {}}
     depth = next(t for t in tasks_from_config(preset_tasks("nyuv2")) if t.kind == "depth")
     with pytest.raises(TypeError):

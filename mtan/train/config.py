@@ -142,6 +142,9 @@ class SemanticLoss:
     label_smoothing: float = option(0.0, "semantic cross-entropy label smoothing", number=(0.0, False))
     hard_pixels: float = option(1.0, "share of each batch's pixels the semantic loss counts, the hardest ones (online "
                                 "hard-pixel mining, e.g. 0.25; 1 counts every pixel)", number=(0.0, True))
+    lovasz: float = option(0.0, "weight of a Lovasz-softmax term added to the semantic cross-entropy: a surrogate "
+                           "of 1 - IoU for each class in the batch, all classes alike, so thin rare classes count "
+                           "as much as the road", number=(0.0, False))
 
 
 @dataclass
