@@ -1,8 +1,10 @@
 """What a model folder records of its own measurements, read by the app and written by the release.
 
 * ``resolutions.json``: the model's mIoU at each processing resolution the app offers, measured by
-  ``mtan.release``; the app offers those within ``RESOLUTION_TOLERANCE`` of the best and starts at
-  the best (:class:`ResolutionAdvice`).
+  ``mtan.release``, and at the best one with the mirror average (the photo and its mirror image,
+  averaged); the app offers the resolutions within ``RESOLUTION_TOLERANCE`` of the best, starts at
+  the best, and starts with the mirror average on where it gains at least ``MIRROR_GAIN``
+  (:class:`ResolutionAdvice`).
 * ``precisions.json``: which reduced precisions keep the model's quality, measured by
   ``mtan.precision`` (:func:`read_record`, :func:`allowed_precisions`, :func:`int8_scales`).
 """
@@ -21,6 +23,9 @@ RESOLUTIONS = ("128x256", "256x512", "512x1024")
 DEFAULT_RESOLUTION = "256x512"
 RESOLUTIONS_FILE = "resolutions.json"
 RESOLUTION_TOLERANCE = 0.03
+#: The mIoU the mirror average must add, at the model's best resolution, for the app to start with it on
+#: (it doubles the network's time).
+MIRROR_GAIN = 0.005
 PRECISIONS_FILE = "precisions.json"
 
 
@@ -31,11 +36,14 @@ class ResolutionAdvice:
     offered: list[str]
     default: str
     reasons: dict[str, str] = field(default_factory=dict)   # resolution not offered -> why (for the page)
+    mirror: bool = False   # start with the mirror average on (it gains at least MIRROR_GAIN at the default)
 
     @classmethod
     def from_record(cls, record: dict | None) -> "ResolutionAdvice":
-        """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...}}``):
-        every resolution within ``RESOLUTION_TOLERANCE`` of the best; all of them without a record."""
+        """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...},
+        "mirror": {"256x512": mIoU}}``): every resolution within ``RESOLUTION_TOLERANCE`` of the
+        best, and the mirror average on where it adds ``MIRROR_GAIN`` at the best; all resolutions
+        and no mirror average without a record."""
         scores = {r: v for r, v in ((record or {}).get("scores") or {}).items()
                   if r in RESOLUTIONS and isinstance(v, (int, float)) and math.isfinite(v)}
         if not scores:
@@ -47,7 +55,9 @@ class ResolutionAdvice:
                        f"{scores[best]:.2f} at {best} ({where})") if r in scores else
                       f"{r} is not offered: it was not measured for this model"
                    for r in RESOLUTIONS if r not in offered}
-        return cls(offered, best, reasons)
+        mirrored = ((record or {}).get("mirror") or {}).get(best)
+        mirror = isinstance(mirrored, (int, float)) and math.isfinite(mirrored) and mirrored >= scores[best] + MIRROR_GAIN
+        return cls(offered, best, reasons, mirror)
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> "ResolutionAdvice":

@@ -39,6 +39,7 @@ from mtan.precision import (
 from mtan.precision import table as precision_table
 from mtan.records import (
     DEFAULT_RESOLUTION,
+    MIRROR_GAIN,
     PRECISIONS_FILE,
     RESOLUTION_TOLERANCE,
     RESOLUTIONS,
@@ -215,10 +216,14 @@ def measure_resolutions(model, config) -> dict | None:
         if result.get("semantic.miou") is None:
             return None
         scores[resolution] = result["semantic.miou"]
+    best = max(scores, key=scores.get)
+    mirrored = evaluate(model, part, data_root=root or None, split="val", size=size, options=options,
+                        app_resolution=best, flip=True)["semantic.miou"]
     name = data_description(part, config.data.options.get(part, {}))[0]
     extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data.options.get(part, {}).items()))
-    return {"dataset": name, "metric": "semantic.miou", "scores": scores,
-            "command": f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"}
+    command = f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"
+    return {"dataset": name, "metric": "semantic.miou", "scores": scores, "mirror": {best: mirrored},
+            "command": command, "mirror_command": command.replace("RESOLUTION", best) + " --flip"}
 
 
 def home_to_tilde(text: str | None) -> str | None:
@@ -414,10 +419,21 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
             f"mIoU on {resolutions['dataset']} scored as the app sees photos (fitted inside each resolution, "
             f"outputs brought back to the photo's size): the app offers the resolutions within "
             f"{RESOLUTION_TOLERANCE:g} of the best and starts at the best (`{RESOLUTIONS_FILE}`).\n\n"
-            f"| resolution | mIoU |\n|---|---|\n{rows}")))
+            f"| resolution | mIoU |\n|---|---|\n{rows}\n\n" + mirror_text(resolutions))))
     return dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in figures.evaluations],
                 sections=sections, summary=summary, repo_id=repo_id, dataset_name=None, training_command=None,
                 data=None), facts
+
+
+def mirror_text(resolutions: dict) -> str:
+    """The card's sentence on the mirror average, from the resolutions record."""
+    (at, mirrored), = resolutions["mirror"].items()
+    plain = resolutions["scores"][at]
+    on = ResolutionAdvice.from_record(resolutions).mirror
+    return (f"With the mirror average (the photo and its mirror image run and their outputs averaged, twice the "
+            f"network's time) at {at}: {mirrored:.4f} against {plain:.4f}, so the app starts with it "
+            + ("on." if on else f"off (it starts with it on where it adds at least {MIRROR_GAIN:g}).")
+            + " The visitor can switch it under *Settings*.")
 
 
 def write_release(out: Path, model, card_kwargs: dict, figures: Figures) -> None:

@@ -206,6 +206,37 @@ def test_mirror_averages_the_photo_and_its_mirror(client, tmp_path):
     assert not np.array_equal(depth[0], depth[1])
 
 
+def test_the_mirror_average_starts_on_where_the_models_record_says_it_helps(models, client, tmp_path):
+    """resolutions.json records the mIoU with the mirror average at the best resolution: the app
+    starts with it on for a model it helps by 0.005 or more (the nyu test model), off otherwise (the
+    city model has no record). The page's checkbox, a /predict call that leaves it out, and a
+    switch of model all follow the record."""
+    from gradio_client import Client
+
+    from mtan.records import ResolutionAdvice
+    from mtan.serve.settings import parse_args
+    from mtan.serve.web.events import MODEL_CHANGE, App
+
+    record = {"scores": {"128x256": 0.40, "256x512": 0.42}}
+    assert ResolutionAdvice.from_record({**record, "mirror": {"256x512": 0.425}}).mirror is True
+    assert ResolutionAdvice.from_record({**record, "mirror": {"256x512": 0.424}}).mirror is False
+    assert ResolutionAdvice.from_record({**record, "mirror": {"128x256": 0.50}}).mirror is False  # not the best
+    assert ResolutionAdvice.from_record({**record, "mirror": {"256x512": "high"}}).mirror is False
+    assert ResolutionAdvice.from_record(record).mirror is ResolutionAdvice.from_record(None).mirror is False
+
+    path, _ = _write("jpeg", tmp_path)
+    assert "mirror" not in run(client, path)["summary"]  # the city model is the default there
+    app = App(parse_args(["--models", f"{models['city']},{models['nyu']}", "--model", models["city"]]))
+    at = MODEL_CHANGE.index("mirror")
+    assert app.on_model_change(models["nyu"])[at] is True and app.on_model_change(models["city"])[at] is False
+    env = {"MTAN_MODELS": f"{models['nyu']},{models['city']}", "MTAN_DEFAULT_MODEL": models["nyu"]}
+    with running_app(env, tmp_path / "nyu-app.log") as url:
+        mirror = next(c for c in json.loads(page_config(url))["components"] if c.get("props", {}).get("elem_id") == "mirror")
+        assert mirror["props"]["value"] is True
+        out = run(Client(url, verbose=False), path, resolution="128x256")
+        assert "and its mirror image" in out["summary"]
+
+
 def test_large_photo_is_downscaled_with_a_note(client, tmp_path):
     p = tmp_path / "big.jpg"
     street_image(600, 960).save(p, quality=85)  # 576,000 pixels > MAX_PIXELS

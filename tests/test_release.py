@@ -40,6 +40,18 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
                           capture_output=True, timeout=600).returncode == 0
     assert json.loads(evaluated.read_text())["semantic.miou"] == record["scores"]["128x256"]
     assert "## Processing resolutions" in out.joinpath("README.md").read_text()
+    # and with the mirror average at the best resolution, as `mtan.evaluate --flip` scores it; the card says
+    # whether the app starts with it on
+    best = max(record["scores"], key=record["scores"].get)
+    assert list(record["mirror"]) == [best] and record["mirror_command"].endswith(f"--app-resolution {best} --flip")
+    assert subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(out), "--data", "camvid",
+                           "--app-resolution", best, "--flip", "--out", str(evaluated)], cwd=REPO,
+                          capture_output=True, timeout=600).returncode == 0
+    assert json.loads(evaluated.read_text())["semantic.miou"] == record["mirror"][best]
+    gain = record["mirror"][best] - record["scores"][best]
+    assert (f"With the mirror average (the photo and its mirror image run and their outputs averaged, twice the "
+            f"network's time) at {best}: {record['mirror'][best]:.4f} against {record['scores'][best]:.4f}, so the "
+            f"app starts with it {'on' if gain >= 0.005 else 'off'}") in " ".join(out.joinpath("README.md").read_text().split())
     # each precision scored as the app runs photos at the best resolution; fp32 figures = mtan.evaluate's
     precisions = json.loads((out / "precisions.json").read_text())
     best = max(record["scores"], key=lambda r: (record["scores"][r], -list(record["scores"]).index(r)))

@@ -42,7 +42,7 @@ PAGE_DETAILS = ("att_part", "att_level", "att_panel", "att_bar", "att_caption", 
                 "att_stats", "downloads", "download_notes", "masks_file", "masks_note")
 ATTENTION_SECTION = ("att_panel", "att_bar", "att_caption", "att_channel")
 MODEL_CHANGE = ("notice", "card", "card_rest", "attention_task", "compare_choice", "normals", "resolution",
-                "video_resolution")
+                "video_resolution", "mirror")
 
 
 def named(names: tuple[str, ...]):
@@ -382,7 +382,7 @@ class App:
         except ValueError as e:
             raise refusal("street_photo", str(e)) from None
         loaded = self.get_model(None)
-        pred = self.predict_bytes(data, name, loaded, loaded.resolutions.default, False)
+        pred = self.predict_bytes(data, name, loaded, loaded.resolutions.default, loaded.resolutions.mirror)
         found = objects_ahead(pred)
         seg, depth = self.downloads.jpegs(pred.stem, segmentation=views.segmentation_view(pred, 0.6),
                                           depth=views.depth_view(pred, render.DEFAULT_COLORMAP)[0])
@@ -485,7 +485,8 @@ class App:
 
     @named(MODEL_CHANGE)
     def on_model_change(self, model):
-        """Load (once) the chosen model; show its notices and card, its tasks and resolutions in the controls."""
+        """Load (once) the chosen model; show its notices and card, its tasks, resolutions and whether it starts
+        with the mirror average in the controls."""
         loaded = self.get_model(model)
         tasks, compare = self.task_choices(loaded), self.compare_choices(loaded)
         notices = self.notices_of(loaded)
@@ -497,4 +498,5 @@ class App:
                 "normals": gr.update(visible="normals" in compare),
                 "resolution": gr.update(choices=loaded.resolutions.offered, value=loaded.resolutions.default,
                                         info=self.resolution_info(loaded), visible=len(loaded.resolutions.offered) > 1),
-                "video_resolution": gr.update(choices=offered, value=default)}
+                "video_resolution": gr.update(choices=offered, value=default),
+                "mirror": loaded.resolutions.mirror}

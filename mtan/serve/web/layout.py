@@ -224,7 +224,8 @@ def settings_and_about(app: App, page: dict) -> None:
         page["resolution"] = gr.Radio(resolutions.offered, value=resolutions.default, label="Processing resolution",
                                       info=app.resolution_info(first), elem_id="resolution",
                                       visible=len(resolutions.offered) > 1)
-        page["mirror"] = gr.Checkbox(False, label="Also run the mirror image and average (about twice as slow)",
+        page["mirror"] = gr.Checkbox(resolutions.mirror, label="Also run the mirror image and average (about twice as slow)",
+                                     info="on from the start where the model's measurements say it helps",
                                      elem_id="mirror")
     with gr.Accordion("About this model and MTAN", open=False, elem_id="about"):
         page["card"] = gr.Markdown(card, elem_id="card")
