@@ -7,7 +7,10 @@ own prediction path (``mtan.serve.predict_photo``, at the app's default resoluti
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,23 @@ def test_card_camvid_numbers_are_reproduced(camvid_root, tmp_path, monkeypatch):
     result = reproduced[0]["result"]
     assert result["semantic.miou"] >= 0.48
     assert result["depth_order.ground_row_spearman"] > 0.7 and result["depth_order.sky_farthest"] >= 0.95
+
+
+def test_the_mirror_average_figure_is_reproduced_and_decides_the_apps_default(camvid_root, tmp_path, monkeypatch):
+    """resolutions.json's mirror figure is what its command prints, and the app's default follows it."""
+    from mtan.records import MIRROR_GAIN, ResolutionAdvice
+
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_root))
+    record = json.loads((REPO / "weights" / "resolutions.json").read_text())
+    (at, mirrored), = record["mirror"].items()
+    out = tmp_path / "mirror.json"
+    command = record["mirror_command"].replace("MODEL", "weights").split()[1:] + ["--out", str(out)]
+    proc = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["semantic.miou"] == pytest.approx(mirrored, abs=1e-3)
+    advice = ResolutionAdvice.of_folder(REPO / "weights")
+    assert advice.default == at and advice.mirror == (mirrored >= record["scores"][at] + MIRROR_GAIN)
+    assert f"{mirrored:.4f} against {record['scores'][at]:.4f}" in README.read_text()
 
 
 def test_card_synthetic_numbers_are_reproduced(tmp_path, monkeypatch):
