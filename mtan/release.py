@@ -426,7 +426,9 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
 
 
 def mirror_text(resolutions: dict) -> str:
-    """The card's sentence on the mirror average, from the resolutions record."""
+    """The card's sentence on the mirror average, from the resolutions record (none without its figure)."""
+    if len(resolutions.get("mirror") or {}) != 1:
+        return ""
     (at, mirrored), = resolutions["mirror"].items()
     plain = resolutions["scores"][at]
     on = ResolutionAdvice.from_record(resolutions).mirror
