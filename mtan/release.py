@@ -14,6 +14,7 @@ the training time and hardware, the metrics, the speed and the limits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -242,14 +243,104 @@ def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
                          f"({config.data.name}) has none of {real}")
     kw = datasets[0]["kwargs"]
     fit_data = build_dataset(kw["data"], root=kw["data_root"], split="train", **kw["options"])
-    check = build_dataset(kw["data"], root=kw["data_root"], split="val", **kw["options"])
+    held_out = spec(kw["data"]).holds_out(kw["options"])  # else val is among the photos fitted on: no check
+    check = build_dataset(kw["data"], root=kw["data_root"], split="val", **kw["options"]) if held_out else None
     bias, record = fit(model, fit_data, check, DEFAULT_RESOLUTION, log=log)
     options = "".join(f" --data-option {k}={v}" for k, v in sorted(kw["options"].items()))
     record["fitted_on"].update({"data": kw["data"], "split": "train", "options": kw["options"],
-                                "command": f"python -m mtan.calibrate MODEL --data {kw['data']}{options} "
-                                           f"--split train --check-split val"})
-    record["check"]["split"] = "val"
+                                "command": f"python -m mtan.calibrate MODEL --data {kw['data']}{options} --split train"
+                                           + (" --check-split val" if held_out else "")})
+    if held_out:
+        record["check"]["split"] = "val"
     return bias, record
+
+
+TWIN_MAY_DIFFER = ("command", "engine.out", "model.init_from")  # and data.options: how the photos are split
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _same_start(a: str | None, b: str | None) -> bool:
+    """Whether two ``--init-from`` values start from the same weights (the same name, or folders
+    whose model.safetensors are byte for byte the same)."""
+    if a == b:
+        return True
+    files = [Path(x) / "model.safetensors" for x in (a, b) if x]
+    return len(files) == 2 and all(f.is_file() for f in files) and files[0].read_bytes() == files[1].read_bytes()
+
+
+def twin_of(run_config, twin_run: Path) -> tuple[object, dict]:
+    """The twin run's config and the ``evaluate`` arguments of its held-out real photos, after
+    checking that it is this run's recipe with photos held out (an error that names every other
+    difference otherwise)."""
+    for name in ("train_config.json", "model.safetensors", "config.json"):
+        if not (twin_run / name).is_file():
+            raise FileNotFoundError(f"--twin {twin_run}: not a finished training run ({name} is missing)")
+    twin_config = TrainConfig.from_dict(json.loads((twin_run / "train_config.json").read_text()))
+    mine, theirs = _flat(dataclasses.asdict(run_config)), _flat(dataclasses.asdict(twin_config))
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
+                    and k not in TWIN_MAY_DIFFER and not k.startswith("data.options."))
+    if not _same_start(run_config.model.init_from, twin_config.model.init_from):
+        differ.append("model.init_from (other weights)")
+    if differ:
+        raise ValueError(f"--twin {twin_run}: its recipe differs from this run's in {', '.join(differ)}; a twin is "
+                         "the same training command with photos held out (only its data options may differ)")
+    real = [d for d in run_datasets(twin_config) if spec(d["data"]).own_size]
+    if not real or not spec(real[0]["data"]).holds_out(real[0]["kwargs"]["options"]):
+        raise ValueError(f"--twin {twin_run}: it holds no real photos out of its training, so it has no unseen "
+                         "photos to score (train it with e.g. --data-option camvid.splits=blocks)")
+    mine_real = [d for d in run_datasets(run_config) if spec(d["data"]).own_size]
+    if mine_real and spec(mine_real[0]["data"]).holds_out(mine_real[0]["kwargs"]["options"]):
+        raise ValueError("--twin: this run holds photos out already (its own validation figures are of unseen "
+                         "photos); a twin stands in for a run trained on every photo (e.g. camvid.splits=all)")
+    return twin_config, real[0]
+
+
+def measure_twin(twin_run: Path, config, resolution: str, calibrate: bool, log=print) -> dict:
+    """The twin's figures on the photos it held out, as the app runs them at ``resolution``,
+    with and without the mirror average (calibrated on its own training photos first when
+    ``calibrate``), and the commands that reproduce them."""
+    twin_config, held = twin_of(config, twin_run)
+    model = MTAN.from_pretrained(twin_run).eval()
+    calibration = None
+    if calibrate:
+        log(f"fitting the twin's class bias on its training photos ({twin_run}) ...")
+        bias, calibration = calibrate_on_run(model, twin_config, log=log)
+        find_task(model.tasks, "semantic").class_bias = tuple(float(v) for v in bias)
+    log(f"scoring the twin on the {held['name']} it held out ...")
+    kwargs = held["kwargs"] | {"app_resolution": resolution}
+    results, mirrored = evaluate(model, **kwargs), evaluate(model, **kwargs, flip=True)
+    photos = len(build_dataset(held["data"], root=held["kwargs"]["data_root"], split="val", **held["kwargs"]["options"]))
+    command = f"{held['command'].replace('MODEL', 'TWIN')} --app-resolution {resolution}"
+    return {"run": home_to_tilde(str(twin_run)), "training_command": home_to_tilde(twin_config.command),
+            "dataset": held["name"], "photos": photos, "resolution": resolution, "results": results,
+            "mirrored": mirrored, "command": command, "mirror_command": command + " --flip",
+            "calibration_command": calibration["fitted_on"]["command"].replace("MODEL", "TWIN") if calibration else None}
+
+
+TWIN_ROWS = ("semantic.miou", "semantic.iou.*", "depth_order.objects_nearer", "depth_order.sky_farthest",
+             "depth_order.ground_row_spearman")
+
+
+def twin_text(twin: dict) -> str:
+    """The card's section on the twin's held-out figures."""
+    keys = [k for pattern in TWIN_ROWS for k in twin["results"]
+            if (k.startswith(pattern[:-1]) if pattern.endswith("*") else k == pattern)]
+    rows = "\n".join(f"| {k} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.4f}"
+                                              for r in (twin["results"], twin["mirrored"])) + " |" for k in keys)
+    calibrated = (f", calibrated the same way on its own training photos (`{twin['calibration_command']}`)"
+                  if twin["calibration_command"] else "")
+    return (f"Every labelled real photo is in this model's training, so none is left to show how it does on photos it "
+            f"has not seen. Its twin is trained by the same command with photos held out (`{twin['training_command']}`)"
+            f"{calibrated}; its figures on the {twin['photos']} photos it held out ({twin['dataset']}), scored as the "
+            f"app runs photos at {twin['resolution']}, stand for this model's on unseen photos (`{twin['command']}`, "
+            f"and with `--flip` for the mirror average; TWIN is the twin's run folder):\n\n"
+            f"| held out, twin | as the app runs photos | with the mirror average |\n|---|---|---|\n{rows}")
 
 
 def calibration_text(record: dict) -> str:
@@ -295,6 +386,7 @@ class Figures:
     precisions: dict | None            # each precision's quality (precisions.json)
     speed: dict | None                 # the forward time as the app runs it
     calibration: dict | None           # the class bias's record, when one was fitted
+    twin: dict | None = None           # a twin run's figures on the photos it held out (--twin)
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -302,9 +394,10 @@ class Figures:
 
 
 def measure(model, config, latency: bool = True, check_precision: bool = True, calibrate: bool = False,
-            log=print) -> Figures:
+            twin: Path | None = None, log=print) -> Figures:
     """Calibrate (when asked: the class bias goes into ``model``), score every validation set, the
-    app's processing resolutions and each precision, and time the forward pass."""
+    app's processing resolutions and each precision, time the forward pass, and score the ``twin``
+    run (the same recipe with photos held out) on the photos it held out."""
     calibration = None
     if calibrate:
         log("fitting the class bias on the run's real training photos ...")
@@ -318,7 +411,8 @@ def measure(model, config, latency: bool = True, check_precision: bool = True, c
     precisions = check_run_precisions(model, config, best, log=log) if check_precision else None
     speed = (forward_latency(model, allowed=allowed_precisions(precisions), int8_scales=int8_scales(precisions))
              if latency else None)
-    return Figures(evaluations, resolutions, best, precisions, speed, calibration)
+    held_out = measure_twin(twin, config, best, calibrate, log=log) if twin else None
+    return Figures(evaluations, resolutions, best, precisions, speed, calibration, held_out)
 
 
 def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, int]:
@@ -342,7 +436,7 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             + (f", depth ranking {cfg.loss.depth.ranking:g}" if cfg.loss.depth.ranking else "")
             + (f", depth occlusion {cfg.loss.depth.occlusion:g}" if cfg.loss.depth.occlusion else "")
             + (f", depth sky {cfg.loss.depth.sky:g}" if cfg.loss.depth.sky else "")
-            + (f", starting from `{cfg.model.init_from}`" if cfg.model.init_from else "") + ".")
+            + (f", starting from `{home_to_tilde(cfg.model.init_from)}`" if cfg.model.init_from else "") + ".")
     text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
                                  f"{torch.get_num_threads()} threads.")
     return text, {"stages": [f for _, f in stages], "seconds": total_hours * 3600}, len(stages)
@@ -357,6 +451,8 @@ def figure_sections(figures: Figures, out: Path) -> list[tuple[str, str]]:
         "`ground_row_spearman` is Spearman's rho between the predicted inverse depth of road and pavement "
         "pixels and their image row, averaged over images; `sky_farthest` the share of images whose sky "
         "has the lowest mean inverse depth of all classes in view):\n\n" + check))]
+    if figures.twin:
+        sections.append(("Held-out figures", twin_text(figures.twin)))
     if figures.calibration:
         sections.append(("Calibration", calibration_text(figures.calibration)))
     precisions = figures.precisions
@@ -406,7 +502,8 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
     sections.append(("Limits", LIMITS.format(trained_on="; ".join(trained_on[p] for p in parts),
                                              width_note=width_note,
                                              size=f"{config.data.size}" + (f" ({config.data.crop} crops)" if config.data.crop else ""))))
-    how = (f"fine-tuned from an earlier model (`{config.model.init_from}`)" if config.model.init_from and n_stages == 1
+    how = (f"fine-tuned from an earlier model (`{home_to_tilde(config.model.init_from)}`)"
+           if config.model.init_from and n_stages == 1
            else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
                f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."
@@ -453,7 +550,8 @@ def write_release(out: Path, model, card_kwargs: dict, figures: Figures) -> None
 
 
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
-            latency: bool = True, check_precision: bool = True, calibrate: bool = False, log=print) -> dict:
+            latency: bool = True, check_precision: bool = True, calibrate: bool = False, twin=None,
+            log=print) -> dict:
     """A finished run's model as a model folder in ``out``: measured (:func:`measure`), its card
     written from the figures (:func:`card_kwargs_of`), saved (:func:`write_release`)."""
     run, out = Path(run), Path(out)
@@ -462,13 +560,17 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
             raise FileNotFoundError(f"{run} is not a finished training run: {name} is missing (train.py --out "
                                     "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
     config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
+    if twin is not None:
+        twin = Path(twin)
+        twin_of(config, twin)  # a wrong twin fails before anything is measured
     model = MTAN.from_pretrained(run).eval()
     log(f"measuring {run} ...")
-    figures = measure(model, config, latency=latency, check_precision=check_precision, calibrate=calibrate, log=log)
+    figures = measure(model, config, latency=latency, check_precision=check_precision, calibrate=calibrate,
+                      twin=twin, log=log)
     card_kwargs, facts = card_kwargs_of(run, out, config, model, figures, repo_id, hardware)
     write_release(out, model, card_kwargs, figures)
     report = {"evaluations": figures.evaluations, "training": facts, "speed": figures.speed,
-              "precisions": figures.precisions, "calibration": figures.calibration,
+              "precisions": figures.precisions, "calibration": figures.calibration, "twin": figures.twin,
               "size_mb": (out / "model.safetensors").stat().st_size / 1e6}
     log(json.dumps(report, indent=2, default=float))
     return report
@@ -486,12 +588,17 @@ def main(argv=None) -> int:
                    help="fit a per-class bias on the segmentation's scores on the run's real training photos first "
                         "(python -m mtan.calibrate); every figure and record is then of the calibrated model, and the "
                         "card reports both")
+    p.add_argument("--twin", metavar="RUN",
+                   help="for a run trained on every labelled photo: a finished run of the same command with photos held "
+                        "out (e.g. camvid.splits=blocks); its figures on them go on the card (with --calibrate, it is "
+                        "calibrated the same way first)")
     p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
                    help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
 
     try:
-        release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate)
+        release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate,
+                args.twin)
     except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

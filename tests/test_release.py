@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,62 @@ def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
     assert "## Calibration" in text and "not fitted on: without" in text and "--data-option splits=blocks" in text
     reproduced = run_commands([c for c in card_commands(readme) if "camvid" in c], tmp_path)
     check_card_against(readme, reproduced, complete=False)
+
+
+def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
+    """A run trained on every labelled photo (camvid.splits=all) has no unseen photos of its own:
+    --twin scores the same recipe with photos held out on them, calibrated the same way, and the
+    card's twin figures are what the twin's commands print. The run's own figures are labelled as
+    seen in training, and its calibration has no "not fitted on" column."""
+    def train(out, splits):
+        cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64",
+               "--train-frames", "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root",
+               f"+{camvid_root}", "--data-option", f"camvid.splits={splits}", "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    every, twin = tmp_path / "every", tmp_path / "twin"
+    train(every, "all")
+    train(twin, "blocks")
+    out = tmp_path / "model"
+
+    def release(*extra):
+        return subprocess.run([sys.executable, "-m", "mtan.release", str(every), str(out), "--no-latency",
+                               "--no-precision-check", *extra], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+    # a wrong twin is refused before anything is measured or written
+    proc = release("--twin", str(every))
+    assert proc.returncode == 2 and "holds no real photos out" in proc.stderr and "Traceback" not in proc.stderr
+    other = tmp_path / "other"
+    shutil.copytree(twin, other)
+    config = json.loads((other / "train_config.json").read_text())
+    config["optim"]["lr"] *= 2
+    (other / "train_config.json").write_text(json.dumps(config))
+    proc = release("--twin", str(other))
+    assert proc.returncode == 2 and "optim.lr" in proc.stderr and not out.exists()
+
+    proc = release("--twin", str(twin), "--calibrate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = " ".join(out.joinpath("README.md").read_text().split())
+    assert "CamVid val (real street photos, Cambridge; seen in training)" in text
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["fitted_on"]["photos"] == 468 and "check" not in calibration
+    assert "not fitted on" not in text and "--check-split" not in calibration["fitted_on"]["command"]
+    # the twin's figures: calibrated by the card's command, scored by the card's commands
+    section = text.split("## Held-out figures", 1)[1].split("##", 1)[0]
+    commands = re.findall(r"`(python -m mtan\.[^`]+)`", section)
+    calibrate, evaluate = next(c for c in commands if "calibrate" in c), next(c for c in commands if "evaluate" in c)
+    assert "splits=blocks" in evaluate and "--app-resolution" in evaluate and "70 photos it held out" in section
+    twin_model = tmp_path / "twin-model"
+    shutil.copytree(twin, twin_model)
+    results = []
+    for n, command in enumerate((calibrate, evaluate, evaluate + " --flip")):
+        args = shlex.split(command.replace("TWIN", str(twin_model)))[1:] + ["--out", str(tmp_path / f"twin{n}.json")] * (n > 0)
+        proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append(json.loads((tmp_path / f"twin{n}.json").read_text()) if n else None)
+    plain, mirrored = results[1:]
+    row = re.search(r"\| semantic\.miou \| ([\d.]+) \| ([\d.]+) \|", section)
+    assert float(row.group(1)) == pytest.approx(plain["semantic.miou"], abs=1e-4)
+    assert float(row.group(2)) == pytest.approx(mirrored["semantic.miou"], abs=1e-4)
+    assert f"| depth_order.objects_nearer | {plain['depth_order.objects_nearer']:.4f}" in section

@@ -44,6 +44,10 @@ class DatasetSpec:
         """(its validation data's name on a card, the Hub's dataset type), for these options."""
         return self.val_name, self.hub_type
 
+    def holds_out(self, options: dict | None = None) -> bool:
+        """Whether its validation split, with these options, shares no photo with its training split."""
+        return True
+
     def trained_on(self, config) -> str:
         """What a run with ``config`` (a :class:`mtan.train.TrainConfig`) trained on, for its card."""
         return self.trained_text
@@ -80,7 +84,12 @@ class _CamVid(DatasetSpec):
     def describe(self, options=None):
         if (options or {}).get("splits") == "blocks":
             return "CamVid held-out blocks (real street photos, Cambridge)", self.hub_type
+        if not self.holds_out(options):
+            return "CamVid val (real street photos, Cambridge; seen in training)", self.hub_type
         return self.val_name, self.hub_type
+
+    def holds_out(self, options=None):
+        return (options or {}).get("splits") != "all"  # splits=all trains on val too
 
     def trained_on(self, config):
         splits = config.data.options.get(self.name, {}).get("splits", "standard")
