@@ -337,7 +337,7 @@ def twin_text(twin: dict) -> str:
                   if twin["calibration_command"] else "")
     return (f"Every labelled real photo is in this model's training, so none is left to show how it does on photos it "
             f"has not seen. Its twin is trained by the same command with photos held out (`{twin['training_command']}`)"
-            f"{calibrated}; its figures on the {twin['photos']} photos it held out ({twin['dataset']}), scored as the "
+            f"{calibrated}; its figures on {twin['dataset']}, the {twin['photos']} photos it held out, scored as the "
             f"app runs photos at {twin['resolution']}, stand for this model's on unseen photos (`{twin['command']}`, "
             f"and with `--flip` for the mirror average; TWIN is the twin's run folder):\n\n"
             f"| held out, twin | as the app runs photos | with the mirror average |\n|---|---|---|\n{rows}")
@@ -437,8 +437,8 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             + (f", depth occlusion {cfg.loss.depth.occlusion:g}" if cfg.loss.depth.occlusion else "")
             + (f", depth sky {cfg.loss.depth.sky:g}" if cfg.loss.depth.sky else "")
             + (f", starting from `{home_to_tilde(cfg.model.init_from)}`" if cfg.model.init_from else "") + ".")
-    text = "\n\n".join(texts) + (f"\n\n{total_hours:.2f} h in all on {hardware or cpu_name()}, "
-                                 f"{torch.get_num_threads()} threads.")
+    where = hardware or f"{cpu_name()}, {torch.get_num_threads()} threads"  # --hardware says it all
+    text = "\n\n".join(texts) + f"\n\n{total_hours:.2f} h in all on {where}."
     return text, {"stages": [f for _, f in stages], "seconds": total_hours * 3600}, len(stages)
 
 
