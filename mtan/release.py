@@ -165,6 +165,9 @@ def augmentation_text(config) -> str:
     zoom = (f"random zoom {config.data.scale_range.replace(',', '-')} (out as well as in)" if config.data.scale_range
             else "random scale-crop {1, 1.2, 1.5}")
     parts = [zoom + (f" to {config.data.crop} crops" if config.data.crop else ""), "horizontal flip"]
+    if config.data.focus_crops:
+        parts.append(f"{config.data.focus_crops:.0%} of the crops centred on a pixel drawn with every class in the "
+                     "photo equally likely")
     if config.data.photometric:
         parts.append("photometric augmentation (colour, gamma, blur, JPEG artefacts, noise)")
     return "with " + ", ".join(parts)

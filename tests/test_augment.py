@@ -103,3 +103,38 @@ def test_random_batches_are_aligned_and_reproducible():
     assert torch.isin(params.scale, torch.tensor([1.0, 1.2, 1.5])).all()
     check_aligned(a, params.scale)
     assert params.flip.any() and not params.flip.all()
+
+
+def test_focused_crops_centre_every_class_equally_and_stay_aligned():
+    """focus: the chosen share of crops is centred on a pixel drawn with every class present equally
+    likely, so a small blob is the centre of about half the crops of a two-class photo (against its
+    area share without focus), zoomed-out windows keep their place, and every field stays aligned."""
+    from mtan.data.augment import focus_on_classes
+
+    b, h, w = 400, 64, 128
+    labels = torch.zeros(b, h, w, dtype=torch.long)
+    labels[:, 40:44, 100:103] = 2  # 12 of 8192 pixels
+    labels[:, :6] = -1             # void rows are never a centre
+    batch = {"image": torch.rand(b, 3, h, w), "semantic": labels}
+    tasks = [{"name": "semantic", "kind": "semantic", "num_classes": 7}]
+
+    def centres(focus, seed=0):
+        out = augment_batch(batch, tasks, torch.Generator().manual_seed(seed), scale_range=(2, 2), out_size=(32, 64),
+                            focus=focus)["semantic"]
+        return out[:, 16, 32]
+
+    plain, focused, half = centres(0.0), centres(1.0), centres(0.5)
+    assert (plain == 2).float().mean() < 0.03
+    assert 0.4 < (focused == 2).float().mean() < 0.6 and (focused >= 0).all()
+    assert 0.15 < (half == 2).float().mean() < 0.35
+    # a window larger than the image keeps the place it was drawn at
+    params = AugmentParams(torch.full((4,), 0.5), torch.rand(4), torch.rand(4), torch.zeros(4, dtype=torch.bool))
+    moved = focus_on_classes(params, labels[:4], 1.0, (32, 64), torch.Generator().manual_seed(0))
+    assert torch.equal(moved.top, params.top) and torch.equal(moved.left, params.left)
+    # the coded batch (a class per column): focused, zoomed and flipped crops keep every field aligned
+    coded = coded_batch(16)
+    out = augment_batch(coded, [SEMANTIC, INVERSE, NORMAL], torch.Generator().manual_seed(1), scales=(1.5,),
+                        focus=1.0)
+    check_aligned(out, torch.full((16,), 1.5))
+    with pytest.raises(ValueError, match="focus"):
+        BatchAugment(tasks, focus=1.5)

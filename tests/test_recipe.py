@@ -99,6 +99,11 @@ def test_warmup_then_decay_to_zero(schedule):
         TrainConfig.from_flags(crop="64x64")
     with pytest.raises(ValueError, match="--scale-range '2,1'"):
         TrainConfig.from_flags(scale_range="2,1", augment=True)
+    with pytest.raises(ValueError, match="--focus-crops .* needs --augment"):
+        TrainConfig.from_flags(focus_crops=0.5)
+    with pytest.raises(ValueError, match="--focus-crops .* between 0 and 1"):
+        TrainConfig.from_flags(focus_crops=1.5, augment=True)
+    assert TrainConfig.from_flags(focus_crops=0.5, augment=True).data.focus_crops == 0.5
 
 
 def test_label_smoothing_and_depth_smoothness():

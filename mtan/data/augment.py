@@ -133,18 +133,56 @@ def apply_augment(batch: dict, tasks, params: AugmentParams, out_size: tuple[int
     return out
 
 
+def focus_on_classes(params: AugmentParams, labels: torch.Tensor, share: float,
+                     out_size: tuple[int, int] | None = None, generator: torch.Generator | None = None) -> AugmentParams:
+    """Move the window of a random ``share`` of the samples so that it is centred on a pixel of
+    their ``labels`` (B x H x W, -1 = void) drawn with every class present in the sample equally
+    likely: a class of a few hundred pixels (a pole, a sign) is the centre as often as the road.
+    Windows larger than the image (zoomed out) keep their place. Returns new parameters."""
+    b, h, w = labels.shape
+    oh, ow = out_size or (h, w)
+    device = labels.device
+    valid = labels >= 0
+    flat = labels.clamp_min(0).reshape(b, -1)
+    counts = torch.zeros(b, int(flat.max()) + 1 if flat.numel() else 1, device=device)
+    counts.scatter_add_(1, flat, valid.reshape(b, -1).float())
+    weight = valid.reshape(b, -1).float() / counts.gather(1, flat).clamp_min(1)
+    has = weight.sum(1) > 0
+    pick = torch.multinomial(torch.where(has[:, None], weight, torch.ones_like(weight)), 1,
+                             generator=generator).squeeze(1)
+    gen_device = generator.device if generator is not None else device
+    chosen = (torch.rand(b, generator=generator, device=gen_device).to(device) < share) & has
+    cy = ((pick // w).float() + 0.5) / h * 2 - 1
+    cx = ((pick % w).float() + 0.5) / w * 2 - 1
+    ry, rx = (oh / h) / params.scale, (ow / w) / params.scale  # the window's span (a mirror keeps its place)
+
+    def place(centre, r, old):
+        room = 1 - r
+        fraction = ((centre / room.clamp_min(1e-6) + 1) / 2).clamp(0, 1)
+        return torch.where(chosen & (room > 0), fraction, old)
+
+    return AugmentParams(params.scale, place(cy, ry, params.top), place(cx, rx, params.left), params.flip)
+
+
 def augment_batch(batch: dict, tasks, generator: torch.Generator | None = None,
                   scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
-                  scale_range: tuple[float, float] | None = None, out_size: tuple[int, int] | None = None) -> dict:
+                  scale_range: tuple[float, float] | None = None, out_size: tuple[int, int] | None = None,
+                  focus: float = 0.0) -> dict:
     """Randomly zoom-crop and flip every sample of a batch (see the module docstring).
 
     ``tasks``: the batch's tasks (Task objects or config dicts), which say how each target is
     treated. ``generator``: a ``torch.Generator`` for reproducible draws; one on the batch's
     device avoids any host round trip. ``scale_range``: log-uniform scales (e.g. (0.5, 2.0))
-    instead of ``scales``; ``out_size``: the crop size (h, w). Keys that are not tasks pass through.
+    instead of ``scales``; ``out_size``: the crop size (h, w); ``focus``: the share of crops
+    centred by :func:`focus_on_classes` on the first segmentation task's labels. Keys that are
+    not tasks pass through.
     """
     image = batch["image"]
     params = AugmentParams.draw(image.shape[0], image.device, scales, flip_p, generator, scale_range)
+    if focus > 0:
+        labels = next((batch[t.name] for t in _as_tasks(tasks) if t.kind == "semantic" and t.name in batch), None)
+        if labels is not None:
+            params = focus_on_classes(params, labels.long(), focus, out_size, generator)
     return apply_augment(batch, tasks, params, out_size)
 
 
@@ -153,7 +191,9 @@ class BatchAugment:
 
     def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
                  generator: torch.Generator | None = None, scale_range: tuple[float, float] | None = None,
-                 out_size: tuple[int, int] | None = None):
+                 out_size: tuple[int, int] | None = None, focus: float = 0.0):
+        if not 0 <= float(focus) <= 1:
+            raise ValueError(f"focus must be a share between 0 and 1, got {focus!r}")
         if scale_range is None and (not scales or min(scales) < 1):
             raise ValueError(f"scales must be zoom factors >= 1, got {scales!r}")
         if scale_range is not None and not 0 < float(scale_range[0]) <= float(scale_range[1]):
@@ -162,11 +202,12 @@ class BatchAugment:
         self.scales, self.flip_p, self.generator = tuple(float(s) for s in scales), float(flip_p), generator
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range is not None else None
         self.out_size = tuple(out_size) if out_size is not None else None
+        self.focus = float(focus)
 
     def __call__(self, batch: dict) -> dict:
         return augment_batch(batch, self.tasks, self.generator, self.scales, self.flip_p, self.scale_range,
-                             self.out_size)
+                             self.out_size, self.focus)
 
     def __repr__(self) -> str:
         scales = f"scale_range={self.scale_range}" if self.scale_range else f"scales={self.scales}"
-        return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size})"
+        return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size}, focus={self.focus:g})"

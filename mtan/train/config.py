@@ -69,6 +69,10 @@ class DataConfig:
                                      cli={"metavar": "LOW,HIGH"})
     crop: str | None = option(None, "with --augment: train on crops of this size (multiples of 32) of the --size "
                               "data; validation stays whole", cli={"metavar": "HxW"})
+    focus_crops: float = option(0.0, "with --augment: this share of the crops is centred on a labelled pixel drawn "
+                                "with every class in the photo equally likely, so thin, rare classes (poles, signs, "
+                                "people) are the centre as often as the road", number=(0.0, False),
+                                cli={"metavar": "SHARE"})
     photometric: bool = option(False, "colour, gamma, blur, JPEG and noise augmentation on whole batches "
                                "(mtan/data/photometric.py)")
     pseudo_depth: bool = option(False, "train split: CamVid gets ground-plane pseudo-depth, sky gets a far target "
@@ -291,6 +295,10 @@ class TrainConfig:
             bad("label_smoothing", "must be below 1")
         if self.loss.semantic.hard_pixels > 1:
             bad("hard_pixels", "is a share of the pixels: above 0 and at most 1")
+        if data.focus_crops > 1:
+            bad("focus_crops", "is a share of the crops: between 0 and 1")
+        if data.focus_crops and not data.augment:
+            bad("focus_crops", "needs --augment (it places the augmentation's window)")
         if data.crop is not None and not data.augment:
             bad("crop", "needs --augment (the crop is where the augmentation's window lands)")
         if data.scale_range is not None:

@@ -284,7 +284,8 @@ class Engine:
         if augment:
             aug_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 7_919)
             augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.data.scale_bounds(),
-                                     out_size=parse_size(cfg.data.crop) if cfg.data.crop else None)
+                                     out_size=parse_size(cfg.data.crop) if cfg.data.crop else None,
+                                     focus=cfg.data.focus_crops)
         if epoch is not None and cfg.data.photometric:
             photo_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 15_013)
         def transform(batch: dict) -> dict:
