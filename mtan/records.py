@@ -3,7 +3,8 @@
 * ``resolutions.json``: the model's mIoU at each processing resolution the app offers, measured by
   ``mtan.release``, and at the best one with the mirror average (the photo and its mirror image,
   averaged); the app offers the resolutions within ``RESOLUTION_TOLERANCE`` of the best, starts at
-  the best, and starts with the mirror average on where it gains at least ``MIRROR_GAIN``
+  the smallest within ``RESOLUTION_GAIN`` of the best (each step up is four times the pixels), and
+  starts with the mirror average on where it gains at least ``MIRROR_GAIN`` there
   (:class:`ResolutionAdvice`).
 * ``precisions.json``: which reduced precisions keep the model's quality, measured by
   ``mtan.precision`` (:func:`read_record`, :func:`allowed_precisions`, :func:`int8_scales`).
@@ -23,6 +24,9 @@ RESOLUTIONS = ("128x256", "256x512", "512x1024")
 DEFAULT_RESOLUTION = "256x512"
 RESOLUTIONS_FILE = "resolutions.json"
 RESOLUTION_TOLERANCE = 0.03
+#: The mIoU a larger resolution must add over the smallest near the best for the app to start there
+#: (each step up is four times the pixels, about four times the network's time).
+RESOLUTION_GAIN = 0.01
 #: The mIoU the mirror average must add, at the model's best resolution, for the app to start with it on
 #: (it doubles the network's time).
 MIRROR_GAIN = 0.005
@@ -34,7 +38,7 @@ class ResolutionAdvice:
     """Which processing resolutions to offer for a model, and why the others are not."""
 
     offered: list[str]
-    default: str
+    default: str           # the smallest offered resolution within RESOLUTION_GAIN of the best
     reasons: dict[str, str] = field(default_factory=dict)   # resolution not offered -> why (for the page)
     mirror: bool = False   # start with the mirror average on (it gains at least MIRROR_GAIN at the default)
 
@@ -42,8 +46,9 @@ class ResolutionAdvice:
     def from_record(cls, record: dict | None) -> "ResolutionAdvice":
         """From a model's resolutions.json (``{"dataset": ..., "scores": {"128x256": mIoU, ...},
         "mirror": {"256x512": mIoU}}``): every resolution within ``RESOLUTION_TOLERANCE`` of the
-        best, and the mirror average on where it adds ``MIRROR_GAIN`` at the best; all resolutions
-        and no mirror average without a record."""
+        best, the smallest within ``RESOLUTION_GAIN`` of the best as the default, and the mirror
+        average on where it adds ``MIRROR_GAIN`` at the default; all resolutions and no mirror
+        average without a record."""
         scores = {r: v for r, v in ((record or {}).get("scores") or {}).items()
                   if r in RESOLUTIONS and isinstance(v, (int, float)) and math.isfinite(v)}
         if not scores:
@@ -55,9 +60,11 @@ class ResolutionAdvice:
                        f"{scores[best]:.2f} at {best} ({where})") if r in scores else
                       f"{r} is not offered: it was not measured for this model"
                    for r in RESOLUTIONS if r not in offered}
-        mirrored = ((record or {}).get("mirror") or {}).get(best)
-        mirror = isinstance(mirrored, (int, float)) and math.isfinite(mirrored) and mirrored >= scores[best] + MIRROR_GAIN
-        return cls(offered, best, reasons, mirror)
+        default = next(r for r in offered if scores[r] >= scores[best] - RESOLUTION_GAIN)
+        mirrored = ((record or {}).get("mirror") or {}).get(default)
+        mirror = (isinstance(mirrored, (int, float)) and math.isfinite(mirrored)
+                  and mirrored >= scores[default] + MIRROR_GAIN)
+        return cls(offered, default, reasons, mirror)
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> "ResolutionAdvice":

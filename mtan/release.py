@@ -41,6 +41,7 @@ from mtan.records import (
     DEFAULT_RESOLUTION,
     MIRROR_GAIN,
     PRECISIONS_FILE,
+    RESOLUTION_GAIN,
     RESOLUTION_TOLERANCE,
     RESOLUTIONS,
     RESOLUTIONS_FILE,
@@ -220,19 +221,45 @@ def measure_resolutions(model, config) -> dict | None:
         if result.get("semantic.miou") is None:
             return None
         scores[resolution] = result["semantic.miou"]
-    best = max(scores, key=scores.get)
+    start = ResolutionAdvice.from_record({"scores": scores}).default
     mirrored = evaluate(model, part, data_root=root or None, split="val", size=size, options=options,
-                        app_resolution=best, flip=True)["semantic.miou"]
+                        app_resolution=start, flip=True)["semantic.miou"]
     name = data_description(part, config.data.options.get(part, {}))[0]
     extra = "".join(f" --data-option {k}={v}" for k, v in sorted(config.data.options.get(part, {}).items()))
     command = f"python -m mtan.evaluate --model MODEL --data {part}{extra} --app-resolution RESOLUTION"
-    return {"dataset": name, "metric": "semantic.miou", "scores": scores, "mirror": {best: mirrored},
-            "command": command, "mirror_command": command.replace("RESOLUTION", best) + " --flip"}
+    return {"dataset": name, "metric": "semantic.miou", "scores": scores, "mirror": {start: mirrored},
+            "command": command, "mirror_command": command.replace("RESOLUTION", start) + " --flip"}
 
 
 def home_to_tilde(text: str | None) -> str | None:
     """A command as a card shows it: the home folder written ``~`` (no machine's paths on a card)."""
     return text.replace(str(Path.home()) + "/", "~/") if text else text
+
+
+def average_with_start(model, config, share: float, log=print) -> None:
+    """Replace ``model``'s weights by ``share`` x its own + (1 - share) x those of the model its run
+    started from (``--init-from``): weight-space averaging of a fine-tuned model with its start
+    (WiSE-FT, Wortsman et al., CVPR 2022), which keeps part of what fine-tuning changed and part of
+    what the start knew. Buffers that count (BatchNorm's batch counter) are kept as they are."""
+    if not 0 < share <= 1:
+        raise ValueError(f"--average-start {share:g}: the run's share must be above 0 and at most 1 (e.g. 0.5)")
+    start = config.model.init_from
+    if not start:
+        raise ValueError("--average-start: this run trained from scratch (no --init-from), so it has no start to "
+                         "average with")
+    if not (Path(start) / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--average-start: the run's start {start} is not a model folder any more "
+                                "(model.safetensors is missing); put it back where the run found it")
+    log(f"averaging the weights with the run's start ({start}), {share:g} / {1 - share:g} ...")
+    own, theirs = model.state_dict(), MTAN.from_pretrained(start).state_dict()
+    differ = sorted(k for k in own.keys() | theirs.keys() if k not in own or k not in theirs
+                    or own[k].shape != theirs[k].shape)
+    if differ:
+        raise ValueError(f"--average-start: the run's start {start} has another architecture ({len(differ)} "
+                         f"weights differ, e.g. {differ[0]}); only a run with the start's width and tasks can be "
+                         "averaged with it")
+    model.load_state_dict({k: torch.lerp(theirs[k].to(v.dtype), v, share) if v.is_floating_point() else v
+                           for k, v in own.items()})
 
 
 def calibrate_on_run(model, config, log=print) -> tuple[object, dict]:
@@ -302,6 +329,7 @@ class Figures:
     speed: dict | None                 # the forward time as the app runs it
     calibration: dict | None           # the class bias's record, when one was fitted
     twin: dict | None = None           # a twin run's figures on the photos it held out (--twin)
+    average: float | None = None       # the run's share when averaged with its start (--average-start)
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -309,10 +337,13 @@ class Figures:
 
 
 def measure(model, config, latency: bool = True, check_precision: bool = True, calibrate: bool = False,
-            twin: Path | None = None, log=print) -> Figures:
-    """Calibrate (when asked: the class bias goes into ``model``), score every validation set, the
-    app's processing resolutions and each precision, time the forward pass, and score the ``twin``
-    run (the same recipe with photos held out) on the photos it held out."""
+            twin: Path | None = None, average: float | None = None, log=print) -> Figures:
+    """Average with the run's start (when asked, :func:`average_with_start`), calibrate (when
+    asked: the class bias goes into ``model``), score every validation set, the app's processing
+    resolutions and each precision, time the forward pass, and score the ``twin`` run (the same
+    recipe with photos held out, averaged and calibrated the same way) on the photos it held out."""
+    if average is not None:
+        average_with_start(model, config, average, log=log)
     calibration = None
     if calibrate:
         log("fitting the class bias on the run's real training photos ...")
@@ -326,13 +357,13 @@ def measure(model, config, latency: bool = True, check_precision: bool = True, c
     precisions = check_run_precisions(model, config, best, log=log) if check_precision else None
     speed = (forward_latency(model, allowed=allowed_precisions(precisions), int8_scales=int8_scales(precisions))
              if latency else None)
-    held_out = measure_twin(twin, config, best, calibrate, log=log) if twin else None
-    return Figures(evaluations, resolutions, best, precisions, speed, calibration, held_out)
+    held_out = measure_twin(twin, config, best, calibrate, average, log=log) if twin else None
+    return Figures(evaluations, resolutions, best, precisions, speed, calibration, held_out, average)
 
 
-def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, int]:
-    """The card's *Training* section (each stage's command, epochs, hours and settings), the facts
-    behind it, and how many stages there were."""
+def training_text(run: Path, config, hardware: str | None, average: float | None = None) -> tuple[str, dict, int]:
+    """The card's *Training* section (each stage's command, epochs, hours and settings, and the
+    averaging with the last stage's start), the facts behind it, and how many stages there were."""
     stages = training_stages(run, config)
     total_hours = sum(f["seconds"] for _, f in stages) / 3600
     texts = []
@@ -354,6 +385,11 @@ def training_text(run: Path, config, hardware: str | None) -> tuple[str, dict, i
             + (f", starting from `{home_to_tilde(cfg.model.init_from)}`" if cfg.model.init_from else "") + ".")
     where = hardware or f"{cpu_name()}, {torch.get_num_threads()} threads"  # --hardware says it all
     text = "\n\n".join(texts) + f"\n\n{total_hours:.2f} h in all on {where}."
+    if average is not None:
+        text += (f"\n\nThe weights released are {average:g} x the last stage's plus {1 - average:g} x those it "
+                 f"started from (`{home_to_tilde(config.model.init_from)}`), averaged weight by weight "
+                 f"(`python -m mtan.release RUN OUT --average-start {average:g}`; weight-space averaging of a "
+                 "fine-tuned model with its start, WiSE-FT, Wortsman et al., CVPR 2022).")
     return text, {"stages": [f for _, f in stages], "seconds": total_hours * 3600}, len(stages)
 
 
@@ -401,7 +437,7 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
         f"\n\nAt {config.data.size}, {augmentation_text(config)}. CamVid's 11 classes are mapped to the 7 CityScapes "
         "categories (its README's table); CamVid frames are centre-cropped to the training aspect ratio. CamVid "
         "val figures are at the photos' own 360x480.")
-    train_text, facts, n_stages = training_text(run, config, hardware)
+    train_text, facts, n_stages = training_text(run, config, hardware, figures.average)
     sections = [("Data", data_text), ("Training", train_text)]
     if config.data.pseudo_depth:
         from mtan.data.camvid import default_root
@@ -421,7 +457,9 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
            if config.model.init_from and n_stages == 1
            else "trained from scratch")
     summary = ("The default model of the mtan app: segmentation into the 7 CityScapes categories and a depth map "
-               f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes."
+               f"for street photos, {how} on real CamVid street photos and mtan's generated street scenes"
+               + (", then averaged weight by weight with the model it started from (*Training*)."
+                  if figures.average is not None else ".")
                + (" A per-class bias fitted on labelled photos after training calibrates its segmentation "
                   "(*Calibration*)." if figures.calibration else "") if set(parts) == {"synthetic", "camvid"} else None)
     resolutions = figures.resolutions
@@ -430,7 +468,8 @@ def card_kwargs_of(run: Path, out: Path, config, model, figures: Figures, repo_i
         sections.insert(-1, ("Processing resolutions", (
             f"mIoU on {resolutions['dataset']} scored as the app sees photos (fitted inside each resolution, "
             f"outputs brought back to the photo's size): the app offers the resolutions within "
-            f"{RESOLUTION_TOLERANCE:g} of the best and starts at the best (`{RESOLUTIONS_FILE}`).\n\n"
+            f"{RESOLUTION_TOLERANCE:g} of the best and starts at the smallest within {RESOLUTION_GAIN:g} of the "
+            f"best, {figures.best} here (each step up is four times the pixels; `{RESOLUTIONS_FILE}`).\n\n"
             f"| resolution | mIoU |\n|---|---|\n{rows}\n\n" + mirror_text(resolutions))))
     return dict(evaluations=[{k: ev[k] for k in ("name", "type", "results")} for ev in figures.evaluations],
                 sections=sections, summary=summary, repo_id=repo_id, dataset_name=None, training_command=None,
@@ -466,7 +505,7 @@ def write_release(out: Path, model, card_kwargs: dict, figures: Figures) -> None
 
 def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardware: str | None = None,
             latency: bool = True, check_precision: bool = True, calibrate: bool = False, twin=None,
-            log=print) -> dict:
+            average: float | None = None, log=print) -> dict:
     """A finished run's model as a model folder in ``out``: measured (:func:`measure`), its card
     written from the figures (:func:`card_kwargs_of`), saved (:func:`write_release`)."""
     run, out = Path(run), Path(out)
@@ -481,7 +520,7 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
     model = MTAN.from_pretrained(run).eval()
     log(f"measuring {run} ...")
     figures = measure(model, config, latency=latency, check_precision=check_precision, calibrate=calibrate,
-                      twin=twin, log=log)
+                      twin=twin, average=average, log=log)
     card_kwargs, facts = card_kwargs_of(run, out, config, model, figures, repo_id, hardware)
     write_release(out, model, card_kwargs, figures)
     report = {"evaluations": figures.evaluations, "training": facts, "speed": figures.speed,
@@ -507,13 +546,17 @@ def main(argv=None) -> int:
                    help="for a run trained on every labelled photo: a finished run of the same command with photos held "
                         "out (e.g. camvid.splits=blocks); its figures on them go on the card (with --calibrate, it is "
                         "calibrated the same way first)")
+    p.add_argument("--average-start", type=float, metavar="SHARE",
+                   help="release SHARE x the run's weights + (1 - SHARE) x those of the model it started from "
+                        "(--init-from), averaged weight by weight, before anything is measured (with --twin, the twin "
+                        "is averaged with its own start the same way); e.g. 0.5")
     p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
                    help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
 
     try:
         release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate,
-                args.twin)
+                args.twin, args.average_start)
     except (DatasetError, ModelConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

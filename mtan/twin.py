@@ -67,14 +67,18 @@ def twin_of(run_config, twin_run: Path) -> tuple[object, dict]:
     return twin_config, real[0]
 
 
-def measure_twin(twin_run: Path, config, resolution: str, calibrate: bool, log=print) -> dict:
+def measure_twin(twin_run: Path, config, resolution: str, calibrate: bool, average: float | None = None,
+                 log=print) -> dict:
     """The twin's figures on the photos it held out, as the app runs them at ``resolution``,
-    with and without the mirror average (calibrated on its own training photos first when
-    ``calibrate``), and the commands that reproduce them."""
-    from mtan.release import calibrate_on_run, home_to_tilde
+    with and without the mirror average (averaged with its own start first when ``average`` is
+    the run's share, then calibrated on its own training photos when ``calibrate``), and the
+    commands that reproduce them."""
+    from mtan.release import average_with_start, calibrate_on_run, home_to_tilde
 
     twin_config, held = twin_of(config, twin_run)
     model = MTAN.from_pretrained(twin_run).eval()
+    if average is not None:
+        average_with_start(model, twin_config, average, log=log)
     calibration = None
     if calibrate:
         log(f"fitting the twin's class bias on its training photos ({twin_run}) ...")
@@ -88,7 +92,8 @@ def measure_twin(twin_run: Path, config, resolution: str, calibrate: bool, log=p
     return {"run": home_to_tilde(str(twin_run)), "training_command": home_to_tilde(twin_config.command),
             "dataset": held["name"], "photos": photos, "resolution": resolution, "results": results,
             "mirrored": mirrored, "command": command, "mirror_command": command + " --flip",
-            "calibration_command": calibration["fitted_on"]["command"].replace("MODEL", "TWIN") if calibration else None}
+            "calibration_command": calibration["fitted_on"]["command"].replace("MODEL", "TWIN") if calibration else None,
+            "average": average, "start": home_to_tilde(twin_config.model.init_from) if average is not None else None}
 
 
 TWIN_ROWS = ("semantic.miou", "semantic.iou.*", "depth_order.objects_nearer", "depth_order.sky_farthest",
@@ -101,11 +106,17 @@ def twin_text(twin: dict) -> str:
             if (k.startswith(pattern[:-1]) if pattern.endswith("*") else k == pattern)]
     rows = "\n".join(f"| {k} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.4f}"
                                               for r in (twin["results"], twin["mirrored"])) + " |" for k in keys)
+    average = twin.get("average")
+    averaged = (f", averaged with its start the same way ({average:g} / {1 - average:g}, `{twin['start']}`)"
+                if average is not None else "")
+    folder = ("TWIN is the twin's run folder" if average is None else
+              f"TWIN is the twin averaged with its start: `python -m mtan.release TWIN_RUN TWIN --average-start "
+              f"{average:g} --no-latency --no-precision-check`, TWIN_RUN the twin's run folder")
     calibrated = (f", calibrated the same way on its own training photos (`{twin['calibration_command']}`)"
                   if twin["calibration_command"] else "")
     return (f"Every labelled real photo is in this model's training, so none is left to show how it does on photos it "
             f"has not seen. Its twin is trained by the same command with photos held out (`{twin['training_command']}`)"
-            f"{calibrated}; its figures on {twin['dataset']}, the {twin['photos']} photos it held out, scored as the "
+            f"{averaged}{calibrated}; its figures on {twin['dataset']}, the {twin['photos']} photos it held out, scored as the "
             f"app runs photos at {twin['resolution']}, stand for this model's on unseen photos (`{twin['command']}`, "
-            f"and with `--flip` for the mirror average; TWIN is the twin's run folder):\n\n"
+            f"and with `--flip` for the mirror average; {folder}):\n\n"
             f"| held out, twin | as the app runs photos | with the mirror average |\n|---|---|---|\n{rows}")

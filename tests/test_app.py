@@ -164,7 +164,8 @@ def test_model_switching(client, models, tmp_path):
 
 def test_resolutions_follow_the_models_measurements(client, models, tmp_path):
     """A model folder's resolutions.json (mtan.release measures it): the app offers the resolutions
-    within 0.03 mIoU of the best, starts at the best, and says why another is not offered."""
+    within 0.03 mIoU of the best, starts at the smallest within 0.01 of the best, and says why another
+    is not offered."""
     from gradio_client.exceptions import AppError
 
     path, size = _write("jpeg", tmp_path)
@@ -223,6 +224,13 @@ def test_the_mirror_average_starts_on_where_the_models_record_says_it_helps(mode
     assert ResolutionAdvice.from_record({**record, "mirror": {"128x256": 0.50}}).mirror is False  # not the best
     assert ResolutionAdvice.from_record({**record, "mirror": {"256x512": "high"}}).mirror is False
     assert ResolutionAdvice.from_record(record).mirror is ResolutionAdvice.from_record(None).mirror is False
+    # The app starts at the smallest resolution within 0.01 of the best (each step up is 4x the pixels),
+    # and the mirror average's figure counts where it starts.
+    near = {"scores": {"128x256": 0.66, "256x512": 0.7806, "512x1024": 0.7835}, "mirror": {"256x512": 0.79}}
+    advice = ResolutionAdvice.from_record(near)
+    assert (advice.offered, advice.default, advice.mirror) == (["256x512", "512x1024"], "256x512", True)
+    far = {"scores": {**near["scores"], "512x1024": 0.7907}, "mirror": {"256x512": 0.80}}
+    assert (ResolutionAdvice.from_record(far).default, ResolutionAdvice.from_record(far).mirror) == ("512x1024", False)
 
     path, _ = _write("jpeg", tmp_path)
     assert "mirror" not in run(client, path)["summary"]  # the city model is the default there

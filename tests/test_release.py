@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from cardhelpers import card_commands, check_card_against, run_commands
 
 from mtan import MTAN
 from mtan.inference.int8 import int8_available
+from mtan.records import ResolutionAdvice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +47,7 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
     assert "## Processing resolutions" in out.joinpath("README.md").read_text()
     # and with the mirror average at the best resolution, as `mtan.evaluate --flip` scores it; the card says
     # whether the app starts with it on
-    best = max(record["scores"], key=record["scores"].get)
+    best = ResolutionAdvice.from_record(record).default  # the resolution the app starts at
     assert list(record["mirror"]) == [best] and record["mirror_command"].endswith(f"--app-resolution {best} --flip")
     assert subprocess.run([sys.executable, "-m", "mtan.evaluate", "--model", str(out), "--data", "camvid",
                            "--app-resolution", best, "--flip", "--out", str(evaluated)], cwd=REPO,
@@ -57,7 +59,6 @@ def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
             f"app starts with it {'on' if gain >= 0.005 else 'off'}") in " ".join(out.joinpath("README.md").read_text().split())
     # each precision scored as the app runs photos at the best resolution; fp32 figures = mtan.evaluate's
     precisions = json.loads((out / "precisions.json").read_text())
-    best = max(record["scores"], key=lambda r: (record["scores"][r], -list(record["scores"]).index(r)))
     assert precisions["evaluations"] == [f"synthetic val at {best}", f"camvid val at {best}"]
     assert list(precisions["precisions"]) == ["fp32", "bf16", "bf16-convs"] + ["int8"] * int8_available()
     if int8_available():
@@ -114,19 +115,23 @@ def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
 
 def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
     """A run trained on every labelled photo (camvid.splits=all) has no unseen photos of its own:
-    --twin scores the same recipe with photos held out on them, calibrated the same way, and the
-    card's twin figures are what the twin's commands print. The run's own figures are labelled as
-    seen in training, and its calibration has no "not fitted on" column."""
-    def train(out, splits):
+    --twin scores the same recipe with photos held out on them, averaged with its start and
+    calibrated the same way, and the card's twin figures are what the twin's commands print. The
+    run's own figures are labelled as seen in training, its calibration has no "not fitted on"
+    column, and its weights are the stated average of its own and its start's."""
+    from safetensors.torch import load_file
+
+    def train(out, splits, *extra):
         cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64",
                "--train-frames", "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root",
-               f"+{camvid_root}", "--data-option", f"camvid.splits={splits}", "--out", str(out)]
+               f"+{camvid_root}", "--data-option", f"camvid.splits={splits}", "--out", str(out), *extra]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
-    every, twin = tmp_path / "every", tmp_path / "twin"
-    train(every, "all")
-    train(twin, "blocks")
+    start, every, twin = tmp_path / "start", tmp_path / "every", tmp_path / "twin"
+    train(start, "blocks")
+    train(every, "all", "--init-from", str(start))
+    train(twin, "blocks", "--init-from", str(start))
     out = tmp_path / "model"
 
     def release(*extra):
@@ -144,9 +149,18 @@ def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
     proc = release("--twin", str(other))
     assert proc.returncode == 2 and "optim.lr" in proc.stderr and not out.exists()
 
-    proc = release("--twin", str(twin), "--calibrate")
+    proc = release("--twin", str(twin), "--average-start", "1.5")
+    assert proc.returncode == 2 and "above 0 and at most 1" in proc.stderr and not out.exists()
+    proc = release("--twin", str(twin), "--calibrate", "--average-start", "0.25")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = " ".join(out.joinpath("README.md").read_text().split())
+    # the released weights: a quarter the run's, three quarters its start's, weight by weight
+    released, own, began = (load_file(f / "model.safetensors") for f in (out, every, start))
+    assert released.keys() == own.keys() and not torch.equal(own["encoder.stages.0.first.0.weight"], began["encoder.stages.0.first.0.weight"])
+    for k, v in released.items():
+        expected = 0.25 * own[k] + 0.75 * began[k] if v.is_floating_point() else own[k]
+        assert torch.allclose(v, expected, atol=1e-6), k
+    assert "0.25 x the last stage's plus 0.75 x those it started from" in text
     assert "CamVid val (real street photos, Cambridge; seen in training)" in text
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["fitted_on"]["photos"] == 468 and "check" not in calibration
@@ -156,8 +170,11 @@ def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
     commands = re.findall(r"`(python -m mtan\.[^`]+)`", section)
     calibrate, evaluate = next(c for c in commands if "calibrate" in c), next(c for c in commands if "evaluate" in c)
     assert "splits=blocks" in evaluate and "--app-resolution" in evaluate and "70 photos it held out" in section
-    twin_model = tmp_path / "twin-model"
-    shutil.copytree(twin, twin_model)
+    twin_model = tmp_path / "twin-model"  # averaged with its start by the card's command
+    average = re.search(r"`(python -m mtan\.release TWIN_RUN TWIN --average-start 0\.25[^`]*)`", section).group(1)
+    proc = subprocess.run([sys.executable, *shlex.split(average.replace("TWIN_RUN", str(twin)).replace(
+        "TWIN", str(twin_model)))[1:]], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     results = []
     for n, command in enumerate((calibrate, evaluate, evaluate + " --flip")):
         args = shlex.split(command.replace("TWIN", str(twin_model)))[1:] + ["--out", str(tmp_path / f"twin{n}.json")] * (n > 0)
