@@ -27,7 +27,7 @@ RESOLUTION_TOLERANCE = 0.03
 #: The mIoU a larger resolution must add over the smallest near the best for the app to start there
 #: (each step up is four times the pixels, about four times the network's time).
 RESOLUTION_GAIN = 0.01
-#: The mIoU the mirror average must add, at the model's best resolution, for the app to start with it on
+#: The mIoU the mirror average must add, at the resolution the app starts at, for the app to start with it on
 #: (it doubles the network's time).
 MIRROR_GAIN = 0.005
 PRECISIONS_FILE = "precisions.json"

@@ -236,11 +236,9 @@ def home_to_tilde(text: str | None) -> str | None:
     return text.replace(str(Path.home()) + "/", "~/") if text else text
 
 
-def average_with_start(model, config, share: float, log=print) -> None:
-    """Replace ``model``'s weights by ``share`` x its own + (1 - share) x those of the model its run
-    started from (``--init-from``): weight-space averaging of a fine-tuned model with its start
-    (WiSE-FT, Wortsman et al., CVPR 2022), which keeps part of what fine-tuning changed and part of
-    what the start knew. Buffers that count (BatchNorm's batch counter) are kept as they are."""
+def start_of(config, share: float) -> str:
+    """The model folder a run started from (``--init-from``), checked for ``--average-start share``
+    (a clear error for a share outside (0, 1], a run trained from scratch, or a start that is gone)."""
     if not 0 < share <= 1:
         raise ValueError(f"--average-start {share:g}: the run's share must be above 0 and at most 1 (e.g. 0.5)")
     start = config.model.init_from
@@ -250,6 +248,15 @@ def average_with_start(model, config, share: float, log=print) -> None:
     if not (Path(start) / "model.safetensors").is_file():
         raise FileNotFoundError(f"--average-start: the run's start {start} is not a model folder any more "
                                 "(model.safetensors is missing); put it back where the run found it")
+    return start
+
+
+def average_with_start(model, config, share: float, log=print) -> None:
+    """Replace ``model``'s weights by ``share`` x its own + (1 - share) x those of the model its run
+    started from (``--init-from``): weight-space averaging of a fine-tuned model with its start
+    (WiSE-FT, Wortsman et al., CVPR 2022), which keeps part of what fine-tuning changed and part of
+    what the start knew. Buffers that count (BatchNorm's batch counter) are kept as they are."""
+    start = start_of(config, share)
     log(f"averaging the weights with the run's start ({start}), {share:g} / {1 - share:g} ...")
     own, theirs = model.state_dict(), MTAN.from_pretrained(start).state_dict()
     differ = sorted(k for k in own.keys() | theirs.keys() if k not in own or k not in theirs
@@ -514,9 +521,13 @@ def release(run: str | Path, out: str | Path, repo_id: str | None = None, hardwa
             raise FileNotFoundError(f"{run} is not a finished training run: {name} is missing (train.py --out "
                                     "writes it; a run folder needs train_config.json, metrics.jsonl and the model)")
     config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
-    if twin is not None:
+    if twin is not None:  # a wrong twin, or a start that cannot be averaged, fails before anything is measured
         twin = Path(twin)
-        twin_of(config, twin)  # a wrong twin fails before anything is measured
+        twin_config, _ = twin_of(config, twin)
+        if average is not None:
+            start_of(twin_config, average)
+    if average is not None:
+        start_of(config, average)
     model = MTAN.from_pretrained(run).eval()
     log(f"measuring {run} ...")
     figures = measure(model, config, latency=latency, check_precision=check_precision, calibrate=calibrate,
