@@ -74,3 +74,27 @@ def camvid_root():
     if not (CAMVID / "train" / "images").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID} (set MTAN_CAMVID)")
     return CAMVID
+
+
+@pytest.fixture(scope="session")
+def camvid_sample(tmp_path_factory):
+    """A quarter of CamVid in its own layout: every 4th labelled photo of each sequence in each
+    folder (links to the real files), for tests of the release and calibration plumbing, which
+    score tiny models many times over. Figures that must match the full set use ``camvid_root``."""
+    if not (CAMVID / "train" / "images").is_dir():
+        pytest.skip(f"CamVid not found at {CAMVID} (set MTAN_CAMVID)")
+    from mtan.data.camvid import _frame_number
+
+    root = tmp_path_factory.mktemp("camvid-sample")
+    for split in ("train", "val"):
+        images = sorted((CAMVID / split / "images").iterdir(), key=lambda p: (p.stem.split("_", 1)[0], _frame_number(p.stem)))
+        by_sequence: dict[str, list[Path]] = {}
+        for image in images:
+            by_sequence.setdefault(image.stem.split("_", 1)[0], []).append(image)
+        for folder in ("images", "labels"):
+            (root / split / folder).mkdir(parents=True)
+        for frames in by_sequence.values():
+            for image in frames[::4]:
+                (root / split / "images" / image.name).symlink_to(image)
+                (root / split / "labels" / f"{image.stem}.png").symlink_to(CAMVID / split / "labels" / f"{image.stem}.png")
+    return root

@@ -14,16 +14,23 @@ import torch
 from cardhelpers import card_commands, check_card_against, run_commands
 
 from mtan import MTAN
+from mtan.data.camvid import sequence_blocks
 from mtan.inference.int8 import int8_available
 from mtan.records import ResolutionAdvice
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_release_of_a_tiny_mixed_run(tmp_path, camvid_root):
+def photo_names(root: Path) -> list[str]:
+    """The labelled photos of a CamVid folder, train and val together."""
+    return [p.stem for split in ("train", "val") for p in (root / split / "images").iterdir()]
+
+
+def test_release_of_a_tiny_mixed_run(tmp_path, camvid_sample, monkeypatch):
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_sample))  # the card's commands score the sample too
     run = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64", "--train-frames",
-           "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_root}",
+           "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_sample}",
            "--out", str(run)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,13 +94,14 @@ def test_release_refuses_a_folder_without_a_run(tmp_path):
     assert "train_config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
+def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_sample, monkeypatch):
     """--calibrate: the class bias is fitted on the run's real training photos, stored in config.json,
     reported on the card with and without it, and every card figure (the calibrated model's) is
     reproduced by the card's commands, which name the run's data options."""
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_sample))  # the card's commands score the sample too
     run = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64", "--train-frames",
-           "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_root}",
+           "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root", f"+{camvid_sample}",
            "--data-option", "camvid.splits=blocks", "--class-weights", "sqrt-median-frequency", "--out", str(run)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -102,7 +110,8 @@ def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
                            "--no-precision-check", "--calibrate"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     calibration = json.loads((out / "calibration.json").read_text())
-    assert calibration["fitted_on"]["options"] == {"splits": "blocks"} and calibration["check"]["photos"] == 70
+    held_out, _ = sequence_blocks(photo_names(camvid_sample))
+    assert calibration["fitted_on"]["options"] == {"splits": "blocks"} and calibration["check"]["photos"] == len(held_out)
     assert calibration["fit"]["miou_with"] >= calibration["fit"]["miou_without"]
     bias = MTAN.from_pretrained(out).tasks[0].class_bias
     assert bias == pytest.approx(list(calibration["class_bias"].values()), abs=1e-4)
@@ -113,18 +122,19 @@ def test_release_with_calibration_of_a_run_split_by_time(tmp_path, camvid_root):
     check_card_against(readme, reproduced, complete=False)
 
 
-def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
+def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_sample, monkeypatch):
     """A run trained on every labelled photo (camvid.splits=all) has no unseen photos of its own:
     --twin scores the same recipe with photos held out on them, averaged with its start and
     calibrated the same way, and the card's twin figures are what the twin's commands print. The
     run's own figures are labelled as seen in training, its calibration has no "not fitted on"
     column, and its weights are the stated average of its own and its start's."""
+    monkeypatch.setenv("MTAN_CAMVID", str(camvid_sample))  # the card's commands score the sample too
     from safetensors.torch import load_file
 
     def train(out, splits, *extra):
         cmd = [sys.executable, "train.py", "--preset", "demo-pretrain", "--epochs", "1", "--size", "32x64",
                "--train-frames", "8", "--val-frames", "4", "--width", "0.0625", "--no-progress", "--data-root",
-               f"+{camvid_root}", "--data-option", f"camvid.splits={splits}", "--out", str(out), *extra]
+               f"+{camvid_sample}", "--data-option", f"camvid.splits={splits}", "--out", str(out), *extra]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -163,13 +173,14 @@ def test_release_of_a_run_on_every_photo_with_its_twin(tmp_path, camvid_root):
     assert "0.25 x the last stage's plus 0.75 x those it started from" in text
     assert "CamVid val (real street photos, Cambridge; seen in training)" in text
     calibration = json.loads((out / "calibration.json").read_text())
-    assert calibration["fitted_on"]["photos"] == 468 and "check" not in calibration
+    assert calibration["fitted_on"]["photos"] == len(photo_names(camvid_sample)) and "check" not in calibration
     assert "not fitted on" not in text and "--check-split" not in calibration["fitted_on"]["command"]
     # the twin's figures: calibrated by the card's command, scored by the card's commands
     section = text.split("## Held-out figures", 1)[1].split("##", 1)[0]
     commands = re.findall(r"`(python -m mtan\.[^`]+)`", section)
     calibrate, evaluate = next(c for c in commands if "calibrate" in c), next(c for c in commands if "evaluate" in c)
-    assert "splits=blocks" in evaluate and "--app-resolution" in evaluate and "70 photos it held out" in section
+    held_out, _ = sequence_blocks(photo_names(camvid_sample))
+    assert "splits=blocks" in evaluate and "--app-resolution" in evaluate and f"{len(held_out)} photos it held out" in section
     twin_model = tmp_path / "twin-model"  # averaged with its start by the card's command
     average = re.search(r"`(python -m mtan\.release TWIN_RUN TWIN --average-start 0\.25[^`]*)`", section).group(1)
     proc = subprocess.run([sys.executable, *shlex.split(average.replace("TWIN_RUN", str(twin)).replace(
