@@ -33,6 +33,7 @@ from mtan.cli import help_text
 from mtan.data import build_dataset, to_memory
 from mtan.data.common import options_from_text
 from mtan.inference import PhotoView, Resolution
+from mtan.malloc import tune_malloc
 from mtan.model import MTAN
 from mtan.tasks import find_task, task_from_config
 
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    tune_malloc()  # each batch's feature maps reuse the last one's memory: no fresh pages per batch
 
     try:
         options = options_from_text(args.data_option)

@@ -45,6 +45,7 @@ from mtan.data.common import options_from_text
 from mtan.data.registry import spec
 from mtan.inference.fast import optimize_for_inference
 from mtan.inference.pipeline import PhotoView, Resolution
+from mtan.malloc import tune_malloc
 from mtan.metrics import DepthOrderMetric, with_delta_m
 from mtan.model import MTAN, ModelConfigError
 from mtan.records import PRECISIONS, read_record
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
                         "delta_m, the multi-task papers' Delta_m in percent (lower is better; negative beats the "
                         "baselines), and delta_m.changes, each metric's change against its baseline (positive = worse)")
     args = p.parse_args(argv)
+    tune_malloc()  # each batch's feature maps reuse the last one's memory: no fresh pages per batch
 
     try:
         options = options_from_text(args.data_option)

@@ -24,6 +24,7 @@ from mtan.cli import help_text
 from mtan.data import DatasetError, build_dataset, parse_size
 from mtan.evaluate import evaluate
 from mtan.inference.int8 import int8_available, int8_calibration
+from mtan.malloc import tune_malloc
 from mtan.model import MTAN, ModelConfigError
 from mtan.records import PRECISIONS, ResolutionAdvice, write_record
 
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="candidates, comma-separated")
     p.add_argument("--dry-run", action="store_true", help="print the record, do not write it")
     args = p.parse_args(argv)
+    tune_malloc()  # each batch's feature maps reuse the last one's memory: no fresh pages per batch
 
     try:
         model = MTAN.from_pretrained(args.model).eval()

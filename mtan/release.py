@@ -29,6 +29,7 @@ from mtan.data import DatasetError, build_dataset, parse_size
 from mtan.data.registry import SPECS, spec
 from mtan.evaluate import evaluate
 from mtan.inference.fast import optimize_for_inference
+from mtan.malloc import tune_malloc
 from mtan.model import MTAN, ModelConfigError, count_parameters
 from mtan.precision import (
     ERROR_TOLERANCE,
@@ -564,6 +565,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-precision-check", dest="check_precision", action="store_false",
                    help="skip scoring the reduced precisions (the model then runs in fp32 only)")
     args = p.parse_args(argv)
+    tune_malloc()  # each batch's feature maps reuse the last one's memory: no fresh pages per batch
 
     try:
         release(args.run, args.out, args.repo_id, args.hardware, args.latency, args.check_precision, args.calibrate,

@@ -240,3 +240,12 @@ def test_cpu_training_speed_times_each_width_precision_and_layout():
     assert set(json.loads(one.stdout)["widths"]["0.0625"]) == {"fp32"}  # one layout: not keyed by layout
     bad = subprocess.run(cmd + ["--layouts", "nhwc"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--layouts 'nhwc': each must be channels-last or nchw" in bad.stderr
+
+
+def test_scoring_memory_runs_the_same_command_both_ways():
+    result = run_benchmark("scoring_memory", "--repeats", "1")
+    assert result["command"].startswith("python -m mtan.evaluate --model ") and "--data synthetic" in result["command"]
+    for mode in ("tuned", "glibc"):
+        assert result[mode]["seconds"] > 0 and result[mode]["page_faults"] > 0
+    assert result["speedup"] == pytest.approx(result["glibc"]["seconds"] / result["tuned"]["seconds"], rel=0.02)
+    assert result["same_figures"] is True  # malloc's settings change the time, never a figure
