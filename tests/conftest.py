@@ -29,7 +29,7 @@ os.environ["MTAN_COMPILE"] = "off"
 
 
 # Test files that start the app, a browser or training runs, or take over a few seconds a test:
-# `python -m pytest -m "not slow"` leaves them out (the quick subset: about a minute and a half on 2 cores).
+# `python -m pytest -m "not slow"` leaves them out (the quick subset: 1.5-3 minutes on 2 cores).
 SLOW_FILES = {
     "test_app.py", "test_benchmarks.py", "test_browser.py", "test_browser_media.py", "test_compiled.py",
     "test_convert.py", "test_default_model.py", "test_faults.py", "test_hostile_media.py", "test_hostile_requests.py", "test_learning.py",
