@@ -170,6 +170,8 @@ def augmentation_text(config) -> str:
     if config.data.focus_crops:
         parts.append(f"{config.data.focus_crops:.0%} of the crops centred on a pixel drawn with every class in the "
                      "photo equally likely")
+    if config.data.paste_names():
+        parts.append(f"{' and '.join(config.data.paste_names())} pixels pasted from crop to crop in half of the crops")
     if config.data.photometric:
         parts.append("photometric augmentation (colour, gamma, blur, JPEG artefacts, noise)")
     return "with " + ", ".join(parts)

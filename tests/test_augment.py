@@ -138,3 +138,49 @@ def test_focused_crops_centre_every_class_equally_and_stay_aligned():
     check_aligned(out, torch.full((16,), 1.5))
     with pytest.raises(ValueError, match="focus"):
         BatchAugment(tasks, focus=1.5)
+
+
+def test_copy_paste_moves_a_class_with_its_pixels_and_leaves_no_depth_under_it():
+    """paste: the chosen samples get the next sample's pixels of the pasted classes, image and
+    labels both, at the same place; depth and normals have no value there; everything else, and
+    the samples not chosen, are untouched. Through augment_batch it runs after the crop."""
+    from mtan.data.augment import paste_classes
+
+    b, h, w = 4, 8, 12
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(b, h, w, dtype=torch.long)
+    for i in range(b):
+        labels[i, 2:7, 3 * i: 3 * i + 2] = 2  # a "pole" at a different place in each photo
+    labels[1, 0] = 5
+    batch = {"image": torch.rand(b, 3, h, w, generator=g), "semantic": labels,
+             "depth": torch.rand(b, 1, h, w, generator=g) + 0.1, "normal": torch.rand(b, 3, h, w, generator=g)}
+    tasks = [{"name": "semantic", "kind": "semantic", "num_classes": 7}, INVERSE, NORMAL]
+    out = paste_classes(batch, tasks, (2,), share=1.0, generator=g)
+    for i in range(b):
+        donor = (i + 1) % b
+        pasted = labels[donor] == 2
+        assert pasted.sum() == 10
+        assert (out["semantic"][i][pasted] == 2).all()
+        assert torch.equal(out["image"][i][:, pasted], batch["image"][donor][:, pasted])
+        assert (out["depth"][i, 0][pasted] == 0).all() and (out["normal"][i][:, pasted] == 0).all()
+        keep = ~pasted
+        assert torch.equal(out["image"][i][:, keep], batch["image"][i][:, keep])
+        assert torch.equal(out["semantic"][i][keep], labels[i][keep])
+        assert torch.equal(out["depth"][i, 0][keep], batch["depth"][i, 0][keep])
+    assert torch.equal(out["semantic"][0][0], labels[0][0])  # class 5 of the donor was not asked for
+    # share 0: nothing changes; about half the samples with the default share
+    none = paste_classes(batch, tasks, (2,), share=0.0, generator=g)
+    assert all(torch.equal(none[k], batch[k]) for k in batch)
+    many = {"image": torch.rand(200, 3, 4, 4), "semantic": torch.full((200, 4, 4), 2)}
+    many["semantic"][:, 0] = 0
+    many["image"][::2] += 10  # mark every other sample so a paste shows as a jump in the image
+    moved = paste_classes(many, tasks[:1], (2,), generator=torch.Generator().manual_seed(1))
+    changed = (moved["image"] != many["image"]).flatten(1).any(1).float().mean()
+    assert 0.35 < changed < 0.65
+    # a batch of one, or no segmentation task, passes through
+    one = {k: v[:1] for k, v in batch.items()}
+    assert paste_classes(one, tasks, (2,), share=1.0) is one
+    assert paste_classes({"image": batch["image"], "depth": batch["depth"]}, [INVERSE], (2,), 1.0)["image"] is batch["image"]
+    # through the augmentation: pasted after the crop, so the crop size holds
+    aug = BatchAugment(tasks, generator=torch.Generator().manual_seed(2), out_size=(4, 8), paste=(2,))
+    assert aug(batch)["semantic"].shape == (b, 4, 8) and "paste=(2,)" in repr(aug)

@@ -104,6 +104,15 @@ def test_warmup_then_decay_to_zero(schedule):
     with pytest.raises(ValueError, match="--focus-crops .* between 0 and 1"):
         TrainConfig.from_flags(focus_crops=1.5, augment=True)
     assert TrainConfig.from_flags(focus_crops=0.5, augment=True).data.focus_crops == 0.5
+    with pytest.raises(ValueError, match="--copy-paste .* needs --augment"):
+        TrainConfig.from_flags(copy_paste="object")
+    with pytest.raises(ValueError, match="--copy-paste .* names no class"):
+        TrainConfig.from_flags(copy_paste=" , ", augment=True)
+    assert TrainConfig.from_flags(copy_paste="object, human", augment=True).data.paste_names() == ("object", "human")
+    from mtan.release import augmentation_text  # the card says so
+    assert "object and human pixels pasted" in augmentation_text(TrainConfig.from_flags(copy_paste="object,human",
+                                                                                        augment=True))
+    assert "pasted" not in augmentation_text(TrainConfig.from_flags(augment=True))
 
 
 def test_label_smoothing_and_depth_smoothness():
@@ -325,3 +334,27 @@ def test_depth_occlusion_reads_the_segmentation_labels_of_the_batch(tmp_path):
         engine(data="nyuv2", data_root=str(root))
     with pytest.raises(ValueError, match="--depth-occlusion and --depth-sky need"):
         engine(data="nyuv2", data_root=str(root), depth_sky=0.1)
+
+
+def test_copy_paste_runs_in_the_training_batches_and_names_its_classes(tmp_path):
+    """``--copy-paste object``: the engine's augmented training batches are those without it but
+    for pasted object pixels (labelled object, no depth there); an unknown class name is refused
+    before training, with the class set's names."""
+    from mtan.train.engine import Engine
+
+    def engine(**changes):
+        settings = dict(data="synthetic", size="32x64", train_frames=8, val_frames=4, width=0.0625, batch_size=8,
+                        epochs=1, amp="off", channels_last="off", augment=True, out=str(tmp_path / "run"),
+                        progress=False)
+        return Engine(apply_preset(None, {**settings, **changes}), log=lambda *a: None)
+
+    pasted, plain = engine(copy_paste="object"), engine()
+    assert pasted.paste_ids == (2,) and plain.paste_ids == ()
+    a = next(pasted._batches(pasted.train_data, 8, 0, True))
+    b = next(plain._batches(plain.train_data, 8, 0, True))
+    changed = a["semantic"] != b["semantic"]
+    assert changed.any()
+    assert (a["semantic"][changed] == 2).all() and (a["depth"][:, 0][changed] == 0).all()
+    assert torch.equal(a["semantic"][~changed], b["semantic"][~changed])
+    with pytest.raises(ValueError, match="--copy-paste lamp: lamp is not a class of cityscapes-7 .*object"):
+        engine(copy_paste="lamp")

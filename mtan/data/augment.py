@@ -164,18 +164,54 @@ def focus_on_classes(params: AugmentParams, labels: torch.Tensor, share: float,
     return AugmentParams(params.scale, place(cy, ry, params.top), place(cx, rx, params.left), params.flip)
 
 
+def paste_classes(batch: dict, tasks, classes: Sequence[int], share: float = 0.5,
+                  generator: torch.Generator | None = None) -> dict:
+    """Copy-paste for rare classes, in the spirit of Simple Copy-Paste (Ghiasi et al. 2021): a
+    random ``share`` of the samples get the pixels of ``classes`` (ids in the first segmentation
+    task's labels) of the next sample of the batch pasted over them at the same place, the image
+    and those labels both. A street camera sees poles and signs at much the same rows in every
+    photo, so a pasted pole stands where a pole could stand. Every other target has no value on the
+    pasted pixels (``missing_value``: depth 0, normal 0): the pasted thing's depth in its new photo
+    is not known. Batches of one sample and batches without a segmentation task pass through."""
+    tasks = _as_tasks(tasks)
+    seg = next((t for t in tasks if t.kind == "semantic" and t.name in batch), None)
+    image = batch["image"]
+    b = image.shape[0]
+    if seg is None or b < 2 or not classes:
+        return batch
+    labels = batch[seg.name]
+    donor = torch.roll(torch.arange(b, device=image.device), -1)
+    donor_labels = labels[donor]
+    wanted = torch.zeros_like(donor_labels, dtype=torch.bool)
+    for c in classes:
+        wanted |= donor_labels == c
+    gen_device = generator.device if generator is not None else image.device
+    chosen = (torch.rand(b, generator=generator, device=gen_device).to(image.device) < share)
+    mask = wanted & chosen.view(b, *([1] * (wanted.dim() - 1)))  # B x H x W
+    out = dict(batch)
+    out["image"] = torch.where(mask[:, None], image[donor], image)
+    out[seg.name] = torch.where(mask, donor_labels, labels)
+    for task in tasks:
+        if task is seg or batch.get(task.name) is None:
+            continue
+        target = batch[task.name]
+        out[task.name] = target.masked_fill(mask if target.dim() == 3 else mask[:, None], task.missing_value)
+    return out
+
+
 def augment_batch(batch: dict, tasks, generator: torch.Generator | None = None,
                   scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
                   scale_range: tuple[float, float] | None = None, out_size: tuple[int, int] | None = None,
-                  focus: float = 0.0) -> dict:
+                  focus: float = 0.0, paste: Sequence[int] = ()) -> dict:
     """Randomly zoom-crop and flip every sample of a batch (see the module docstring).
 
     ``tasks``: the batch's tasks (Task objects or config dicts), which say how each target is
     treated. ``generator``: a ``torch.Generator`` for reproducible draws; one on the batch's
     device avoids any host round trip. ``scale_range``: log-uniform scales (e.g. (0.5, 2.0))
     instead of ``scales``; ``out_size``: the crop size (h, w); ``focus``: the share of crops
-    centred by :func:`focus_on_classes` on the first segmentation task's labels. Keys that are
-    not tasks pass through.
+    centred by :func:`focus_on_classes` on the first segmentation task's labels; ``paste``: class
+    ids pasted from crop to crop after the crop (:func:`paste_classes`, half of the samples). Keys
+    that are not tasks pass through.
     """
     image = batch["image"]
     params = AugmentParams.draw(image.shape[0], image.device, scales, flip_p, generator, scale_range)
@@ -183,7 +219,8 @@ def augment_batch(batch: dict, tasks, generator: torch.Generator | None = None,
         labels = next((batch[t.name] for t in _as_tasks(tasks) if t.kind == "semantic" and t.name in batch), None)
         if labels is not None:
             params = focus_on_classes(params, labels.long(), focus, out_size, generator)
-    return apply_augment(batch, tasks, params, out_size)
+    out = apply_augment(batch, tasks, params, out_size)
+    return paste_classes(out, tasks, paste, 0.5, generator) if paste else out
 
 
 class BatchAugment:
@@ -191,7 +228,7 @@ class BatchAugment:
 
     def __init__(self, tasks, scales: Sequence[float] = DEFAULT_SCALES, flip_p: float = 0.5,
                  generator: torch.Generator | None = None, scale_range: tuple[float, float] | None = None,
-                 out_size: tuple[int, int] | None = None, focus: float = 0.0):
+                 out_size: tuple[int, int] | None = None, focus: float = 0.0, paste: Sequence[int] = ()):
         if not 0 <= float(focus) <= 1:
             raise ValueError(f"focus must be a share between 0 and 1, got {focus!r}")
         if scale_range is None and (not scales or min(scales) < 1):
@@ -203,11 +240,12 @@ class BatchAugment:
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range is not None else None
         self.out_size = tuple(out_size) if out_size is not None else None
         self.focus = float(focus)
+        self.paste = tuple(int(c) for c in paste)
 
     def __call__(self, batch: dict) -> dict:
         return augment_batch(batch, self.tasks, self.generator, self.scales, self.flip_p, self.scale_range,
-                             self.out_size, self.focus)
+                             self.out_size, self.focus, self.paste)
 
     def __repr__(self) -> str:
         scales = f"scale_range={self.scale_range}" if self.scale_range else f"scales={self.scales}"
-        return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size}, focus={self.focus:g})"
+        return f"BatchAugment({scales}, flip_p={self.flip_p}, out_size={self.out_size}, focus={self.focus:g}, paste={self.paste})"

@@ -73,6 +73,10 @@ class DataConfig:
                                 "with every class in the photo equally likely, so thin, rare classes (poles, signs, "
                                 "people) are the centre as often as the road", number=(0.0, False),
                                 cli={"metavar": "SHARE"})
+    copy_paste: str | None = option(None, "with --augment: classes of the segmentation labels, by name (e.g. object, "
+                                    "or object,human): half of the crops get those pixels of the next crop of the "
+                                    "batch pasted over them at the same place, the image with them (no depth target "
+                                    "there)", cli={"metavar": "CLASS[,CLASS]"})
     photometric: bool = option(False, "colour, gamma, blur, JPEG and noise augmentation on whole batches "
                                "(mtan/data/photometric.py)")
     pseudo_depth: bool = option(False, "train split: CamVid gets ground-plane pseudo-depth, sky gets a far target "
@@ -84,6 +88,10 @@ class DataConfig:
     def parts(self) -> list[str]:
         """The datasets of ``name`` (one, or those of a mixture ``a+b``)."""
         return str(self.name).split("+")
+
+    def paste_names(self) -> tuple[str, ...]:
+        """``--copy-paste`` as a tuple of class names (empty without it)."""
+        return tuple(n.strip() for n in str(self.copy_paste or "").split(",") if n.strip())
 
     def scale_bounds(self) -> tuple[float, float] | None:
         """``--scale-range`` as (low, high), or None."""
@@ -299,6 +307,10 @@ class TrainConfig:
             bad("focus_crops", "is a share of the crops: between 0 and 1")
         if data.focus_crops and not data.augment:
             bad("focus_crops", "needs --augment (it places the augmentation's window)")
+        if data.copy_paste is not None and not data.paste_names():
+            bad("copy_paste", "names no class: give class names such as object or object,human")
+        if data.copy_paste and not data.augment:
+            bad("copy_paste", "needs --augment (it pastes between the augmented crops)")
         if data.crop is not None and not data.augment:
             bad("crop", "needs --augment (the crop is where the augmentation's window lands)")
         if data.scale_range is not None:

@@ -98,6 +98,7 @@ class Engine:
         self.loss_options = {t.name: t.loss_options(config.loss.of(t.name), self.class_weights.get(t.name))
                              for t in self.tasks}
         self.label_sources = self._label_sources()
+        self.paste_ids = self._paste_ids()
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
@@ -238,6 +239,22 @@ class Engine:
                 sources[t.name] = seg
         return sources
 
+    def _paste_ids(self) -> tuple[int, ...]:
+        """``--copy-paste``'s class names as ids of the data's segmentation labels."""
+        names = self.config.data.paste_names()
+        if not names:
+            return ()
+        seg = next((t for t in self.data_tasks if getattr(t, "class_set", None) is not None), None)
+        if seg is None:
+            raise ValueError(f"--copy-paste needs segmentation labels; {self.config.data.name} has none: leave it out")
+        known = seg.class_set.classes
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"--copy-paste {self.config.data.copy_paste}: {', '.join(unknown)} "
+                             f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of {seg.class_set.name} "
+                             f"({', '.join(known)})")
+        return tuple(known.index(n) for n in names)
+
     def _parts(self) -> Parts:
         return model_parts(self.model, cut=self.weighting.on_representation, average=self._average)
 
@@ -285,7 +302,7 @@ class Engine:
             aug_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 7_919)
             augmenter = BatchAugment(data.tasks, generator=aug_gen, scale_range=cfg.data.scale_bounds(),
                                      out_size=parse_size(cfg.data.crop) if cfg.data.crop else None,
-                                     focus=cfg.data.focus_crops)
+                                     focus=cfg.data.focus_crops, paste=self.paste_ids)
         if epoch is not None and cfg.data.photometric:
             photo_gen = torch.Generator(device=data.device).manual_seed(cfg.engine.seed * 100_003 + epoch + 15_013)
         def transform(batch: dict) -> dict:
