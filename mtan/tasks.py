@@ -49,6 +49,14 @@ class ClassSet:
             if unknown:
                 raise ValueError(f"class set {self.name!r}: occlusion names unknown classes {sorted(unknown)}")
 
+    def ids(self, names) -> tuple[int, ...]:
+        """The ids of the classes ``names``; a name not in the set is refused with the set's names."""
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} {'is not a class' if len(unknown) == 1 else 'are not classes'} "
+                             f"of {self.name} ({', '.join(self.classes)})")
+        return tuple(self.classes.index(n) for n in names)
+
     def occlusion_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         """The class ids of :attr:`occlusion` (front, behind), or None."""
         if self.occlusion is None:

@@ -164,6 +164,20 @@ def focus_on_classes(params: AugmentParams, labels: torch.Tensor, share: float,
     return AugmentParams(params.scale, place(cy, ry, params.top), place(cx, rx, params.left), params.flip)
 
 
+def paste_class_ids(tasks, names: Sequence[str], data: str = "the data") -> tuple[int, ...]:
+    """``--copy-paste``'s class ``names`` as ids of the first segmentation task's class set among
+    ``tasks``; refused, naming the option, where there is none or a name is not in the set."""
+    if not names:
+        return ()
+    seg = next((t for t in _as_tasks(tasks) if getattr(t, "class_set", None) is not None), None)
+    if seg is None:
+        raise ValueError(f"--copy-paste needs segmentation labels; {data} has none: leave it out")
+    try:
+        return seg.class_set.ids(names)
+    except ValueError as e:
+        raise ValueError(f"--copy-paste {','.join(names)}: {e}") from None
+
+
 def paste_classes(batch: dict, tasks, classes: Sequence[int], share: float = 0.5,
                   generator: torch.Generator | None = None) -> dict:
     """Copy-paste for rare classes, in the spirit of Simple Copy-Paste (Ghiasi et al. 2021): a

@@ -42,7 +42,7 @@ from mtan.atomic import atomic_write_text
 from mtan.checkpoint import (CheckpointError, clean_stale_temporaries, latest_good_checkpoint, list_checkpoints,
                              prune_checkpoints, restore, save_checkpoint)
 from mtan.data import validate
-from mtan.data.augment import BatchAugment
+from mtan.data.augment import BatchAugment, paste_class_ids
 from mtan.data.common import parse_size
 from mtan.data.photometric import photometric
 from mtan.data.registry import spec
@@ -98,7 +98,7 @@ class Engine:
         self.loss_options = {t.name: t.loss_options(config.loss.of(t.name), self.class_weights.get(t.name))
                              for t in self.tasks}
         self.label_sources = self._label_sources()
-        self.paste_ids = self._paste_ids()
+        self.paste_ids = paste_class_ids(self.data_tasks, config.data.paste_names(), config.data.name)
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         optimizer = torch.optim.AdamW if config.optim.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
@@ -238,22 +238,6 @@ class Engine:
                                      f"{self.config.data.name} has none: leave it out")
                 sources[t.name] = seg
         return sources
-
-    def _paste_ids(self) -> tuple[int, ...]:
-        """``--copy-paste``'s class names as ids of the data's segmentation labels."""
-        names = self.config.data.paste_names()
-        if not names:
-            return ()
-        seg = next((t for t in self.data_tasks if getattr(t, "class_set", None) is not None), None)
-        if seg is None:
-            raise ValueError(f"--copy-paste needs segmentation labels; {self.config.data.name} has none: leave it out")
-        known = seg.class_set.classes
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"--copy-paste {self.config.data.copy_paste}: {', '.join(unknown)} "
-                             f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of {seg.class_set.name} "
-                             f"({', '.join(known)})")
-        return tuple(known.index(n) for n in names)
 
     def _parts(self) -> Parts:
         return model_parts(self.model, cut=self.weighting.on_representation, average=self._average)
